@@ -1,0 +1,54 @@
+"""EhrClient: FHIR REST reads against one EHR with one bearer token; errors mapped to PrmError."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import requests
+
+from connector.errors import raise_for_status, transport_error
+from prm.errors import PermanentEhrError, ValidationError
+
+_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
+_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+FHIR_JSON = "application/fhir+json"
+
+
+class EhrClient:
+    """Talks FHIR R4 REST to one `iss`; knows HTTP and FHIR, nothing of the PRM."""
+
+    def __init__(self, iss: str, access_token: str | None, session: requests.Session, timeout: float) -> None:
+        self.base = iss.rstrip("/")
+        self._session = session
+        self._timeout = timeout
+        self._headers = {"Accept": FHIR_JSON}
+        if access_token:
+            self._headers["Authorization"] = f"Bearer {access_token}"
+
+    def _get(self, url: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+        try:
+            response = self._session.get(url, params=params, headers=self._headers, timeout=self._timeout)
+        except requests.RequestException as exc:
+            raise transport_error(exc, url) from exc
+        raise_for_status(response)
+        try:
+            body: dict[str, Any] = response.json()
+        except ValueError as exc:
+            raise PermanentEhrError(f"{url.split('?')[0]} answered with a body that is not JSON") from exc
+        return body
+
+    def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
+        """GET [base]/Type/id, checking both parts so no caller can smuggle a path or query in."""
+        if not _TYPE.match(resource_type) or not _ID.match(resource_id):
+            raise ValidationError(f"not a FHIR reference: {resource_type}/{resource_id}")
+        body = self._get(f"{self.base}/{resource_type}/{resource_id}")
+        if body.get("resourceType") != resource_type:
+            raise PermanentEhrError(f"asked for {resource_type}, got {body.get('resourceType')}")
+        return body
+
+    def capability_statement(self) -> dict[str, Any]:
+        body = self._get(f"{self.base}/metadata")
+        if body.get("resourceType") != "CapabilityStatement":
+            raise PermanentEhrError("metadata is not a CapabilityStatement")
+        return body

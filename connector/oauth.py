@@ -1,0 +1,90 @@
+"""OAuth 2 for SMART launches with Authlib's requests client; state and verifier are kept by the caller.
+
+Authlib's Flask integration would keep OAuth state in the cookie session, which a cross-site EHR
+iframe loses, so we use its lower-level OAuth2Session and let prm keep state on the launch row.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+from authlib.common.errors import AuthlibBaseError
+from authlib.integrations.requests_client import OAuth2Session
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+
+from connector.errors import outcome_text, transport_error
+from prm.errors import LaunchError
+
+ID_TOKEN_ALGS = ["RS256", "RS384", "ES256", "ES384"]
+
+
+def _client(client_id: str, client_secret: str | None, redirect_uri: str, scope: str | None = None) -> OAuth2Session:
+    auth_method = "client_secret_basic" if client_secret else "none"
+    return OAuth2Session(
+        client_id=client_id, client_secret=client_secret, redirect_uri=redirect_uri, scope=scope,
+        code_challenge_method="S256", token_endpoint_auth_method=auth_method,
+    )
+
+
+def authorization_url(*, authorize_endpoint: str, client_id: str, redirect_uri: str, scope: str, state: str,
+                      code_verifier: str, aud: str, launch: str | None, nonce: str | None) -> str:
+    """The authorize redirect (SMART App Launch 2.2 §2.1.4): code flow, PKCE S256, aud = iss."""
+    extra: dict[str, str] = {"aud": aud}
+    if launch:
+        extra["launch"] = launch
+    if nonce:
+        extra["nonce"] = nonce
+    with _client(client_id, None, redirect_uri, scope) as client:
+        url, _ = client.create_authorization_url(authorize_endpoint, state=state, code_verifier=code_verifier,
+                                                 **extra)
+    return str(url)
+
+
+def exchange_code(*, token_endpoint: str, client_id: str, client_secret: str | None, redirect_uri: str,
+                  code: str, code_verifier: str, timeout: float) -> dict[str, Any]:
+    """Swap the authorization code for tokens; LaunchError('token_exchange_failed') on any refusal."""
+    with _client(client_id, client_secret, redirect_uri) as client:
+        try:
+            token = client.fetch_token(token_endpoint, grant_type="authorization_code", code=code,
+                                       code_verifier=code_verifier, timeout=timeout)
+        except requests.RequestException as exc:
+            raise LaunchError("ehr_unreachable", str(transport_error(exc, token_endpoint))) from exc
+        except AuthlibBaseError as exc:
+            raise LaunchError("token_exchange_failed", f"the EHR refused the code: {exc.error}") from exc
+    if not token.get("access_token"):
+        raise LaunchError("token_exchange_failed", "the EHR's token response has no access_token")
+    return dict(token)
+
+
+def fetch_jwks(session: requests.Session, jwks_uri: str, timeout: float) -> dict[str, Any]:
+    try:
+        response = session.get(jwks_uri, timeout=timeout)
+    except requests.RequestException as exc:
+        raise LaunchError("ehr_unreachable", str(transport_error(exc, jwks_uri))) from exc
+    if response.status_code != 200:
+        raise LaunchError("id_token_invalid", f"JWKS {jwks_uri} -> {response.status_code} {outcome_text(response)}")
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def verify_id_token(id_token: str, *, jwks: dict[str, Any], issuer: str, client_id: str, nonce: str | None,
+                    now: int) -> dict[str, Any]:
+    """Validate signature (EHR's JWKS), iss, aud, exp and nonce; return the claims."""
+    try:
+        keys = KeySet.import_key_set(jwks)  # type: ignore[arg-type]
+        decoded = jwt.decode(id_token, keys, algorithms=ID_TOKEN_ALGS)
+        rules: dict[str, Any] = {
+            "iss": {"essential": True, "value": issuer},
+            "aud": {"essential": True, "value": client_id},
+            "exp": {"essential": True},
+            "sub": {"essential": True},
+        }
+        if nonce:
+            rules["nonce"] = {"essential": True, "value": nonce}
+        jwt.JWTClaimsRegistry(now=now, leeway=60, **rules).validate(decoded.claims)
+    except (JoseError, ValueError) as exc:
+        raise LaunchError("id_token_invalid", f"the id_token is not valid: {exc}") from exc
+    return dict(decoded.claims)

@@ -1,0 +1,123 @@
+"""Settings, frozen and loaded once from PRM_* environment variables (and `.env` via the CLI).
+
+A missing or malformed setting raises ConfigError naming the variable, so start-up can stop with one
+clear line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from prm.clock import Clock, clock_from_setting
+from prm.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the product reads from its environment."""
+
+    secret_key: str
+    encryption_keys: tuple[str, ...]
+    instance_dir: Path = Path("instance")
+    database_url: str = ""
+    redis_url: str | None = None
+    public_url: str = "http://127.0.0.1:8000"
+    now: str | None = None
+    health_check_interval_s: float = 300.0
+    sweep_interval_s: float = 5.0
+    job_lease_s: float = 120.0
+    http_timeout_s: float = 10.0
+    embedded_threads: int = 4
+    clock: Clock = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{(self.instance_dir / 'prm.db').resolve()}")
+        object.__setattr__(self, "clock", clock_from_setting(self.now))
+
+    @property
+    def uses_redis(self) -> bool:
+        return bool(self.redis_url)
+
+    @property
+    def redirect_uri(self) -> str:
+        """The one redirect URI registered with every EHR for user launches."""
+        return f"{self.public_url}/launch/callback"
+
+    @property
+    def launch_url(self) -> str:
+        return f"{self.public_url}/launch"
+
+
+def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {raw!r}")
+    return value
+
+
+def _fernet_keys(raw: str) -> tuple[str, ...]:
+    keys = tuple(k.strip() for k in raw.split(",") if k.strip())
+    for key in keys:
+        try:
+            decoded = base64.urlsafe_b64decode(key.encode())
+        except (binascii.Error, ValueError) as exc:
+            raise ConfigError("PRM_ENCRYPTION_KEYS holds a key that is not url-safe base64") from exc
+        if len(decoded) != 32:
+            raise ConfigError(
+                "PRM_ENCRYPTION_KEYS keys must be 32 bytes, url-safe base64 (make one with `prm keys new`)"
+            )
+    return keys
+
+
+def _url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in schemes or not (parts.netloc or parts.path):
+        raise ConfigError(f"{name} must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
+    return raw
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read PRM_* variables; raise ConfigError naming the first bad one."""
+    env = os.environ if env is None else env
+    secret = env.get("PRM_SECRET_KEY", "")
+    if not secret:
+        raise ConfigError("PRM_SECRET_KEY is not set (see .env.example; `scripts/start` writes one)")
+    if len(secret) < 32:
+        raise ConfigError("PRM_SECRET_KEY must be at least 32 characters")
+    keys_raw = env.get("PRM_ENCRYPTION_KEYS", "")
+    if not keys_raw:
+        raise ConfigError("PRM_ENCRYPTION_KEYS is not set (see .env.example; `prm keys new` makes a key)")
+    database_url = env.get("PRM_DATABASE_URL", "")
+    if database_url:
+        _url("PRM_DATABASE_URL", database_url, ("sqlite", "postgresql", "postgresql+psycopg"))
+    redis_url = env.get("PRM_REDIS_URL") or None
+    if redis_url:
+        _url("PRM_REDIS_URL", redis_url, ("redis", "rediss"))
+    public_url = _url("PRM_PUBLIC_URL", env.get("PRM_PUBLIC_URL", "http://127.0.0.1:8000"), ("http", "https"))
+    return Settings(
+        secret_key=secret,
+        encryption_keys=_fernet_keys(keys_raw),
+        instance_dir=Path(env.get("PRM_INSTANCE_DIR", "instance")),
+        database_url=database_url,
+        redis_url=redis_url,
+        public_url=public_url.rstrip("/"),
+        now=env.get("PRM_NOW") or None,
+        health_check_interval_s=_number(env, "PRM_HEALTH_CHECK_INTERVAL_S", 300.0, 1.0),
+        sweep_interval_s=_number(env, "PRM_SWEEP_INTERVAL_S", 5.0, 0.2),
+        job_lease_s=_number(env, "PRM_JOB_LEASE_S", 120.0, 1.0),
+        http_timeout_s=_number(env, "PRM_HTTP_TIMEOUT_S", 10.0, 0.1),
+        embedded_threads=int(_number(env, "PRM_EMBEDDED_THREADS", 4, 1)),
+    )

@@ -1,0 +1,148 @@
+"""One engine per database URL, one session per unit of work, and work enqueued only after commit.
+
+Enqueueing after commit matters: a worker woken before the commit would find no row, and a row
+rolled back must never have been announced. Pending work itself lives in the database, so an
+enqueue that fails (Redis down) loses nothing: the sweeper finds the row later.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.types import DateTime, TypeDecorator
+from sqlmodel import Session, create_engine
+
+from prm.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+_AFTER_COMMIT_KEY = "prm_after_commit"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite keeps no zone; we restore UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database: use aware UTC datetimes")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def normalise_url(url: str) -> str:
+    """Use psycopg 3 for PostgreSQL whichever spelling the user wrote."""
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=15000")
+        cursor.close()
+
+
+class Database:
+    """The engine and the unit-of-work helper for one database URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = normalise_url(url)
+        if self.url.startswith("sqlite"):
+            self._make_parent_folder()
+            self.engine = create_engine(self.url, connect_args={"check_same_thread": False, "timeout": 15})
+            _configure_sqlite(self.engine)
+        else:
+            self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+    def _make_parent_folder(self) -> None:
+        """The embedded default keeps its SQLite file in the instance folder; create it on first use."""
+        from pathlib import Path
+
+        from sqlalchemy.engine import make_url
+
+        database = make_url(self.url).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    def ping(self) -> None:
+        """Fail with StorageError (one line, no traceback needed) when the database is unreachable."""
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            original = getattr(exc, "orig", None)
+            reason = str(original) if original is not None else str(exc)
+            raise StorageError(f"database unreachable ({self.engine.url.render_as_string()}): "
+                               f"{reason.strip().splitlines()[0]}") from exc
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that commits on success, rolls back on error, and then runs after-commit hooks."""
+        session = Session(self.engine, expire_on_commit=False)
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            session.info.pop(_AFTER_COMMIT_KEY, None)
+            raise
+        finally:
+            hooks: list[Callable[[], None]] = session.info.pop(_AFTER_COMMIT_KEY, [])
+            session.close()
+        for hook in hooks:
+            try:
+                hook()
+            except Exception:
+                # The row is committed and the sweeper will find it; say so loudly, do not fail the request.
+                log.exception("after-commit hook failed; the sweeper will pick the work up")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def enqueue_after_commit(session: Session, hook: Callable[[], None]) -> None:
+    """Run `hook` once the session's transaction has committed (never if it rolls back)."""
+    session.info.setdefault(_AFTER_COMMIT_KEY, []).append(hook)
+
+
+def insert_ignore(session: Session, table: Any, values: dict[str, Any], conflict: list[str]) -> bool:
+    """INSERT ... ON CONFLICT DO NOTHING on either backend; True when a row was inserted.
+
+    This is how idempotent writes are made without savepoints or read-then-write races.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        stmt: Any = pg_insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt = sqlite_insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
+    # rowcount is unreliable with implicit RETURNING (psycopg reports -1); ask for the key instead.
+    result = session.execute(stmt.returning(*table.primary_key.columns))
+    return result.first() is not None

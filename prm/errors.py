@@ -1,0 +1,77 @@
+"""One error tree for the whole product, so callers catch by meaning, not by library.
+
+    PrmError
+    ├── ConfigError            a setting is missing or malformed (start-up stops with one line)
+    ├── StorageError           the database cannot be reached or migrated
+    ├── NotFoundError          a row the caller named does not exist
+    ├── ValidationError        input at an edge (CLI, form, API) is not acceptable
+    ├── PermissionDenied       the role lacks the action (see prm.permissions)
+    ├── LaunchError            a SMART launch cannot start or complete
+    └── EhrError               talking to an EHR failed (connector raises its own subclasses)
+        ├── TransientEhrError  worth retrying later (timeouts, 429, 5xx)
+        ├── AuthExpiredError   the token is no longer accepted (401)
+        └── PermanentEhrError  retrying will not help (4xx other than 401/429)
+"""
+
+from __future__ import annotations
+
+
+class PrmError(Exception):
+    """Base of every error fhir-prm raises on purpose."""
+
+
+class ConfigError(PrmError):
+    """A setting is missing or malformed."""
+
+
+class StorageError(PrmError):
+    """The database cannot be reached, or its schema is not current."""
+
+
+class NotFoundError(PrmError):
+    """A row named by the caller does not exist."""
+
+
+class ValidationError(PrmError):
+    """Input arriving at an edge is not acceptable; the message says why."""
+
+
+class PermissionDenied(PrmError):
+    """The acting role lacks the requested action."""
+
+    def __init__(self, role: str, action: str) -> None:
+        super().__init__(f"role {role!r} may not {action!r}")
+        self.role = role
+        self.action = action
+
+
+class LaunchError(PrmError):
+    """A SMART launch cannot start or complete; `reason` is a stable code for pages and audit."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class EhrError(PrmError):
+    """Talking to an EHR failed."""
+
+
+class TransientEhrError(EhrError):
+    """The EHR may succeed if asked again later (timeouts, 429, 5xx)."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class AuthExpiredError(EhrError):
+    """The EHR no longer accepts our token (401)."""
+
+
+class PermanentEhrError(EhrError):
+    """The EHR refused in a way that retrying will not change."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status

@@ -1,0 +1,103 @@
+"""The SMART launch path: iss check -> discovery -> authorize redirect -> callback -> token -> launch row.
+
+Wires prm (launch rows, audit, roles) to connector (discovery, Authlib, id_token checks). Views stay
+thin: they parse the request, call these two functions, and render or redirect.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from connector import oauth
+from prm import audit, connections, launches
+from prm.audit import Actor
+from prm.errors import EhrError, LaunchError
+from prm.models import Launch
+from prm.permissions import role_for_user
+from smart_app.context import AppContext
+
+log = logging.getLogger(__name__)
+_SYSTEM = Actor(kind="system", name="launch")
+
+
+def begin_ehr_launch(ctx: AppContext, iss: str, ehr_launch_id: str) -> str:
+    """Return the EHR's authorize URL for this launch; LaunchError when it cannot start."""
+    if not iss or not ehr_launch_id:
+        raise LaunchError("missing_parameters", "The EHR opened fhir-prm without `iss` and `launch`.")
+    if len(ehr_launch_id) > 500:
+        raise LaunchError("missing_parameters", "The EHR's launch parameter is too long.")
+    with ctx.db.session() as session:
+        connection = connections.enabled_by_iss(session, iss)
+    if connection is None:
+        # No outbound request to an unknown iss: it would be an SSRF and phishing vector.
+        raise LaunchError("unknown_iss", "This EHR is not connected to fhir-prm (or its connection is disabled).")
+    try:
+        config = ctx.discovery.get(ctx.worker.http, connection.iss, ctx.settings.http_timeout_s)
+    except EhrError as exc:
+        raise LaunchError("ehr_unreachable", f"The EHR's sign-in service could not be found: {exc}") from exc
+    with ctx.db.session() as session:
+        pending = launches.begin(session, ctx.settings.clock, ctx.box, connection, "ehr",
+                                 config.authorization_endpoint, config.token_endpoint)
+    scopes = connection.scopes.split()
+    return oauth.authorization_url(
+        authorize_endpoint=config.authorization_endpoint, client_id=connection.client_id,
+        redirect_uri=ctx.settings.redirect_uri, scope=connection.scopes, state=pending.state,
+        code_verifier=pending.code_verifier, aud=connection.iss, launch=ehr_launch_id,
+        nonce=pending.nonce if "openid" in scopes else None,
+    )
+
+
+def complete_launch(ctx: AppContext, state: str | None, code: str | None, error: str | None) -> Launch:
+    """Consume the pending launch named by `state`, exchange the code, and activate the launch."""
+    with ctx.db.session() as session:
+        row = launches.take_pending(session, ctx.settings.clock, state)
+    try:
+        return _finish(ctx, row, code, error)
+    except LaunchError as exc:
+        with ctx.db.session() as session:
+            fresh = session.get(Launch, row.id)
+            if fresh is not None:
+                launches.fail(session, fresh, exc.reason)
+            audit.record(session, ctx.settings.clock, _SYSTEM, "launch.complete", outcome="failure",
+                         detail=exc.reason, connection_id=row.connection_id)
+        raise
+
+
+def _finish(ctx: AppContext, row: Launch, code: str | None, error: str | None) -> Launch:
+    if error:
+        reason = "access_denied" if error == "access_denied" else "authorization_error"
+        raise LaunchError(reason, f"The EHR did not authorise fhir-prm ({error[:60]}).")
+    if not code:
+        raise LaunchError("missing_code", "The EHR answered without an authorization code.")
+    with ctx.db.session() as session:
+        connection = connections.get(session, row.connection_id)
+    if connection is None or not connection.enabled or row.token_endpoint is None:
+        raise LaunchError("unknown_iss", "The connection for this launch is gone or disabled.")
+    token = oauth.exchange_code(
+        token_endpoint=row.token_endpoint, client_id=connection.client_id,
+        client_secret=ctx.box.open(connection.client_secret_enc), redirect_uri=ctx.settings.redirect_uri,
+        code=code, code_verifier=launches.verifier_of(ctx.box, row), timeout=ctx.settings.http_timeout_s,
+    )
+    fhir_user = None
+    if token.get("id_token"):
+        config = ctx.discovery.get(ctx.worker.http, connection.iss, ctx.settings.http_timeout_s)
+        if not config.jwks_uri:
+            raise LaunchError("id_token_invalid", "The EHR sent an id_token but publishes no jwks_uri.")
+        claims = oauth.verify_id_token(
+            token["id_token"], jwks=oauth.fetch_jwks(ctx.worker.http, config.jwks_uri, ctx.settings.http_timeout_s),
+            issuer=config.issuer or connection.iss, client_id=connection.client_id, nonce=row.nonce,
+            now=int(time.time()),
+        )
+        fhir_user = claims.get("fhirUser") or claims.get("profile")
+    if not token.get("patient"):
+        raise LaunchError("no_patient", "The EHR did not say which patient is open.")
+    role = role_for_user(fhir_user, connection.role_mapping, connection.default_role)
+    with ctx.db.session() as session:
+        active = launches.complete(session, ctx.settings.clock, ctx.box, row, token, fhir_user, role.value)
+        actor = Actor(kind="user", name=fhir_user or "unknown", role=role.value,
+                      connection_id=connection.id, launch_id=row.id)
+        audit.record(session, ctx.settings.clock, actor, "launch.complete", patient_id=active.patient_id,
+                     entity=f"Patient/{active.patient_id}")
+    log.info("launch %s active for connection %s", row.id, connection.id)
+    return active

@@ -1,0 +1,58 @@
+"""Settings: every bad setting is named in one line; defaults give the embedded SQLite file."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from prm.config import load_settings
+from prm.errors import ConfigError
+from tests.support.settings import TEST_KEY, TEST_SECRET
+
+BASE = {"PRM_SECRET_KEY": TEST_SECRET, "PRM_ENCRYPTION_KEYS": TEST_KEY}
+
+
+def test_defaults_are_the_embedded_sqlite_file_and_no_redis(tmp_path: Path) -> None:
+    settings = load_settings({**BASE, "PRM_INSTANCE_DIR": str(tmp_path)})
+    assert settings.database_url == f"sqlite:///{(tmp_path / 'prm.db').resolve()}"
+    assert settings.uses_redis is False
+    assert settings.redirect_uri == "http://127.0.0.1:8000/launch/callback"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({}, "PRM_SECRET_KEY"),
+        ({"PRM_SECRET_KEY": "short"}, "PRM_SECRET_KEY"),
+        ({"PRM_ENCRYPTION_KEYS": ""}, "PRM_ENCRYPTION_KEYS"),
+        ({"PRM_ENCRYPTION_KEYS": "not-a-key"}, "PRM_ENCRYPTION_KEYS"),
+        ({"PRM_DATABASE_URL": "mysql://x"}, "PRM_DATABASE_URL"),
+        ({"PRM_REDIS_URL": "http://127.0.0.1:6379"}, "PRM_REDIS_URL"),
+        ({"PRM_PUBLIC_URL": "127.0.0.1:8000"}, "PRM_PUBLIC_URL"),
+        ({"PRM_SWEEP_INTERVAL_S": "soon"}, "PRM_SWEEP_INTERVAL_S"),
+        ({"PRM_HEALTH_CHECK_INTERVAL_S": "0"}, "PRM_HEALTH_CHECK_INTERVAL_S"),
+        ({"PRM_NOW": "2026-11-20T12:00:00"}, "time zone"),
+        ({"PRM_NOW": "yesterday"}, "ISO 8601"),
+    ],
+)
+def test_a_bad_setting_is_named(env: dict[str, str], named: str) -> None:
+    merged = {**BASE, **env} if env else {}
+    with pytest.raises(ConfigError) as caught:
+        load_settings(merged)
+    assert named in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_postgres_and_redis_urls_are_accepted() -> None:
+    settings = load_settings({**BASE, "PRM_DATABASE_URL": "postgresql://prm:prm@127.0.0.1/prm",
+                              "PRM_REDIS_URL": "redis://127.0.0.1:6379/0"})
+    assert settings.uses_redis
+    assert settings.database_url.startswith("postgresql://")
+
+
+def test_prm_now_freezes_the_clock() -> None:
+    settings = load_settings({**BASE, "PRM_NOW": "2026-11-20T12:00:00Z"})
+    assert settings.clock() == datetime(2026, 11, 20, 12, tzinfo=UTC)
+    assert settings.clock() == settings.clock()

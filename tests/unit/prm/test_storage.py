@@ -1,0 +1,229 @@
+"""Storage on SQLite and PostgreSQL alike: migrations, UTC datetimes, idempotent writes, atomic claims."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import inspect
+from sqlmodel import select
+
+from prm import audit, connections, jobs, launches, leases, outbox
+from prm.audit import Actor
+from prm.config import Settings
+from prm.crypto import SecretBox
+from prm.db import Database, enqueue_after_commit
+from prm.errors import LaunchError, ValidationError
+from prm.migrate import pending_revisions, upgrade
+from prm.models import AuditRecord, Connection, Job, OutboxRow
+
+NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
+
+
+def spec(name: str = "riverside", iss: str = "https://ehr.example/fhir") -> connections.ConnectionSpec:
+    return connections.ConnectionSpec(name=name, iss=iss, client_id="fhir-prm",
+                                      frame_origins=("https://ehr.example",))
+
+
+def add_connection(database: Database, settings: Settings) -> Connection:
+    with database.session() as session:
+        return connections.upsert(session, settings.clock, SecretBox(settings.encryption_keys), spec())
+
+
+def test_migrations_create_every_table_and_are_current(database: Database) -> None:
+    names = set(inspect(database.engine).get_table_names())
+    assert {"connection", "launch", "audit_record", "outbox_row", "job", "lease", "local_admin"} <= names
+    assert pending_revisions(database) == []
+    upgrade(database)  # running again is a no-op
+
+
+def test_datetimes_come_back_aware_utc(database: Database, settings: Settings) -> None:
+    row = add_connection(database, settings)
+    with database.session() as session:
+        fresh = session.get(Connection, row.id)
+        assert fresh is not None and fresh.created_at == NOW
+        assert fresh.created_at.tzinfo is not None and fresh.created_at.utcoffset() == timedelta(0)
+
+
+def test_naive_datetimes_are_refused(database: Database) -> None:
+    with pytest.raises(Exception, match="naive datetime"), database.session() as session:
+        session.add(Connection(name="x", iss="https://x.example/fhir", client_id="c",
+                               created_at=datetime(2026, 1, 1), updated_at=NOW))
+
+
+def test_connection_upsert_is_idempotent_and_keeps_secrets_sealed(database: Database, settings: Settings) -> None:
+    box = SecretBox(settings.encryption_keys)
+    secret_spec = connections.ConnectionSpec(name="hudson", iss="https://hudson.example/fhir/", client_id="a",
+                                             client_auth="client_secret", client_secret="s3cret")
+    with database.session() as session:
+        first = connections.upsert(session, settings.clock, box, secret_spec)
+    with database.session() as session:
+        second = connections.upsert(session, settings.clock, box, secret_spec)
+        assert second.id == first.id
+        assert second.iss == "https://hudson.example/fhir"
+        assert second.client_secret_enc and "s3cret" not in second.client_secret_enc
+        assert box.open(second.client_secret_enc) == "s3cret"
+        assert len(connections.list_all(session)) == 1
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"name": "Has Spaces"}, "name"),
+        ({"iss": "ftp://ehr.example/fhir"}, "iss"),
+        ({"iss": "https://ehr.example/fhir?x=1"}, "iss"),
+        ({"client_id": " "}, "client id"),
+        ({"client_auth": "client_secret"}, "secret"),
+        ({"frame_origins": ("https://ehr.example/path",)}, "frame origin"),
+        ({"default_role": "surgeon"}, "unknown role"),
+    ],
+)
+def test_bad_connection_input_is_refused_with_a_reason(changes: dict[str, object], message: str) -> None:
+    base = spec().__dict__ | changes
+    with pytest.raises(ValidationError, match=message):
+        connections.validate(connections.ConnectionSpec(**base))  # type: ignore[arg-type]
+
+
+def test_one_iss_belongs_to_one_connection(database: Database, settings: Settings) -> None:
+    add_connection(database, settings)
+    with pytest.raises(ValidationError, match="already belongs"), database.session() as session:
+        connections.upsert(session, settings.clock, SecretBox(settings.encryption_keys), spec(name="other"))
+
+
+def test_launch_state_is_single_use(database: Database, settings: Settings) -> None:
+    connection = add_connection(database, settings)
+    box = SecretBox(settings.encryption_keys)
+    with database.session() as session:
+        pending = launches.begin(session, settings.clock, box, connection, "ehr", "https://a", "https://t")
+    assert len(pending.state) >= 22  # >= 128 bits of entropy, url-safe base64
+    with database.session() as session:
+        row = launches.take_pending(session, settings.clock, pending.state)
+        assert launches.verifier_of(box, row) == pending.code_verifier
+    with pytest.raises(LaunchError) as caught, database.session() as session:
+        launches.take_pending(session, settings.clock, pending.state)
+    assert caught.value.reason == "unknown_state"
+    with pytest.raises(LaunchError) as missing, database.session() as session:
+        launches.take_pending(session, settings.clock, None)
+    assert missing.value.reason == "missing_state"
+
+
+def test_completed_launch_keeps_tokens_encrypted(database: Database, settings: Settings) -> None:
+    connection = add_connection(database, settings)
+    box = SecretBox(settings.encryption_keys)
+    with database.session() as session:
+        pending = launches.begin(session, settings.clock, box, connection, "ehr", "https://a", "https://t")
+    with database.session() as session:
+        row = launches.take_pending(session, settings.clock, pending.state)
+        launches.complete(session, settings.clock, box, row,
+                          {"access_token": "AT-1", "refresh_token": "RT-1", "expires_in": 300,
+                           "patient": "pat-000001", "need_patient_banner": False, "scope": "launch"},
+                          "Practitioner/prac-rdc-01", "clinician")
+    with database.session() as session:
+        active = launches.by_handle(session, pending.launch.handle)
+        assert active is not None and active.status == "active" and active.patient_id == "pat-000001"
+        assert "AT-1" not in (active.access_token_enc or "") and box.open(active.access_token_enc) == "AT-1"
+        assert active.expires_at == NOW + timedelta(seconds=300)
+        assert active.code_verifier_enc is None and active.context == {"need_patient_banner": False}
+
+
+def test_job_slots_are_planned_once_and_claimed_once(database: Database) -> None:
+    with database.session() as session:
+        assert jobs.plan(session, jobs.HEALTH_CHECK, 1, NOW)
+        assert not jobs.plan(session, jobs.HEALTH_CHECK, 1, NOW)
+        assert jobs.ensure_planned(session, jobs.HEALTH_CHECK, [1, 2], NOW) == 1
+    with database.session() as session:
+        due = jobs.due(session, NOW, resend_after_s=60)
+        assert sorted(j.subject_id for j in due) == [1, 2]
+        first = jobs.claim(session, due[0].id or 0, "w1", NOW, lease_s=60)
+    with database.session() as session:
+        assert first is not None and first.status == "running" and first.attempts == 1
+        assert jobs.claim(session, first.id or 0, "w2", NOW, lease_s=60) is None
+        assert jobs.finish(session, first, "w1", NOW)
+    with database.session() as session:
+        done = session.get(Job, first.id)
+        assert done is not None and done.status == "done" and done.runs == 1
+        assert jobs.claim(session, first.id or 0, "w2", NOW, lease_s=60) is None
+
+
+def test_a_dead_workers_job_is_claimable_after_its_lease(database: Database) -> None:
+    with database.session() as session:
+        jobs.plan(session, jobs.HEALTH_CHECK, 1, NOW)
+        job_id = jobs.due(session, NOW, 60)[0].id or 0
+        assert jobs.claim(session, job_id, "dead", NOW, lease_s=30) is not None
+    with database.session() as session:
+        assert jobs.claim(session, job_id, "w2", NOW + timedelta(seconds=10), lease_s=30) is None
+        assert [j.id for j in jobs.due(session, NOW + timedelta(seconds=31), 60)] == [job_id]
+        taken = jobs.claim(session, job_id, "w2", NOW + timedelta(seconds=31), lease_s=30)
+        assert taken is not None and taken.attempts == 2
+
+
+def test_woken_jobs_are_not_woken_again_until_the_wakeup_looks_lost(database: Database) -> None:
+    with database.session() as session:
+        jobs.plan(session, jobs.HEALTH_CHECK, 1, NOW)
+        job_id = jobs.due(session, NOW, 60)[0].id or 0
+        jobs.mark_enqueued(session, [job_id], NOW)
+    with database.session() as session:
+        assert jobs.due(session, NOW + timedelta(seconds=30), 60) == []
+        assert [j.id for j in jobs.due(session, NOW + timedelta(seconds=61), 60)] == [job_id]
+
+
+def test_next_slot_skips_missed_slots() -> None:
+    assert jobs.next_slot(NOW, 300, NOW + timedelta(seconds=10)) == NOW + timedelta(seconds=300)
+    late = NOW + timedelta(hours=2)
+    assert jobs.next_slot(NOW, 300, late) == late + timedelta(seconds=300)
+
+
+def test_leases_are_exclusive_until_they_lapse(database: Database) -> None:
+    with database.session() as session:
+        assert leases.acquire(session, "scheduler", "a", NOW, 30)
+    with database.session() as session:
+        assert not leases.acquire(session, "scheduler", "b", NOW + timedelta(seconds=10), 30)
+        assert leases.acquire(session, "scheduler", "a", NOW + timedelta(seconds=10), 30)
+    with database.session() as session:
+        assert leases.acquire(session, "scheduler", "b", NOW + timedelta(seconds=41), 30)
+        leases.release(session, "scheduler", "b")
+    with database.session() as session:
+        assert leases.acquire(session, "scheduler", "a", NOW, 30)
+
+
+def test_outbox_rows_are_idempotent_by_business_identifier(database: Database, settings: Settings) -> None:
+    connection = add_connection(database, settings)
+    key = {"connection_id": connection.id or 0, "resource_type": "Task",
+           "identifier_system": "https://fhir-prm.org/sid/care-ticket", "identifier_value": "ct-1",
+           "source": "care_ticket:1"}
+    with database.session() as session:
+        first = outbox.add(session, settings.clock, **key)  # type: ignore[arg-type]
+        again = outbox.add(session, settings.clock, **key)  # type: ignore[arg-type]
+        assert first.id == again.id and first.status == "pending"
+        assert [r.id for r in outbox.pending(session, settings.clock)] == [first.id]
+    with database.session() as session:
+        assert len(list(session.exec(select(OutboxRow)))) == 1
+    with pytest.raises(ValidationError), database.session() as session:
+        outbox.add(session, settings.clock, **(key | {"resource_type": "task"}))  # type: ignore[arg-type]
+
+
+def test_audit_rows_are_committed_with_the_action_or_not_at_all(database: Database, settings: Settings) -> None:
+    actor = Actor(kind="user", name="Practitioner/prac-rdc-01", role="clinician", connection_id=1)
+    with database.session() as session:
+        audit.record(session, settings.clock, actor, "patient.read", patient_id="pat-000001",
+                     entity="Patient/pat-000001")
+    with pytest.raises(RuntimeError), database.session() as session:
+        audit.record(session, settings.clock, actor, "patient.read", patient_id="pat-000002")
+        raise RuntimeError("the action failed")
+    with database.session() as session:
+        rows = list(session.exec(select(AuditRecord)))
+    assert [(r.patient_id, r.actor, r.role, r.occurred_at) for r in rows] == [
+        ("pat-000001", "Practitioner/prac-rdc-01", "clinician", NOW)
+    ]
+
+
+def test_after_commit_hooks_run_only_after_a_commit(database: Database) -> None:
+    ran: list[str] = []
+    with database.session() as session:
+        enqueue_after_commit(session, lambda: ran.append("committed"))
+        assert ran == []
+    assert ran == ["committed"]
+    with pytest.raises(RuntimeError), database.session() as session:
+        enqueue_after_commit(session, lambda: ran.append("rolled back"))
+        raise RuntimeError
+    assert ran == ["committed"]

@@ -1,0 +1,60 @@
+"""What a task needs at run time (settings, database, secrets, HTTP, dispatcher), built once per process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+
+import requests
+
+from connector.http import make_session
+from prm.config import Settings, load_settings
+from prm.crypto import SecretBox
+from prm.db import Database
+from workers.dispatch import Dispatcher, dispatcher_for
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    db: Database
+    box: SecretBox
+    dispatcher: Dispatcher
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}")
+    _local: threading.local = field(default_factory=threading.local, repr=False)
+
+    @property
+    def http(self) -> requests.Session:
+        """One requests session per thread (sessions are not thread-safe)."""
+        session = getattr(self._local, "http", None)
+        if session is None:
+            session = self._local.http = make_session()
+        return session
+
+
+_context: WorkerContext | None = None
+_lock = threading.Lock()
+
+
+def build(settings: Settings, dispatcher: Dispatcher | None = None) -> WorkerContext:
+    return WorkerContext(settings=settings, db=Database(settings.database_url),
+                         box=SecretBox(settings.encryption_keys),
+                         dispatcher=dispatcher or dispatcher_for(settings))
+
+
+def install(context: WorkerContext) -> None:
+    """Use `context` for tasks in this process (the app does this for the embedded runner)."""
+    global _context
+    with _lock:
+        _context = context
+
+
+def context() -> WorkerContext:
+    """The process's context, built from the environment the first time a task needs it."""
+    global _context
+    with _lock:
+        if _context is None:
+            _context = build(load_settings())
+        return _context
