@@ -44,8 +44,8 @@ def build(settings: Settings, dispatcher: Dispatcher | None = None) -> WorkerCon
                          dispatcher=dispatcher or dispatcher_for(settings))
 
 
-def install(context: WorkerContext) -> None:
-    """Use `context` for tasks in this process (the app does this for the embedded runner)."""
+def install(context: WorkerContext | None) -> None:
+    """Use `context` for tasks in this process (the app does this for the embedded runner); None resets."""
     global _context
     with _lock:
         _context = context

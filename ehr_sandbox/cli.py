@@ -1,0 +1,109 @@
+"""`ehr-sandbox up`: the sandbox EHR and fhir-prm together on the embedded default, for a first run.
+
+It starts the FHIR server (loaded with the synthetic data set) and the EHR, registers fhir-prm with
+the EHR as a SMART client, registers the EHR with fhir-prm through `prm connection add` (upserted, so
+restarts are harmless), starts `prm serve`, and prints the URL to open. Ports are fixed by default so
+the connection's `iss` stays stable across restarts.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+import click
+import requests
+from dotenv import load_dotenv
+
+from ehr_sandbox.config import SandboxClient, SandboxConfig
+from ehr_sandbox.profiles import PROFILES
+from ehr_sandbox.stack import SandboxStack
+from prm.clock import running_from
+from prm.connections import DEFAULT_USER_SCOPES
+
+DATASET_NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)  # the data set's "now" (ehr_sandbox/data/README.md)
+CLIENT_ID = "fhir-prm"
+BIN = Path(sys.executable).parent
+
+
+def _prm(args: list[str], env: dict[str, str]) -> None:
+    done = subprocess.run([str(BIN / "prm"), *args], env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise click.ClickException(f"prm {' '.join(args[:2])} failed: {done.stderr.strip() or done.stdout.strip()}")
+
+
+def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise click.ClickException("fhir-prm stopped during start-up (its log is above)")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise click.ClickException(f"fhir-prm did not answer at {url} within {timeout_s:.0f} s")
+
+
+@click.group(help="The sandbox EHR for development, demos and tests.")
+def cli() -> None:
+    pass
+
+
+@cli.command(help="Start the sandbox EHR and fhir-prm (embedded default) and print the URL to open.")
+@click.option("--port", default=8790, show_default=True, help="The EHR (shell, OAuth, FHIR proxy).")
+@click.option("--fhir-port", default=8791, show_default=True, help="The FHIR server behind the EHR.")
+@click.option("--app-port", default=8000, show_default=True, help="fhir-prm.")
+@click.option("--profile", default="default", type=click.Choice(sorted(PROFILES)), show_default=True)
+@click.option("--real-time", is_flag=True, help="Use today's clock, not the data set's 2026-11-20T12:00Z.")
+def up(port: int, fhir_port: int, app_port: int, profile: str, real_time: bool) -> None:
+    app_url = f"http://127.0.0.1:{app_port}"
+    config = SandboxConfig(
+        profile=profile, port=port, fhir_internal_port=fhir_port, app_launch_url=f"{app_url}/launch",
+        clients=[SandboxClient(client_id=CLIENT_ID, redirect_uris=[f"{app_url}/launch/callback"],
+                               scopes=DEFAULT_USER_SCOPES + " launch/patient offline_access")],
+    )
+    env = {**os.environ, "PRM_PUBLIC_URL": app_url}
+    if not real_time and not env.get("PRM_NOW"):
+        env["PRM_NOW"] = running_from(DATASET_NOW)
+    click.echo("starting the sandbox EHR (FHIR server and synthetic data set)...")
+    stack = SandboxStack(config).start()
+    app: subprocess.Popen[bytes] | None = None
+    try:
+        _prm(["db", "upgrade"], env)
+        _prm(["connection", "add", "--name", "sandbox", "--iss", stack.iss, "--client-id", CLIENT_ID,
+              "--frame-origin", stack.ehr_url, "--role-map", "Practitioner/prac-rdc-05=it_admin"], env)
+        app = subprocess.Popen([str(BIN / "prm"), "serve", "--port", str(app_port)], env=env)
+        _wait_healthy(f"{app_url}/healthz", app)
+
+        def _stop(_signum: int, _frame: FrameType | None) -> None:
+            stack.stop()
+
+        signal.signal(signal.SIGTERM, _stop)
+        click.echo("")
+        click.secho(f"  Open the sandbox EHR:  {stack.ehr_url}/", bold=True)
+        click.echo(f"  fhir-prm:              {app_url}   (iss {stack.iss})")
+        click.echo("  Pick a patient: fhir-prm opens in the chart's sidebar via SMART EHR launch. Ctrl-C stops.")
+        click.echo("")
+        sys.stdout.flush()
+        stack.wait()
+    finally:
+        if app is not None and app.poll() is None:
+            app.terminate()
+            try:
+                app.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                app.kill()
+        stack.stop()
+
+
+def main() -> None:
+    load_dotenv(".env", override=False)
+    cli(prog_name="ehr-sandbox")

@@ -1,0 +1,17 @@
+"""The EHR's own signing key (id_tokens), from a PEM file or made in memory so a sandbox never needs key files."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from joserfc.jwk import RSAKey
+
+
+def load_or_generate(path: str | None) -> RSAKey:
+    key = RSAKey.import_key(Path(path).read_bytes()) if path else RSAKey.generate_key(2048, private=True)
+    kid = key.thumbprint()
+    return RSAKey.import_key(key.as_dict(private=True), parameters={"kid": kid, "use": "sig", "alg": "RS256"})
+
+
+def public_jwks(key: RSAKey) -> dict[str, Any]:
+    return {"keys": [key.as_dict(private=False)]}

@@ -1,0 +1,40 @@
+"""Named EHR behaviours, data-driven so a new quirk of a real EHR is one line here plus the switch it uses."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Behaviour switches read by the authorization server and the FHIR proxy."""
+
+    name: str
+    description: str = ""
+    discovery: bool = True  # serve /fhir/.well-known/smart-configuration
+    v1_scopes_only: bool = False  # advertise and grant SMART v1 scopes only
+    access_token_lifetime_s: int | None = None  # overrides SandboxConfig.token_lifetime_s
+    refresh_reuse_detection: bool = False  # reusing a rotated refresh token revokes the whole family
+    export: bool = True  # $export and bulk status/files
+    patient_scoped_searches_only: bool = False  # type-level searches need patient/subject (_id for Patient)
+    refused_writes: frozenset[str] = field(default_factory=frozenset)  # resource types whose create/update -> 403
+
+
+PROFILES: dict[str, Profile] = {p.name: p for p in [
+    Profile("default", "A well-behaved SMART App Launch 2 EHR."),
+    Profile("no-discovery", ".well-known/smart-configuration is 404; only the CapabilityStatement has the oauth-uris",
+            discovery=False),
+    Profile("v1-scopes", "Understands SMART v1 scopes only; v2 requests get their v1 equivalents", v1_scopes_only=True),
+    Profile("short-token", "Access tokens live 5 seconds", access_token_lifetime_s=5),
+    Profile("refresh-reuse-detection", "A reused rotated refresh token revokes the whole token family",
+            refresh_reuse_detection=True),
+    Profile("no-export", "No Bulk Data $export", export=False),
+    Profile("patient-scoped-only", "Type-level searches must name a patient", patient_scoped_searches_only=True),
+    Profile("task-writes-refused", "Task create/update is forbidden", refused_writes=frozenset({"Task"})),
+]}
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown sandbox profile {name!r}; known: {', '.join(PROFILES)}") from None

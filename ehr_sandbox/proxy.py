@@ -1,0 +1,92 @@
+"""The EHR's FHIR endpoint: checks bearer tokens and scopes, then forwards to the internal FHIR server."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import requests
+from flask import Blueprint, Response, request
+
+from .access import Denied, check, classify, patient_refs
+from .authz import SmartAuth
+
+REQUEST_HEADERS = ("Content-Type", "Accept", "Prefer", "If-None-Exist", "If-Match", "If-None-Match",
+                   "If-Modified-Since")
+RESPONSE_HEADERS = ("Location", "ETag", "Content-Location", "Retry-After", "X-Progress", "Content-Type",
+                    "Last-Modified", "Expires")
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+
+
+def outcome(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    body = {"resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": code, "diagnostics": message}]}
+    return Response(json.dumps(body), status=status, headers=headers, mimetype="application/fhir+json")
+
+
+def _with_smart_security(cap: dict[str, Any], smart: SmartAuth) -> dict[str, Any]:
+    """Replace the server's own security block with the EHR's SMART one (oauth-uris extension)."""
+    for rest in cap.get("rest", []):
+        rest["security"] = {
+            "cors": True,
+            "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                     "code": "SMART-on-FHIR"}]}],
+            "extension": [{"url": OAUTH_URIS, "extension": [
+                {"url": "authorize", "valueUri": f"{smart.ehr_url}/oauth/authorize"},
+                {"url": "token", "valueUri": smart.token_url}]}],
+            "description": "SMART App Launch 2 (sandbox EHR)",
+        }
+        if not smart.profile.export:
+            rest["operation"] = [op for op in rest.get("operation", []) if op.get("name") != "export"]
+            for res in rest.get("resource", []):
+                res["operation"] = [op for op in res.get("operation", []) if op.get("name") != "export"]
+    return cap
+
+
+def build_blueprint(smart: SmartAuth) -> Blueprint:
+    bp = Blueprint("fhir_proxy", __name__)
+    upstream = smart.config.fhir_internal_url
+    http = requests.Session()
+
+    def forward(path: str, args: list[tuple[str, str]]) -> requests.Response:
+        headers = {h: request.headers[h] for h in REQUEST_HEADERS if h in request.headers}
+        url = f"{upstream}/{path}" if path else upstream
+        return http.request(request.method, url, params=args, data=request.get_data(), headers=headers,
+                            timeout=300, allow_redirects=False)
+
+    def relay(resp: requests.Response, content: bytes | None = None) -> Response:
+        headers = {h: resp.headers[h] for h in RESPONSE_HEADERS if h in resp.headers}
+        return Response(resp.content if content is None else content, status=resp.status_code, headers=headers)
+
+    @bp.route("/fhir/metadata", methods=["GET", "HEAD"])
+    def metadata() -> Response:
+        resp = forward("metadata", list(request.args.items(multi=True)))
+        if resp.status_code != 200 or "json" not in resp.headers.get("Content-Type", ""):
+            return relay(resp)
+        return relay(resp, json.dumps(_with_smart_security(resp.json(), smart)).encode())
+
+    @bp.route("/fhir", defaults={"path": ""}, methods=METHODS, strict_slashes=False)
+    @bp.route("/fhir/<path:path>", methods=METHODS)
+    def fhir(path: str) -> Response:
+        token = smart.bearer(request.headers.get("Authorization"))
+        if token is None:
+            return outcome(401, "login", "a valid, unexpired bearer token is required",
+                           {"WWW-Authenticate": f'Bearer realm="{smart.iss}", error="invalid_token"'})
+        args = list(request.args.items(multi=True))
+        inter = classify(request.method, path)
+        patient = token.user.patient if token.user else None
+        try:
+            inter = check(token.scope, patient, smart.profile, inter, args, request.get_data())
+        except Denied as denied:
+            return outcome(denied.status, denied.code, denied.message)
+        resp = forward(path, args + inter.extra_params)
+        if inter.check_result_patient and resp.status_code == 200:
+            try:
+                refs = patient_refs(resp.json())
+            except ValueError:
+                refs = set()
+            if refs and inter.check_result_patient not in refs:
+                return outcome(403, "forbidden", "patient/ scopes only reach the launch patient's data")
+        return relay(resp)
+
+    return bp

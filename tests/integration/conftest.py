@@ -1,0 +1,78 @@
+"""Integration fixtures: the sandbox EHR (real FHIR server + SMART authorization server) and the real app.
+
+One sandbox and one app per test run; tests that change EHR data start their own.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ehr_sandbox.config import SandboxClient, SandboxConfig
+from ehr_sandbox.stack import SandboxStack
+from prm.connections import DEFAULT_USER_SCOPES
+from tests.support.ports import free_port
+from tests.support.processes import BIN, Process, prm_process, wait_http_ok
+from tests.support.settings import env_for
+
+IT_ADMIN_USER = "Practitioner/prac-rdc-05"  # mapped to it_admin in the app's sandbox connection
+CLIENT_ID = "fhir-prm"
+
+
+@dataclass
+class LiveApp:
+    url: str
+    database_url: str
+    env: dict[str, str]
+    workdir: Path
+    process: Process
+
+    def prm(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run the `prm` CLI against this app's database."""
+        return subprocess.run([str(BIN / "prm"), *args], env={**self.process.env}, cwd=self.workdir,
+                              capture_output=True, text=True, input=stdin, timeout=60, check=False)
+
+
+@pytest.fixture(scope="session")
+def app_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def sandbox(app_port: int) -> Iterator[SandboxStack]:
+    app = f"http://127.0.0.1:{app_port}"
+    config = SandboxConfig(
+        port=free_port(), fhir_internal_port=free_port(), app_launch_url=f"{app}/launch",
+        clients=[SandboxClient(client_id=CLIENT_ID, redirect_uris=[f"{app}/launch/callback"],
+                               scopes=DEFAULT_USER_SCOPES + " launch/patient offline_access")],
+    )
+    with SandboxStack(config) as stack:
+        yield stack
+
+
+def start_app(port: int, workdir: Path, database_url: str, sandbox: SandboxStack, **extra_env: str) -> LiveApp:
+    env = env_for(database_url, workdir / "instance", PRM_PUBLIC_URL=f"http://127.0.0.1:{port}", **extra_env)
+    process = prm_process(f"app-{port}", ["serve", "--port", str(port)], workdir / "logs", env, workdir)
+    app = LiveApp(url=f"http://127.0.0.1:{port}", database_url=database_url, env=env, workdir=workdir,
+                  process=process)
+    for args in (["db", "upgrade"],
+                 ["connection", "add", "--name", "sandbox", "--iss", sandbox.iss, "--client-id", CLIENT_ID,
+                  "--frame-origin", sandbox.ehr_url, "--role-map", f"{IT_ADMIN_USER}=it_admin"]):
+        done = app.prm(*args)
+        assert done.returncode == 0, done.stderr
+    process.start()
+    wait_http_ok(f"{app.url}/healthz", process=process)
+    return app
+
+
+@pytest.fixture(scope="session")
+def live_app(app_port: int, sandbox: SandboxStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
+    """`prm serve` on the embedded default (SQLite file, in-process tasks), connected to the sandbox."""
+    workdir = tmp_path_factory.mktemp("live-app")
+    app = start_app(app_port, workdir, f"sqlite:///{workdir / 'prm.db'}", sandbox)
+    yield app
+    app.process.stop()

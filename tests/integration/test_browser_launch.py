@@ -1,0 +1,84 @@
+"""In headless Chromium: the EHR shell (localhost) frames the app (127.0.0.1) cross-site, and the launch works."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from ehr_sandbox.stack import SandboxStack
+from tests.integration.conftest import LiveApp
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def test_patient_list_to_sidebar_in_a_cross_site_iframe(page: Page, live_app: LiveApp, sandbox: SandboxStack) -> None:
+    page.goto(f"{sandbox.ehr_url}/")
+    page.get_by_role("link", name="Bennett").first.click()
+    frame = page.frame_locator("#prm-sidebar")
+    name = frame.locator("#patient-name")
+    name.wait_for(timeout=20_000)
+    assert name.inner_text() == "Oliver Bennett"
+    sidebar = page.frame(name="prm-sidebar")
+    assert sidebar is not None and sidebar.url.startswith(f"{live_app.url}/app/")
+    assert "pat-000001" not in sidebar.url
+    box = page.locator("#prm-sidebar").bounding_box()
+    assert box is not None and 340 <= box["width"] <= 380
+
+
+def test_launch_works_with_every_app_cookie_stripped(page: Page, live_app: LiveApp, sandbox: SandboxStack) -> None:
+    """Third-party cookies blocked: the app must not need any (state lives server-side, handle in the URL)."""
+    stripped: list[str] = []
+
+    def strip_cookies(route) -> None:  # type: ignore[no-untyped-def]
+        response = route.fetch()
+        headers = {k: v for k, v in response.headers.items() if k.lower() != "set-cookie"}
+        if len(headers) != len(response.headers):
+            stripped.append(route.request.url)
+        route.fulfill(response=response, headers=headers)
+
+    page.route(f"{live_app.url}/**", strip_cookies)
+    page.goto(sandbox.chart_url("pat-000002"))
+    name = page.frame_locator("#prm-sidebar").locator("#patient-name")
+    name.wait_for(timeout=20_000)
+    assert name.inner_text().strip()
+    assert page.context.cookies(live_app.url) == []
+
+
+def test_two_frames_two_patients_stay_apart(browser: Browser, live_app: LiveApp, sandbox: SandboxStack) -> None:
+    context = browser.new_context()
+    first, second = context.new_page(), context.new_page()
+    first.goto(sandbox.chart_url("pat-000001"))
+    second.goto(sandbox.chart_url("pat-000007"))
+    a = first.frame_locator("#prm-sidebar").locator("#patient-name")
+    b = second.frame_locator("#prm-sidebar").locator("#patient-name")
+    a.wait_for(timeout=20_000)
+    b.wait_for(timeout=20_000)
+    first.reload()
+    a.wait_for(timeout=20_000)
+    assert a.inner_text() == "Oliver Bennett"
+    assert b.inner_text() != a.inner_text()
+    assert first.frame_locator("#prm-sidebar").locator("#patient").get_attribute("data-patient-id") == "pat-000001"
+    assert second.frame_locator("#prm-sidebar").locator("#patient").get_attribute("data-patient-id") == "pat-000007"
+    context.close()

@@ -1,0 +1,96 @@
+"""The `prm` and `ehr-sandbox` commands as a user runs them: clear one-line errors, idempotent connections."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import requests
+
+from tests.support.ports import free_port
+from tests.support.postgres import fresh_database
+from tests.support.processes import BIN, Process, wait_until
+from tests.support.settings import TEST_KEY, TEST_SECRET, env_for
+
+
+def prm(*args: str, env: dict[str, str], cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PRM_")}
+    return subprocess.run([str(BIN / "prm"), *args], env={**clean, **env}, cwd=cwd, capture_output=True, text=True,
+                          input=stdin, timeout=60, check=False)
+
+
+def test_a_missing_setting_stops_with_one_line(tmp_path: Path) -> None:
+    done = prm("connection", "list", env={}, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "PRM_SECRET_KEY is not set" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_an_unreachable_database_stops_with_one_line(tmp_path: Path) -> None:
+    env = {"PRM_SECRET_KEY": TEST_SECRET, "PRM_ENCRYPTION_KEYS": TEST_KEY,
+           "PRM_DATABASE_URL": f"postgresql://prm:prm@127.0.0.1:{free_port()}/prm"}
+    done = prm("serve", env=env, cwd=tmp_path)
+    assert done.returncode == 2 and "database unreachable" in done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr
+
+
+def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
+    env = env_for(f"sqlite:///{tmp_path / 'empty.db'}", tmp_path / "instance")
+    done = prm("serve", "--port", str(free_port()), env=env, cwd=tmp_path)
+    assert done.returncode != 0 and "prm db upgrade" in done.stderr
+
+
+def test_connections_on_postgresql(tmp_path: Path) -> None:
+    with fresh_database() as url:
+        env = env_for(url, tmp_path / "instance", PRM_NEW_CLIENT_SECRET="very-secret-value")
+        assert prm("db", "upgrade", env=env, cwd=tmp_path).returncode == 0
+        args = ["connection", "add", "--name", "hudson", "--iss", "https://hudson.example/fhir",
+                "--client-id", "prm", "--client-auth", "client_secret", "--frame-origin", "https://ehr.hudson.example"]
+        first = prm(*args, env=env, cwd=tmp_path)
+        again = prm(*args, "--default-role", "front_desk", env=env, cwd=tmp_path)
+        assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
+        assert first.stdout.split("(id")[1] == again.stdout.split("(id")[1]
+        shown = json.loads(prm("connection", "show", "hudson", env=env, cwd=tmp_path).stdout)
+        assert shown["default_role"] == "front_desk" and shown["client_secret"] == "(set)"
+        assert shown["frame_origins"] == ["https://ehr.hudson.example"]
+        listed = prm("connection", "list", env=env, cwd=tmp_path).stdout
+        assert "hudson" in listed and "very-secret-value" not in listed
+        bad = prm("connection", "add", "--name", "x", "--iss", "not a url", "--client-id", "c", env=env, cwd=tmp_path)
+        assert bad.returncode == 2 and "iss must be" in bad.stderr
+        missing = prm("connection", "show", "nope", env=env, cwd=tmp_path)
+        assert missing.returncode == 2 and "no connection named 'nope'" in missing.stderr
+        admin = prm("admin", "add", "it.lead", env=env, cwd=tmp_path, stdin="correct horse battery\n")
+        assert admin.returncode == 0, admin.stderr
+        weak = prm("admin", "add", "it.other", env=env, cwd=tmp_path, stdin="short\n")
+        assert weak.returncode == 2 and "at least 12" in weak.stderr
+
+
+def test_ehr_sandbox_up_starts_the_ehr_and_the_app_and_prints_the_url(tmp_path: Path) -> None:
+    ports = {"--port": free_port(), "--fhir-port": free_port(), "--app-port": free_port()}
+    argv = [str(BIN / "ehr-sandbox"), "up", *[str(x) for kv in ports.items() for x in kv]]
+    env = {"PRM_SECRET_KEY": TEST_SECRET, "PRM_ENCRYPTION_KEYS": TEST_KEY}
+    process = Process("ehr-sandbox-up", argv, tmp_path / "logs", env=env, cwd=tmp_path).start()
+    ehr = f"http://localhost:{ports['--port']}/"
+    try:
+        wait_until(lambda: f"Open the sandbox EHR:  {ehr}" in process.log_tail(200) or not process.alive(), 90,
+                   what="the URL to open")
+        assert process.alive(), process.log_tail()
+        shell = requests.get(ehr, timeout=10)
+        assert shell.status_code == 200 and "Bennett" in shell.text
+        app = f"http://127.0.0.1:{ports['--app-port']}"
+        assert requests.get(f"{app}/healthz", timeout=10).json() == {"status": "ok"}
+        assert (tmp_path / "instance" / "prm.db").exists()
+    finally:
+        process.stop(signal.SIGTERM, timeout_s=30)
+    assert process.proc is not None and process.proc.returncode is not None
+    for port in ports.values():  # everything it started has stopped with it
+        wait_until(lambda port=port: not _listening(port), 15, what=f"port {port} released")
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
