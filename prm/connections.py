@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlmodel import Session, select
 
@@ -19,9 +20,16 @@ from prm.models import Connection
 from prm.permissions import parse_role
 
 CLIENT_AUTH_KINDS = ("public", "client_secret", "private_key_jwt")
+BACKEND_AUTH_KINDS = ("private_key_jwt", "client_secret")
+SIGNING_ALGS = ("RS384", "ES384")
 DEFAULT_USER_SCOPES = (
     "launch openid fhirUser online_access patient/Patient.rs patient/RelatedPerson.rs "
     "patient/Encounter.rs patient/Appointment.rs patient/Communication.crus patient/Task.crus"
+)
+DEFAULT_BACKEND_SCOPES = (
+    "system/Patient.rs system/RelatedPerson.rs system/Encounter.rs system/Appointment.rs "
+    "system/Organization.rs system/Location.rs system/PractitionerRole.rs system/Communication.crus "
+    "system/Task.crus"
 )
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 
@@ -40,6 +48,24 @@ class ConnectionSpec:
     role_mapping: dict[str, str] = field(default_factory=dict)
     default_role: str = "clinician"
     enabled: bool = True
+    clinics: tuple[dict[str, str], ...] = ()  # {"organization": "Organization/x", "name": ..., "timezone": IANA}
+    signing_alg: str = "RS384"
+    backend_client_id: str | None = None
+    backend_auth: str | None = None
+    backend_client_secret: str | None = None
+    backend_scopes: str = DEFAULT_BACKEND_SCOPES
+
+
+def _clinic(value: dict[str, str]) -> dict[str, str]:
+    organization = (value.get("organization") or "").strip()
+    if not re.match(r"^Organization/[A-Za-z0-9\-.]{1,64}$", organization):
+        raise ValidationError(f"clinic organization must be Organization/<id>, got {organization!r}")
+    zone = (value.get("timezone") or "").strip()
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValidationError(f"clinic time zone must be an IANA zone such as Europe/London, got {zone!r}") from exc
+    return {"organization": organization, "name": (value.get("name") or "").strip(), "timezone": zone}
 
 
 def _origin(value: str) -> str:
@@ -60,10 +86,16 @@ def validate(spec: ConnectionSpec) -> ConnectionSpec:
         raise ValidationError("client id is required")
     if spec.client_auth not in CLIENT_AUTH_KINDS:
         raise ValidationError(f"client auth must be one of {', '.join(CLIENT_AUTH_KINDS)}")
-    if spec.client_auth == "client_secret" and not spec.client_secret:
-        raise ValidationError("client auth 'client_secret' needs a client secret")
     for role in [spec.default_role, *spec.role_mapping.values()]:
         parse_role(role)
+    if spec.signing_alg not in SIGNING_ALGS:
+        raise ValidationError(f"signing algorithm must be one of {', '.join(SIGNING_ALGS)}")
+    if spec.backend_auth is not None and spec.backend_auth not in BACKEND_AUTH_KINDS:
+        raise ValidationError(f"backend auth must be one of {', '.join(BACKEND_AUTH_KINDS)}")
+    if spec.backend_auth and not (spec.backend_client_id or "").strip():
+        raise ValidationError("backend services need a backend client id")
+    if any(not scope.startswith("system/") for scope in spec.backend_scopes.split()):
+        raise ValidationError("backend scopes must all be system/ scopes")
     return ConnectionSpec(
         name=spec.name,
         iss=spec.iss.strip().rstrip("/"),
@@ -75,6 +107,12 @@ def validate(spec: ConnectionSpec) -> ConnectionSpec:
         role_mapping=dict(spec.role_mapping),
         default_role=spec.default_role,
         enabled=spec.enabled,
+        clinics=tuple(_clinic(c) for c in spec.clinics),
+        signing_alg=spec.signing_alg,
+        backend_client_id=(spec.backend_client_id or "").strip() or None,
+        backend_auth=spec.backend_auth,
+        backend_client_secret=spec.backend_client_secret,
+        backend_scopes=" ".join(spec.backend_scopes.split()),
     )
 
 
@@ -91,12 +129,29 @@ def upsert(session: Session, clock: Clock, box: SecretBox, spec: ConnectionSpec)
     row.iss = spec.iss
     row.client_id = spec.client_id
     row.client_auth = spec.client_auth
-    row.client_secret_enc = box.seal(spec.client_secret)
+    # A secret not given again is kept (updating other fields must not wipe it); public clients hold none.
+    if spec.client_auth != "client_secret":
+        row.client_secret_enc = None
+    elif spec.client_secret is not None:
+        row.client_secret_enc = box.seal(spec.client_secret)
+    if row.client_auth == "client_secret" and row.client_secret_enc is None:
+        raise ValidationError("client auth 'client_secret' needs a client secret")
     row.scopes = spec.scopes
     row.frame_origins = list(spec.frame_origins)
     row.role_mapping = dict(spec.role_mapping)
     row.default_role = spec.default_role
     row.enabled = spec.enabled
+    row.clinics = list(spec.clinics)
+    row.signing_alg = spec.signing_alg
+    row.backend_client_id = spec.backend_client_id
+    row.backend_auth = spec.backend_auth
+    if spec.backend_auth != "client_secret":
+        row.backend_client_secret_enc = None
+    elif spec.backend_client_secret is not None:
+        row.backend_client_secret_enc = box.seal(spec.backend_client_secret)
+    if row.backend_auth == "client_secret" and row.backend_client_secret_enc is None:
+        raise ValidationError("backend auth 'client_secret' needs a backend client secret")
+    row.backend_scopes = spec.backend_scopes
     row.updated_at = now
     session.add(row)
     session.flush()
@@ -122,6 +177,15 @@ def enabled_by_iss(session: Session, iss: str) -> Connection | None:
     """The enabled connection whose FHIR base is exactly `iss` (no normalisation beyond a trailing /)."""
     row = session.exec(select(Connection).where(Connection.iss == iss.rstrip("/"))).first()
     return row if row is not None and row.enabled else None
+
+
+def set_enabled(session: Session, clock: Clock, name: str, enabled: bool) -> Connection:
+    """Disable (or re-enable) a connection: launches from its iss are refused, its jobs stop being planned."""
+    row = by_name(session, name)
+    row.enabled = enabled
+    row.updated_at = clock()
+    session.add(row)
+    return row
 
 
 def record_health(session: Session, clock: Clock, row: Connection, ok: bool, detail: dict[str, Any]) -> None:

@@ -40,6 +40,16 @@ class Connection(ConnectionBase, table=True):
     client_secret_enc: str | None = Field(default=None, max_length=2000)
     frame_origins: list[str] = _json([])
     role_mapping: dict[str, str] = _json({})
+    # clinics this connection serves: [{"organization": "Organization/x", "name": ..., "timezone": "Europe/London"}]
+    clinics: list[dict[str, str]] = _json([])
+    signing_alg: str = Field(default="RS384", max_length=10)  # private_key_jwt: RS384 | ES384
+    # SMART Backend Services for unattended work (sync, write-back)
+    backend_client_id: str | None = Field(default=None, max_length=200)
+    backend_auth: str | None = Field(default=None, max_length=30)  # private_key_jwt | client_secret
+    backend_client_secret_enc: str | None = Field(default=None, max_length=2000)
+    backend_scopes: str = Field(default="", max_length=2000)
+    capability_profile: dict[str, Any] = _json({})
+    capability_checked_at: datetime | None = _dt()
     health_status: str = Field(default="unknown", max_length=20)
     health_checked_at: datetime | None = _dt()
     health_detail: dict[str, Any] = _json({})
@@ -70,8 +80,10 @@ class Launch(SQLModel, table=True):
     expires_at: datetime | None = _dt()
     context: dict[str, Any] = _json({})  # need_patient_banner, smart_style_url, intent, fhirContext
     failure_reason: str | None = Field(default=None, max_length=100)
+    refreshing_until: datetime | None = _dt()  # single-flight refresh: who refreshes holds this briefly
     created_at: datetime | None = _dt(nullable=False)
     completed_at: datetime | None = _dt()
+    ended_at: datetime | None = _dt()
 
 
 class AuditRecord(SQLModel, table=True):
@@ -166,3 +178,36 @@ class LocalAdmin(SQLModel, table=True):
     password_hash: str = Field(max_length=300)
     role: str = Field(default="it_admin", max_length=30)
     created_at: datetime | None = _dt(nullable=False)
+
+
+class SigningKey(SQLModel, table=True):
+    """A key fhir-prm signs client assertions with (private_key_jwt), published by kid at /.well-known/jwks.json.
+
+    status: active (signs, published), previous (published only, so EHRs holding a cached JWKS keep
+    verifying during rotation), retired (neither). Private keys are stored encrypted.
+    """
+
+    __tablename__ = "signing_key"
+
+    id: int | None = Field(default=None, primary_key=True)
+    connection_id: int = Field(foreign_key="connection.id", index=True)
+    kid: str = Field(max_length=100, unique=True, index=True)
+    alg: str = Field(max_length=10)
+    status: str = Field(default="active", max_length=20)
+    private_key_enc: str = Field(max_length=8000)
+    public_jwk: dict[str, Any] = _json({})
+    created_at: datetime | None = _dt(nullable=False)
+    retired_at: datetime | None = _dt()
+
+
+class AdminSession(SQLModel, table=True):
+    """A signed-in local admin; the browser holds only the random token whose hash is stored here."""
+
+    __tablename__ = "admin_session"
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(max_length=100, unique=True, index=True)
+    admin_id: int = Field(foreign_key="local_admin.id", index=True)
+    created_at: datetime | None = _dt(nullable=False)
+    last_seen_at: datetime | None = _dt(nullable=False)
+    ended_at: datetime | None = _dt()

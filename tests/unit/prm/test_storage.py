@@ -73,7 +73,10 @@ def test_connection_upsert_is_idempotent_and_keeps_secrets_sealed(database: Data
         ({"iss": "ftp://ehr.example/fhir"}, "iss"),
         ({"iss": "https://ehr.example/fhir?x=1"}, "iss"),
         ({"client_id": " "}, "client id"),
-        ({"client_auth": "client_secret"}, "secret"),
+        ({"signing_alg": "HS256"}, "signing algorithm"),
+        ({"backend_auth": "private_key_jwt"}, "backend client id"),
+        ({"backend_scopes": "patient/Patient.rs"}, "system/"),
+        ({"clinics": ({"organization": "Organization/o", "timezone": "Mars/Olympus"},)}, "IANA"),
         ({"frame_origins": ("https://ehr.example/path",)}, "frame origin"),
         ({"default_role": "surgeon"}, "unknown role"),
     ],
@@ -227,3 +230,24 @@ def test_after_commit_hooks_run_only_after_a_commit(database: Database) -> None:
         enqueue_after_commit(session, lambda: ran.append("rolled back"))
         raise RuntimeError
     assert ran == ["committed"]
+
+
+def test_secrets_survive_updates_that_do_not_repeat_them(database: Database, settings: Settings) -> None:
+    box = SecretBox(settings.encryption_keys)
+    base = connections.ConnectionSpec(name="c", iss="https://c.example/fhir", client_id="c", client_auth="client_secret")
+    with pytest.raises(ValidationError, match="needs a client secret"), database.session() as session:
+        connections.upsert(session, settings.clock, box, base)
+    with database.session() as session:
+        connections.upsert(session, settings.clock, box, connections.ConnectionSpec(**(base.__dict__ | {
+            "client_secret": "s1", "backend_auth": "client_secret", "backend_client_id": "svc",
+            "backend_client_secret": "b1"})))
+    with database.session() as session:
+        row = connections.upsert(session, settings.clock, box, connections.ConnectionSpec(**(base.__dict__ | {
+            "backend_auth": "client_secret", "backend_client_id": "svc", "default_role": "front_desk"})))
+        assert box.open(row.client_secret_enc) == "s1" and box.open(row.backend_client_secret_enc) == "b1"
+    with database.session() as session:
+        public = connections.upsert(session, settings.clock, box, connections.ConnectionSpec(
+            name="c", iss="https://c.example/fhir", client_id="c"))
+        assert public.client_secret_enc is None and public.backend_client_secret_enc is None
+        disabled = connections.set_enabled(session, settings.clock, "c", False)
+        assert not disabled.enabled and connections.enabled_by_iss(session, "https://c.example/fhir") is None
