@@ -234,7 +234,8 @@ def test_after_commit_hooks_run_only_after_a_commit(database: Database) -> None:
 
 def test_secrets_survive_updates_that_do_not_repeat_them(database: Database, settings: Settings) -> None:
     box = SecretBox(settings.encryption_keys)
-    base = connections.ConnectionSpec(name="c", iss="https://c.example/fhir", client_id="c", client_auth="client_secret")
+    base = connections.ConnectionSpec(name="c", iss="https://c.example/fhir", client_id="c",
+                                      client_auth="client_secret")
     with pytest.raises(ValidationError, match="needs a client secret"), database.session() as session:
         connections.upsert(session, settings.clock, box, base)
     with database.session() as session:
