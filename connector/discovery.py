@@ -91,6 +91,23 @@ def fetch(session: requests.Session, iss: str, timeout: float) -> SmartConfigura
         raise PermanentEhrError(f"{metadata} is not JSON") from exc
 
 
+def openid_jwks_uri(session: requests.Session, issuer: str, timeout: float) -> str:
+    """The jwks_uri from OpenID Connect discovery, for EHRs whose SMART discovery names none."""
+    url = f"{issuer.rstrip('/')}/.well-known/openid-configuration"
+    try:
+        response = session.get(url, headers={"Accept": "application/json"}, timeout=timeout)
+    except requests.RequestException as exc:
+        raise transport_error(exc, url) from exc
+    raise_for_status(response)
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise PermanentEhrError(f"{url} is not JSON") from exc
+    if body.get("issuer", "").rstrip("/") != issuer.rstrip("/") or not body.get("jwks_uri"):
+        raise PermanentEhrError(f"{url} does not describe issuer {issuer} with a jwks_uri")
+    return str(body["jwks_uri"])
+
+
 class DiscoveryCache:
     """Discovery results per iss for a few minutes: every launch needs them, none should wait for them."""
 

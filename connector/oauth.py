@@ -6,6 +6,8 @@ iframe loses, so we use its lower-level OAuth2Session and let prm keep state on 
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any
 
 import requests
@@ -59,6 +61,27 @@ def exchange_code(*, token_endpoint: str, client_id: str, client_secret: str | N
     return dict(token)
 
 
+def refresh(*, token_endpoint: str, client_id: str, client_secret: str | None, refresh_token: str,
+            timeout: float) -> dict[str, Any]:
+    """Use the refresh token (SMART App Launch 2.2 §2.1.9); LaunchError('refresh_refused') when the EHR says no."""
+    with _client(client_id, client_secret, redirect_uri="") as client:
+        try:
+            token = client.refresh_token(token_endpoint, refresh_token=refresh_token, timeout=timeout)
+        except requests.RequestException as exc:
+            raise LaunchError("ehr_unreachable", str(transport_error(exc, token_endpoint))) from exc
+        except AuthlibBaseError as exc:
+            raise LaunchError("refresh_refused", f"the EHR refused the refresh token: {exc.error}") from exc
+    if not token.get("access_token"):
+        raise LaunchError("refresh_refused", "the EHR's refresh response has no access_token")
+    return dict(token)
+
+
+def standalone_scopes(scopes: str) -> str:
+    """A standalone launch asks the user to pick a patient (`launch/patient`) instead of `launch`."""
+    out = [s for s in scopes.split() if s != "launch"]
+    return " ".join(dict.fromkeys([*out, "launch/patient"]))
+
+
 def fetch_jwks(session: requests.Session, jwks_uri: str, timeout: float) -> dict[str, Any]:
     try:
         response = session.get(jwks_uri, timeout=timeout)
@@ -68,6 +91,16 @@ def fetch_jwks(session: requests.Session, jwks_uri: str, timeout: float) -> dict
         raise LaunchError("id_token_invalid", f"JWKS {jwks_uri} -> {response.status_code} {outcome_text(response)}")
     body: dict[str, Any] = response.json()
     return body
+
+
+def claimed_issuer(id_token: str) -> str:
+    """The `iss` an id_token claims, unverified: only to find where its keys are published."""
+    try:
+        payload = id_token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError) as exc:
+        raise LaunchError("id_token_invalid", "the id_token is not a JWT") from exc
+    return str(claims.get("iss", "")) if isinstance(claims, dict) else ""
 
 
 def verify_id_token(id_token: str, *, jwks: dict[str, Any], issuer: str, client_id: str, nonce: str | None,

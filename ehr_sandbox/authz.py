@@ -11,7 +11,7 @@ from flask import Blueprint, Response, jsonify, render_template_string, request
 
 from .config import SandboxClient, SandboxConfig
 from .directory import Directory
-from .keys import load_or_generate, public_jwks
+from .keys import impostor_of, load_or_generate, public_jwks
 from .oauth_grants import build_server, new_token
 from .oauth_store import Client, OAuthStore, SandboxUser, Token
 from .profiles import get_profile
@@ -37,6 +37,8 @@ class SmartAuth:
         self.profile = get_profile(config.profile)
         self.store = OAuthStore()
         self.key = load_or_generate(config.signing_key_path)
+        # Profile id-token-bad-signature signs with this key under the real key's kid.
+        self.impostor_key = impostor_of(self.key)
         self.directory = Directory(config.fhir_internal_url)
         for client in config.clients:
             self.store.put_client(client)

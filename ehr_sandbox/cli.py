@@ -1,8 +1,10 @@
 """`ehr-sandbox up`: the sandbox EHR and fhir-prm together on the embedded default, for a first run.
 
 It starts the FHIR server (loaded with the synthetic data set) and the EHR, registers fhir-prm with
-the EHR as a SMART client, registers the EHR with fhir-prm through `prm connection add` (upserted, so
-restarts are harmless), starts `prm serve`, and prints the URL to open. Ports are fixed by default so
+the EHR as a SMART client and as a Backend Services client (private_key_jwt, keys fetched from the app's
+/.well-known/jwks.json), registers the EHR with fhir-prm through `prm connection add` (upserted, so
+restarts are harmless; it makes the signing key), starts `prm serve`, runs `prm connection check`, and
+prints the URL to open. Ports are fixed by default so
 the connection's `iss` stays stable across restarts.
 """
 
@@ -25,10 +27,11 @@ from ehr_sandbox.config import SandboxClient, SandboxConfig
 from ehr_sandbox.profiles import PROFILES
 from ehr_sandbox.stack import SandboxStack
 from prm.clock import running_from
-from prm.connections import DEFAULT_USER_SCOPES
+from prm.connections import DEFAULT_BACKEND_SCOPES, DEFAULT_USER_SCOPES
 
 DATASET_NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)  # the data set's "now" (ehr_sandbox/data/README.md)
 CLIENT_ID = "fhir-prm"
+BACKEND_CLIENT_ID = "fhir-prm-backend"
 BIN = Path(sys.executable).parent
 
 
@@ -36,6 +39,25 @@ def _prm(args: list[str], env: dict[str, str]) -> None:
     done = subprocess.run([str(BIN / "prm"), *args], env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise click.ClickException(f"prm {' '.join(args[:2])} failed: {done.stderr.strip() or done.stdout.strip()}")
+
+
+def backend_client(app_url: str) -> SandboxClient:
+    """fhir-prm's Backend Services client: private_key_jwt with the keys the app publishes."""
+    return SandboxClient(client_id=BACKEND_CLIENT_ID, scopes=DEFAULT_BACKEND_SCOPES, auth_method="private_key_jwt",
+                         jwks_url=f"{app_url}/.well-known/jwks.json", grant_types=["client_credentials"])
+
+
+def _report_check(env: dict[str, str]) -> None:
+    """Run `prm connection check sandbox` and say in one line whether it is green (never stops `up`)."""
+    done = subprocess.run([str(BIN / "prm"), "connection", "check", "sandbox"], env=env, capture_output=True,
+                          text=True, check=False)
+    if done.returncode == 0:
+        click.secho("  connection check: OK (SMART discovery, backend token, reads, writes)", fg="green")
+    else:
+        click.secho("  connection check found problems (run `prm connection check sandbox`):", fg="red")
+        for line in (done.stdout + done.stderr).splitlines():
+            if line.startswith(("ERROR", "prm:")):
+                click.echo(f"    {line}")
 
 
 def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
@@ -68,7 +90,8 @@ def up(port: int, fhir_port: int, app_port: int, profile: str, real_time: bool) 
     config = SandboxConfig(
         profile=profile, port=port, fhir_internal_port=fhir_port, app_launch_url=f"{app_url}/launch",
         clients=[SandboxClient(client_id=CLIENT_ID, redirect_uris=[f"{app_url}/launch/callback"],
-                               scopes=DEFAULT_USER_SCOPES + " launch/patient offline_access")],
+                               scopes=DEFAULT_USER_SCOPES + " launch/patient offline_access"),
+                 backend_client(app_url)],
     )
     env = {**os.environ, "PRM_PUBLIC_URL": app_url}
     if not real_time and not env.get("PRM_NOW"):
@@ -79,9 +102,12 @@ def up(port: int, fhir_port: int, app_port: int, profile: str, real_time: bool) 
     try:
         _prm(["db", "upgrade"], env)
         _prm(["connection", "add", "--name", "sandbox", "--iss", stack.iss, "--client-id", CLIENT_ID,
-              "--frame-origin", stack.ehr_url, "--role-map", "Practitioner/prac-rdc-05=it_admin"], env)
+              "--frame-origin", stack.ehr_url, "--role-map", "Practitioner/prac-rdc-05=it_admin",
+              "--backend-client-id", BACKEND_CLIENT_ID, "--backend-auth", "private_key_jwt",
+              "--backend-scopes", DEFAULT_BACKEND_SCOPES], env)
         app = subprocess.Popen([str(BIN / "prm"), "serve", "--port", str(app_port)], env=env)
         _wait_healthy(f"{app_url}/healthz", app)
+        _report_check(env)
 
         def _stop(_signum: int, _frame: FrameType | None) -> None:
             stack.stop()

@@ -84,6 +84,7 @@ class RefreshGrant(grants.RefreshTokenGrant):
                     smart.store.revoke_family(tok.family)
                 return None
             tok.refresh_revoked = True  # rotated now, under the lock: two racing refreshes can't both win
+            smart.store.refresh_grants += 1  # tests count refreshes (the app's refresh is single-flight)
             return tok
 
     def authenticate_user(self, refresh_token: Token) -> SandboxUser:
@@ -157,6 +158,8 @@ class SmartOpenID(OpenIDCode):
                        for c in self.smart.store.codes.values())
 
     def resolve_client_private_key(self, client: Client) -> Key:
+        if self.smart.profile.id_token_fault == "bad-signature":
+            return self.smart.impostor_key
         return self.smart.key
 
     def get_client_algorithm(self, client: Client) -> str:
@@ -167,7 +170,15 @@ class SmartOpenID(OpenIDCode):
 
     def get_client_claims(self, client: Client) -> dict[str, Any]:
         now = int(time.time())
-        return {"iss": self.smart.issuer, "aud": client.get_client_id(), "iat": now, "exp": now + 3600}
+        claims = {"iss": self.smart.issuer, "aud": client.get_client_id(), "iat": now, "exp": now + 3600}
+        fault = self.smart.profile.id_token_fault
+        if fault == "expired":
+            claims.update(iat=now - 7200, exp=now - 3600)
+        elif fault == "wrong-aud":
+            claims["aud"] = "some-other-app"
+        elif fault == "wrong-issuer":
+            claims["iss"] = "https://impostor.example"
+        return claims
 
     def generate_user_info(self, user: SandboxUser, scope: str) -> dict[str, Any]:
         info: dict[str, Any] = {"sub": user.sub}

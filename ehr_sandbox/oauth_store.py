@@ -157,6 +157,7 @@ class OAuthStore:
         self.by_access: dict[str, Token] = {}
         self.by_refresh: dict[str, Token] = {}
         self.jtis: dict[str, float] = {}
+        self.refresh_grants = 0
 
     def put_client(self, client: SandboxClient) -> None:
         with self.lock:

@@ -17,6 +17,7 @@ class Profile:
     export: bool = True  # $export and bulk status/files
     patient_scoped_searches_only: bool = False  # type-level searches need patient/subject (_id for Patient)
     refused_writes: frozenset[str] = field(default_factory=frozenset)  # resource types whose create/update -> 403
+    id_token_fault: str | None = None  # expired | wrong-aud | bad-signature | wrong-issuer: a broken id_token
 
 
 PROFILES: dict[str, Profile] = {p.name: p for p in [
@@ -30,6 +31,13 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
     Profile("no-export", "No Bulk Data $export", export=False),
     Profile("patient-scoped-only", "Type-level searches must name a patient", patient_scoped_searches_only=True),
     Profile("task-writes-refused", "Task create/update is forbidden", refused_writes=frozenset({"Task"})),
+    Profile("short-token-reuse-detection", "Access tokens live 5 seconds and a reused refresh token revokes all",
+            access_token_lifetime_s=5, refresh_reuse_detection=True),
+    Profile("id-token-expired", "id_tokens that expired an hour ago", id_token_fault="expired"),
+    Profile("id-token-wrong-aud", "id_tokens addressed to another client", id_token_fault="wrong-aud"),
+    Profile("id-token-bad-signature", "id_tokens signed with a key the JWKS does not hold",
+            id_token_fault="bad-signature"),
+    Profile("id-token-wrong-issuer", "id_tokens claiming another issuer", id_token_fault="wrong-issuer"),
 ]}
 
 

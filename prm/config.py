@@ -34,6 +34,8 @@ class Settings:
     job_lease_s: float = 120.0
     http_timeout_s: float = 10.0
     embedded_threads: int = 4
+    admin_idle_minutes: float = 30.0
+    admin_absolute_hours: float = 12.0
     clock: Clock = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -120,4 +122,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         job_lease_s=_number(env, "PRM_JOB_LEASE_S", 120.0, 1.0),
         http_timeout_s=_number(env, "PRM_HTTP_TIMEOUT_S", 10.0, 0.1),
         embedded_threads=int(_number(env, "PRM_EMBEDDED_THREADS", 4, 1)),
+        admin_idle_minutes=_number(env, "PRM_ADMIN_IDLE_MINUTES", 30.0, 1.0),
+        admin_absolute_hours=_admin_absolute_hours(env),
     )
+
+
+def _admin_absolute_hours(env: Mapping[str, str]) -> float:
+    """An admin session's hard limit; an idle limit longer than it would never apply, so refuse that."""
+    hours = _number(env, "PRM_ADMIN_ABSOLUTE_HOURS", 12.0, 0.1)
+    if _number(env, "PRM_ADMIN_IDLE_MINUTES", 30.0, 1.0) > hours * 60:
+        raise ConfigError("PRM_ADMIN_IDLE_MINUTES must not exceed PRM_ADMIN_ABSOLUTE_HOURS (in minutes)")
+    return hours

@@ -31,6 +31,7 @@ DEFAULT_BACKEND_SCOPES = (
     "system/Organization.rs system/Location.rs system/PractitionerRole.rs system/Communication.crus "
     "system/Task.crus"
 )
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 
 
@@ -82,6 +83,9 @@ def validate(spec: ConnectionSpec) -> ConnectionSpec:
     iss = urlsplit(spec.iss.strip())
     if iss.scheme not in ("http", "https") or not iss.netloc or iss.query or iss.fragment:
         raise ValidationError(f"iss must be an absolute http(s) FHIR base URL, got {spec.iss!r}")
+    if iss.scheme == "http" and iss.hostname not in LOOPBACK_HOSTS:
+        # SMART App Launch: secrets, codes and tokens go only to authenticated servers over TLS.
+        raise ValidationError(f"iss must use https (plain http only on this machine), got {spec.iss!r}")
     if not spec.client_id.strip():
         raise ValidationError("client id is required")
     if spec.client_auth not in CLIENT_AUTH_KINDS:
@@ -158,6 +162,13 @@ def upsert(session: Session, clock: Clock, box: SecretBox, spec: ConnectionSpec)
     return row
 
 
+def create(session: Session, clock: Clock, box: SecretBox, spec: ConnectionSpec) -> Connection:
+    """Add a new connection; unlike `upsert`, refuse a name in use (a form must not overwrite by accident)."""
+    if session.exec(select(Connection).where(Connection.name == spec.name)).first() is not None:
+        raise ValidationError(f"a connection named {spec.name!r} exists already; edit it instead")
+    return upsert(session, clock, box, spec)
+
+
 def list_all(session: Session) -> list[Connection]:
     return list(session.exec(select(Connection).order_by(Connection.name)))
 
@@ -192,4 +203,11 @@ def record_health(session: Session, clock: Clock, row: Connection, ok: bool, det
     row.health_status = "ok" if ok else "failing"
     row.health_checked_at = clock()
     row.health_detail = detail
+    session.add(row)
+
+
+def record_capability(session: Session, clock: Clock, row: Connection, profile: dict[str, Any]) -> None:
+    """Store what `prm connection check` found; the caller commits it with its audit record."""
+    row.capability_profile = profile
+    row.capability_checked_at = clock()
     session.add(row)

@@ -6,6 +6,7 @@
     ├── NotFoundError          a row the caller named does not exist
     ├── ValidationError        input at an edge (CLI, form, API) is not acceptable
     ├── PermissionDenied       the role lacks the action (see prm.permissions)
+    ├── SignInRefused          a local admin sign-in failed or is throttled (one generic message)
     ├── LaunchError            a SMART launch cannot start or complete
     └── EhrError               talking to an EHR failed (connector raises its own subclasses)
         ├── TransientEhrError  worth retrying later (timeouts, 429, 5xx)
@@ -43,6 +44,14 @@ class PermissionDenied(PrmError):
         super().__init__(f"role {role!r} may not {action!r}")
         self.role = role
         self.action = action
+
+
+class SignInRefused(PrmError):
+    """A local admin sign-in was refused; `reason` (wrong_credentials | throttled) is for audit, not the page."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class LaunchError(PrmError):

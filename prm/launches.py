@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import or_, update
 from sqlmodel import Session, col, select
 
 from prm.clock import Clock
@@ -99,16 +99,65 @@ def complete(session: Session, clock: Clock, box: SecretBox, row: Launch, token:
         key: token[key]
         for key in ("need_patient_banner", "smart_style_url", "intent", "fhirContext", "tenant")
         if key in token
-    }
+    } | _lifetime(token)
     row.completed_at = now
     session.add(row)
     return row
+
+
+def _lifetime(token: dict[str, Any]) -> dict[str, int]:
+    return {"token_lifetime_s": int(token["expires_in"])} if token.get("expires_in") is not None else {}
+
+
+def refresh_margin(row: Launch, most_s: float = 30.0) -> timedelta:
+    """How long before expiry to refresh: 30 s, or a quarter of a short-lived token's life."""
+    lifetime = row.context.get("token_lifetime_s")
+    return timedelta(seconds=min(most_s, lifetime / 4) if lifetime else most_s)
 
 
 def expiry(token: dict[str, Any], now: datetime) -> datetime | None:
     if token.get("expires_in") is not None:
         return now + timedelta(seconds=int(token["expires_in"]))
     return None
+
+
+def claim_refresh(session: Session, launch_id: int, now: datetime, hold_s: float) -> bool:
+    """Take the right to refresh this launch's token for `hold_s`; False when another request has it."""
+    result = session.execute(
+        update(Launch)
+        .where(col(Launch.id) == launch_id, col(Launch.status) == "active",
+               or_(col(Launch.refreshing_until).is_(None), col(Launch.refreshing_until) < now))
+        .values(refreshing_until=now + timedelta(seconds=hold_s))
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def store_refreshed(session: Session, clock: Clock, box: SecretBox, row: Launch, token: dict[str, Any]) -> None:
+    """Save the new tokens in one commit; a rotated refresh token replaces the old one only once saved."""
+    row.access_token_enc = box.seal(token["access_token"])
+    if token.get("refresh_token"):
+        row.refresh_token_enc = box.seal(token["refresh_token"])
+    row.expires_at = expiry(token, clock())
+    row.context = {**row.context, **_lifetime(token)}
+    if token.get("scope"):
+        row.scope = token["scope"]
+    row.refreshing_until = None
+    session.add(row)
+
+
+def release_refresh(session: Session, launch_id: int) -> None:
+    session.execute(update(Launch).where(col(Launch.id) == launch_id).values(refreshing_until=None))
+
+
+def end(session: Session, clock: Clock, row: Launch, reason: str) -> None:
+    """End an active launch: tokens are wiped, the handle stops working."""
+    row.status = "ended"
+    row.access_token_enc = None
+    row.refresh_token_enc = None
+    row.refreshing_until = None
+    row.failure_reason = reason
+    row.ended_at = clock()
+    session.add(row)
 
 
 def fail(session: Session, row: Launch, reason: str) -> None:

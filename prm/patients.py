@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
 
 
 @dataclass(frozen=True)
@@ -12,6 +11,6 @@ class PatientHeader:
 
     fhir_id: str
     display_name: str
-    birth_date: date | None
+    birth_date: str | None  # FHIR precision kept: YYYY, YYYY-MM or YYYY-MM-DD
     gender: str | None
     deceased: bool = False

@@ -19,17 +19,21 @@ class Role(StrEnum):
 
 class Action(StrEnum):
     VIEW_PATIENT = "patient.view"
+    END_OWN_SESSION = "launch.end"
     VIEW_CONNECTIONS = "connection.view"
     MANAGE_CONNECTIONS = "connection.manage"
     VIEW_AUDIT = "audit.view"
 
 
 PERMISSIONS: dict[Role, frozenset[Action]] = {
-    Role.FRONT_DESK: frozenset({Action.VIEW_PATIENT}),
-    Role.CLINICIAN: frozenset({Action.VIEW_PATIENT}),
-    Role.PRACTICE_MANAGER: frozenset({Action.VIEW_PATIENT, Action.VIEW_AUDIT}),
+    Role.FRONT_DESK: frozenset({Action.VIEW_PATIENT, Action.END_OWN_SESSION}),
+    Role.CLINICIAN: frozenset({Action.VIEW_PATIENT, Action.END_OWN_SESSION}),
+    Role.PRACTICE_MANAGER: frozenset(
+        {Action.VIEW_PATIENT, Action.END_OWN_SESSION, Action.VIEW_CONNECTIONS, Action.VIEW_AUDIT}
+    ),
     Role.IT_ADMIN: frozenset(
-        {Action.VIEW_PATIENT, Action.VIEW_CONNECTIONS, Action.MANAGE_CONNECTIONS, Action.VIEW_AUDIT}
+        {Action.VIEW_PATIENT, Action.END_OWN_SESSION, Action.VIEW_CONNECTIONS, Action.MANAGE_CONNECTIONS,
+         Action.VIEW_AUDIT}
     ),
 }
 

@@ -10,11 +10,13 @@ import click
 from dotenv import load_dotenv
 
 from prm import accounts, connections
+from prm import keys as signing_keys
 from prm.config import Settings, load_settings
 from prm.crypto import SecretBox, new_key
 from prm.db import Database
 from prm.errors import PrmError, ValidationError
 from prm.migrate import upgrade
+from prm.reseal import reseal_all
 
 
 def _settings() -> Settings:
@@ -103,6 +105,17 @@ def _pairs(values: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def _clinics(values: tuple[str, ...]) -> tuple[dict[str, str], ...]:
+    out = []
+    for value in values:
+        organization, sep, zone = value.partition("=")
+        if not sep:
+            raise ValidationError(f"--clinic takes Organization/ID=TIME_ZONE (e.g. Organization/x=Europe/London), "
+                                  f"got {value!r}")
+        out.append({"organization": organization, "timezone": zone})
+    return tuple(out)
+
+
 @connection.command("add", help="Add a connection, or update the one with this name (idempotent).")
 @click.option("--name", required=True)
 @click.option("--iss", required=True, help="The EHR's FHIR base URL, exactly as it sends it as `iss`.")
@@ -114,19 +127,38 @@ def _pairs(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--frame-origin", "frame_origins", multiple=True, help="EHR origin allowed to frame the app.")
 @click.option("--role-map", "role_map", multiple=True, help="KEY=ROLE, KEY a fhirUser type or reference.")
 @click.option("--default-role", default="clinician", show_default=True)
+@click.option("--clinic", "clinics", multiple=True, help="Organization/ID=TIME_ZONE, a clinic this connection serves.")
+@click.option("--signing-alg", type=click.Choice(connections.SIGNING_ALGS), default="RS384", show_default=True,
+              help="For private_key_jwt (user or backend): the algorithm of fhir-prm's signing key.")
+@click.option("--backend-client-id", default=None, help="SMART Backend Services client id (sync, write-back).")
+@click.option("--backend-auth", type=click.Choice(connections.BACKEND_AUTH_KINDS), default=None,
+              help="How the backend client authenticates (private_key_jwt when --backend-client-id is given).")
+@click.option("--backend-client-secret", envvar="PRM_NEW_BACKEND_CLIENT_SECRET", default=None,
+              help="For backend client_secret auth; better set PRM_NEW_BACKEND_CLIENT_SECRET.")
+@click.option("--backend-scopes", default=connections.DEFAULT_BACKEND_SCOPES, show_default=True)
 @click.option("--disabled", is_flag=True, default=False)
 def connection_add(name: str, iss: str, client_id: str, client_auth: str, client_secret: str | None, scopes: str,
                    frame_origins: tuple[str, ...], role_map: tuple[str, ...], default_role: str,
+                   clinics: tuple[str, ...], signing_alg: str, backend_client_id: str | None,
+                   backend_auth: str | None, backend_client_secret: str | None, backend_scopes: str,
                    disabled: bool) -> None:
     settings = _settings()
+    if backend_client_id and backend_auth is None:
+        backend_auth = "private_key_jwt"
     spec = connections.ConnectionSpec(
         name=name, iss=iss, client_id=client_id, client_auth=client_auth, client_secret=client_secret,
         scopes=scopes, frame_origins=frame_origins, role_mapping=_pairs(role_map), default_role=default_role,
-        enabled=not disabled,
+        enabled=not disabled, clinics=_clinics(clinics), signing_alg=signing_alg,
+        backend_client_id=backend_client_id, backend_auth=backend_auth,
+        backend_client_secret=backend_client_secret, backend_scopes=backend_scopes,
     )
+    box = SecretBox(settings.encryption_keys)
     with _db().session() as session:
-        row = connections.upsert(session, settings.clock, SecretBox(settings.encryption_keys), spec)
+        row = connections.upsert(session, settings.clock, box, spec)
         click.echo(f"connection {row.name} saved (id {row.id})")
+        if "private_key_jwt" in (row.client_auth, row.backend_auth) and row.id is not None:
+            key = signing_keys.ensure_active(session, settings.clock, box, row.id, row.signing_alg)
+            click.echo(f"signing key {key.kid} ({key.alg}) published at {settings.public_url}/.well-known/jwks.json")
 
 
 def _public(row: Any) -> dict[str, Any]:
@@ -136,7 +168,12 @@ def _public(row: Any) -> dict[str, Any]:
         "scopes": row.scopes, "frame_origins": row.frame_origins, "role_mapping": row.role_mapping,
         "default_role": row.default_role, "enabled": row.enabled, "health": row.health_status,
         "health_checked_at": row.health_checked_at.isoformat() if row.health_checked_at else None,
-        "health_detail": row.health_detail,
+        "health_detail": row.health_detail, "clinics": row.clinics, "signing_alg": row.signing_alg,
+        "backend_client_id": row.backend_client_id, "backend_auth": row.backend_auth,
+        "backend_client_secret": "(set)" if row.backend_client_secret_enc else None,
+        "backend_scopes": row.backend_scopes,
+        "capability_checked_at": row.capability_checked_at.isoformat() if row.capability_checked_at else None,
+        "capability_ok": row.capability_profile.get("ok") if row.capability_profile else None,
     }
 
 
@@ -158,7 +195,72 @@ def connection_list(as_json: bool) -> None:
 @click.argument("name")
 def connection_show(name: str) -> None:
     with _db().session() as session:
-        click.echo(json.dumps(_public(connections.by_name(session, name)), indent=2))
+        row = connections.by_name(session, name)
+        shown = _public(row)
+        shown["signing_keys"] = [{"kid": k.kid, "alg": k.alg, "status": k.status}
+                                 for k in signing_keys.keys_of(session, row.id or 0)]
+    click.echo(json.dumps(shown, indent=2))
+
+
+@connection.command("check", help="Probe the EHR as fhir-prm will use it; store and print its capability profile.")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole profile as JSON.")
+def connection_check(name: str, as_json: bool) -> None:
+    from smart_app.profile_text import render
+    from workers import runtime
+    from workers.connection_check import check_connection
+
+    settings = _settings()
+    ctx = runtime.build(settings)
+    ctx.db.ping()
+    with ctx.db.session() as session:
+        connection_id = connections.by_name(session, name).id or 0
+    profile = check_connection(ctx, connection_id)
+    if as_json:
+        click.echo(json.dumps(profile, indent=2))
+    else:
+        for text, colour in render(name, profile):
+            click.secho(text, fg=colour)
+    sys.exit(0 if profile["ok"] else 1)
+
+
+def _set_enabled(name: str, enabled: bool) -> None:
+    settings = _settings()
+    with _db().session() as session:
+        connections.set_enabled(session, settings.clock, name, enabled)
+    click.echo(f"connection {name} {'enabled' if enabled else 'disabled'}")
+
+
+@connection.command("disable", help="Refuse launches from this connection and stop its background work.")
+@click.argument("name")
+def connection_disable(name: str) -> None:
+    _set_enabled(name, False)
+
+
+@connection.command("enable", help="Accept launches from this connection again.")
+@click.argument("name")
+def connection_enable(name: str) -> None:
+    _set_enabled(name, True)
+
+
+@connection.command("rotate-key", help="New signing key; the old one stays published until --retire-previous.")
+@click.argument("name")
+@click.option("--retire-previous", is_flag=True,
+              help="Second step, once EHRs have fetched the new JWKS: stop publishing the previous key(s).")
+def connection_rotate_key(name: str, retire_previous: bool) -> None:
+    settings = _settings()
+    with _db().session() as session:
+        row = connections.by_name(session, name)
+        if row.id is None:
+            raise ValidationError(f"connection {name!r} has no id")
+        if retire_previous:
+            kids = signing_keys.retire_previous(session, settings.clock, row.id)
+            click.echo(f"retired {len(kids)} previous key(s): {', '.join(kids) or 'none'}")
+            return
+        key = signing_keys.rotate(session, settings.clock, SecretBox(settings.encryption_keys), row.id,
+                                  row.signing_alg)
+        click.echo(f"new signing key {key.kid} ({key.alg}) is active; the previous one stays published "
+                   f"until `prm connection rotate-key {name} --retire-previous`")
 
 
 @cli.group(help="Encryption keys for secrets at rest.")
@@ -169,6 +271,15 @@ def keys() -> None:
 @keys.command("new", help="Print a new key for PRM_ENCRYPTION_KEYS.")
 def keys_new() -> None:
     click.echo(new_key())
+
+
+@keys.command("reencrypt", help="Re-seal every stored secret with the first key of PRM_ENCRYPTION_KEYS.")
+def keys_reencrypt() -> None:
+    settings = _settings()
+    with _db().session() as session:
+        counts = reseal_all(session, SecretBox(settings.encryption_keys))
+    click.echo(f"re-sealed {sum(counts.values())} secret(s) with the newest key: "
+               + ", ".join(f"{column} {n}" for column, n in counts.items()))
 
 
 @cli.group(help="Local admin accounts (admin pages and the CLI).")

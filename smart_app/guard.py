@@ -1,7 +1,9 @@
-"""The one permission decorator: resolves who is acting from the launch handle and checks the table.
+"""The permission decorators: resolve who is acting (launch handle or admin session) and check the table.
 
-Every route that touches patient data or configuration uses `requires(Action.X)`; the check, the
-403 page and the audit record of a denial live here and nowhere else.
+Every route that touches patient data uses `requires(Action.X)`, every admin page
+`requires_admin(Action.X)`; the check, the 403 page and the audit record of a denial live here and
+nowhere else. Admin POSTs also have their CSRF token checked here, bound to the admin session and to
+the endpoint the form posts to, so no admin form can forget it.
 """
 
 from __future__ import annotations
@@ -10,20 +12,30 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
-from flask import abort, g, render_template
+from flask import abort, g, redirect, render_template, request, url_for
 
-from prm import audit, launches
+from prm import admin_sessions, audit, launches
+from prm.admin_sessions import AdminPrincipal, SessionPolicy
 from prm.audit import Actor
+from prm.errors import ValidationError
 from prm.models import Launch
 from prm.permissions import Action, allows
+from smart_app import csrf
 from smart_app.context import prm
 
 F = TypeVar("F", bound=Callable[..., Any])
+ADMIN_COOKIE = "prm_admin"
 
 
 def actor_for(launch: Launch) -> Actor:
     return Actor(kind="user", name=launch.fhir_user or "unknown", role=launch.role,
                  connection_id=launch.connection_id, launch_id=launch.id)
+
+
+def relaunch_page() -> tuple[str, int]:
+    """What a sidebar shows once its launch can no longer reach the EHR: open it again from the chart."""
+    return render_template("problem.html", title="Your session with the EHR has ended",
+                           advice="Open fhir-prm again from the patient's chart.", reason="session_expired"), 401
 
 
 def requires(action: Action) -> Callable[[F], F]:
@@ -36,8 +48,11 @@ def requires(action: Action) -> Callable[[F], F]:
             handle = kwargs.get("handle", "")
             with ctx.db.session() as session:
                 launch = launches.by_handle(session, handle)
-                if launch is None or launch.status != "active":
+                if launch is None:
                     abort(404)
+            if launch.status != "active":  # ended, refused a refresh, or never completed
+                return relaunch_page()
+            with ctx.db.session() as session:
                 if not allows(launch.role or "", action):
                     audit.record(session, ctx.settings.clock, actor_for(launch), action.value,
                                  patient_id=launch.patient_id, outcome="denied", detail="role lacks action")
@@ -48,6 +63,49 @@ def requires(action: Action) -> Callable[[F], F]:
             g.actor = actor_for(launch)
             if denied:
                 return render_template("denied.html", action=action.value, role=launch.role, handle=handle), 403
+            return view(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def admin_csrf_token(principal: AdminPrincipal, endpoint: str) -> str:
+    """The token a form posting to `endpoint` carries (field `csrf_token`)."""
+    return csrf.issue(prm().settings.secret_key, principal.token_hash, endpoint)
+
+
+def _sign_in_redirect() -> Any:
+    target = request.full_path if request.method == "GET" else request.path
+    return redirect(url_for("admin.sign_in", next=target.rstrip("?")), code=303)
+
+
+def requires_admin(action: Action) -> Callable[[F], F]:
+    """Demand a live admin session (else the sign-in page), a valid CSRF token on POST (else 400), then `action`."""
+
+    def decorate(view: F) -> F:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            ctx = prm()
+            policy, token = SessionPolicy.from_settings(ctx.settings), request.cookies.get(ADMIN_COOKIE)
+            with ctx.db.session() as session:
+                principal = admin_sessions.resolve(session, ctx.settings.clock, policy, token)
+            if principal is None:
+                return _sign_in_redirect()
+            g.admin = principal
+            g.actor = principal.actor
+            if request.method == "POST":
+                try:
+                    csrf.check(ctx.settings.secret_key, request.form.get("csrf_token"), principal.token_hash,
+                               request.endpoint or "")
+                except ValidationError as exc:
+                    return render_template("admin_problem.html", title="The form could not be accepted",
+                                           advice=str(exc)), 400
+            if not allows(principal.role, action):
+                with ctx.db.session() as session:
+                    audit.record(session, ctx.settings.clock, principal.actor, action.value, outcome="denied",
+                                 detail="role lacks action")
+                return render_template("admin_denied.html", action=action.value, role=principal.role), 403
             return view(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]

@@ -9,7 +9,7 @@ from werkzeug.wrappers import Response
 
 from prm.errors import LaunchError
 from smart_app.context import prm
-from smart_app.launch_flow import begin_ehr_launch, complete_launch
+from smart_app.launch_flow import begin_ehr_launch, begin_standalone_launch, complete_launch
 from smart_app.messages import launch_problem
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,15 @@ def _problem(exc: LaunchError) -> tuple[str, int]:
 def ehr_launch() -> Response | tuple[str, int]:
     try:
         url = begin_ehr_launch(prm(), request.args.get("iss", ""), request.args.get("launch", ""))
+    except LaunchError as exc:
+        return _problem(exc)
+    return redirect(url, code=302)
+
+
+@bp.get("/launch/standalone")
+def standalone_launch() -> Response | tuple[str, int]:
+    try:
+        url = begin_standalone_launch(prm(), request.args.get("connection", ""))
     except LaunchError as exc:
         return _problem(exc)
     return redirect(url, code=302)

@@ -22,6 +22,8 @@ _LAUNCH: dict[str, tuple[str, str, int]] = {
     "id_token_invalid": ("The EHR's identity token could not be trusted",
                          "This needs IT: the connection's keys or issuer may be misconfigured.", 400),
     "no_patient": ("No patient is open", "Open a patient's chart first, then fhir-prm.", 400),
+    "refresh_refused": ("Your session with the EHR has ended", "Open fhir-prm again from the patient's chart.", 401),
+    "session_expired": ("Your session with the EHR has ended", "Open fhir-prm again from the patient's chart.", 401),
     "no_verifier": ("The sign-in could not be completed", "Open fhir-prm again from the patient's chart.", 400),
 }
 

@@ -4,25 +4,23 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, g, render_template
+from flask import Blueprint, g, render_template, request
 
 from connector.ehr_client import EhrClient
 from fhir_mappings.patient import patient_header_from_fhir
-from prm import audit, connections
-from prm.errors import AuthExpiredError, EhrError, ValidationError
+from prm import audit, connections, launches
+from prm.errors import EhrError, LaunchError, ValidationError
 from prm.models import Launch
+from prm.patients import PatientHeader
 from prm.permissions import Action
+from smart_app import csrf
 from smart_app.context import prm
-from smart_app.guard import requires
+from smart_app.guard import relaunch_page, requires
+from smart_app.launch_tokens import call_with_token
 
 log = logging.getLogger(__name__)
 bp = Blueprint("sidebar", __name__, url_prefix="/app/<handle>")
-
-
-def _relaunch(handle: str) -> tuple[str, int]:
-    return render_template("problem.html", title="Your session with the EHR has ended",
-                           advice="Open fhir-prm again from the patient's chart.", reason="session_expired",
-                           handle=handle), 401
+END_SESSION = "end-session"
 
 
 @bp.get("/")
@@ -30,29 +28,52 @@ def _relaunch(handle: str) -> tuple[str, int]:
 def home(handle: str) -> str | tuple[str, int]:
     ctx = prm()
     launch: Launch = g.launch
-    if launch.expires_at is not None and launch.expires_at <= ctx.settings.clock():
-        return _relaunch(handle)
     with ctx.db.session() as session:
         connection = connections.get(session, launch.connection_id)
     if connection is None or not connection.enabled or launch.patient_id is None:
-        return _relaunch(handle)
-    client = EhrClient(connection.iss, ctx.box.open(launch.access_token_enc), ctx.worker.http,
-                       ctx.settings.http_timeout_s)
+        return relaunch_page()
+    patient_id = launch.patient_id
+
+    def read(token: str) -> PatientHeader:
+        client = EhrClient(connection.iss, token, ctx.worker.http, ctx.settings.http_timeout_s)
+        return patient_header_from_fhir(client.read("Patient", patient_id))
+
     outcome, detail, header, problem = "success", None, None, None
     try:
-        header = patient_header_from_fhir(client.read("Patient", launch.patient_id))
-    except AuthExpiredError:
-        outcome, detail = "failure", "token_rejected"
+        header = call_with_token(ctx, launch, read)
+    except LaunchError as exc:
+        outcome, detail = "failure", exc.reason
     except (EhrError, ValidationError) as exc:
         outcome, detail, problem = "failure", type(exc).__name__, "The EHR could not give us this patient right now."
         log.warning("live patient read failed for launch %s: %s", launch.id, type(exc).__name__)
     with ctx.db.session() as session:
-        audit.record(session, ctx.settings.clock, g.actor, "patient.read", patient_id=launch.patient_id,
-                     entity=f"Patient/{launch.patient_id}", outcome=outcome, detail=detail)
-    if detail == "token_rejected":
-        return _relaunch(handle)
+        audit.record(session, ctx.settings.clock, g.actor, "patient.read", patient_id=patient_id,
+                     entity=f"Patient/{patient_id}", outcome=outcome, detail=detail)
+    if header is None and problem is None:
+        return relaunch_page()
     return render_template("sidebar.html", handle=handle, patient=header, problem=problem,
-                           banner=bool(launch.context.get("need_patient_banner")))
+                           banner=bool(launch.context.get("need_patient_banner")),
+                           end_token=csrf.issue(ctx.settings.secret_key, handle, END_SESSION))
+
+
+@bp.post("/end")
+@requires(Action.END_OWN_SESSION)
+def end_session(handle: str) -> tuple[str, int]:
+    """A clinician on a shared workstation ends this launch: its tokens are wiped and the handle dies."""
+    ctx = prm()
+    try:
+        csrf.check(ctx.settings.secret_key, request.form.get("csrf_token"), handle, END_SESSION)
+    except ValidationError as exc:
+        return render_template("problem.html", title="This form has expired", advice=str(exc),
+                               reason="csrf"), 400
+    with ctx.db.session() as session:
+        row = launches.by_handle(session, handle)
+        if row is not None and row.status == "active":
+            launches.end(session, ctx.settings.clock, row, "ended_by_user")
+            audit.record(session, ctx.settings.clock, g.actor, "launch.end", patient_id=row.patient_id)
+    return render_template("problem.html", title="Session ended",
+                           advice="fhir-prm has forgotten this session. Open it again from the chart.",
+                           reason="ended_by_user"), 200
 
 
 @bp.get("/connections")

@@ -28,7 +28,13 @@ app.conf.update(
 
 
 def configure(settings: Settings) -> Celery:
-    """Point the app at the settings' Redis and schedule the sweeper every PRM_SWEEP_INTERVAL_S."""
+    """Point the app at the settings' Redis and schedule the sweeper every PRM_SWEEP_INTERVAL_S.
+
+    Idempotent: a task building its context inside a worker must not reconfigure the broker the
+    worker is already connected to (changing it under a live connection pool breaks publishing).
+    """
+    if app.conf.broker_url == settings.redis_url and "sweep-due-work" in (app.conf.beat_schedule or {}):
+        return app
     app.conf.update(
         broker_url=settings.redis_url,
         beat_schedule={

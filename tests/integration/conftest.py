@@ -6,13 +6,15 @@ One sandbox and one app per test run; tests that change EHR data start their own
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ehr_sandbox.config import SandboxClient, SandboxConfig
+from ehr_sandbox.ehr_app import EhrServer
 from ehr_sandbox.stack import SandboxStack
 from prm.connections import DEFAULT_USER_SCOPES
 from tests.support.ports import free_port
@@ -76,3 +78,49 @@ def live_app(app_port: int, sandbox: SandboxStack, tmp_path_factory: pytest.Temp
     app = start_app(app_port, workdir, f"sqlite:///{workdir / 'prm.db'}", sandbox)
     yield app
     app.process.stop()
+
+
+@dataclass
+class EhrFront:
+    """An extra EHR (authorization server + proxy) with a behaviour profile, in front of the shared FHIR server."""
+
+    server: EhrServer
+    connection: str
+
+    @property
+    def iss(self) -> str:
+        return self.server.config.iss
+
+    @property
+    def store(self) -> Any:
+        return self.server.smart.store
+
+    def chart_url(self, patient_id: str, user: str | None = None) -> str:
+        return f"{self.server.url}/chart/{patient_id}" + (f"?user={user}" if user else "")
+
+
+@pytest.fixture(scope="session")
+def ehr_front(sandbox: SandboxStack, live_app: LiveApp) -> Iterator[Callable[..., EhrFront]]:
+    """`ehr_front(profile, scopes=...)`: an EHR with that profile, registered as a connection of the live app."""
+    started: dict[tuple[str, str], EhrFront] = {}
+
+    def make(profile: str, scopes: str = DEFAULT_USER_SCOPES) -> EhrFront:
+        key = (profile, scopes)
+        if key not in started:
+            config = SandboxConfig(
+                profile=profile, port=free_port(), fhir_internal_port=sandbox.config.fhir_internal_port,
+                app_launch_url=f"{live_app.url}/launch",
+                clients=[SandboxClient(client_id=CLIENT_ID, redirect_uris=[f"{live_app.url}/launch/callback"],
+                                       scopes=DEFAULT_USER_SCOPES + " launch/patient offline_access")],
+            )
+            server = EhrServer(config).start()
+            name = f"{profile}-{len(started)}"
+            done = live_app.prm("connection", "add", "--name", name, "--iss", config.iss, "--client-id", CLIENT_ID,
+                                "--frame-origin", config.ehr_url, "--scopes", scopes)
+            assert done.returncode == 0, done.stderr
+            started[key] = EhrFront(server, name)
+        return started[key]
+
+    yield make
+    for front in started.values():
+        front.server.stop()

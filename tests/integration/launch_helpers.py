@@ -5,15 +5,20 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
 import requests
 
-from ehr_sandbox.stack import SandboxStack
+
+class Ehr(Protocol):
+    """Anything with an EHR shell chart (the SandboxStack, or an extra EHR front with a profile)."""
+
+    def chart_url(self, patient_id: str, user: str | None = None) -> str: ...
 
 _IFRAME_SRC = re.compile(r'<iframe[^>]*id="prm-sidebar"[^>]*src="([^"]+)"')
 
 
-def sidebar_launch_url(sandbox: SandboxStack, patient_id: str, user: str | None = None) -> str:
+def sidebar_launch_url(sandbox: Ehr, patient_id: str, user: str | None = None) -> str:
     """Open the patient's chart in the EHR shell and return the URL its sidebar iframe loads."""
     page = requests.get(sandbox.chart_url(patient_id, user), timeout=10)
     page.raise_for_status()
@@ -34,7 +39,7 @@ class LaunchResult:
         return match.group(1)
 
 
-def launch(sandbox: SandboxStack, patient_id: str, user: str | None = None) -> LaunchResult:
+def launch(sandbox: Ehr, patient_id: str, user: str | None = None) -> LaunchResult:
     """Follow the whole launch with no cookie jar shared between sites (as a cross-site iframe would)."""
     url = sidebar_launch_url(sandbox, patient_id, user)
     urls = [url]
@@ -44,7 +49,7 @@ def launch(sandbox: SandboxStack, patient_id: str, user: str | None = None) -> L
     return LaunchResult(response, urls)
 
 
-def stop_before_callback(sandbox: SandboxStack, patient_id: str) -> str:
+def stop_before_callback(sandbox: Ehr, patient_id: str) -> str:
     """Walk the launch up to the EHR's redirect back to us and return that callback URL unvisited."""
     url = sidebar_launch_url(sandbox, patient_id)
     to_ehr = requests.get(url, allow_redirects=False, timeout=20)

@@ -60,9 +60,14 @@ def test_launch_works_with_every_app_cookie_stripped(page: Page, live_app: LiveA
 
     page.route(f"{live_app.url}/**", strip_cookies)
     page.goto(sandbox.chart_url("pat-000002"))
-    name = page.frame_locator("#prm-sidebar").locator("#patient-name")
+    frame = page.frame_locator("#prm-sidebar")
+    name = frame.locator("#patient-name")
     name.wait_for(timeout=20_000)
     assert name.inner_text().strip()
+    frame.locator("#end-session").click()  # a sidebar form post, CSRF-protected without any cookie
+    ended = frame.locator("#problem")
+    ended.wait_for(timeout=20_000)
+    assert ended.get_attribute("data-reason") == "ended_by_user"
     assert page.context.cookies(live_app.url) == []
 
 

@@ -84,6 +84,7 @@ def test_ehr_sandbox_up_starts_the_ehr_and_the_app_and_prints_the_url(tmp_path: 
         app = f"http://127.0.0.1:{ports['--app-port']}"
         assert requests.get(f"{app}/healthz", timeout=10).json() == {"status": "ok"}
         assert (tmp_path / "instance" / "prm.db").exists()
+        assert "connection check: OK" in process.log_tail(200)  # backend services work on a first run
     finally:
         process.stop(signal.SIGTERM, timeout_s=30)
     assert process.proc is not None and process.proc.returncode is not None

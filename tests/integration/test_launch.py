@@ -145,3 +145,23 @@ def test_the_embedded_worker_checks_connection_health(live_app: LiveApp, sandbox
     shown = live_app.prm("connection", "show", "sandbox")
     assert '"discovery"' in shown.stdout and '"fhirVersion": "4.0.1"' in shown.stdout
     assert sidebar_launch_url(sandbox, "pat-000001").startswith(live_app.url)
+
+
+def test_an_ehr_that_is_down_ends_on_a_friendly_page_and_is_audited(live_app: LiveApp) -> None:
+    from tests.support.ports import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}/fhir"
+    added = live_app.prm("connection", "add", "--name", "down-ehr", "--iss", dead, "--client-id", "fhir-prm")
+    assert added.returncode == 0, added.stderr
+    page = requests.get(f"{live_app.url}/launch", params={"iss": dead, "launch": "x"}, timeout=30)
+    assert page.status_code == 502 and "The EHR could not be reached" in page.text
+    last = audit_rows(live_app)[-1]
+    assert (last.action, last.outcome, last.detail) == ("launch.start", "failure", "ehr_unreachable")
+
+
+def test_logs_carry_no_tokens_and_no_patient_data(live_app: LiveApp, sandbox: SandboxStack) -> None:
+    launch(sandbox, "pat-000001")
+    log = live_app.process.log_path.read_text(errors="replace")
+    issued = list(sandbox.ehr.smart.store.by_access)
+    assert issued and not any(token in log for token in issued)
+    assert "Bearer" not in log and "Oliver" not in log and "Bennett" not in log and "1980-03-16" not in log

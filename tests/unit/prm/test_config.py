@@ -56,3 +56,19 @@ def test_prm_now_freezes_the_clock() -> None:
     settings = load_settings({**BASE, "PRM_NOW": "2026-11-20T12:00:00Z"})
     assert settings.clock() == datetime(2026, 11, 20, 12, tzinfo=UTC)
     assert settings.clock() == settings.clock()
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"PRM_ADMIN_IDLE_MINUTES": "half an hour"}, "PRM_ADMIN_IDLE_MINUTES"),
+        ({"PRM_ADMIN_IDLE_MINUTES": "0"}, "PRM_ADMIN_IDLE_MINUTES"),
+        ({"PRM_ADMIN_ABSOLUTE_HOURS": "-1"}, "PRM_ADMIN_ABSOLUTE_HOURS"),
+        ({"PRM_ADMIN_IDLE_MINUTES": "90", "PRM_ADMIN_ABSOLUTE_HOURS": "1"}, "PRM_ADMIN_IDLE_MINUTES"),
+    ],
+)
+def test_admin_session_limits_are_validated(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_settings({**BASE, **env})
+    defaults = load_settings(BASE)
+    assert (defaults.admin_idle_minutes, defaults.admin_absolute_hours) == (30.0, 12.0)

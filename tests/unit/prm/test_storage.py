@@ -72,6 +72,7 @@ def test_connection_upsert_is_idempotent_and_keeps_secrets_sealed(database: Data
         ({"name": "Has Spaces"}, "name"),
         ({"iss": "ftp://ehr.example/fhir"}, "iss"),
         ({"iss": "https://ehr.example/fhir?x=1"}, "iss"),
+        ({"iss": "http://ehr.example/fhir"}, "https"),
         ({"client_id": " "}, "client id"),
         ({"signing_alg": "HS256"}, "signing algorithm"),
         ({"backend_auth": "private_key_jwt"}, "backend client id"),
@@ -126,7 +127,8 @@ def test_completed_launch_keeps_tokens_encrypted(database: Database, settings: S
         assert active is not None and active.status == "active" and active.patient_id == "pat-000001"
         assert "AT-1" not in (active.access_token_enc or "") and box.open(active.access_token_enc) == "AT-1"
         assert active.expires_at == NOW + timedelta(seconds=300)
-        assert active.code_verifier_enc is None and active.context == {"need_patient_banner": False}
+        assert active.code_verifier_enc is None
+        assert active.context == {"need_patient_banner": False, "token_lifetime_s": 300}
 
 
 def test_job_slots_are_planned_once_and_claimed_once(database: Database) -> None:

@@ -1,0 +1,33 @@
+"""FHIR R4 Appointment -> Booking (pure; the R4B check at the edge)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhir.resources.R4B import appointment as fhir_appointment
+
+from fhir_mappings.common import check_r4, codes, instant, meta, ref_ids
+from prm.snapshot_models import BookingCreate
+
+
+def booking_from_appointment(resource: dict[str, Any]) -> BookingCreate:
+    check_r4(fhir_appointment.Appointment, resource)
+    start_at, start_offset = instant(resource.get("start"))
+    end_at, end_offset = instant(resource.get("end"))
+    actors = [p.get("actor") or {} for p in resource.get("participant", [])]
+    patients = ref_ids(actors, "Patient")
+    reason = codes(resource.get("cancelationReason"))
+    return BookingCreate(
+        **meta(resource),
+        patient_id=patients[0] if patients else None,
+        status=resource["status"],
+        start_at=start_at, start_offset_min=start_offset, end_at=end_at, end_offset_min=end_offset,
+        minutes_duration=resource.get("minutesDuration"),
+        service_type_codes=codes(resource.get("serviceType")),
+        appointment_type_codes=codes(resource.get("appointmentType")),
+        cancelation_reason=reason[0].split("|", 1)[1] if reason else None,
+        location_ids=ref_ids(actors, "Location"),
+        practitioners=ref_ids(actors, "Practitioner"),
+        related_people=ref_ids(actors, "RelatedPerson"),
+    )
+

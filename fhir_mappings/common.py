@@ -1,0 +1,65 @@
+"""Small pieces every inbound mapper needs: the R4B check at the edge, instants with offsets, references, codes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
+
+from prm.errors import ValidationError
+
+
+def check_r4(model: type[BaseModel], resource: dict[str, Any]) -> None:
+    """Structure and formats against the fhir.resources R4B model; ValidationError names the first problem."""
+    expected = model.__name__
+    if resource.get("resourceType") != expected:
+        raise ValidationError(f"expected a {expected}, got {resource.get('resourceType')!r}")
+    try:
+        model.model_validate(resource)
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise ValidationError(f"{expected}/{resource.get('id')} is not valid R4: {where}: {first.get('msg')}") from exc
+
+
+def instant(value: str | None) -> tuple[datetime | None, int | None]:
+    """A FHIR dateTime as (UTC instant, source UTC offset in minutes); dates without a time keep None offset."""
+    if not value:
+        return None, None
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:  # a date or a dateTime without zone: FHIR says the zone is unknown; read as UTC
+        return parsed.replace(tzinfo=UTC), None
+    offset = parsed.utcoffset()
+    return parsed.astimezone(UTC), int(offset.total_seconds() // 60) if offset is not None else None
+
+
+def ref_id(reference: dict[str, Any] | None, resource_type: str) -> str | None:
+    """The id of a `Type/id` reference (relative or absolute) if it points to `resource_type`."""
+    text = (reference or {}).get("reference") or ""
+    parts = text.split("/_history/")[0].rstrip("/").split("/")
+    if len(parts) >= 2 and parts[-2] == resource_type:
+        return parts[-1]
+    return None
+
+
+def ref_ids(references: list[dict[str, Any]], resource_type: str) -> list[str]:
+    return [i for i in (ref_id(r, resource_type) for r in references) if i]
+
+
+def codes(concepts: list[dict[str, Any]] | dict[str, Any] | None) -> list[str]:
+    """`system|code` of every coding of one or more CodeableConcepts, in order, without repeats."""
+    if not concepts:
+        return []
+    items = concepts if isinstance(concepts, list) else [concepts]
+    found = [f"{c.get('system', '')}|{c.get('code', '')}" for cc in items for c in cc.get("coding", [])
+             if c.get("code")]
+    return list(dict.fromkeys(found))
+
+
+def meta(resource: dict[str, Any]) -> dict[str, Any]:
+    """fhir_id, version_id and last_updated, which every snapshot row carries."""
+    m = resource.get("meta") or {}
+    updated, _ = instant(m.get("lastUpdated"))
+    return {"fhir_id": resource["id"], "version_id": m.get("versionId"), "last_updated": updated}

@@ -1,0 +1,204 @@
+"""Admin pages under /admin: IT signs in with a local account and manages EHR connections.
+
+Thin views over `prm.admin_sessions` and `prm.connections` (the same service as `prm connection add`);
+`guard.requires_admin` does the session, CSRF and permission checks for every route but sign-in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Any
+
+from flask import Blueprint, g, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response
+
+from prm import admin_sessions, audit, connections
+from prm.errors import NotFoundError, SignInRefused, ValidationError
+from prm.permissions import Action, allows
+from smart_app import admin_forms, admin_present, csrf
+from smart_app.context import prm
+from smart_app.guard import ADMIN_COOKIE, admin_csrf_token, requires_admin
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+PRE_COOKIE = "prm_admin_pre"  # binds the sign-in form's CSRF token before any session exists
+ROLES = ("front_desk", "clinician", "practice_manager", "it_admin")
+FORM_CHOICES = {"client_auths": connections.CLIENT_AUTH_KINDS, "backend_auths": ("", *connections.BACKEND_AUTH_KINDS),
+                "signing_algs": connections.SIGNING_ALGS, "roles": ROLES}
+
+
+def _cookie(response: Response, name: str, value: str, max_age: int | None = None) -> None:
+    response.set_cookie(name, value, max_age=max_age, path="/admin", secure=True, httponly=True, samesite="Strict")
+
+
+@bp.context_processor
+def _helpers() -> dict[str, Any]:
+    principal = getattr(g, "admin", None)
+
+    def csrf_for(endpoint: str) -> str:
+        return admin_csrf_token(principal, endpoint) if principal is not None else ""
+
+    can_manage = principal is not None and allows(principal.role, Action.MANAGE_CONNECTIONS)
+    return {"admin": principal, "csrf_for": csrf_for, "can_manage": can_manage}
+
+
+@bp.errorhandler(NotFoundError)
+def _not_found(exc: NotFoundError) -> tuple[str, int]:
+    return render_template("admin_problem.html", title="Not found", advice=str(exc)), 404
+
+
+def _safe_next(target: str | None) -> str:
+    if target and target.startswith("/admin/") and "//" not in target and "\\" not in target:
+        return target
+    return url_for("admin.connection_list")
+
+
+def _sign_in_page(nonce: str, error: str | None, username: str, status: int) -> Response:
+    token = csrf.issue(prm().settings.secret_key, hashlib.sha256(nonce.encode()).hexdigest(), "admin.sign_in")
+    page = render_template("admin_sign_in.html", csrf_token=token, error=error, username=username,
+                           next=request.values.get("next", ""), signed_out=request.args.get("signed_out") == "1")
+    response = Response(page, status=status, mimetype="text/html")
+    _cookie(response, PRE_COOKIE, nonce, max_age=3600)
+    return response
+
+
+@bp.get("/sign-in")
+def sign_in() -> Response:
+    return _sign_in_page(request.cookies.get(PRE_COOKIE) or secrets.token_urlsafe(32), None, "", 200)
+
+
+@bp.post("/sign-in")
+def sign_in_post() -> Response | tuple[str, int]:
+    ctx = prm()
+    nonce = request.cookies.get(PRE_COOKIE, "")
+    try:
+        if not nonce:
+            raise ValidationError("the sign-in form has expired; reload the page and try again")
+        csrf.check(ctx.settings.secret_key, request.form.get("csrf_token"), hashlib.sha256(nonce.encode()).hexdigest(),
+                   "admin.sign_in")
+    except ValidationError as exc:
+        return render_template("admin_problem.html", title="The form could not be accepted", advice=str(exc)), 400
+    username = request.form.get("username", "")
+    refused: SignInRefused | None = None
+    with ctx.db.session() as session:  # commits the audit record of a failure too
+        try:
+            token, _principal = admin_sessions.sign_in(
+                session, ctx.settings.clock, username, request.form.get("password", ""),
+                source=request.remote_addr or "unknown", previous_token=request.cookies.get(ADMIN_COOKIE))
+        except SignInRefused as exc:
+            refused = exc
+    if refused is not None:
+        status = 429 if refused.reason == "throttled" else 401
+        return _sign_in_page(secrets.token_urlsafe(32), str(refused), username, status)
+    response = redirect(_safe_next(request.form.get("next")), code=303)
+    _cookie(response, ADMIN_COOKIE, token)
+    response.delete_cookie(PRE_COOKIE, path="/admin", secure=True, httponly=True, samesite="Strict")
+    return response
+
+
+@bp.post("/sign-out")
+@requires_admin(Action.END_OWN_SESSION)
+def sign_out() -> Response:
+    ctx = prm()
+    with ctx.db.session() as session:
+        admin_sessions.end(session, ctx.settings.clock, request.cookies.get(ADMIN_COOKIE))
+    response = redirect(url_for("admin.sign_in", signed_out="1"), code=303)
+    response.delete_cookie(ADMIN_COOKIE, path="/admin", secure=True, httponly=True, samesite="Strict")
+    return response
+
+
+@bp.get("/")
+@requires_admin(Action.VIEW_CONNECTIONS)
+def home() -> Response:
+    return redirect(url_for("admin.connection_list"), code=303)
+
+
+@bp.get("/connections")
+@requires_admin(Action.VIEW_CONNECTIONS)
+def connection_list() -> str:
+    with prm().db.session() as session:
+        rows = connections.list_all(session)
+    return render_template("admin_connections.html", connections=rows,
+                           capability={row.name: admin_present.capability(row.capability_profile) for row in rows})
+
+
+@bp.get("/connections/<name>")
+@requires_admin(Action.VIEW_CONNECTIONS)
+def connection_detail(name: str) -> str:
+    with prm().db.session() as session:
+        row = connections.by_name(session, name)
+    return render_template("admin_connection.html", c=row, capability=admin_present.capability(row.capability_profile),
+                           secret_state=admin_present.secret_state)
+
+
+def _form_page(values: dict[str, Any], error: str | None, name: str | None, status: int = 200) -> tuple[str, int]:
+    return render_template("admin_connection_form.html", values=values, error=error, name=name,
+                           **FORM_CHOICES), status
+
+
+@bp.get("/connections/new")
+@requires_admin(Action.MANAGE_CONNECTIONS)
+def connection_new() -> tuple[str, int]:
+    return _form_page(admin_forms.values_for_new(), None, None)
+
+
+@bp.post("/connections/new")
+@requires_admin(Action.MANAGE_CONNECTIONS)
+def connection_create() -> Response | tuple[str, int]:
+    ctx = prm()
+    try:
+        with ctx.db.session() as session:  # a ValidationError rolls everything back: nothing is saved
+            row = connections.create(session, ctx.settings.clock, ctx.box, admin_forms.spec_from_form(request.form))
+            audit.record(session, ctx.settings.clock, g.actor, "connection.add", connection_id=row.id,
+                         entity=f"Connection/{row.name}")
+    except ValidationError as exc:
+        return _form_page(admin_forms.values_from_form(request.form), str(exc), None, 400)
+    return redirect(url_for("admin.connection_detail", name=row.name), code=303)
+
+
+@bp.get("/connections/<name>/edit")
+@requires_admin(Action.MANAGE_CONNECTIONS)
+def connection_edit(name: str) -> tuple[str, int]:
+    with prm().db.session() as session:
+        row = connections.by_name(session, name)
+    return _form_page(admin_forms.values_from_row(row), None, name)
+
+
+@bp.post("/connections/<name>/edit")
+@requires_admin(Action.MANAGE_CONNECTIONS)
+def connection_update(name: str) -> Response | tuple[str, int]:
+    ctx = prm()
+    try:
+        with ctx.db.session() as session:
+            row = connections.by_name(session, name)
+            before = admin_forms.snapshot(row)
+            spec = admin_forms.spec_from_form(request.form, name=name, enabled=row.enabled)
+            row = connections.upsert(session, ctx.settings.clock, ctx.box, spec)
+            fields = admin_forms.changed(before, admin_forms.snapshot(row))
+            audit.record(session, ctx.settings.clock, g.actor, "connection.update", connection_id=row.id,
+                         entity=f"Connection/{name}", detail=f"changed: {', '.join(fields) or 'nothing'}")
+    except ValidationError as exc:
+        values = {**admin_forms.values_from_form(request.form), "name": name}
+        return _form_page(values, str(exc), name, 400)
+    return redirect(url_for("admin.connection_detail", name=name), code=303)
+
+
+def _set_enabled(name: str, enabled: bool) -> Response:
+    ctx = prm()
+    with ctx.db.session() as session:
+        row = connections.set_enabled(session, ctx.settings.clock, name, enabled)
+        audit.record(session, ctx.settings.clock, g.actor, "connection.enable" if enabled else "connection.disable",
+                     connection_id=row.id, entity=f"Connection/{name}")
+    return redirect(url_for("admin.connection_detail", name=name), code=303)
+
+
+@bp.post("/connections/<name>/enable")
+@requires_admin(Action.MANAGE_CONNECTIONS)
+def connection_enable(name: str) -> Response:
+    return _set_enabled(name, True)
+
+
+@bp.post("/connections/<name>/disable")
+@requires_admin(Action.MANAGE_CONNECTIONS)
+def connection_disable(name: str) -> Response:
+    return _set_enabled(name, False)

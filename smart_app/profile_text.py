@@ -1,0 +1,74 @@
+"""A capability profile as lines for a terminal: a summary, then every error and warning on its own line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+OK, BAD, WARN = "green", "red", "yellow"
+
+
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _backend_line(backend: dict[str, Any]) -> str:
+    if not backend.get("configured"):
+        return "not configured"
+    how = backend.get("auth", "")
+    if backend.get("kid"):
+        how += f" {backend.get('alg')}, kid {str(backend['kid'])[:12]}…"
+    if not backend.get("token"):
+        return f"{backend.get('client_id')} ({how}): no token"
+    requested, missing = backend.get("requested", []), backend.get("missing", [])
+    read = backend.get("test_read") or {}
+    outcome = (f"{read.get('request')} -> {_n(read.get('entries', 0), 'resource')}" if read.get("ok")
+               else f"{read.get('request')} -> {read.get('detail')}") if read else "no test read"
+    return (f"{backend.get('client_id')} ({how}): token with {len(requested) - len(missing)}/{len(requested)} "
+            f"scopes; {outcome}")
+
+
+def _resources_line(resources: dict[str, dict[str, Any]]) -> str:
+    parts = []
+    for rtype, entry in resources.items():
+        if entry.get("listed") is None:
+            parts.append(f"{rtype} ?")
+            continue
+        marks = "".join(letter for letter, name in (("r", "read"), ("s", "search"), ("c", "create"),
+                                                    ("u", "update")) if entry.get(name))
+        parts.append(f"{rtype} {marks or '-'}")
+    return ", ".join(parts)
+
+
+def _writes_line(writes: dict[str, dict[str, Any]]) -> str:
+    return "; ".join(f"{rtype} {'yes' if w.get('ok') else 'no'} (probe {w.get('probe')})"
+                     for rtype, w in writes.items())
+
+
+def _sync_line(sync: dict[str, Any], count_limit: int | None) -> str:
+    strategy = sync.get("strategy") or {}
+    export = [level for level, on in (sync.get("export") or {}).items() if on]
+    return (f"initial {strategy.get('initial', '?')}, incremental {strategy.get('incremental', '?')}; "
+            f"$export {'/'.join(export) or 'none'}; _count limit {count_limit if count_limit is not None else '?'}")
+
+
+def render(name: str, profile: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """(text, colour) pairs; colour None for plain lines."""
+    ok = bool(profile.get("ok"))
+    lines: list[tuple[str, str | None]] = [
+        (f"connection {name}: {'OK' if ok else 'PROBLEMS'}  ({_n(len(profile.get('errors', [])), 'error')}, "
+         f"{_n(len(profile.get('warnings', [])), 'warning')}; checked {profile.get('checked_at')})", OK if ok else BAD)]
+    disc = profile.get("discovery") or {}
+    if disc.get("source"):
+        lines.append((f"  discovery   {disc['source']}, SMART {disc.get('smart_version')}, "
+                      f"FHIR {disc.get('fhir_version', '?')}, token endpoint {disc.get('token_endpoint')}", None))
+    if profile.get("backend"):
+        lines.append((f"  backend     {_backend_line(profile['backend'])}", None))
+    if profile.get("resources"):
+        lines.append((f"  resources   {_resources_line(profile['resources'])}", None))
+    if profile.get("writes"):
+        lines.append((f"  writes      {_writes_line(profile['writes'])}", None))
+    if profile.get("sync"):
+        lines.append((f"  sync        {_sync_line(profile['sync'], profile.get('count_limit'))}", None))
+    lines += [(f"ERROR   {text}", BAD) for text in profile.get("errors", [])]
+    lines += [(f"WARNING {text}", WARN) for text in profile.get("warnings", [])]
+    return lines

@@ -1,0 +1,326 @@
+"""Admin pages over real HTTP against `prm serve`: sign-in, CSRF, roles, connection forms, and one real browser."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+from typing import Any
+
+import pytest
+import requests
+from playwright.sync_api import sync_playwright
+from sqlmodel import select
+
+from prm.crypto import SecretBox
+from prm.db import Database
+from prm.models import AuditRecord, Connection
+from smart_app import csrf
+from tests.integration.conftest import LiveApp
+from tests.support.settings import TEST_KEY, TEST_SECRET
+
+PASSWORD = "correct horse battery staple"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+_CSRF = re.compile(r'name="csrf_token" value="([^"]*)"')
+
+
+@dataclass
+class Admin:
+    """A browser stand-in: keeps the app's cookies itself, because `requests` never sends Secure cookies over http."""
+
+    base: str
+    cookies: dict[str, str] = field(default_factory=dict)
+    set_cookies: list[SimpleCookie] = field(default_factory=list)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())} if self.cookies else {}
+        response = requests.request(method, self.base + path, headers=headers, allow_redirects=False, timeout=30,
+                                    **kwargs)
+        for raw in response.raw.headers.getlist("Set-Cookie"):
+            parsed = SimpleCookie()
+            parsed.load(raw)
+            self.set_cookies.append(parsed)
+            for name, morsel in parsed.items():
+                if morsel.value and morsel["max-age"] != "0":
+                    self.cookies[name] = morsel.value
+                else:
+                    self.cookies.pop(name, None)
+        return response
+
+    def get(self, path: str) -> requests.Response:
+        return self.request("GET", path)
+
+    def post(self, path: str, data: dict[str, str]) -> requests.Response:
+        return self.request("POST", path, data=data)
+
+    def csrf(self, page_path: str, index: int = -1) -> str:
+        page = self.get(page_path)
+        assert page.status_code == 200, page.text[:300]
+        return _CSRF.findall(page.text)[index]
+
+    def sign_in(self, username: str, password: str = PASSWORD) -> requests.Response:
+        token = self.csrf("/admin/sign-in")
+        return self.post("/admin/sign-in", {"csrf_token": token, "username": username, "password": password})
+
+
+@pytest.fixture(scope="module")
+def accounts(live_app: LiveApp) -> dict[str, str]:
+    made = {"it_admin": "pages.it", "practice_manager": "pages.pm", "it_admin_2": "pages.it2"}
+    for role, username in made.items():
+        done = live_app.prm("admin", "add", username, "--role", role.removesuffix("_2"), stdin=f"{PASSWORD}\n")
+        assert done.returncode == 0 or "exists already" in done.stderr, done.stderr
+    return made
+
+
+def signed_in(live_app: LiveApp, username: str) -> Admin:
+    admin = Admin(live_app.url)
+    response = admin.sign_in(username)
+    assert response.status_code == 303, response.text[:500]
+    assert "prm_admin" in admin.cookies
+    return admin
+
+
+def rows(app: LiveApp, model: Any, *where: Any) -> list[Any]:
+    db = Database(app.database_url)
+    try:
+        with db.session() as session:
+            return list(session.exec(select(model).where(*where)))
+    finally:
+        db.dispose()
+
+
+def connection(app: LiveApp, name: str) -> Connection | None:
+    found = rows(app, Connection, Connection.name == name)
+    return found[0] if found else None
+
+
+def form(name: str, iss: str, **extra: str) -> dict[str, str]:
+    values = {"name": name, "iss": iss, "client_id": "prm-web", "client_auth": "public", "scopes": "launch openid",
+              "frame_origins": "https://ehr.example.org", "role_mapping": "Practitioner=clinician",
+              "default_role": "front_desk", "clinics": "Organization/org-1 | Riverside | Europe/London",
+              "signing_alg": "RS384", "backend_client_id": "", "backend_auth": "", "backend_scopes": "",
+              "enabled": "on"}
+    values.update(extra)
+    return values
+
+
+def add(admin: Admin, values: dict[str, str]) -> requests.Response:
+    return admin.post("/admin/connections/new", {**values, "csrf_token": admin.csrf("/admin/connections/new")})
+
+
+def test_pages_need_a_sign_in(live_app: LiveApp) -> None:
+    anonymous = Admin(live_app.url)
+    for path in ("/admin/", "/admin/connections", "/admin/connections/sandbox", "/admin/connections/new"):
+        response = anonymous.get(path)
+        assert response.status_code == 303 and "/admin/sign-in" in response.headers["Location"], path
+    anonymous.cookies["prm_admin"] = "made-up-token"
+    assert anonymous.get("/admin/connections").status_code == 303
+    assert anonymous.post("/admin/connections/sandbox/disable", {}).status_code == 303
+    sign_in_page = anonymous.get("/admin/sign-in")
+    assert "frame-ancestors 'none'" in sign_in_page.headers["Content-Security-Policy"]
+    assert sign_in_page.headers["Cache-Control"] == "no-store"
+    assert "style=" not in sign_in_page.text and "<script" not in sign_in_page.text
+
+
+def test_sign_in_sets_a_strict_host_only_cookie(live_app: LiveApp, accounts: dict[str, str]) -> None:
+    admin = Admin(live_app.url)
+    response = admin.sign_in(accounts["it_admin"])
+    assert response.status_code == 303 and response.headers["Location"].endswith("/admin/connections")
+    morsel = next(c["prm_admin"] for c in admin.set_cookies if "prm_admin" in c)
+    assert morsel["httponly"] and morsel["secure"] and morsel["samesite"] == "Strict" and morsel["path"] == "/admin"
+    assert len(morsel.value) >= 43
+    page = admin.get("/admin/connections")
+    assert page.status_code == 200 and 'data-name="sandbox"' in page.text
+    assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+    assert page.headers["Cache-Control"] == "no-store"
+
+
+def test_wrong_password_is_refused_generically_and_audited(live_app: LiveApp, accounts: dict[str, str]) -> None:
+    admin = Admin(live_app.url)
+    wrong = admin.sign_in(accounts["it_admin_2"], "not my password at all")
+    unknown = admin.sign_in("no.such.admin", "not my password at all")
+    for response in (wrong, unknown):
+        assert response.status_code == 401 and "wrong username or password" in response.text
+        assert "prm_admin" not in admin.cookies
+    failures = rows(live_app, AuditRecord, AuditRecord.action == "admin.sign_in", AuditRecord.outcome == "failure",
+                    AuditRecord.actor == accounts["it_admin_2"])
+    assert failures and all("not my password" not in (r.detail or "") for r in failures)
+    assert "from 127.0.0.1" in (failures[-1].detail or "")
+
+
+def test_sign_in_form_needs_its_own_csrf_cookie(live_app: LiveApp, accounts: dict[str, str]) -> None:
+    admin = Admin(live_app.url)
+    token = admin.csrf("/admin/sign-in")
+    admin.cookies.pop("prm_admin_pre")
+    response = admin.post("/admin/sign-in", {"csrf_token": token, "username": accounts["it_admin"],
+                                             "password": PASSWORD})
+    assert response.status_code == 400 and "prm_admin" not in admin.cookies
+
+
+def test_add_a_connection_through_the_form(live_app: LiveApp, accounts: dict[str, str]) -> None:
+    admin = signed_in(live_app, accounts["it_admin"])
+    values = form("riverside", "https://riverside.example/fhir", client_auth="client_secret",
+                  client_secret="riverside-secret-value")
+    response = add(admin, values)
+    assert response.status_code == 303, response.text[-1500:]
+    assert response.headers["Location"].endswith("/admin/connections/riverside")
+    row = connection(live_app, "riverside")
+    assert row is not None and row.enabled and row.iss == "https://riverside.example/fhir"
+    assert row.clinics == [{"organization": "Organization/org-1", "name": "Riverside", "timezone": "Europe/London"}]
+    assert row.role_mapping == {"Practitioner": "clinician"} and row.default_role == "front_desk"
+    assert SecretBox((TEST_KEY,)).open(row.client_secret_enc) == "riverside-secret-value"
+    detail = admin.get("/admin/connections/riverside")
+    assert detail.status_code == 200 and "riverside-secret-value" not in detail.text
+    assert '<dd id="client-secret">(set)</dd>' in detail.text and "Europe/London" in detail.text
+    assert "https://ehr.example.org" in detail.text and "not checked" in detail.text
+    [record] = rows(live_app, AuditRecord, AuditRecord.action == "connection.add", AuditRecord.connection_id == row.id)
+    assert record.actor == accounts["it_admin"] and record.actor_kind == "admin" and record.role == "it_admin"
+
+
+def test_bad_input_shows_the_error_keeps_the_input_and_saves_nothing(live_app: LiveApp,
+                                                                     accounts: dict[str, str]) -> None:
+    admin = signed_in(live_app, accounts["it_admin"])
+    cases = [(form("bad-iss", "not a url"), "iss must be an absolute"),
+             (form("bad-zone", "https://bad-zone.example/fhir", clinics="Organization/o | X | Mars/Olympus"),
+              "IANA zone"),
+             (form("bad-secret", "https://bad-secret.example/fhir", client_auth="client_secret"),
+              "needs a client secret"),
+             (form("sandbox", "https://other.example/fhir"), "exists already")]
+    for values, message in cases:
+        response = add(admin, values)
+        assert response.status_code == 400, values["name"]
+        assert 'id="form-error"' in response.text and message in response.text
+        assert f'value="{values["name"]}"' in response.text
+        if values["name"] != "sandbox":
+            assert connection(live_app, values["name"]) is None
+    assert connection(live_app, "sandbox").iss != "https://other.example/fhir"  # type: ignore[union-attr]
+
+
+def test_edit_keeps_the_stored_secret(live_app: LiveApp, accounts: dict[str, str]) -> None:
+    admin = signed_in(live_app, accounts["it_admin"])
+    assert add(admin, form("hillside", "https://hillside.example/fhir", client_auth="client_secret",
+                           client_secret="hillside-secret-1")).status_code == 303
+    sealed = connection(live_app, "hillside").client_secret_enc  # type: ignore[union-attr]
+    edit = admin.get("/admin/connections/hillside/edit")
+    assert edit.status_code == 200 and "hillside-secret-1" not in edit.text and sealed not in edit.text  # type: ignore[operator]
+    token = _CSRF.findall(edit.text)[-1]
+    values = form("ignored", "https://hillside.example/fhir", client_auth="client_secret", client_secret="",
+                  scopes="launch openid fhirUser")
+    response = admin.post("/admin/connections/hillside/edit", {**values, "csrf_token": token})
+    assert response.status_code == 303, response.text[:500]
+    row = connection(live_app, "hillside")
+    assert row is not None and row.scopes == "launch openid fhirUser" and row.client_secret_enc == sealed
+    assert connection(live_app, "ignored") is None  # the name comes from the URL, never from the form
+    [record] = rows(live_app, AuditRecord, AuditRecord.action == "connection.update",
+                    AuditRecord.connection_id == row.id)
+    assert record.detail == "changed: scopes"
+
+
+def test_disabled_connection_refuses_launches(live_app: LiveApp, accounts: dict[str, str]) -> None:
+    admin = signed_in(live_app, accounts["it_admin"])
+    iss = f"{live_app.url}/not-a-fhir-server"
+    assert add(admin, form("switchable", iss)).status_code == 303
+    before = requests.get(f"{live_app.url}/launch", params={"iss": iss, "launch": "x"}, timeout=30)
+    assert 'data-reason="unknown_iss"' not in before.text  # enabled: the app tries the EHR
+    token = _CSRF.findall(admin.get("/admin/connections/switchable").text)[-1]
+    response = admin.post("/admin/connections/switchable/disable", {"csrf_token": token})
+    assert response.status_code == 303
+    assert connection(live_app, "switchable").enabled is False  # type: ignore[union-attr]
+    refused = requests.get(f"{live_app.url}/launch", params={"iss": iss, "launch": "x"}, timeout=30)
+    assert refused.status_code == 400 and 'data-reason="unknown_iss"' in refused.text
+    assert "This EHR is not connected" in refused.text
+    token = _CSRF.findall(admin.get("/admin/connections/switchable").text)[-1]
+    assert admin.post("/admin/connections/switchable/enable", {"csrf_token": token}).status_code == 303
+    assert connection(live_app, "switchable").enabled is True  # type: ignore[union-attr]
+    actions = [r.action for r in rows(live_app, AuditRecord, AuditRecord.entity == "Connection/switchable")]
+    assert actions == ["connection.add", "connection.disable", "connection.enable"]
+
+
+def test_missing_or_forged_csrf_is_refused_and_changes_nothing(live_app: LiveApp, accounts: dict[str, str]) -> None:
+    admin = signed_in(live_app, accounts["it_admin"])
+    other = signed_in(live_app, accounts["it_admin_2"])
+    foreign = _CSRF.findall(other.get("/admin/connections/sandbox").text)[-1]  # valid, but for another session
+    own_other_form = _CSRF.findall(admin.get("/admin/connections/sandbox").text)[0]  # this session, sign-out form
+    for data in ({}, {"csrf_token": "forged"}, {"csrf_token": foreign}, {"csrf_token": own_other_form}):
+        response = admin.post("/admin/connections/sandbox/disable", data)
+        assert response.status_code == 400, data
+        assert connection(live_app, "sandbox").enabled is True  # type: ignore[union-attr]
+    response = admin.post("/admin/connections/new", form("csrf-less", "https://csrf-less.example/fhir"))
+    assert response.status_code == 400 and connection(live_app, "csrf-less") is None
+
+
+def test_practice_manager_may_view_but_not_change(live_app: LiveApp, accounts: dict[str, str]) -> None:
+    manager = signed_in(live_app, accounts["practice_manager"])
+    listing = manager.get("/admin/connections")
+    assert listing.status_code == 200 and 'data-name="sandbox"' in listing.text
+    assert 'id="add-connection"' not in listing.text
+    detail = manager.get("/admin/connections/sandbox")
+    assert detail.status_code == 200 and 'id="disable-connection"' not in detail.text
+    assert manager.get("/admin/connections/new").status_code == 403
+    # Even with a valid CSRF token (the page offers none, so mint one for this session), the role decides.
+    token = csrf.issue(TEST_SECRET, hashlib.sha256(manager.cookies["prm_admin"].encode()).hexdigest(),
+                       "admin.connection_create")
+    response = manager.post("/admin/connections/new", {**form("pm-made", "https://pm.example/fhir"),
+                                                        "csrf_token": token})
+    assert response.status_code == 403 and 'id="denied"' in response.text
+    assert connection(live_app, "pm-made") is None
+    denied = rows(live_app, AuditRecord, AuditRecord.outcome == "denied",
+                  AuditRecord.actor == accounts["practice_manager"])
+    assert {r.action for r in denied} >= {"connection.manage"} and all(r.actor_kind == "admin" for r in denied)
+
+
+def test_sign_out_ends_the_session(live_app: LiveApp, accounts: dict[str, str]) -> None:
+    admin = signed_in(live_app, accounts["it_admin"])
+    cookie = admin.cookies["prm_admin"]
+    token = _CSRF.findall(admin.get("/admin/connections").text)[0]
+    response = admin.post("/admin/sign-out", {"csrf_token": token})
+    assert response.status_code == 303 and "signed_out=1" in response.headers["Location"]
+    assert "prm_admin" not in admin.cookies
+    replay = Admin(live_app.url, cookies={"prm_admin": cookie})
+    assert replay.get("/admin/connections").status_code == 303
+    actions = rows(live_app, AuditRecord, AuditRecord.action == "admin.sign_out",
+                   AuditRecord.actor == accounts["it_admin"])
+    assert actions
+
+
+@pytest.fixture
+def chromium() -> Iterator[Any]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.mark.browser
+def test_in_chromium_sign_in_and_add_a_connection(chromium: Any, live_app: LiveApp, accounts: dict[str, str]) -> None:
+    context = chromium.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    blocked: list[str] = []
+    page.on("console", lambda message: blocked.append(message.text) if "Content Security Policy" in message.text
+            else None)
+    page.goto(f"{live_app.url}/admin/connections")
+    assert "/admin/sign-in" in page.url
+    page.fill("#username", accounts["it_admin"])
+    page.fill("#password", PASSWORD)
+    page.click("#sign-in")
+    page.wait_for_url("**/admin/connections")
+    assert page.locator("#signed-in-as").inner_text().startswith(accounts["it_admin"])
+    page.click("#add-connection")
+    page.fill("#name", "browser-made")
+    page.fill("#iss", "https://browser.example/fhir")
+    page.fill("#client_id", "prm-browser")
+    page.fill("#clinics", "Organization/org-9 | Browser Clinic | America/New_York")
+    page.click("#save-connection")
+    page.wait_for_url("**/admin/connections/browser-made")
+    assert page.locator("#iss").inner_text() == "https://browser.example/fhir"
+    assert page.locator("#enabled-state").inner_text() == "enabled"
+    cookie = next(c for c in context.cookies(live_app.url + "/admin/") if c["name"] == "prm_admin")
+    assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
+    assert connection(live_app, "browser-made") is not None and blocked == []
+    page.click("#sign-out")
+    page.wait_for_url("**/admin/sign-in?signed_out=1")
+    context.close()

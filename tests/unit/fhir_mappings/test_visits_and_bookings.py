@@ -1,0 +1,82 @@
+"""Encounter -> Visit and Appointment -> Booking against the data set's facts and edge cases."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fhir_mappings.appointment import booking_from_appointment
+from fhir_mappings.encounter import visit_from_encounter
+from fhir_mappings.patient import patient_record_from_patient
+from prm.errors import ValidationError
+
+DATA = Path(__file__).resolve().parents[3] / "ehr_sandbox" / "data" / "sandbox"
+MANIFEST = json.loads((DATA / "manifest.json").read_text())
+
+
+def load(resource_type: str) -> dict[str, dict[str, Any]]:
+    with (DATA / f"{resource_type}.ndjson").open(encoding="utf-8") as lines:
+        return {r["id"]: r for r in map(json.loads, lines)}
+
+
+def test_every_encounter_maps_and_statuses_match_the_manifest() -> None:
+    visits = [visit_from_encounter(r) for r in load("Encounter").values()]
+    counts: dict[str, int] = {}
+    for v in visits:
+        counts[v.status] = counts.get(v.status, 0) + 1
+    assert counts == MANIFEST["encounter_status"]
+    assert sum(1 for v in visits if v.appointment_ids) == 770
+
+
+def test_visit_times_keep_their_offset() -> None:
+    visit = visit_from_encounter(load("Encounter")["enc-000001-001"])
+    assert visit.start_at == datetime(2024, 9, 9, 11, 40, tzinfo=UTC) and visit.start_offset_min == 60
+    assert visit.patient_id == "pat-000001" and visit.location_ids == ["loc-rdc-bankside"]
+    assert "https://riverside-dental.example/fhir/CodeSystem/visit-type|DEN-NEWPT" in visit.type_codes
+    assert visit.service_provider == "org-riverside-dental" and visit.practitioners == ["prac-rdc-02"]
+
+
+def test_every_appointment_maps_and_statuses_match_the_manifest() -> None:
+    bookings = [booking_from_appointment(r) for r in load("Appointment").values()]
+    counts: dict[str, int] = {}
+    for b in bookings:
+        counts[b.status] = counts.get(b.status, 0) + 1
+    assert counts == MANIFEST["appointment_status"]
+    cancelled = [b for b in bookings if b.status == "cancelled"]
+    assert cancelled and all(b.cancelation_reason for b in cancelled)
+    proposed = [b for b in bookings if b.status == "proposed"]
+    assert proposed and all(b.start_at is None for b in proposed)  # recall offers carry requestedPeriod only
+
+
+def test_new_york_offsets_follow_dst() -> None:
+    offsets = {b.start_offset_min for b in map(booking_from_appointment, load("Appointment").values())
+               if b.start_offset_min is not None and b.start_offset_min < 0}
+    assert offsets == {-300, -240}
+
+
+def test_patients_keep_contactability_language_and_merges() -> None:
+    patients = {k: patient_record_from_patient(v) for k, v in load("Patient").items()}
+    assert len(patients) == 300
+    merged = [p for p in patients.values() if p.replaced_by]
+    assert merged and all(m.replaced_by in patients for m in merged)
+    assert sum(1 for p in patients.values() if not p.telecom) == 43
+    polish = patients["pat-000003"]
+    assert any(lang["code"].startswith("pl") for lang in polish.languages)
+    ranked = [p for p in patients.values() if len(p.telecom) > 1]
+    assert all((p.telecom[0]["rank"] or 999) <= (p.telecom[1]["rank"] or 999) for p in ranked)
+
+
+def test_invalid_resources_are_refused_with_the_path() -> None:
+    broken = dict(load("Encounter")["enc-000001-001"], period={"start": "yesterday"})
+    with pytest.raises(ValidationError, match="period"):
+        visit_from_encounter(broken)
+    with pytest.raises(ValidationError, match="expected a Appointment"):
+        booking_from_appointment({"resourceType": "Encounter", "id": "x"})
+
+
+def test_a_birth_year_alone_keeps_its_precision() -> None:
+    assert patient_record_from_patient(load("Patient")["pat-000043"]).birth_date == "1958"

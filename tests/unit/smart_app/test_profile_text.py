@@ -1,0 +1,38 @@
+"""The printed profile: a coloured summary line, then each error (red) and warning (yellow) on its own line."""
+
+from __future__ import annotations
+
+from smart_app.profile_text import render
+
+
+def test_each_error_and_warning_has_its_own_line() -> None:
+    profile = {"ok": False, "checked_at": "2026-11-20T12:00:00+00:00", "errors": ["SMART discovery failed: x"],
+               "warnings": ["scopes_supported is not published: scopes will be judged at first use", "w2"],
+               "discovery": {"ok": False, "error": "x"}, "backend": {}, "resources": {}, "writes": {}, "sync": {}}
+    lines = render("hudson", profile)
+    assert lines[0] == ("connection hudson: PROBLEMS  (1 error, 2 warnings; checked 2026-11-20T12:00:00+00:00)",
+                        "red")
+    assert lines[1:] == [("ERROR   SMART discovery failed: x", "red"),
+                         ("WARNING scopes_supported is not published: scopes will be judged at first use", "yellow"),
+                         ("WARNING w2", "yellow")]
+
+
+def test_a_green_profile_summarises_its_sections() -> None:
+    profile = {"ok": True, "checked_at": "t", "errors": [], "warnings": [],
+               "discovery": {"source": "well-known", "smart_version": "v2", "fhir_version": "4.0.1",
+                             "token_endpoint": "https://ehr.example/token"},
+               "backend": {"configured": True, "client_id": "b", "auth": "private_key_jwt", "alg": "RS384",
+                           "kid": "abcdefghijklmnop", "token": True, "requested": ["a", "b"], "missing": [],
+                           "test_read": {"request": "Patient?_count=1", "ok": True, "entries": 1}},
+               "resources": {"Task": {"listed": True, "read": True, "search": True, "create": True, "update": False}},
+               "writes": {"Task": {"ok": True, "probe": "accepted"}},
+               "sync": {"export": {"system": True, "group": False, "patient": False},
+                        "strategy": {"initial": "bulk-export-system", "incremental": "search-last-updated"}},
+               "count_limit": 1000}
+    text = [t for t, _ in render("x", profile)]
+    assert text[0].startswith("connection x: OK  (0 errors, 0 warnings")
+    assert ("b (private_key_jwt RS384, kid abcdefghijkl…): token with 2/2 scopes; Patient?_count=1 -> 1 resource"
+            in text[2])
+    assert text[3].endswith("Task rsc") and text[4].endswith("Task yes (probe accepted)")
+    assert text[5].endswith("initial bulk-export-system, incremental search-last-updated; $export system; "
+                            "_count limit 1000")
