@@ -124,3 +124,158 @@ class Booking(BookingBase, table=True):
 
 class BookingCreate(BookingBase):
     pass
+
+
+class RelatedContactBase(SnapshotBase):
+    patient_id: str | None = Field(default=None, max_length=64)
+    active: bool = True
+    display_name: str = Field(default="", max_length=300)
+    relationship_codes: list[str] = _json_list()
+    telecom: list[dict[str, Any]] = _json_list()
+
+
+class RelatedContact(RelatedContactBase, table=True):
+    """A RelatedPerson: the parent or carer who is reached instead of, or as well as, the patient."""
+
+    __tablename__ = "related_contact"
+    __table_args__ = (UniqueConstraint("connection_id", "fhir_id", name="uq_related_contact"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    connection_id: int = Field(foreign_key="connection.id")
+
+
+class RelatedContactCreate(RelatedContactBase):
+    pass
+
+
+class OrganizationRecordBase(SnapshotBase):
+    name: str = Field(default="", max_length=300)
+    active: bool = True
+    part_of: str | None = Field(default=None, max_length=64)
+    timezone: str | None = Field(default=None, max_length=64)  # IANA, from the timezone extension
+
+
+class OrganizationRecord(OrganizationRecordBase, table=True):
+    __tablename__ = "organization_record"
+    __table_args__ = (UniqueConstraint("connection_id", "fhir_id", name="uq_organization_record"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    connection_id: int = Field(foreign_key="connection.id")
+
+
+class OrganizationRecordCreate(OrganizationRecordBase):
+    pass
+
+
+class SiteBase(SnapshotBase):
+    name: str = Field(default="", max_length=300)
+    status: str | None = Field(default=None, max_length=20)
+    part_of: str | None = Field(default=None, max_length=64)
+    organization_id: str | None = Field(default=None, max_length=64)
+    timezone: str | None = Field(default=None, max_length=64)
+
+
+class Site(SiteBase, table=True):
+    """A Location where visits happen."""
+
+    __table_args__ = (UniqueConstraint("connection_id", "fhir_id", name="uq_site"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    connection_id: int = Field(foreign_key="connection.id")
+
+
+class SiteCreate(SiteBase):
+    pass
+
+
+class StaffRoleBase(SnapshotBase):
+    active: bool = True
+    practitioner_id: str | None = Field(default=None, max_length=64)
+    organization_id: str | None = Field(default=None, max_length=64)
+    location_ids: list[str] = _json_list()
+    codes: list[str] = _json_list()
+    specialty_codes: list[str] = _json_list()
+
+
+class StaffRole(StaffRoleBase, table=True):
+    """A PractitionerRole: who works for which clinic, where."""
+
+    __tablename__ = "staff_role"
+    __table_args__ = (UniqueConstraint("connection_id", "fhir_id", name="uq_staff_role"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    connection_id: int = Field(foreign_key="connection.id")
+
+
+class StaffRoleCreate(StaffRoleBase):
+    pass
+
+
+class WrittenResourceBase(SnapshotBase):
+    resource_type: str = Field(max_length=30)  # Task | Communication
+    identifier_value: str | None = Field(default=None, max_length=300)  # our business identifier
+    status: str | None = Field(default=None, max_length=30)
+    business_status: str | None = Field(default=None, max_length=100)
+
+
+class WrittenResource(WrittenResourceBase, table=True):
+    """A Task or Communication fhir-prm wrote, as the EHR now has it (status changes made there come back)."""
+
+    __tablename__ = "written_resource"
+    __table_args__ = (
+        UniqueConstraint("connection_id", "resource_type", "fhir_id", name="uq_written_resource"),
+        Index("ix_written_identifier", "connection_id", "resource_type", "identifier_value"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    connection_id: int = Field(foreign_key="connection.id")
+
+
+class WrittenResourceCreate(WrittenResourceBase):
+    pass
+
+
+class SyncStream(SQLModel, table=True):
+    """One (connection, resource type) sync: strategy, cursor, counters, errors, lag."""
+
+    __tablename__ = "sync_stream"
+    __table_args__ = (UniqueConstraint("connection_id", "resource_type", name="uq_sync_stream"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    connection_id: int = Field(foreign_key="connection.id", index=True)
+    resource_type: str = Field(max_length=30)
+    enabled: bool = True
+    strategy: str = Field(default="auto", max_length=20)  # auto | bulk | search | patient (IT may override)
+    phase: str = Field(default="initial", max_length=20)  # initial | incremental
+    interval_s: int = 300
+    cursor: datetime | None = _dt()  # highest meta.lastUpdated committed
+    cursor_ids: list[str] = _json_list()  # ids committed at exactly `cursor` (ties are re-read, then skipped)
+    initial_done_at: datetime | None = _dt()
+    last_run_at: datetime | None = _dt()
+    last_success_at: datetime | None = _dt()
+    last_error: str | None = Field(default=None, max_length=2000)
+    last_error_at: datetime | None = _dt()
+    pages: int = 0
+    resources_synced: int = 0
+    deleted_synced: int = 0
+    quarantined: int = 0
+    reconciled_at: datetime | None = _dt()
+
+
+class QuarantinedResource(SQLModel, table=True):
+    """An incoming resource that failed the edge check: kept with its error for IT, never blocking the rest."""
+
+    __tablename__ = "quarantined_resource"
+    __table_args__ = (
+        UniqueConstraint("connection_id", "resource_type", "fhir_id", "version_id", name="uq_quarantine"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    connection_id: int = Field(foreign_key="connection.id", index=True)
+    resource_type: str = Field(max_length=30)
+    fhir_id: str = Field(default="", max_length=64)
+    version_id: str = Field(default="", max_length=64)
+    error: str = Field(max_length=2000)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_type=JSON, nullable=False)
+    received_at: datetime | None = _dt()
+    resolved_at: datetime | None = _dt()

@@ -6,7 +6,9 @@ from alembic import context
 from sqlalchemy import Connection, create_engine, pool
 from sqlmodel import SQLModel
 
-import prm.models  # noqa: F401  (registers the tables on the metadata)
+# Importing the model modules registers their tables on the metadata autogenerate compares against.
+import prm.models
+import prm.snapshot_models  # noqa: F401
 from prm.db import normalise_url
 
 config = context.config
