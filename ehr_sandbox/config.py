@@ -34,6 +34,7 @@ class SandboxConfig:
     token_lifetime_s: int = 3600
     signing_key_path: str | None = None  # PEM RSA private key; generated in memory when None
     host: str = "localhost"  # the public host name; the socket always binds 127.0.0.1
+    bind_port: int | None = None  # the EHR's socket port when a front (a test's fault proxy) owns `port`; 0 = free
 
     @property
     def ehr_url(self) -> str:

@@ -30,7 +30,7 @@ def create_ehr_app(config: SandboxConfig) -> Flask:
 
 
 class EhrServer:
-    """Serves create_ehr_app(config) on 127.0.0.1:<config.port> from a background thread."""
+    """Serves create_ehr_app(config) on 127.0.0.1:<config.bind_port or config.port> from a background thread."""
 
     def __init__(self, config: SandboxConfig):
         self.config = config
@@ -44,7 +44,8 @@ class EhrServer:
         return self.config.ehr_url
 
     def start(self) -> EhrServer:
-        self._server = make_server("127.0.0.1", self.config.port, self.app, threaded=True)
+        port = self.config.bind_port or self.config.port  # URLs always name config.port
+        self._server = make_server("127.0.0.1", port, self.app, threaded=True)
         self._thread = threading.Thread(target=self._server.serve_forever, name="ehr-sandbox", daemon=True)
         self._thread.start()
         log.info("sandbox EHR at %s (iss %s, profile %s)", self.url, self.config.iss, self.config.profile)

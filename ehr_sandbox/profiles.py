@@ -18,6 +18,7 @@ class Profile:
     patient_scoped_searches_only: bool = False  # type-level searches need patient/subject (_id for Patient)
     refused_writes: frozenset[str] = field(default_factory=frozenset)  # resource types whose create/update -> 403
     id_token_fault: str | None = None  # expired | wrong-aud | bad-signature | wrong-issuer: a broken id_token
+    history: bool = True  # _history interactions (404 and left out of the CapabilityStatement when False)
 
 
 PROFILES: dict[str, Profile] = {p.name: p for p in [
@@ -38,6 +39,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
     Profile("id-token-bad-signature", "id_tokens signed with a key the JWKS does not hold",
             id_token_fault="bad-signature"),
     Profile("id-token-wrong-issuer", "id_tokens claiming another issuer", id_token_fault="wrong-issuer"),
+    Profile("no-history", "No _history interactions: the sync must find changes by _lastUpdated", history=False),
 ]}
 
 

@@ -36,6 +36,11 @@ def _with_smart_security(cap: dict[str, Any], smart: SmartAuth) -> dict[str, Any
                 {"url": "token", "valueUri": smart.token_url}]}],
             "description": "SMART App Launch 2 (sandbox EHR)",
         }
+        if not smart.profile.history:
+            rest["interaction"] = [i for i in rest.get("interaction", []) if i.get("code") != "history-system"]
+            for res in rest.get("resource", []):
+                res["interaction"] = [i for i in res.get("interaction", [])
+                                      if i.get("code") not in ("history-type", "history-instance")]
         if not smart.profile.export:
             rest["operation"] = [op for op in rest.get("operation", []) if op.get("name") != "export"]
             for res in rest.get("resource", []):
@@ -72,6 +77,8 @@ def build_blueprint(smart: SmartAuth) -> Blueprint:
         if token is None:
             return outcome(401, "login", "a valid, unexpired bearer token is required",
                            {"WWW-Authenticate": f'Bearer realm="{smart.iss}", error="invalid_token"'})
+        if not smart.profile.history and "_history" in path.split("/"):
+            return outcome(404, "not-supported", "this EHR does not support _history")
         args = list(request.args.items(multi=True))
         inter = classify(request.method, path)
         patient = token.user.patient if token.user else None

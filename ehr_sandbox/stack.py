@@ -26,6 +26,8 @@ class SandboxStack:
         self.config = config or SandboxConfig()
         if self.config.port == 0:
             self.config.port = free_port()
+        if self.config.bind_port == 0:
+            self.config.bind_port = free_port()
         if self.config.fhir_internal_port == 0:
             self.config.fhir_internal_port = free_port()
         self.fhir = FhirServer(self.config.fhir_internal_port, self.config.iss, dataset=dataset,

@@ -36,6 +36,7 @@ class Settings:
     embedded_threads: int = 4
     admin_idle_minutes: float = 30.0
     admin_absolute_hours: float = 12.0
+    sync_page_size: int = 500
     clock: Clock = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -124,6 +125,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         embedded_threads=int(_number(env, "PRM_EMBEDDED_THREADS", 4, 1)),
         admin_idle_minutes=_number(env, "PRM_ADMIN_IDLE_MINUTES", 30.0, 1.0),
         admin_absolute_hours=_admin_absolute_hours(env),
+        sync_page_size=int(_number(env, "PRM_SYNC_PAGE_SIZE", 500, 10)),
     )
 
 

@@ -259,7 +259,8 @@ class SyncStream(SQLModel, table=True):
     resources_synced: int = 0
     deleted_synced: int = 0
     quarantined: int = 0
-    reconciled_at: datetime | None = _dt()
+    reconciled_at: datetime | None = _dt()  # last full id reconciliation (product clock)
+    history_mark: datetime | None = _dt()  # deletions are read from `_history` since here (server clock)
 
 
 class QuarantinedResource(SQLModel, table=True):

@@ -17,6 +17,7 @@ from prm.db import Database
 from prm.errors import PrmError, ValidationError
 from prm.migrate import upgrade
 from prm.reseal import reseal_all
+from smart_app.cli_sync import sync as sync_commands
 
 
 def _settings() -> Settings:
@@ -296,6 +297,9 @@ def admin_add(username: str, role: str) -> None:
     with _db().session() as session:
         accounts.add(session, settings.clock, username, password, role)
     click.echo(f"admin {username} created ({role})")
+
+
+cli.add_command(sync_commands)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,35 +8,22 @@ from typing import Any
 from sqlmodel import Session
 
 from connector import capability
-from connector.backend import BackendCredentials
-from prm import audit, connections, keys
+from prm import audit, connections
 from prm.crypto import SecretBox
 from prm.errors import NotFoundError
 from prm.models import Connection
+from workers.backend_auth import backend_credentials
 from workers.runtime import WorkerContext
 
 log = logging.getLogger(__name__)
 CHECKER = audit.Actor(kind="system", name="connection-check")
 
 
-def _backend(session: Session, box: SecretBox, row: Connection) -> BackendCredentials | None:
-    if not row.backend_auth or not row.backend_client_id or row.id is None:
-        return None
-    if row.backend_auth == "private_key_jwt":
-        key = keys.active_key(session, row.id)
-        return BackendCredentials(
-            client_id=row.backend_client_id, token_endpoint="", auth=row.backend_auth,
-            alg=key.alg if key else row.signing_alg, kid=key.kid if key else None,
-            private_key_pem=keys.private_pem(box, key) if key else None)
-    return BackendCredentials(client_id=row.backend_client_id, token_endpoint="", auth=row.backend_auth,
-                              client_secret=box.open(row.backend_client_secret_enc))
-
-
 def target_for(session: Session, box: SecretBox, row: Connection) -> capability.CheckTarget:
     """The connector's plain-value view of a connection (secrets decrypted only here, never logged)."""
     return capability.CheckTarget(
         iss=row.iss, client_id=row.client_id, client_auth=row.client_auth, user_scopes=row.scopes,
-        signing_alg=row.signing_alg, backend=_backend(session, box, row), backend_scopes=row.backend_scopes)
+        signing_alg=row.signing_alg, backend=backend_credentials(session, box, row), backend_scopes=row.backend_scopes)
 
 
 def check_connection(ctx: WorkerContext, connection_id: int, actor: audit.Actor | None = None) -> dict[str, Any]:

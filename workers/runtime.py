@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import requests
 
+from connector.backend import BackendTokens
+from connector.discovery import DiscoveryCache
 from connector.http import make_session
 from prm.config import Settings, load_settings
 from prm.crypto import SecretBox
@@ -23,6 +25,9 @@ class WorkerContext:
     box: SecretBox
     dispatcher: Dispatcher
     name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}")
+    backend_tokens: BackendTokens = field(default_factory=BackendTokens, repr=False)
+    discovery: DiscoveryCache = field(default_factory=DiscoveryCache, repr=False)
+    shared: dict[str, object] = field(default_factory=dict, repr=False)  # per-process caches (e.g. polite clients)
     _local: threading.local = field(default_factory=threading.local, repr=False)
 
     @property

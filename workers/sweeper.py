@@ -11,17 +11,19 @@ from sqlmodel import col, select
 
 from prm import jobs
 from prm.models import Connection
+from workers import sync
 from workers.runtime import WorkerContext
 
 log = logging.getLogger(__name__)
 
 
 def plan_periodic(ctx: WorkerContext) -> None:
-    """Every enabled connection always has one health check planned."""
+    """Every enabled connection always has one health check planned, and every sync stream one run."""
     now = ctx.settings.clock()
     with ctx.db.session() as session:
         enabled = list(session.exec(select(Connection.id).where(col(Connection.enabled).is_(True))))
         jobs.ensure_planned(session, jobs.HEALTH_CHECK, [i for i in enabled if i is not None], now)
+        sync.plan(ctx, session)
 
 
 def sweep(ctx: WorkerContext) -> int:

@@ -172,6 +172,7 @@ def upgrade() -> None:
     sa.Column('deleted_synced', sa.Integer(), nullable=False),
     sa.Column('quarantined', sa.Integer(), nullable=False),
     sa.Column('reconciled_at', prm.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('history_mark', prm.db.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['connection_id'], ['connection.id'], ),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('connection_id', 'resource_type', name='uq_sync_stream')

@@ -80,3 +80,35 @@ def test_invalid_resources_are_refused_with_the_path() -> None:
 
 def test_a_birth_year_alone_keeps_its_precision() -> None:
     assert patient_record_from_patient(load("Patient")["pat-000043"]).birth_date == "1958"
+
+
+def test_directory_rows_carry_the_clinic_time_zone() -> None:
+    from fhir_mappings.directory import (
+        organization_record_from_organization,
+        related_contact_from_related_person,
+        site_from_location,
+        staff_role_from_practitioner_role,
+    )
+
+    orgs = {k: organization_record_from_organization(v) for k, v in load("Organization").items()}
+    assert orgs["org-riverside-dental"].timezone == "Europe/London"
+    assert orgs["org-hudson-skin"].timezone == "America/New_York" and "&" in orgs["org-hudson-skin"].name
+    sites = {k: site_from_location(v) for k, v in load("Location").items()}
+    assert sites["loc-rdc-clapham"].status == "inactive"
+    assert sites["loc-smh-opd-a"].part_of == "loc-smh-campus" and sites["loc-smh-opd-a"].timezone == "Asia/Kolkata"
+    roles = [staff_role_from_practitioner_role(v) for v in load("PractitionerRole").values()]
+    assert len(roles) == 17 and all(r.organization_id for r in roles)
+    contacts = [related_contact_from_related_person(v) for v in load("RelatedPerson").values()]
+    assert len(contacts) == 76 and all(c.patient_id for c in contacts)
+    assert {code.split("|")[1] for c in contacts for code in c.relationship_codes} >= {"MTH", "FTH"}
+
+
+def test_written_resources_keep_our_identifier_and_status() -> None:
+    from fhir_mappings.written import IDENTIFIER_SYSTEM, written_from_resource
+
+    task = {"resourceType": "Task", "id": "t1", "meta": {"versionId": "3"}, "status": "completed",
+            "intent": "order", "identifier": [{"system": IDENTIFIER_SYSTEM, "value": "care-ticket:7"}],
+            "businessStatus": {"coding": [{"code": "resolved"}]}}
+    row = written_from_resource(task)
+    assert (row.identifier_value, row.status, row.business_status, row.version_id) == (
+        "care-ticket:7", "completed", "resolved", "3")

@@ -1,0 +1,25 @@
+"""FHIR R4 Task/Communication that fhir-prm wrote -> WrittenResource rows (status comes back from the EHR)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhir.resources.R4B import communication as fhir_communication
+from fhir.resources.R4B import task as fhir_task
+
+from fhir_mappings.common import check_r4, meta
+from prm.snapshot_models import WrittenResourceCreate
+
+# Our business identifier system on every resource fhir-prm writes (the basis of exactly-once).
+IDENTIFIER_SYSTEM = "https://fhir-prm.org/fhir/sid/business-key"
+
+
+def written_from_resource(resource: dict[str, Any]) -> WrittenResourceCreate:
+    kind = resource.get("resourceType")
+    check_r4(fhir_task.Task if kind == "Task" else fhir_communication.Communication, resource)
+    ours = next((i.get("value") for i in resource.get("identifier", []) if i.get("system") == IDENTIFIER_SYSTEM), None)
+    business = ((resource.get("businessStatus") or {}).get("coding") or [{}])[0].get("code")
+    return WrittenResourceCreate(
+        **meta(resource), resource_type=str(kind), identifier_value=ours, status=resource.get("status"),
+        business_status=business,
+    )

@@ -1,0 +1,97 @@
+"""Writing the snapshot a page at a time: one set-based, version-aware upsert per page.
+
+A row is replaced only by a version at least as new (`last_updated`), so a late bulk file can never
+overwrite what an incremental sync already brought. Upserting the same page twice changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import or_, update
+from sqlmodel import Session, SQLModel, col, select
+
+from prm.snapshot_models import (
+    Booking,
+    OrganizationRecord,
+    PatientRecord,
+    RelatedContact,
+    Site,
+    StaffRole,
+    Visit,
+    WrittenResource,
+)
+
+TABLES: dict[str, type[SQLModel]] = {
+    "Patient": PatientRecord,
+    "Encounter": Visit,
+    "Appointment": Booking,
+    "RelatedPerson": RelatedContact,
+    "Organization": OrganizationRecord,
+    "Location": Site,
+    "PractitionerRole": StaffRole,
+    "Task": WrittenResource,
+    "Communication": WrittenResource,
+}
+
+
+def _key(table: type[SQLModel]) -> list[str]:
+    return ["connection_id", "resource_type", "fhir_id"] if table is WrittenResource else ["connection_id", "fhir_id"]
+
+
+def upsert_page(session: Session, connection_id: int, resource_type: str, rows: list[SQLModel]) -> int:
+    """Insert or (if newer or equal) update each row; returns how many rows the page held."""
+    if not rows:
+        return 0
+    table_model = TABLES[resource_type]
+    table: Any = table_model.__table__  # type: ignore[attr-defined]
+    by_key: dict[str, dict[str, Any]] = {}
+    for row in rows:  # a page can carry the same resource twice (ties re-read): keep the newest
+        values = {**row.model_dump(), "connection_id": connection_id}
+        previous = by_key.get(values["fhir_id"])
+        if previous is None or (values.get("last_updated") or 0) >= (previous.get("last_updated") or 0):
+            by_key[values["fhir_id"]] = values
+    values_list = list(by_key.values())
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+    stmt = insert(table).values(values_list)
+    updated = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in ("id", *_key(table_model))}
+    newer = or_(table.c.last_updated.is_(None), stmt.excluded.last_updated.is_(None),
+                stmt.excluded.last_updated >= table.c.last_updated)
+    session.execute(stmt.on_conflict_do_update(index_elements=_key(table_model), set_=updated, where=newer))
+    return len(values_list)
+
+
+def mark_deleted(session: Session, connection_id: int, resource_type: str, fhir_ids: list[str]) -> int:
+    """Tombstone rows deleted (or entered in error) in the EHR, so no PRM query finds them."""
+    if not fhir_ids:
+        return 0
+    table = TABLES[resource_type]
+    conditions = [col(table.connection_id) == connection_id, col(table.fhir_id).in_(fhir_ids)]  # type: ignore[attr-defined]
+    if table is WrittenResource:
+        conditions.append(col(WrittenResource.resource_type) == resource_type)
+    result = session.execute(update(table).where(*conditions).values(deleted=True))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def live_ids(session: Session, connection_id: int, resource_type: str) -> set[str]:
+    """FHIR ids of rows not tombstoned (reconciliation compares them with the EHR's)."""
+    table = TABLES[resource_type]
+    query = select(table.fhir_id).where(  # type: ignore[attr-defined]
+        col(table.connection_id) == connection_id, col(table.deleted).is_(False))  # type: ignore[attr-defined]
+    if table is WrittenResource:
+        query = query.where(col(WrittenResource.resource_type) == resource_type)
+    return set(session.exec(query))
+
+
+def versions(session: Session, connection_id: int, resource_type: str) -> set[tuple[str, str | None]]:
+    """(id, versionId) of live rows: what the fault tests compare with the server."""
+    table = TABLES[resource_type]
+    query = select(table.fhir_id, table.version_id).where(  # type: ignore[attr-defined]
+        col(table.connection_id) == connection_id, col(table.deleted).is_(False))  # type: ignore[attr-defined]
+    if table is WrittenResource:
+        query = query.where(col(WrittenResource.resource_type) == resource_type)
+    return {(i, v) for i, v in session.exec(query)}

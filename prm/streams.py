@@ -1,0 +1,105 @@
+"""Sync streams: one per (connection, resource type), with the cursor that makes incremental sync gap-free.
+
+The cursor is the highest `meta.lastUpdated` committed, plus the ids committed at exactly that instant.
+The next window re-reads from the cursor with `ge` and skips those ids, so equal timestamps are neither
+lost nor double-counted, and the cursor moves in the same commit as the page it covers.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Session, col, select
+
+from prm.clock import Clock
+from prm.db import insert_ignore
+from prm.errors import NotFoundError
+from prm.snapshot_models import QuarantinedResource, SyncStream
+
+SYNC_TYPES = ("Organization", "Location", "PractitionerRole", "Patient", "RelatedPerson", "Encounter",
+              "Appointment", "Task", "Communication")
+LEASE_PREFIX = "sync-stream:"
+
+
+def lease_name(stream: SyncStream) -> str:
+    return f"{LEASE_PREFIX}{stream.connection_id}:{stream.resource_type}"
+
+
+def ensure(session: Session, connection_id: int, types: tuple[str, ...] = SYNC_TYPES,
+           interval_s: int = 300) -> list[SyncStream]:
+    """Every sync type of the connection has a stream (idempotent)."""
+    for resource_type in types:
+        insert_ignore(session, SyncStream.__table__,  # type: ignore[attr-defined]
+                      {"connection_id": connection_id, "resource_type": resource_type, "enabled": True,
+                       "strategy": "auto", "phase": "initial", "interval_s": interval_s, "cursor_ids": [],
+                       "pages": 0, "resources_synced": 0, "deleted_synced": 0, "quarantined": 0},
+                      ["connection_id", "resource_type"])
+    return of_connection(session, connection_id)
+
+
+def of_connection(session: Session, connection_id: int) -> list[SyncStream]:
+    order = {t: i for i, t in enumerate(SYNC_TYPES)}
+    rows = list(session.exec(select(SyncStream).where(SyncStream.connection_id == connection_id)))
+    return sorted(rows, key=lambda s: order.get(s.resource_type, 99))
+
+
+def get(session: Session, stream_id: int) -> SyncStream:
+    row = session.get(SyncStream, stream_id)
+    if row is None:
+        raise NotFoundError(f"no sync stream {stream_id}")
+    return row
+
+
+def advance(stream: SyncStream, page_instants: list[tuple[str, datetime | None]]) -> None:
+    """Move the cursor past a committed page of (id, lastUpdated); ties at the new cursor are remembered."""
+    stamped = [(i, t) for i, t in page_instants if t is not None]
+    if not stamped:
+        return
+    newest = max(t for _, t in stamped)
+    at_newest = {i for i, t in stamped if t == newest}
+    if stream.cursor is not None and newest == stream.cursor:
+        at_newest |= set(stream.cursor_ids)
+    if stream.cursor is None or newest >= stream.cursor:
+        stream.cursor = newest
+        stream.cursor_ids = sorted(at_newest)
+
+
+def already_seen(stream: SyncStream, fhir_id: str, last_updated: datetime | None) -> bool:
+    """A resource re-read at the cursor instant that the last page already committed."""
+    return last_updated is not None and last_updated == stream.cursor and fhir_id in stream.cursor_ids
+
+
+def record_success(stream: SyncStream, clock: Clock, pages: int, resources: int, deleted: int) -> None:
+    now = clock()
+    stream.last_run_at = now
+    stream.last_success_at = now
+    stream.last_error = None
+    stream.pages += pages
+    stream.resources_synced += resources
+    stream.deleted_synced += deleted
+
+
+def record_error(stream: SyncStream, clock: Clock, error: str) -> None:
+    stream.last_run_at = clock()
+    stream.last_error = error[:2000]
+    stream.last_error_at = stream.last_run_at
+
+
+def quarantine(session: Session, clock: Clock, connection_id: int, resource_type: str, payload: dict[str, object],
+               error: str) -> bool:
+    """Keep an invalid resource for IT with its error; True when it was not quarantined before."""
+    meta = payload.get("meta")
+    version = meta.get("versionId", "") if isinstance(meta, dict) else ""
+    return insert_ignore(
+        session, QuarantinedResource.__table__,  # type: ignore[attr-defined]
+        {"connection_id": connection_id, "resource_type": resource_type, "fhir_id": str(payload.get("id", ""))[:64],
+         "version_id": str(version)[:64], "error": error[:2000], "payload": payload,
+         "received_at": clock()},
+        ["connection_id", "resource_type", "fhir_id", "version_id"],
+    )
+
+
+def quarantined(session: Session, connection_id: int) -> list[QuarantinedResource]:
+    query = select(QuarantinedResource).where(QuarantinedResource.connection_id == connection_id,
+                                              col(QuarantinedResource.resolved_at).is_(None))
+    return list(session.exec(query))

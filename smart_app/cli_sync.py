@@ -1,0 +1,94 @@
+"""`prm sync status` and `prm sync run`: watch the streams, or run a connection's sync in the foreground."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import click
+
+from prm import connections, streams
+from prm.config import load_settings
+from prm.snapshot_models import SyncStream
+
+
+@click.group(help="Background sync from the EHRs.")
+def sync() -> None:
+    pass
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "never"
+
+
+def _status_row(name: str, stream: SyncStream, now: datetime) -> dict[str, Any]:
+    lag = (now - stream.last_success_at).total_seconds() if stream.last_success_at else None
+    return {"connection": name, "type": stream.resource_type, "phase": stream.phase, "enabled": stream.enabled,
+            "cursor": stream.cursor.isoformat() if stream.cursor else None,
+            "last_success": stream.last_success_at.isoformat() if stream.last_success_at else None,
+            "lag_s": round(lag) if lag is not None else None, "pages": stream.pages,
+            "resources": stream.resources_synced, "deleted": stream.deleted_synced,
+            "quarantined": stream.quarantined, "error": stream.last_error}
+
+
+@sync.command("status", help="Per connection and stream: phase, cursor, last success, lag, counts, errors.")
+@click.option("--connection", "name", default=None, help="Only this connection.")
+@click.option("--json", "as_json", is_flag=True)
+def sync_status(name: str | None, as_json: bool) -> None:
+    from workers import runtime
+
+    ctx = runtime.build(load_settings())
+    ctx.db.ping()
+    now = ctx.settings.clock()
+    rows: list[dict[str, Any]] = []
+    with ctx.db.session() as session:
+        chosen = [connections.by_name(session, name)] if name else connections.list_all(session)
+        for connection in chosen:
+            rows += [_status_row(connection.name, s, now) for s in streams.of_connection(session, connection.id or 0)]
+            rows += [{"connection": connection.name, "type": q.resource_type, "quarantined_id": q.fhir_id,
+                      "error": q.error} for q in streams.quarantined(session, connection.id or 0)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'CONNECTION':14} {'TYPE':17} {'PHASE':11} {'RESOURCES':>9} {'QUAR':>5} {'LAST SUCCESS':19} ERROR")
+    for row in rows:
+        if "quarantined_id" in row:
+            click.echo(f"{row['connection']:14} {row['type']:17} quarantined {row['quarantined_id']}: {row['error']}")
+            continue
+        success = (row["last_success"] or "never")[:19].replace("T", " ")
+        click.echo(f"{row['connection']:14} {row['type']:17} {row['phase']:11} {row['resources']:>9} "
+                   f"{row['quarantined']:>5} {success:19} {row['error'] or ''}")
+
+
+@sync.command("run", help="Sync one connection now, in the foreground, with a progress bar.")
+@click.option("--connection", "name", required=True)
+@click.option("--type", "types", multiple=True, help="Only these resource types (repeatable).")
+def sync_run(name: str, types: tuple[str, ...]) -> None:
+    from workers import runtime
+    from workers.sync_engine import run_stream
+
+    ctx = runtime.build(load_settings())
+    ctx.db.ping()
+    with ctx.db.session() as session:
+        connection = connections.by_name(session, name)
+        chosen = [s for s in streams.ensure(session, connection.id or 0) if not types or s.resource_type in types]
+    failed = False
+    with click.progressbar(length=len(chosen), label=f"sync {name}", show_pos=True,
+                           item_show_func=lambda s: s) as bar:
+        for stream in chosen:
+            done = 0
+
+            def progress(resource_type: str, count: int, stream_type: str = stream.resource_type) -> None:
+                nonlocal done
+                done += count
+                bar.label = f"sync {name} {stream_type} {done}"
+                bar.render_progress()
+
+            run = run_stream(ctx, stream.id or 0, time_budget_s=24 * 3600, progress=progress)
+            bar.update(1, f"{stream.resource_type}: {run.stored} stored, {run.deleted} deleted"
+                          f"{', busy (another worker has it)' if run.busy else ''}")
+            failed = failed or run.busy
+    click.echo(f"sync of {name} finished")
+    if failed:
+        raise SystemExit(1)

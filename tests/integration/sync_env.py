@@ -1,0 +1,97 @@
+"""A sandbox EHR of its own (tests change its data), a PostgreSQL snapshot database, and the worker context
+that syncs one from the other: the sync's real parts, wired as `prm worker` wires them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from ehr_sandbox.config import SandboxClient, SandboxConfig
+from ehr_sandbox.stack import SandboxStack
+from prm import connections, keys, snapshots, streams
+from prm.clock import running_from
+from prm.connections import DEFAULT_BACKEND_SCOPES
+from prm.migrate import upgrade
+from tests.support.postgres import fresh_database
+from tests.support.settings import make_settings
+from workers import runtime
+from workers.runtime import WorkerContext
+from workers.sync_engine import StreamRun, run_stream
+
+BACKEND_CLIENT = "fhir-prm-backend"
+
+
+@dataclass
+class SyncEnv:
+    stack: SandboxStack
+    ctx: WorkerContext
+    connection_id: int
+
+    def run_all(self, types: tuple[str, ...] = streams.SYNC_TYPES) -> dict[str, StreamRun]:
+        with self.ctx.db.session() as session:
+            chosen = [s for s in streams.ensure(session, self.connection_id) if s.resource_type in types]
+        return {s.resource_type: run_stream(self.ctx, s.id or 0, time_budget_s=600) for s in chosen}
+
+    def snapshot(self, resource_type: str) -> set[tuple[str, str | None]]:
+        with self.ctx.db.session() as session:
+            return snapshots.versions(session, self.connection_id, resource_type)
+
+    def server(self, resource_type: str) -> set[tuple[str, str | None]]:
+        """(id, versionId) of every resource of the type on the FHIR server itself (behind the EHR)."""
+        found: set[tuple[str, str | None]] = set()
+        url: str | None = f"{self.stack.fhir_internal_url}/{resource_type}?_count=1000&_elements=id,meta"
+        while url:
+            bundle = requests.get(url, timeout=60).json()
+            found |= {(e["resource"]["id"], e["resource"].get("meta", {}).get("versionId"))
+                      for e in bundle.get("entry", [])}
+            url = next((link["url"] for link in bundle.get("link", []) if link["relation"] == "next"), None)
+            if url:
+                url = url.replace(self.stack.iss, self.stack.fhir_internal_url)
+        return found
+
+    def put(self, resource: dict[str, Any]) -> None:
+        url = f"{self.stack.fhir_internal_url}/{resource['resourceType']}/{resource['id']}"
+        requests.put(url, json=resource, timeout=30).raise_for_status()
+
+    def delete(self, resource_type: str, resource_id: str) -> None:
+        requests.delete(f"{self.stack.fhir_internal_url}/{resource_type}/{resource_id}", timeout=30).raise_for_status()
+
+    def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
+        return dict(requests.get(f"{self.stack.fhir_internal_url}/{resource_type}/{resource_id}", timeout=30).json())
+
+
+@contextmanager
+def sync_env(tmp_path: Path, profile: str = "default") -> Iterator[SyncEnv]:
+    config = SandboxConfig(profile=profile, port=0, fhir_internal_port=0)
+    with SandboxStack(config) as stack, sync_database(stack, tmp_path) as env:
+        yield env
+
+
+@contextmanager
+def sync_database(stack: SandboxStack, tmp_path: Path, **settings_overrides: Any) -> Iterator[SyncEnv]:
+    """A fresh PostgreSQL snapshot database with a connection (and backend client) to `stack`."""
+    with fresh_database("prm_sync") as url:
+        settings = make_settings(url, tmp_path / "instance", now=running_from(datetime(2026, 11, 20, 12, tzinfo=UTC)),
+                                 **settings_overrides)
+        ctx = runtime.build(settings)
+        upgrade(ctx.db)
+        with ctx.db.session() as session:
+            row = connections.upsert(session, settings.clock, ctx.box, connections.ConnectionSpec(
+                name="ehr", iss=stack.iss, client_id="fhir-prm", backend_client_id=BACKEND_CLIENT,
+                backend_auth="private_key_jwt"))
+            keys.ensure_active(session, settings.clock, ctx.box, row.id or 0, row.signing_alg)
+            jwks = keys.published_jwks(session)
+            connection_id = row.id or 0
+        stack.register_client(SandboxClient(client_id=BACKEND_CLIENT, scopes=DEFAULT_BACKEND_SCOPES,
+                                            auth_method="private_key_jwt", jwks=jwks,
+                                            grant_types=["client_credentials"]))
+        try:
+            yield SyncEnv(stack, ctx, connection_id)
+        finally:
+            ctx.db.dispose()

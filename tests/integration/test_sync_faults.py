@@ -1,0 +1,108 @@
+"""The sync through a fault-injecting proxy in front of the sandbox EHR: whatever the EHR does wrong, the
+snapshot's (type, id, versionId) ends equal to the server's, and nothing spins.
+
+Each test gets a fresh snapshot database; the EHR (and its data) is shared, so tests that change data
+compare with the server as it is afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from ehr_sandbox.config import SandboxConfig
+from prm import streams
+from tests.integration.sync_env import SyncEnv, sync_database
+from tests.support.fault_proxy import FaultyEhr
+
+TYPES = ("Patient", "Encounter")
+
+
+@pytest.fixture(scope="module")
+def faulty() -> Iterator[FaultyEhr]:
+    with FaultyEhr(SandboxConfig(port=0, fhir_internal_port=0)) as ehr:
+        yield ehr
+
+
+@pytest.fixture
+def env(faulty: FaultyEhr, tmp_path: Path) -> Iterator[SyncEnv]:
+    faulty.proxy.clear()
+    with sync_database(faulty.stack, tmp_path, http_timeout_s=2.0, sync_page_size=200) as environment:
+        yield environment
+    faulty.proxy.clear()
+
+
+def in_step(env: SyncEnv) -> None:
+    for resource_type in TYPES:
+        assert env.snapshot(resource_type) == env.server(resource_type), resource_type
+
+
+@pytest.mark.parametrize(("name", "fault"), [
+    ("429 with Retry-After", {"status": 429, "retry_after": "1"}),
+    ("503", {"status": 503}),
+    ("500", {"status": 500, "times": 2}),
+    ("timeout", {"delay_s": 3.0}),
+    ("truncated JSON", {"truncate_body_at": 700}),
+    ("dropped connection", {"drop_connection": True}),
+])
+def test_transient_faults_mid_sync_leave_no_gap(name: str, fault: dict[str, object], env: SyncEnv,
+                                                faulty: FaultyEhr) -> None:
+    injected = faulty.proxy.add_fault(r"^/fhir/Encounter\?.*_lastUpdated=ge", **fault)  # type: ignore[arg-type]
+    runs = env.run_all(TYPES)
+    assert all(r.caught_up for r in runs.values())
+    assert injected.times == 0, f"the {name} fault fired"
+    in_step(env)
+
+
+def test_invalid_resources_are_quarantined_and_the_rest_synced(env: SyncEnv, faulty: FaultyEhr) -> None:
+    bundle = requests.get(f"{faulty.stack.fhir_internal_url}/Patient?_sort=_lastUpdated&_count=200", timeout=30).json()
+    broken = copy.deepcopy(bundle)
+    broken["entry"][3]["resource"]["birthDate"] = "the year the river froze"
+    faulty.proxy.add_fault(r"^/fhir/Patient\?_sort=_lastUpdated&_count=200$", status=200, body=json.dumps(broken))
+    runs = env.run_all(("Patient",))
+    assert runs["Patient"].quarantined == 1
+    with env.ctx.db.session() as session:
+        held = streams.quarantined(session, env.connection_id)
+    assert [q.fhir_id for q in held] == [broken["entry"][3]["resource"]["id"]] and "birthDate" in held[0].error
+    bad_id = held[0].fhir_id
+    assert env.snapshot("Patient") == {v for v in env.server("Patient") if v[0] != bad_id}
+
+
+def test_an_expired_paging_link_restarts_the_listing(env: SyncEnv, faulty: FaultyEhr) -> None:
+    """Windows never follow offset links; the id listing that finds deletions does, and starts over once."""
+    expired = faulty.proxy.add_fault(r"_offset=", status=410)
+    env.run_all(TYPES)
+    assert expired.times == 0
+    in_step(env)
+
+
+def test_token_expiry_mid_sync_costs_one_reauthentication(env: SyncEnv, faulty: FaultyEhr) -> None:
+    faulty.proxy.add_fault(r"^/fhir/Encounter\?.*_lastUpdated=ge", status=401)
+    env.run_all(TYPES)
+    in_step(env)
+    assert faulty.proxy.count("POST", r"^/oauth/token$") == 2  # the first token, and one after the 401
+
+
+def test_records_changed_and_deleted_while_the_sync_pages(env: SyncEnv, faulty: FaultyEhr) -> None:
+    """Between two windows the EHR updates resources behind and ahead of the cursor and deletes one."""
+    changed = threading.Event()
+
+    def change_now() -> None:
+        for resource_id in ("enc-000001-001", "enc-000150-001", "enc-000290-001"):
+            resource = env.read("Encounter", resource_id)
+            resource["status"] = "cancelled" if resource["status"] != "cancelled" else "finished"
+            env.put(resource)
+        env.delete("Encounter", "enc-000100-001")
+        changed.set()
+
+    faulty.proxy.add_fault(r"^/fhir/Encounter\?.*_lastUpdated=ge", before=change_now)
+    env.run_all(TYPES)
+    assert changed.is_set()
+    env.run_all(TYPES)  # the next run reads the deletion from _history
+    in_step(env)

@@ -1,0 +1,97 @@
+"""Snapshot upserts and stream cursors on SQLite and PostgreSQL: idempotent, version-aware, gap-free."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlmodel import select
+
+from fhir_mappings.encounter import visit_from_encounter
+from prm import connections, snapshots, streams
+from prm.config import Settings
+from prm.crypto import SecretBox
+from prm.db import Database
+from prm.snapshot_models import SyncStream, Visit
+
+DATA = Path(__file__).resolve().parents[3] / "ehr_sandbox" / "data" / "sandbox"
+T0 = datetime(2026, 11, 20, 12, tzinfo=UTC)
+
+
+def connection_id(database: Database, settings: Settings) -> int:
+    with database.session() as session:
+        row = connections.upsert(session, settings.clock, SecretBox(settings.encryption_keys),
+                                 connections.ConnectionSpec(name="c", iss="https://c.example/fhir", client_id="c"))
+        return row.id or 0
+
+
+def encounters(n: int) -> list[dict]:  # type: ignore[type-arg]
+    with (DATA / "Encounter.ndjson").open() as lines:
+        return [json.loads(next(lines)) for _ in range(n)]
+
+
+def test_upserting_a_page_twice_changes_nothing(database: Database, settings: Settings) -> None:
+    cid = connection_id(database, settings)
+    page = [visit_from_encounter(r) for r in encounters(50)]
+    for _ in range(2):
+        with database.session() as session:
+            assert snapshots.upsert_page(session, cid, "Encounter", list(page)) == 50
+    with database.session() as session:
+        assert len(session.exec(select(Visit)).all()) == 50
+
+
+def test_an_older_version_never_overwrites_a_newer_one(database: Database, settings: Settings) -> None:
+    cid = connection_id(database, settings)
+    resource = encounters(1)[0]
+    newer = visit_from_encounter({**resource, "status": "finished", "meta": {"versionId": "2",
+                                                                              "lastUpdated": "2026-11-20T12:00:00Z"}})
+    older = visit_from_encounter({**resource, "status": "in-progress",
+                                  "meta": {"versionId": "1", "lastUpdated": "2026-11-20T11:00:00Z"}})
+    with database.session() as session:
+        snapshots.upsert_page(session, cid, "Encounter", [newer])
+    with database.session() as session:
+        snapshots.upsert_page(session, cid, "Encounter", [older])
+    with database.session() as session:
+        assert snapshots.versions(session, cid, "Encounter") == {(resource["id"], "2")}
+        row = session.exec(select(Visit)).one()
+        assert row.status == "finished" and row.last_updated == T0
+
+
+def test_deleted_rows_leave_every_live_query(database: Database, settings: Settings) -> None:
+    cid = connection_id(database, settings)
+    page = [visit_from_encounter(r) for r in encounters(3)]
+    with database.session() as session:
+        snapshots.upsert_page(session, cid, "Encounter", page)
+        assert snapshots.mark_deleted(session, cid, "Encounter", [page[0].fhir_id]) == 1
+    with database.session() as session:
+        assert snapshots.live_ids(session, cid, "Encounter") == {page[1].fhir_id, page[2].fhir_id}
+
+
+def test_the_cursor_remembers_ties_and_never_moves_back(database: Database, settings: Settings) -> None:
+    cid = connection_id(database, settings)
+    with database.session() as session:
+        stream = next(s for s in streams.ensure(session, cid) if s.resource_type == "Encounter")
+        streams.advance(stream, [("a", T0), ("b", T0 + timedelta(seconds=1)), ("c", T0 + timedelta(seconds=1))])
+        assert stream.cursor == T0 + timedelta(seconds=1) and stream.cursor_ids == ["b", "c"]
+        streams.advance(stream, [("d", T0 + timedelta(seconds=1))])  # another tie at the same instant
+        assert stream.cursor_ids == ["b", "c", "d"]
+        assert streams.already_seen(stream, "c", T0 + timedelta(seconds=1))
+        assert not streams.already_seen(stream, "e", T0 + timedelta(seconds=1))
+        streams.advance(stream, [("e", T0)])  # an older instant never moves the cursor back
+        assert stream.cursor == T0 + timedelta(seconds=1)
+        session.add(stream)
+    with database.session() as session:
+        again = streams.ensure(session, cid)
+        assert len(again) == len(streams.SYNC_TYPES)
+        stored = session.exec(select(SyncStream).where(SyncStream.resource_type == "Encounter")).one()
+        assert stored.cursor == T0 + timedelta(seconds=1) and stored.cursor_ids == ["b", "c", "d"]
+
+
+def test_quarantine_keeps_each_bad_version_once(database: Database, settings: Settings) -> None:
+    cid = connection_id(database, settings)
+    bad = {"resourceType": "Encounter", "id": "x", "meta": {"versionId": "1"}, "status": "nonsense"}
+    with database.session() as session:
+        assert streams.quarantine(session, settings.clock, cid, "Encounter", bad, "status: not a code")
+        assert not streams.quarantine(session, settings.clock, cid, "Encounter", bad, "status: not a code")
+        assert [q.fhir_id for q in streams.quarantined(session, cid)] == ["x"]

@@ -1,0 +1,25 @@
+"""A connection's backend-services client as plain values for the connector (secrets decrypted only here)."""
+
+from __future__ import annotations
+
+from sqlmodel import Session
+
+from connector.backend import BackendCredentials
+from prm import keys
+from prm.crypto import SecretBox
+from prm.models import Connection
+
+
+def backend_credentials(session: Session, box: SecretBox, row: Connection,
+                        token_endpoint: str = "") -> BackendCredentials | None:
+    """The connector's plain-value view of the connection's backend client (secrets decrypted only here)."""
+    if not row.backend_auth or not row.backend_client_id or row.id is None:
+        return None
+    if row.backend_auth == "private_key_jwt":
+        key = keys.active_key(session, row.id)
+        return BackendCredentials(
+            client_id=row.backend_client_id, token_endpoint=token_endpoint, auth=row.backend_auth,
+            alg=key.alg if key else row.signing_alg, kid=key.kid if key else None,
+            private_key_pem=keys.private_pem(box, key) if key else None)
+    return BackendCredentials(client_id=row.backend_client_id, token_endpoint=token_endpoint, auth=row.backend_auth,
+                              client_secret=box.open(row.backend_client_secret_enc))

@@ -1,0 +1,60 @@
+"""Unattended access to one connection's EHR: backend-services token, polite HTTP client, FHIR reader, bulk.
+
+Built per task from the connection row; the polite client is shared per connection within a process, so
+its in-flight bound and request budget hold across the threads syncing that connection.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from connector.bulk import BulkExport
+from connector.fhir_reader import FhirReader
+from connector.http import make_session
+from connector.polite import PoliteClient
+from prm.errors import ValidationError
+from prm.models import Connection
+from workers.backend_auth import backend_credentials
+from workers.runtime import WorkerContext
+
+_clients_lock = threading.Lock()
+
+
+@dataclass
+class EhrAccess:
+    connection_id: int
+    reader: FhirReader
+    bulk: BulkExport
+    client_name: str
+
+
+def polite_client(ctx: WorkerContext, connection_id: int) -> PoliteClient:
+    with _clients_lock:
+        key = f"polite:{connection_id}"
+        client = ctx.shared.get(key)
+        if not isinstance(client, PoliteClient):
+            client = PoliteClient(make_session(read_retries=0), timeout_s=ctx.settings.http_timeout_s)
+            ctx.shared[key] = client
+        return client
+
+
+def access_for(ctx: WorkerContext, row: Connection) -> EhrAccess:
+    """Everything a sync needs to read this EHR without a user."""
+    config = ctx.discovery.get(ctx.http, row.iss, ctx.settings.http_timeout_s)
+    with ctx.db.session() as session:
+        creds = backend_credentials(session, ctx.box, row, config.token_endpoint)
+    if creds is None:
+        raise ValidationError(f"connection {row.name!r} has no backend-services client: the sync cannot run")
+    scope = row.backend_scopes
+    timeout = ctx.settings.http_timeout_s
+
+    def token() -> str:
+        return ctx.backend_tokens.get(creds, scope, timeout).access_token
+
+    def reauthenticate() -> None:
+        ctx.backend_tokens.invalidate(creds, scope)
+
+    client = polite_client(ctx, row.id or 0)
+    return EhrAccess(connection_id=row.id or 0, reader=FhirReader(row.iss, client, token, reauthenticate),
+                     bulk=BulkExport(row.iss, client, token, reauthenticate), client_name=creds.client_id)

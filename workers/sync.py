@@ -1,0 +1,54 @@
+"""The sync job family: keep one due job per enabled stream, run it, plan the next one."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from sqlmodel import Session, col, select
+
+from prm import jobs, streams
+from prm.models import Connection, Job
+from prm.snapshot_models import SyncStream
+from workers.runtime import WorkerContext
+from workers.sync_engine import run_stream
+
+log = logging.getLogger(__name__)
+SYNC_STREAM = "sync.stream"
+
+
+def plan(ctx: WorkerContext, session: Session) -> None:
+    """Every enabled connection with a backend client has its streams, and every enabled stream a job."""
+    now = ctx.settings.clock()
+    syncing = session.exec(select(Connection.id).where(
+        col(Connection.enabled).is_(True), col(Connection.backend_client_id).is_not(None)))
+    for connection_id in syncing:
+        if connection_id is not None:
+            streams.ensure(session, connection_id)
+    stream_ids = [i for i in session.exec(
+        select(SyncStream.id).join(Connection, col(Connection.id) == SyncStream.connection_id).where(
+            col(SyncStream.enabled).is_(True), col(Connection.enabled).is_(True),
+            col(Connection.backend_client_id).is_not(None))) if i is not None]
+    jobs.ensure_planned(session, SYNC_STREAM, stream_ids, now)
+
+
+def sync_stream(ctx: WorkerContext, job: Job) -> None:
+    """Run the stream, then plan the next run: an interval away when caught up, straight away when time ran
+    out, and one lease period away when another worker held the stream (a dead holder's lease lapses by then)."""
+    run = run_stream(ctx, job.subject_id, time_budget_s=min(120.0, ctx.settings.job_lease_s / 2))
+    with ctx.db.session() as session:
+        stream = session.get(SyncStream, job.subject_id)
+        if stream is None or not stream.enabled:
+            return
+        now = ctx.settings.clock()
+        if run.busy:
+            due = now + timedelta(seconds=ctx.settings.job_lease_s)
+        elif run.caught_up:
+            due = now + timedelta(seconds=stream.interval_s)
+        else:
+            due = now
+        if due <= (job.due_at or now):
+            due = (job.due_at or now) + timedelta(milliseconds=1)  # a slot is unique per (kind, subject, due)
+        jobs.plan(session, SYNC_STREAM, job.subject_id, due)
+    log.info("stream %s (%s): %d stored, %d deleted, %d quarantined%s", job.subject_id, run.resource_type,
+             run.stored, run.deleted, run.quarantined, "" if run.caught_up else " (more to do)")

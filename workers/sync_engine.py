@@ -1,0 +1,253 @@
+"""Run one sync stream: bulk first load where offered, then `_lastUpdated` windows re-queried from the
+committed cursor (never trusting offset `next` links, which shift when data changes mid-sync), then
+deletions from `_history` or, where there is none, a reconciliation of ids.
+
+A lease per stream, renewed every page, keeps two workers off the same stream; a dead worker's lease
+lapses and another takes over from the last committed cursor, so a crash leaves no gap.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from connector.fhir_reader import Page
+from fhir_mappings.written import IDENTIFIER_SYSTEM
+from prm import connections, leases, snapshots, streams
+from prm.errors import PermanentEhrError
+from prm.models import Connection
+from prm.snapshot_models import SyncStream
+from workers.ehr_access import EhrAccess, access_for
+from workers.runtime import WorkerContext
+from workers.sync_pages import commit_page, last_updated
+
+log = logging.getLogger(__name__)
+RECONCILE_EVERY = timedelta(hours=6)
+Progress = Callable[[str, int], None]
+
+
+@dataclass
+class StreamRun:
+    resource_type: str
+    pages: int = 0
+    stored: int = 0
+    deleted: int = 0
+    quarantined: int = 0
+    caught_up: bool = False
+    busy: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def strategy_of(stream: SyncStream, connection: Connection) -> tuple[str, str]:
+    """(initial, incremental) strategy: IT's override, else what `prm connection check` found."""
+    found = (connection.capability_profile.get("sync") or {}).get("strategy") or {}
+    initial = found.get("initial", "search")
+    incremental = found.get("incremental", "search-last-updated")
+    if stream.strategy == "search":
+        initial, incremental = "search", "search-last-updated"
+    elif stream.strategy == "bulk":
+        initial = "bulk-export-system"
+    if stream.resource_type in ("Task", "Communication"):
+        initial = "search"  # ours are found by our identifier system, not exported wholesale
+    return initial, incremental
+
+
+class _Lease:
+    def __init__(self, ctx: WorkerContext, stream: SyncStream) -> None:
+        self.ctx, self.name = ctx, streams.lease_name(stream)
+
+    def renew(self) -> bool:
+        """Take or extend the stream's lease for one job lease period (a dead holder's lapses that fast)."""
+        with self.ctx.db.session() as session:
+            return leases.acquire(session, self.name, self.ctx.name, self.ctx.settings.clock(),
+                                  self.ctx.settings.job_lease_s)
+
+    def release(self) -> None:
+        with self.ctx.db.session() as session:
+            leases.release(session, self.name, self.ctx.name)
+
+
+def run_stream(ctx: WorkerContext, stream_id: int, *, time_budget_s: float = 120.0,
+               progress: Progress | None = None) -> StreamRun:
+    """Sync one stream until caught up or out of time; safe to call from any number of workers."""
+    with ctx.db.session() as session:
+        stream = streams.get(session, stream_id)
+        connection = connections.get(session, stream.connection_id)
+    run = StreamRun(stream.resource_type)
+    if connection is None or not connection.enabled or not stream.enabled:
+        run.notes.append("connection or stream disabled")
+        return run
+    lease = _Lease(ctx, stream)
+    if not lease.renew():
+        run.busy = True
+        return run
+    try:
+        access = access_for(ctx, connection)
+        initial, _ = strategy_of(stream, connection)
+        deadline = time.monotonic() + time_budget_s
+        mark_before_run = stream.cursor
+        if stream.phase == "initial" and initial.startswith("bulk-export"):
+            _bulk_initial(ctx, access, stream, run, lease, progress)
+        _windows(ctx, access, stream_id, run, lease, deadline, progress)
+        if run.caught_up:
+            _deletions(ctx, access, stream_id, run, mark_before_run)
+        with ctx.db.session() as session:
+            fresh = streams.get(session, stream_id)
+            if run.caught_up and fresh.phase == "initial":
+                fresh.phase = "incremental"
+                fresh.initial_done_at = ctx.settings.clock()
+            streams.record_success(fresh, ctx.settings.clock, 0, 0, 0)
+            session.add(fresh)
+    except Exception as exc:
+        with ctx.db.session() as session:
+            fresh = streams.get(session, stream_id)
+            streams.record_error(fresh, ctx.settings.clock, f"{type(exc).__name__}: {exc}")
+            session.add(fresh)
+        raise
+    finally:
+        lease.release()
+    return run
+
+
+def _count(run: StreamRun, stored: int, deleted: int, quarantined: int, progress: Progress | None) -> None:
+    run.pages += 1
+    run.stored += stored
+    run.deleted += deleted
+    run.quarantined += quarantined
+    if progress:
+        progress(run.resource_type, stored + deleted + quarantined)
+
+
+def _bulk_initial(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, run: StreamRun, lease: _Lease,
+                  progress: Progress | None) -> None:
+    """Bulk `$export` of this type, streamed; afterwards the cursor starts at the export's transactionTime."""
+    status_url = access.bulk.kick_off([stream.resource_type])
+    manifest = access.bulk.wait(status_url)
+    page: list[dict[str, object]] = []
+    for item in manifest.get("output", []):
+        if item.get("type") != stream.resource_type:
+            continue
+        for resource in access.bulk.resources(item["url"]):
+            page.append(resource)
+            if len(page) >= ctx.settings.sync_page_size:
+                _store_bulk_page(ctx, access, stream, run, page, progress)
+                page = []
+                lease.renew()
+    if page:
+        _store_bulk_page(ctx, access, stream, run, page, progress)
+    access.bulk.delete(status_url)
+    transaction_time = manifest.get("transactionTime")
+    with ctx.db.session() as session:
+        fresh = streams.get(session, stream.id or 0)
+        if transaction_time:
+            started = datetime.fromisoformat(str(transaction_time).replace("Z", "+00:00")).astimezone(UTC)
+            if fresh.cursor is None or started > fresh.cursor:
+                fresh.cursor, fresh.cursor_ids = started, []
+        session.add(fresh)
+    run.notes.append("bulk export")
+
+
+def _store_bulk_page(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, run: StreamRun,
+                     page: list[dict[str, object]], progress: Progress | None) -> None:
+    result = commit_page(ctx, stream.id or 0, page, move_cursor=False, client=access.client_name)
+    _count(run, result.stored, 0, result.quarantined, progress)
+
+
+def _window_params(resource_type: str, cursor: datetime | None, page_size: int) -> list[tuple[str, str]]:
+    params = [("_sort", "_lastUpdated"), ("_count", str(page_size))]
+    if cursor is not None:
+        params.append(("_lastUpdated", f"ge{iso(cursor)}"))
+    if resource_type in ("Task", "Communication"):
+        params.append(("identifier", f"{IDENTIFIER_SYSTEM}|"))
+    return params
+
+
+def _windows(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun, lease: _Lease,
+             deadline: float, progress: Progress | None) -> None:
+    """Re-query from the committed cursor, one page per query, until a page comes back short."""
+    page_size = ctx.settings.sync_page_size
+    while time.monotonic() < deadline:
+        with ctx.db.session() as session:
+            stream = streams.get(session, stream_id)
+        page = access.reader.search(stream.resource_type,
+                                    _window_params(stream.resource_type, stream.cursor, page_size))
+        _commit(ctx, access, stream_id, run, page, progress)
+        while _all_ties(page, stream.cursor) and page.next_url and len(page.resources) >= page_size:
+            # More resources share one lastUpdated than a page holds: walk that instant's run by its links.
+            page = access.reader.follow(page.next_url)
+            _commit(ctx, access, stream_id, run, page, progress)
+        if not lease.renew():
+            run.notes.append("lease lost")
+            return
+        if len(page.resources) < page_size:
+            run.caught_up = True
+            return
+
+
+def _all_ids(access: EhrAccess, resource_type: str, params: list[tuple[str, str]] | None) -> set[str]:
+    """Every id of the type on the EHR; a paging link that expired mid-listing restarts it once."""
+    try:
+        return set(access.reader.ids(resource_type, params))
+    except PermanentEhrError as exc:
+        if exc.status not in (404, 410):
+            raise
+        log.info("id listing of %s: a paging link expired (%s); listing again", resource_type, exc.status)
+        return set(access.reader.ids(resource_type, params))
+
+
+def _all_ties(page: Page, cursor: datetime | None) -> bool:
+    return bool(page.resources) and cursor is not None and all(last_updated(r) == cursor for r in page.resources)
+
+
+def _commit(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun, page: Page,
+            progress: Progress | None) -> None:
+    result = commit_page(ctx, stream_id, page.resources, client=access.client_name)
+    _count(run, result.stored, 0, result.quarantined, progress)
+
+
+def _deletions(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun,
+               mark_before_run: datetime | None) -> None:
+    """Deleted resources leave the snapshot: from `_history` where the EHR keeps it, else by comparing ids.
+
+    `_history` is read since the cursor as it stood before the previous run (server clock), so windows
+    overlap and no deletion falls between them; a first run, or an EHR without `_history`, reconciles ids.
+    """
+    with ctx.db.session() as session:
+        stream = streams.get(session, stream_id)
+    gone: list[str] | None = None
+    if stream.history_mark is not None:
+        try:
+            page = access.reader.history(stream.resource_type, iso(stream.history_mark), ctx.settings.sync_page_size)
+            gone = [i for t, i in page.deleted if t == stream.resource_type]
+            while page.next_url:
+                page = access.reader.follow(page.next_url)
+                gone += [i for t, i in page.deleted if t == stream.resource_type]
+        except PermanentEhrError as exc:
+            log.info("stream %s: no usable _history (%s); reconciling ids", stream_id, type(exc).__name__)
+            gone = None
+    now = ctx.settings.clock()
+    if gone is None:
+        if stream.reconciled_at is not None and now - stream.reconciled_at < RECONCILE_EVERY:
+            return  # no _history here: ids are compared every RECONCILE_EVERY, not every run
+        params = [("identifier", f"{IDENTIFIER_SYSTEM}|")] if stream.resource_type in ("Task", "Communication") else []
+        on_server = _all_ids(access, stream.resource_type, params or None)
+        with ctx.db.session() as session:
+            gone = sorted(snapshots.live_ids(session, stream.connection_id, stream.resource_type) - on_server)
+        reconciled = True
+    else:
+        reconciled = False
+    result = commit_page(ctx, stream_id, [], deleted_ids=gone, move_cursor=False, client=access.client_name)
+    run.deleted += result.deleted
+    with ctx.db.session() as session:
+        fresh = streams.get(session, stream_id)
+        if reconciled:
+            fresh.reconciled_at = now
+        fresh.history_mark = mark_before_run or fresh.cursor
+        session.add(fresh)
