@@ -34,6 +34,7 @@ class Page:
     next_url: str | None
     total: int | None
     deleted: list[tuple[str, str]] = field(default_factory=list)  # (resource_type, id) from _history DELETEs
+    server_time: str | None = None  # Bundle.meta.lastUpdated: when the server ran the search (its clock)
 
 
 class Authed:
@@ -119,7 +120,9 @@ def page_of(body: dict[str, Any]) -> Page:
     next_url = next((link.get("url") for link in body.get("link") or []
                      if isinstance(link, dict) and link.get("relation") == "next" and link.get("url")), None)
     total = body.get("total")
-    return Page(resources, next_url, total if isinstance(total, int) else None, deleted)
+    stamp = (body.get("meta") or {}).get("lastUpdated") if isinstance(body.get("meta"), dict) else None
+    return Page(resources, next_url, total if isinstance(total, int) else None, deleted,
+                stamp if isinstance(stamp, str) else None)
 
 
 def _keep_since(next_url: str | None, asked: str) -> str | None:

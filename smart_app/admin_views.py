@@ -13,7 +13,7 @@ from typing import Any
 from flask import Blueprint, g, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from prm import admin_sessions, audit, connections
+from prm import admin_sessions, audit, connections, streams
 from prm.errors import NotFoundError, SignInRefused, ValidationError
 from prm.permissions import Action, allows
 from smart_app import admin_forms, admin_present, csrf
@@ -127,8 +127,10 @@ def connection_list() -> str:
 def connection_detail(name: str) -> str:
     with prm().db.session() as session:
         row = connections.by_name(session, name)
+        sync_streams = streams.of_connection(session, row.id or 0)
+        held = streams.quarantined(session, row.id or 0)
     return render_template("admin_connection.html", c=row, capability=admin_present.capability(row.capability_profile),
-                           secret_state=admin_present.secret_state)
+                           secret_state=admin_present.secret_state, sync_streams=sync_streams, quarantined=held)
 
 
 def _form_page(values: dict[str, Any], error: str | None, name: str | None, status: int = 200) -> tuple[str, int]:

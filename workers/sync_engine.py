@@ -95,7 +95,10 @@ def run_stream(ctx: WorkerContext, stream_id: int, *, time_budget_s: float = 120
         mark_before_run = stream.cursor
         if stream.phase == "initial" and initial.startswith("bulk-export"):
             _bulk_initial(ctx, access, stream, run, lease, progress)
-        _windows(ctx, access, stream_id, run, lease, deadline, progress)
+        if _patient_scoped(stream, connection):  # after the bulk first load, or on a known population
+            _patient_windows(ctx, access, stream_id, run, lease, deadline, progress)
+        else:
+            _windows(ctx, access, stream_id, run, lease, deadline, progress)
         if run.caught_up:
             _deletions(ctx, access, stream_id, run, mark_before_run)
         with ctx.db.session() as session:
@@ -191,6 +194,76 @@ def _windows(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamR
             return
 
 
+PATIENT_PARAM = {"Encounter": "patient", "Appointment": "patient", "RelatedPerson": "patient",
+                 "Task": "patient", "Communication": "patient"}
+OVERLAP = timedelta(minutes=5)
+ID_BATCH = 50
+
+
+def _patient_scoped(stream: SyncStream, connection: Connection) -> bool:
+    """EHRs that refuse type-level searches are read patient by patient (after a bulk or earlier first load)."""
+    _, incremental = strategy_of(stream, connection)
+    return incremental == "patient-by-patient" and (
+        stream.resource_type == "Patient" or stream.resource_type in PATIENT_PARAM)
+
+
+def _patient_windows(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun, lease: _Lease,
+                     deadline: float, progress: Progress | None) -> None:
+    """One `_lastUpdated` window per known patient (or batch of patient ids), all from the same cursor.
+
+    The next cursor is the server's own clock when the first search ran, less an overlap: a resource
+    changed for a patient already read in this pass is read again next time, never lost. Upserts are
+    version-aware, so reading twice changes nothing.
+    """
+    with ctx.db.session() as session:
+        stream = streams.get(session, stream_id)
+        population = sorted(snapshots.live_ids(session, stream.connection_id, "Patient"))
+    since = [("_lastUpdated", f"ge{iso(stream.cursor)}")] if stream.cursor else []
+    started: str | None = None
+    if stream.resource_type == "Patient":
+        queries = [[("_id", ",".join(population[i:i + ID_BATCH])), *since] for i in range(0, len(population), ID_BATCH)]
+    else:
+        key = PATIENT_PARAM[stream.resource_type]
+        queries = [[(key, f"Patient/{p}"), ("_sort", "_lastUpdated"), *since] for p in population]
+        if stream.resource_type in ("Task", "Communication"):
+            queries = [[*q, ("identifier", f"{IDENTIFIER_SYSTEM}|")] for q in queries]
+    for params in queries:
+        if time.monotonic() > deadline or not lease.renew():
+            run.notes.append("time or lease ran out mid-pass")
+            return
+        page: Page | None = access.reader.search(stream.resource_type, params)
+        started = started or (page.server_time if page else None)
+        while page is not None:
+            result = commit_page(ctx, stream_id, page.resources, move_cursor=False, client=access.client_name)
+            _count(run, result.stored, 0, result.quarantined, progress)
+            page = access.reader.follow(page.next_url) if page.next_url else None
+    with ctx.db.session() as session:
+        fresh = streams.get(session, stream_id)
+        if started:
+            mark = datetime.fromisoformat(started.replace("Z", "+00:00")).astimezone(UTC) - OVERLAP
+            if fresh.cursor is None or mark > fresh.cursor:
+                fresh.cursor, fresh.cursor_ids = mark, []
+        session.add(fresh)
+    run.caught_up = True
+    run.notes.append(f"patient by patient ({len(population)} patients)")
+
+
+def _ids_patient_by_patient(ctx: WorkerContext, access: EhrAccess, stream: SyncStream,
+                            params: list[tuple[str, str]]) -> set[str]:
+    """Every id of the type on an EHR that lists only per patient: one listing per known patient."""
+    with ctx.db.session() as session:
+        population = sorted(snapshots.live_ids(session, stream.connection_id, "Patient"))
+    found: set[str] = set()
+    if stream.resource_type == "Patient":
+        for i in range(0, len(population), ID_BATCH):
+            found |= _all_ids(access, "Patient", [("_id", ",".join(population[i:i + ID_BATCH]))])
+        return found
+    for patient_id in population:
+        found |= _all_ids(access, stream.resource_type,
+                          [(PATIENT_PARAM[stream.resource_type], f"Patient/{patient_id}"), *params])
+    return found
+
+
 def _all_ids(access: EhrAccess, resource_type: str, params: list[tuple[str, str]] | None) -> set[str]:
     """Every id of the type on the EHR; a paging link that expired mid-listing restarts it once."""
     try:
@@ -237,7 +310,12 @@ def _deletions(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: Strea
         if stream.reconciled_at is not None and now - stream.reconciled_at < RECONCILE_EVERY:
             return  # no _history here: ids are compared every RECONCILE_EVERY, not every run
         params = [("identifier", f"{IDENTIFIER_SYSTEM}|")] if stream.resource_type in ("Task", "Communication") else []
-        on_server = _all_ids(access, stream.resource_type, params or None)
+        with ctx.db.session() as session:
+            connection = connections.get(session, stream.connection_id)
+        if connection is not None and _patient_scoped(stream, connection):
+            on_server = _ids_patient_by_patient(ctx, access, stream, params)
+        else:
+            on_server = _all_ids(access, stream.resource_type, params or None)
         with ctx.db.session() as session:
             gone = sorted(snapshots.live_ids(session, stream.connection_id, stream.resource_type) - on_server)
         reconciled = True

@@ -3,6 +3,9 @@ that syncs one from the other: the sync's real parts, wired as `prm worker` wire
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,6 +16,7 @@ from typing import Any
 import requests
 
 from ehr_sandbox.config import SandboxClient, SandboxConfig
+from ehr_sandbox.fhir_server import DEFAULT_DATASET
 from ehr_sandbox.stack import SandboxStack
 from prm import connections, keys, snapshots, streams
 from prm.clock import running_from
@@ -25,6 +29,7 @@ from workers.runtime import WorkerContext
 from workers.sync_engine import StreamRun, run_stream
 
 BACKEND_CLIENT = "fhir-prm-backend"
+GENERATOR = Path(__file__).resolve().parents[2] / "ehr_sandbox" / "data" / "generate.py"
 
 
 @dataclass
@@ -67,10 +72,21 @@ class SyncEnv:
 
 
 @contextmanager
-def sync_env(tmp_path: Path, profile: str = "default") -> Iterator[SyncEnv]:
+def sync_env(tmp_path: Path, profile: str = "default", patients: int | None = None) -> Iterator[SyncEnv]:
+    """`patients`: a smaller data set from the generator (its first 63 patients are the scripted edge cases)."""
     config = SandboxConfig(profile=profile, port=0, fhir_internal_port=0)
-    with SandboxStack(config) as stack, sync_database(stack, tmp_path) as env:
+    dataset = small_dataset(patients) if patients else DEFAULT_DATASET
+    with SandboxStack(config, dataset=dataset) as stack, sync_database(stack, tmp_path) as env:
         yield env
+
+
+def small_dataset(patients: int) -> Path:
+    """The generator's data set for `patients` patients, made once per machine (it is deterministic)."""
+    out = Path(tempfile.gettempdir()) / f"fhir-prm-dataset-{patients}"
+    if not (out / "manifest.json").exists():
+        subprocess.run([sys.executable, str(GENERATOR), "--patients", str(patients), "--out", str(out),
+                        "--bundles", "none", "--quiet"], check=True, timeout=300)
+    return out
 
 
 @contextmanager

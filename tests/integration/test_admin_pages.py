@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ import requests
 from playwright.sync_api import sync_playwright
 from sqlmodel import select
 
+from ehr_sandbox.stack import SandboxStack
 from prm.crypto import SecretBox
 from prm.db import Database
 from prm.models import AuditRecord, Connection
@@ -324,3 +326,23 @@ def test_in_chromium_sign_in_and_add_a_connection(chromium: Any, live_app: LiveA
     page.click("#sign-out")
     page.wait_for_url("**/admin/sign-in?signed_out=1")
     context.close()
+
+
+def test_sync_health_is_shown_after_prm_sync_run(live_app: LiveApp, sandbox: SandboxStack,
+                                                  accounts: dict[str, str]) -> None:
+    """`prm sync run` in the foreground, then IT sees the streams (and their counts) on the connection page."""
+    from ehr_sandbox.cli import BACKEND_CLIENT_ID, backend_client
+
+    sandbox.register_client(backend_client(live_app.url))
+    added = live_app.prm("connection", "add", "--name", "sandbox", "--iss", sandbox.iss, "--client-id", "fhir-prm",
+                         "--frame-origin", sandbox.ehr_url, "--role-map", "Practitioner/prac-rdc-05=it_admin",
+                         "--backend-client-id", BACKEND_CLIENT_ID, "--backend-auth", "private_key_jwt")
+    assert added.returncode == 0, added.stderr
+    ran = live_app.prm("sync", "run", "--connection", "sandbox", "--type", "Organization", "--type", "Location")
+    assert ran.returncode == 0, ran.stderr + ran.stdout
+    status = live_app.prm("sync", "status", "--connection", "sandbox", "--json")
+    by_type = {row["type"]: row for row in json.loads(status.stdout) if "phase" in row}
+    assert by_type["Organization"]["resources"] >= 4 and by_type["Organization"]["phase"] == "incremental"
+    page = signed_in(live_app, accounts["it_admin"]).get("/admin/connections/sandbox")
+    assert page.status_code == 200 and 'id="sync-streams"' in page.text
+    assert '<tr data-type="Location"><td>Location</td><td>incremental</td>' in page.text

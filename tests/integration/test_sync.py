@@ -92,3 +92,22 @@ def test_without_history_deletions_are_found_by_reconciling_ids(tmp_path: Path) 
         runs = fresh.run_all(("Appointment",))
         assert runs["Appointment"].deleted == 1
         assert_in_step(fresh, ("Appointment",))
+
+
+def test_an_ehr_that_only_allows_patient_searches_is_read_patient_by_patient(tmp_path: Path) -> None:
+    with sync_env(tmp_path, profile="patient-scoped-only", patients=70) as fresh:
+        profile = check_connection(fresh.ctx, fresh.connection_id)
+        assert profile["sync"]["strategy"]["incremental"] == "patient-by-patient"
+        first = fresh.run_all(("Patient", "Encounter"))
+        assert "bulk export" in first["Encounter"].notes  # the first load needs no type-level search
+        resource = fresh.read("Encounter", "enc-000007-001")
+        resource["status"] = "cancelled"
+        fresh.put(resource)
+        fresh.delete("Encounter", "enc-000008-001")
+        with fresh.ctx.db.session() as session:  # no _history here: make the (6-hourly) id comparison due
+            for stream in session.exec(select(SyncStream)).all():
+                stream.reconciled_at = None
+                session.add(stream)
+        again = fresh.run_all(("Patient", "Encounter"))
+        assert any(n.startswith("patient by patient") for n in again["Encounter"].notes)
+        assert_in_step(fresh, ("Patient", "Encounter"))
