@@ -57,11 +57,14 @@ def upsert_page(session: Session, connection_id: int, resource_type: str, rows: 
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
-    stmt = insert(table).values(values_list)
+    # One statement executed for many rows: compiled once and cached (a multi-row VALUES literal would be
+    # compiled afresh for every page, which cost more than the database work itself).
+    stmt = insert(table)
     updated = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in ("id", *_key(table_model))}
     newer = or_(table.c.last_updated.is_(None), stmt.excluded.last_updated.is_(None),
                 stmt.excluded.last_updated >= table.c.last_updated)
-    session.execute(stmt.on_conflict_do_update(index_elements=_key(table_model), set_=updated, where=newer))
+    session.execute(stmt.on_conflict_do_update(index_elements=_key(table_model), set_=updated, where=newer),
+                    values_list)
     return len(values_list)
 
 
