@@ -79,30 +79,26 @@ def fetch(session: requests.Session, iss: str, timeout: float) -> SmartConfigura
             raise PermanentEhrError(f"{url} is not JSON") from exc
     if response.status_code not in (404, 410, 403, 401):
         raise_for_status(response)
-    metadata = f"{base}/metadata"
+    return _from_capability_statement(_get_json(session, f"{base}/metadata", "application/fhir+json", timeout))
+
+
+def _get_json(session: requests.Session, url: str, accept: str, timeout: float) -> dict[str, Any]:
     try:
-        fallback = session.get(metadata, headers={"Accept": "application/fhir+json"}, timeout=timeout)
+        response = session.get(url, headers={"Accept": accept}, timeout=timeout)
     except requests.RequestException as exc:
-        raise transport_error(exc, metadata) from exc
-    raise_for_status(fallback)
+        raise transport_error(exc, url) from exc
+    raise_for_status(response)
     try:
-        return _from_capability_statement(fallback.json())
+        body: dict[str, Any] = response.json()
     except ValueError as exc:
-        raise PermanentEhrError(f"{metadata} is not JSON") from exc
+        raise PermanentEhrError(f"{url} is not JSON") from exc
+    return body
 
 
 def openid_jwks_uri(session: requests.Session, issuer: str, timeout: float) -> str:
     """The jwks_uri from OpenID Connect discovery, for EHRs whose SMART discovery names none."""
     url = f"{issuer.rstrip('/')}/.well-known/openid-configuration"
-    try:
-        response = session.get(url, headers={"Accept": "application/json"}, timeout=timeout)
-    except requests.RequestException as exc:
-        raise transport_error(exc, url) from exc
-    raise_for_status(response)
-    try:
-        body = response.json()
-    except ValueError as exc:
-        raise PermanentEhrError(f"{url} is not JSON") from exc
+    body = _get_json(session, url, "application/json", timeout)
     if body.get("issuer", "").rstrip("/") != issuer.rstrip("/") or not body.get("jwks_uri"):
         raise PermanentEhrError(f"{url} does not describe issuer {issuer} with a jwks_uri")
     return str(body["jwks_uri"])

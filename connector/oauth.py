@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -45,35 +46,35 @@ def authorization_url(*, authorize_endpoint: str, client_id: str, redirect_uri: 
     return str(url)
 
 
+def _token_call(call: Callable[[], Any], token_endpoint: str, refused: str, what: str) -> dict[str, Any]:
+    """One token request: an unreachable EHR and a refusal become LaunchErrors with reasons pages can show."""
+    try:
+        token = call()
+    except requests.RequestException as exc:
+        raise LaunchError("ehr_unreachable", str(transport_error(exc, token_endpoint))) from exc
+    except AuthlibBaseError as exc:
+        raise LaunchError(refused, f"the EHR refused {what}: {exc.error}") from exc
+    if not token.get("access_token"):
+        raise LaunchError(refused, "the EHR's token response has no access_token")
+    return dict(token)
+
+
 def exchange_code(*, token_endpoint: str, client_id: str, client_secret: str | None, redirect_uri: str,
                   code: str, code_verifier: str, timeout: float) -> dict[str, Any]:
     """Swap the authorization code for tokens; LaunchError('token_exchange_failed') on any refusal."""
     with _client(client_id, client_secret, redirect_uri) as client:
-        try:
-            token = client.fetch_token(token_endpoint, grant_type="authorization_code", code=code,
-                                       code_verifier=code_verifier, timeout=timeout)
-        except requests.RequestException as exc:
-            raise LaunchError("ehr_unreachable", str(transport_error(exc, token_endpoint))) from exc
-        except AuthlibBaseError as exc:
-            raise LaunchError("token_exchange_failed", f"the EHR refused the code: {exc.error}") from exc
-    if not token.get("access_token"):
-        raise LaunchError("token_exchange_failed", "the EHR's token response has no access_token")
-    return dict(token)
+        return _token_call(lambda: client.fetch_token(token_endpoint, grant_type="authorization_code", code=code,
+                                                      code_verifier=code_verifier, timeout=timeout),
+                           token_endpoint, "token_exchange_failed", "the code")
 
 
 def refresh(*, token_endpoint: str, client_id: str, client_secret: str | None, refresh_token: str,
             timeout: float) -> dict[str, Any]:
     """Use the refresh token (SMART App Launch 2.2 §2.1.9); LaunchError('refresh_refused') when the EHR says no."""
     with _client(client_id, client_secret, redirect_uri="") as client:
-        try:
-            token = client.refresh_token(token_endpoint, refresh_token=refresh_token, timeout=timeout)
-        except requests.RequestException as exc:
-            raise LaunchError("ehr_unreachable", str(transport_error(exc, token_endpoint))) from exc
-        except AuthlibBaseError as exc:
-            raise LaunchError("refresh_refused", f"the EHR refused the refresh token: {exc.error}") from exc
-    if not token.get("access_token"):
-        raise LaunchError("refresh_refused", "the EHR's refresh response has no access_token")
-    return dict(token)
+        return _token_call(lambda: client.refresh_token(token_endpoint, refresh_token=refresh_token,
+                                                        timeout=timeout),
+                           token_endpoint, "refresh_refused", "the refresh token")
 
 
 def standalone_scopes(scopes: str) -> str:

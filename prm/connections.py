@@ -120,6 +120,18 @@ def validate(spec: ConnectionSpec) -> ConnectionSpec:
     )
 
 
+def _kept_secret(box: SecretBox, auth: str | None, given: str | None, stored: str | None,
+                 missing: str) -> str | None:
+    """The sealed secret to keep: a new one if given, the stored one if not (an update that does not repeat
+    it must not wipe it), none unless the auth kind uses a secret."""
+    if auth != "client_secret":
+        return None
+    sealed = box.seal(given) if given is not None else stored
+    if sealed is None:
+        raise ValidationError(missing)
+    return sealed
+
+
 def upsert(session: Session, clock: Clock, box: SecretBox, spec: ConnectionSpec) -> Connection:
     """Create the connection named `spec.name`, or bring it in line with `spec` (idempotent)."""
     spec = validate(spec)
@@ -133,13 +145,8 @@ def upsert(session: Session, clock: Clock, box: SecretBox, spec: ConnectionSpec)
     row.iss = spec.iss
     row.client_id = spec.client_id
     row.client_auth = spec.client_auth
-    # A secret not given again is kept (updating other fields must not wipe it); public clients hold none.
-    if spec.client_auth != "client_secret":
-        row.client_secret_enc = None
-    elif spec.client_secret is not None:
-        row.client_secret_enc = box.seal(spec.client_secret)
-    if row.client_auth == "client_secret" and row.client_secret_enc is None:
-        raise ValidationError("client auth 'client_secret' needs a client secret")
+    row.client_secret_enc = _kept_secret(box, spec.client_auth, spec.client_secret, row.client_secret_enc,
+                                         "client auth 'client_secret' needs a client secret")
     row.scopes = spec.scopes
     row.frame_origins = list(spec.frame_origins)
     row.role_mapping = dict(spec.role_mapping)
@@ -149,12 +156,9 @@ def upsert(session: Session, clock: Clock, box: SecretBox, spec: ConnectionSpec)
     row.signing_alg = spec.signing_alg
     row.backend_client_id = spec.backend_client_id
     row.backend_auth = spec.backend_auth
-    if spec.backend_auth != "client_secret":
-        row.backend_client_secret_enc = None
-    elif spec.backend_client_secret is not None:
-        row.backend_client_secret_enc = box.seal(spec.backend_client_secret)
-    if row.backend_auth == "client_secret" and row.backend_client_secret_enc is None:
-        raise ValidationError("backend auth 'client_secret' needs a backend client secret")
+    row.backend_client_secret_enc = _kept_secret(
+        box, spec.backend_auth, spec.backend_client_secret, row.backend_client_secret_enc,
+        "backend auth 'client_secret' needs a backend client secret")
     row.backend_scopes = spec.backend_scopes
     row.updated_at = now
     session.add(row)
