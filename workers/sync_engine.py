@@ -38,6 +38,7 @@ class StreamRun:
     quarantined: int = 0
     caught_up: bool = False
     busy: bool = False
+    server_started: datetime | None = None  # the EHR's clock when this run first read (search time or export)
     notes: list[str] = field(default_factory=list)
 
 
@@ -93,6 +94,7 @@ def run_stream(ctx: WorkerContext, stream_id: int, *, time_budget_s: float = 120
         initial, _ = strategy_of(stream, connection)
         deadline = time.monotonic() + time_budget_s
         mark_before_run = stream.cursor
+        first_load = stream.phase == "initial"
         if stream.phase == "initial" and initial.startswith("bulk-export"):
             _bulk_initial(ctx, access, stream, run, lease, progress)
         if _patient_scoped(stream, connection):  # after the bulk first load, or on a known population
@@ -100,7 +102,10 @@ def run_stream(ctx: WorkerContext, stream_id: int, *, time_budget_s: float = 120
         else:
             _windows(ctx, access, stream_id, run, lease, deadline, progress)
         if run.caught_up:
-            _deletions(ctx, access, stream_id, run, mark_before_run)
+            if first_load:
+                _after_first_load(ctx, stream_id, run)
+            else:
+                _deletions(ctx, access, stream_id, run, mark_before_run)
         with ctx.db.session() as session:
             fresh = streams.get(session, stream_id)
             if run.caught_up and fresh.phase == "initial":
@@ -150,7 +155,8 @@ def _bulk_initial(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, run
     with ctx.db.session() as session:
         fresh = streams.get(session, stream.id or 0)
         if transaction_time:
-            started = datetime.fromisoformat(str(transaction_time).replace("Z", "+00:00")).astimezone(UTC)
+            started = _instant(str(transaction_time))
+            run.server_started = started
             if fresh.cursor is None or started > fresh.cursor:
                 fresh.cursor, fresh.cursor_ids = started, []
         session.add(fresh)
@@ -181,6 +187,8 @@ def _windows(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamR
             stream = streams.get(session, stream_id)
         page = access.reader.search(stream.resource_type,
                                     _window_params(stream.resource_type, stream.cursor, page_size))
+        if run.server_started is None and page.server_time:
+            run.server_started = _instant(page.server_time)
         _commit(ctx, access, stream_id, run, page, progress)
         while _all_ties(page, stream.cursor) and page.next_url and len(page.resources) >= page_size:
             # More resources share one lastUpdated than a page holds: walk that instant's run by its links.
@@ -283,6 +291,22 @@ def _commit(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRu
             progress: Progress | None) -> None:
     result = commit_page(ctx, stream_id, page.resources, client=access.client_name)
     _count(run, result.stored, 0, result.quarantined, progress)
+
+
+def _instant(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def _after_first_load(ctx: WorkerContext, stream_id: int, run: StreamRun) -> None:
+    """A first load has nothing to delete yet: no id listing (on offset-paging servers it costs more than the
+    load). Deletions from the moment it began are read from `_history` next time; where there is no
+    `_history`, the periodic id comparison finds them."""
+    with ctx.db.session() as session:
+        fresh = streams.get(session, stream_id)
+        start = run.server_started
+        fresh.history_mark = start - OVERLAP if start else fresh.cursor
+        fresh.reconciled_at = ctx.settings.clock()
+        session.add(fresh)
 
 
 def _deletions(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun,

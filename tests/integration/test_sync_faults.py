@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 import requests
+from sqlmodel import select
 
 from ehr_sandbox.config import SandboxConfig
 from prm import streams
+from prm.snapshot_models import SyncStream
 from tests.integration.sync_env import SyncEnv, sync_database
 from tests.support.fault_proxy import FaultyEhr
 
@@ -75,8 +77,15 @@ def test_invalid_resources_are_quarantined_and_the_rest_synced(env: SyncEnv, fau
 
 
 def test_an_expired_paging_link_restarts_the_listing(env: SyncEnv, faulty: FaultyEhr) -> None:
-    """Windows never follow offset links; the id listing that finds deletions does, and starts over once."""
+    """Windows never follow offset links; the id listing that finds deletions (where `_history` fails) does,
+    and starts over once when a link has expired."""
+    env.run_all(TYPES)
+    faulty.proxy.add_fault(r"/_history", status=404, times=10)
     expired = faulty.proxy.add_fault(r"_offset=", status=410)
+    with env.ctx.db.session() as session:
+        for stream in session.exec(select(SyncStream)).all():
+            stream.reconciled_at = None  # make the (6-hourly) id comparison due
+            session.add(stream)
     env.run_all(TYPES)
     assert expired.times == 0
     in_step(env)

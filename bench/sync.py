@@ -1,0 +1,288 @@
+"""Sync benchmark (issue 5): fhir-prm's first and incremental sync against the server's own read paths.
+
+For each size, on one loaded sandbox EHR and through its token-checking proxy, in one run:
+  (a) the server's fastest read path: one Bulk `$export` of the synced types, every file read to the end;
+  (b) naive paging: `Type?_count=100` and its `next` links, every page read, type after type;
+  (c) fhir-prm's full first sync (every stream, `workers.sync_engine.run_stream`) into a fresh SQLite file and
+      a fresh PostgreSQL database, each in a child process so its peak RSS is its own;
+then 1% of the Encounters change on the server and each database syncs again (incremental).
+
+    python bench/sync.py [--sizes 10000,50000] [--backends sqlite,postgresql] [--strategies bulk,search]
+                         [--profile DIR]
+
+Sizes are Encounters (the generator makes ~7.3 a patient). Generated data sets and loaded FHIR server
+databases are cached under ~/.cache/fhir-prm/bench (FHIR_PRM_BENCH_CACHE overrides). The last lines are
+`name: value` figures (STYLE.md, Benchmarks); progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import json
+import logging
+import pstats
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import _support as support
+import requests
+
+SYNCED = ("Organization", "Location", "PractitionerRole", "Patient", "RelatedPerson", "Encounter", "Appointment")
+NAIVE_COUNT = 100
+CHANGED_FRACTION = 0.01
+CHILD_FLAG = "--child"
+
+
+# ---------------------------------------------------------------- (a) and (b): the server's own read paths
+
+def bulk_export(iss: str, token: str, types: tuple[str, ...] = SYNCED) -> tuple[int, float]:
+    """One system `$export` of `types`, polled as the server asks (Retry-After), every file streamed and every
+    line parsed: (resources, seconds). The server's fastest way to hand over everything."""
+    auth = {"Authorization": f"Bearer {token}"}
+    with requests.Session() as http:
+        started = time.monotonic()
+        kick = http.get(f"{iss}/$export", params={"_type": ",".join(types)}, timeout=300,
+                        headers={**auth, "Accept": "application/fhir+json", "Prefer": "respond-async"})
+        if kick.status_code != 202:
+            raise RuntimeError(f"$export kick-off: HTTP {kick.status_code} {kick.text[:300]}")
+        status_url = kick.headers["Content-Location"]
+        while True:
+            status = http.get(status_url, headers={**auth, "Accept": "application/json"}, timeout=300)
+            if status.status_code == 200:
+                manifest = status.json()
+                break
+            if status.status_code != 202:
+                raise RuntimeError(f"$export status: HTTP {status.status_code} {status.text[:300]}")
+            time.sleep(float(status.headers.get("Retry-After") or 1))
+        total = 0
+        for item in manifest.get("output", []):
+            with http.get(item["url"], headers={**auth, "Accept": "application/fhir+ndjson"}, stream=True,
+                          timeout=300) as response:
+                response.raise_for_status()
+                for line in response.iter_lines(chunk_size=64 * 1024):
+                    if line.strip():
+                        json.loads(line)
+                        total += 1
+        elapsed = time.monotonic() - started
+        http.delete(status_url, headers=auth, timeout=60)
+    return total, elapsed
+
+
+def naive_paging(iss: str, token: str, types: tuple[str, ...] = SYNCED, count: int = NAIVE_COUNT) -> tuple[int, float]:
+    """`Type?_count=100` then its `next` links to the end, type after type: (resources, seconds)."""
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
+    total = 0
+    with requests.Session() as http:
+        started = time.monotonic()
+        for resource_type in types:
+            url: str | None = f"{iss}/{resource_type}?_count={count}"
+            while url:
+                response = http.get(url, headers=headers, timeout=300)
+                response.raise_for_status()
+                bundle = response.json()
+                total += sum(1 for e in bundle.get("entry", [])
+                             if (e.get("search") or {}).get("mode", "match") == "match")
+                url = next((link["url"] for link in bundle.get("link", []) if link.get("relation") == "next"), None)
+        elapsed = time.monotonic() - started
+    return total, elapsed
+
+
+# ---------------------------------------------------------------- (c): fhir-prm's sync, in a child process
+
+def run_sync_child(args: dict[str, Any]) -> dict[str, Any]:
+    """Every stream of the connection, in order, until caught up: what one sync of a connection costs."""
+    from prm import streams
+    from workers.sync_engine import run_stream
+
+    ctx = support.build_context(args["database_url"], Path(args["instance_dir"]))
+    rss_before = support.current_rss_mb()
+    profiler = cProfile.Profile() if args.get("profile") else None
+    try:
+        started = time.monotonic()
+        if profiler:
+            profiler.enable()
+        with ctx.db.session() as session:
+            chosen = [(s.id or 0, s.resource_type) for s in streams.ensure(session, args["connection_id"])]
+        per_type: dict[str, dict[str, Any]] = {}
+        for stream_id, resource_type in chosen:
+            t0 = time.monotonic()
+            run = run_stream(ctx, stream_id, time_budget_s=3600)
+            per_type[resource_type] = {"stored": run.stored, "deleted": run.deleted, "quarantined": run.quarantined,
+                                       "caught_up": run.caught_up, "notes": run.notes,
+                                       "s": round(time.monotonic() - t0, 3)}
+        elapsed = time.monotonic() - started
+        if profiler:
+            profiler.disable()
+            profiler.dump_stats(args["profile"])
+    finally:
+        ctx.db.dispose()
+    return {"seconds": elapsed, "stored": sum(t["stored"] for t in per_type.values()),
+            "quarantined": sum(t["quarantined"] for t in per_type.values()),
+            "caught_up": all(t["caught_up"] for t in per_type.values()), "per_type": per_type,
+            "rss_before_mb": rss_before, "peak_rss_mb": support.peak_rss_mb()}
+
+
+def sync(tgt: support.Target, profile: Path | None = None) -> dict[str, Any]:
+    args = {**tgt.child_args(), "profile": str(profile) if profile else None}
+    done = subprocess.run([sys.executable, __file__, CHILD_FLAG, json.dumps(args)], check=False,
+                          stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"sync child for {tgt.backend} exited with {done.returncode}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    if not result["caught_up"]:
+        raise RuntimeError(f"sync into {tgt.backend} did not catch up: {result['per_type']}")
+    return result
+
+
+# ---------------------------------------------------------------- the 1% change
+
+def change_encounters(fhir_internal_url: str, data_dir: Path, fraction: float = CHANGED_FRACTION) -> int:
+    """PUT every 1/fraction-th Encounter back with its status flipped, in one transaction on the FHIR server
+    itself (behind the EHR, as another system of the clinic would)."""
+    step = round(1 / fraction)
+    entries = []
+    with (data_dir / "Encounter.ndjson").open(encoding="utf-8") as lines:
+        for n, line in enumerate(lines):
+            if n % step or not line.strip():
+                continue
+            resource = json.loads(line)
+            resource["status"] = "cancelled" if resource.get("status") == "finished" else "finished"
+            entries.append({"resource": resource,
+                            "request": {"method": "PUT", "url": f"Encounter/{resource['id']}"}})
+    response = requests.post(fhir_internal_url, json={"resourceType": "Bundle", "type": "transaction",
+                                                      "entry": entries},
+                             headers={"Content-Type": "application/fhir+json", "Prefer": "return=minimal"},
+                             timeout=600)
+    response.raise_for_status()
+    return len(entries)
+
+
+# ---------------------------------------------------------------- one size
+
+def bench_size(encounters: int, backends: list[str], strategies: list[str], profile_dir: Path | None,
+               workdir: Path) -> dict[str, float]:
+    figures: dict[str, float] = {}
+    data_dir = support.dataset(encounters)
+    n = support.counts(data_dir)
+    label = str(encounters)
+    support.say(f"size {label}: {n['Encounter']} Encounters, {n['Patient']} Patients, "
+                f"{sum(n[t] for t in SYNCED)} resources of the synced types")
+    with support.sandbox(data_dir) as stack, contextlib.ExitStack() as dbs:
+        targets: dict[tuple[str, str], support.Target] = {}
+        for backend in backends:
+            for strategy in strategies:
+                profile = support.BULK_PROFILE if strategy == "bulk" else None
+                targets[(backend, strategy)] = dbs.enter_context(
+                    support.target(backend, stack, workdir / label, f"{backend}-{strategy}", profile))
+        token = support.backend_token(next(iter(targets.values())))
+
+        count, seconds = bulk_export(stack.iss, token)
+        bulk_rps = count / seconds
+        support.say(f"(a) bulk export: {count} resources in {seconds:.1f} s = {bulk_rps:.0f}/s")
+        count, seconds = naive_paging(stack.iss, token)
+        naive_rps = count / seconds
+        support.say(f"(b) naive paging _count={NAIVE_COUNT}: {count} resources in {seconds:.1f} s = {naive_rps:.0f}/s")
+        figures[f"bulk_export_resources_per_s_{label}"] = bulk_rps
+        figures[f"naive_paging_resources_per_s_{label}"] = naive_rps
+        figures[f"resources_{label}"] = count
+
+        full: dict[tuple[str, str], dict[str, Any]] = {}
+        for (backend, strategy), tgt in targets.items():
+            prof = profile_dir / f"sync-{backend}-{strategy}-{label}.prof" if profile_dir else None
+            result = full[(backend, strategy)] = sync(tgt, prof)
+            rps = result["stored"] / result["seconds"]
+            support.say(f"(c) full sync {backend}/{strategy}: {result['stored']} stored "
+                        f"({result['quarantined']} quarantined) in {result['seconds']:.1f} s = {rps:.0f}/s, "
+                        f"peak RSS {result['peak_rss_mb']:.0f} MB (after imports {result['rss_before_mb']:.0f} MB); "
+                        + ", ".join(f"{t} {v['s']:.1f}s" for t, v in result["per_type"].items()))
+            if result["stored"] != count:
+                support.say(f"    note: stored {result['stored']} but the server holds {count}")
+            suffix = f"{backend}_{label}" if strategy == "bulk" else f"{strategy}_{backend}_{label}"
+            figures[f"sync_resources_per_s_{suffix}"] = rps
+            figures[f"sync_ratio_to_bulk_export_{suffix}"] = rps / bulk_rps
+            figures[f"sync_ratio_to_naive_paging_{suffix}"] = rps / naive_rps
+            figures[f"peak_rss_mb_{suffix}"] = result["peak_rss_mb"]
+
+        changed = change_encounters(stack.fhir_internal_url, data_dir)
+        support.say(f"changed {changed} Encounters on the server")
+        for (backend, strategy), tgt in targets.items():
+            prof = profile_dir / f"incremental-{backend}-{strategy}-{label}.prof" if profile_dir else None
+            result = sync(tgt, prof)
+            encounter = result["per_type"]["Encounter"]["stored"]
+            support.say(f"    incremental {backend}/{strategy}: {result['stored']} stored ({encounter} Encounters) "
+                        f"in {result['seconds']:.2f} s; "
+                        + ", ".join(f"{t} {v['s']:.2f}s" for t, v in result["per_type"].items()))
+            if encounter != changed:
+                support.say(f"    note: {changed} Encounters changed, the incremental sync stored {encounter}")
+            suffix = f"{backend}_{label}" if strategy == "bulk" else f"{strategy}_{backend}_{label}"
+            figures[f"sync_incremental_s_{suffix}"] = result["seconds"]
+            full_s = full[(backend, strategy)]["seconds"]
+            figures[f"sync_incremental_ratio_to_full_{suffix}"] = result["seconds"] / full_s
+    return figures
+
+
+def print_profile(path: Path, top: int = 30) -> None:
+    print(f"\n== {path.name}: top {top} by own time", file=sys.stderr)
+    pstats.Stats(str(path), stream=sys.stderr).sort_stats("tottime").print_stats(top)
+    print(f"== {path.name}: top {top} by cumulative time", file=sys.stderr)
+    pstats.Stats(str(path), stream=sys.stderr).sort_stats("cumulative").print_stats(top)
+
+
+def fmt(name: str, value: float) -> str:
+    if name.startswith("resources_"):
+        return f"{value:.0f}"
+    if "ratio" in name:
+        return f"{value:.3f}"
+    if "per_s" not in name and (name.endswith("_s") or "_s_" in name):
+        return f"{value:.2f}"
+    return f"{value:.0f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,50000", help="Encounters per data set, comma-separated")
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--strategies", default="bulk", help="first-load strategies: bulk, search, or both")
+    parser.add_argument("--profile", type=Path, help="cProfile each sync into this folder and print the top costs")
+    opts = parser.parse_args(argv)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the sandbox EHR's per-request lines
+    sizes = [int(s) for s in opts.sizes.split(",") if s]
+    backends = [b for b in opts.backends.split(",") if b]
+    strategies = [s for s in opts.strategies.split(",") if s]
+    if "postgresql" in backends:
+        support.ensure_postgresql()
+    if opts.profile:
+        opts.profile.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    figures: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="fhir-prm-bench-") as tmp:
+        for size in sizes:
+            figures.update(bench_size(size, backends, strategies, opts.profile, Path(tmp)))
+    if len(sizes) >= 2:  # "peak memory flat in N": the biggest size's peak over the smallest's
+        small, big = str(min(sizes)), str(max(sizes))
+        for name in [k for k in figures if k.startswith("peak_rss_mb_") and k.endswith(f"_{small}")]:
+            other = name[: -len(small)] + big
+            if other in figures:
+                figures[f"peak_rss_growth_ratio_{name[len('peak_rss_mb_'):-len(small) - 1]}_{small}_to_{big}"] = \
+                    figures[other] / figures[name]
+    if opts.profile:
+        for path in sorted(opts.profile.glob("*.prof")):
+            print_profile(path)
+    support.say(f"whole run {time.monotonic() - started:.0f} s")
+    figures["bench_wall_s"] = time.monotonic() - started
+    for name, value in figures.items():
+        print(f"{name}: {fmt(name, value)}")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == CHILD_FLAG:
+        print(json.dumps(run_sync_child(json.loads(sys.argv[2]))))
+        sys.exit(0)
+    sys.exit(main())
