@@ -6,6 +6,7 @@ overwrite what an incremental sync already brought. Upserting the same page twic
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import or_, update
@@ -39,6 +40,10 @@ def _key(table: type[SQLModel]) -> list[str]:
     return ["connection_id", "resource_type", "fhir_id"] if table is WrittenResource else ["connection_id", "fhir_id"]
 
 
+def _stamp(values: dict[str, Any]) -> datetime:
+    return values.get("last_updated") or datetime.min.replace(tzinfo=UTC)
+
+
 def upsert_page(session: Session, connection_id: int, resource_type: str, rows: list[SQLModel]) -> int:
     """Insert or (if newer or equal) update each row; returns how many rows the page held."""
     if not rows:
@@ -49,7 +54,7 @@ def upsert_page(session: Session, connection_id: int, resource_type: str, rows: 
     for row in rows:  # a page can carry the same resource twice (ties re-read): keep the newest
         values = {**row.model_dump(), "connection_id": connection_id}
         previous = by_key.get(values["fhir_id"])
-        if previous is None or (values.get("last_updated") or 0) >= (previous.get("last_updated") or 0):
+        if previous is None or _stamp(values) >= _stamp(previous):
             by_key[values["fhir_id"]] = values
     values_list = list(by_key.values())
     dialect = session.get_bind().dialect.name

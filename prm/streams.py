@@ -69,14 +69,12 @@ def already_seen(stream: SyncStream, fhir_id: str, last_updated: datetime | None
     return last_updated is not None and last_updated == stream.cursor and fhir_id in stream.cursor_ids
 
 
-def record_success(stream: SyncStream, clock: Clock, pages: int, resources: int, deleted: int) -> None:
+def record_success(stream: SyncStream, clock: Clock) -> None:
+    """A run ended well; the counters already moved with each committed page (workers.sync_pages)."""
     now = clock()
     stream.last_run_at = now
     stream.last_success_at = now
     stream.last_error = None
-    stream.pages += pages
-    stream.resources_synced += resources
-    stream.deleted_synced += deleted
 
 
 def record_error(stream: SyncStream, clock: Clock, error: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from prm import jobs, streams
@@ -20,10 +21,13 @@ SYNC_STREAM = "sync.stream"
 def plan(ctx: WorkerContext, session: Session) -> None:
     """Every enabled connection with a backend client has its streams, and every enabled stream a job."""
     now = ctx.settings.clock()
-    syncing = session.exec(select(Connection.id).where(
-        col(Connection.enabled).is_(True), col(Connection.backend_client_id).is_not(None)))
-    for connection_id in syncing:
-        if connection_id is not None:
+    syncing = session.exec(
+        select(Connection.id, func.count(col(SyncStream.id)))
+        .outerjoin(SyncStream, col(SyncStream.connection_id) == Connection.id)
+        .where(col(Connection.enabled).is_(True), col(Connection.backend_client_id).is_not(None))
+        .group_by(col(Connection.id)))
+    for connection_id, stream_count in syncing:  # the sweeper runs every few seconds: only fill what is missing
+        if connection_id is not None and stream_count < len(streams.SYNC_TYPES):
             streams.ensure(session, connection_id)
     stream_ids = [i for i in session.exec(
         select(SyncStream.id).join(Connection, col(Connection.id) == SyncStream.connection_id).where(

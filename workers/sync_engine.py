@@ -111,7 +111,7 @@ def run_stream(ctx: WorkerContext, stream_id: int, *, time_budget_s: float = 120
             if run.caught_up and fresh.phase == "initial":
                 fresh.phase = "incremental"
                 fresh.initial_done_at = ctx.settings.clock()
-            streams.record_success(fresh, ctx.settings.clock, 0, 0, 0)
+            streams.record_success(fresh, ctx.settings.clock)
             session.add(fresh)
     except Exception as exc:
         with ctx.db.session() as session:

@@ -14,6 +14,7 @@ from pathlib import Path
 from sqlmodel import select
 
 from prm.models import Lease
+from prm.snapshot_models import SyncStream
 from tests.integration.sync_env import sync_env
 from tests.support.ports import free_port
 from tests.support.processes import Process, RedisServer, prm_process, wait_until
@@ -44,9 +45,9 @@ def test_a_killed_lease_holder_and_a_redis_restart_lose_nothing(tmp_path: Path) 
 
             wait_until(lambda: encounter_lease_holder() is not None, 90, interval_s=0.05,
                        what="worker-1 syncing Encounters")
-            killed_holder = encounter_lease_holder()  # a pool process of worker-1, the only worker so far
             time.sleep(0.3)  # mid-page, most likely
-            first.stop(signal.SIGKILL)  # the whole process group: main process and pool (leases stay behind)
+            first.stop(signal.SIGKILL)
+            killed_at = settings.clock()  # the whole process group: main process and pool (leases stay behind)
             second = worker("worker-2").start()
 
             redis.stop()  # and Redis goes away mid-sync too
@@ -57,7 +58,9 @@ def test_a_killed_lease_holder_and_a_redis_restart_lose_nothing(tmp_path: Path) 
                 return all(env.snapshot(t) == env.server(t) for t in TYPES)
 
             wait_until(in_step, 180, interval_s=2, what="the snapshot to equal the server")
-            assert encounter_lease_holder() != killed_holder  # someone else finished the stream
+            with env.ctx.db.session() as session:  # the stream worker-1 held was finished by worker-2
+                encounters = session.exec(select(SyncStream).where(SyncStream.resource_type == "Encounter")).one()
+            assert encounters.last_success_at is not None and encounters.last_success_at > killed_at
         finally:
             for process in (beat, first, second):
                 if process is not None:

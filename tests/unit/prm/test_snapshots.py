@@ -95,3 +95,14 @@ def test_quarantine_keeps_each_bad_version_once(database: Database, settings: Se
         assert streams.quarantine(session, settings.clock, cid, "Encounter", bad, "status: not a code")
         assert not streams.quarantine(session, settings.clock, cid, "Encounter", bad, "status: not a code")
         assert [q.fhir_id for q in streams.quarantined(session, cid)] == ["x"]
+
+
+def test_a_page_with_the_same_resource_twice_keeps_the_newer(database: Database, settings: Settings) -> None:
+    cid = connection_id(database, settings)
+    resource = encounters(1)[0]
+    unstamped = visit_from_encounter({**resource, "meta": {"versionId": "1"}})
+    stamped = visit_from_encounter({**resource, "meta": {"versionId": "2", "lastUpdated": "2026-11-20T12:00:00Z"}})
+    with database.session() as session:
+        assert snapshots.upsert_page(session, cid, "Encounter", [stamped, unstamped]) == 1
+    with database.session() as session:
+        assert snapshots.versions(session, cid, "Encounter") == {(resource["id"], "2")}
