@@ -21,7 +21,9 @@ from connector.capability_rules import (
     RESOURCE_TYPES,
     WITHOUT_WRITE,
     Findings,
+    bundle_support,
     choose_sync,
+    conditional_create,
     export_levels,
     judge_client,
     judge_discovery,
@@ -201,7 +203,8 @@ class _Probe:
 
 def _empty(checked_at: datetime) -> dict[str, Any]:
     return {"checked_at": checked_at.isoformat(), "ok": False, "errors": [], "warnings": [], "discovery": {},
-            "client": {}, "backend": {}, "resources": {}, "writes": {}, "sync": {}, "count_limit": None}
+            "client": {}, "backend": {}, "resources": {}, "writes": {},
+            "bundles": bundle_support(None), "sync": {}, "count_limit": None}
 
 
 def check(http: requests.Session, target: CheckTarget, timeout: float, now: datetime) -> dict[str, Any]:
@@ -266,6 +269,10 @@ def check(http: requests.Session, target: CheckTarget, timeout: float, now: date
                                  if resources[rtype].get("listed") is not None else None, granted)
         for rtype in ("Task", "Communication")
     }
+    for rtype, write in profile["writes"].items():
+        write["conditional_create"] = conditional_create(statement, rtype)
+    # At the top level, not in "writes": readers iterate "writes" as resource type -> result.
+    profile["bundles"] = bundle_support(statement)
     return _finish(profile, findings, started)
 
 

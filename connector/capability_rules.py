@@ -203,6 +203,34 @@ def export_levels(statement: dict[str, Any]) -> dict[str, bool]:
     }
 
 
+def bundle_support(statement: dict[str, Any] | None) -> dict[str, bool | None]:
+    """Batch and transaction Bundles at the base URL, as the statement's system interactions list them
+    (None: no statement was read, so unknown)."""
+    if statement is None:
+        return {"batch": None, "transaction": None}
+    codes = {i.get("code") for i in _rest(statement).get("interaction", [])}
+    return {"batch": "batch" in codes, "transaction": "transaction" in codes}
+
+
+def conditional_create(statement: dict[str, Any] | None, rtype: str) -> bool | None:
+    """Whether the statement says `rtype` takes If-None-Exist (absent means no, per R4). Advertised is not
+    atomic: some EHRs search then create, so parallel creates can still make duplicates."""
+    if statement is None:
+        return None
+    return _resource_entries(statement).get(rtype, {}).get("conditionalCreate") is True
+
+
+def bundle_type_for_writes(profile: dict[str, Any]) -> str | None:
+    """The Bundle type to group writes in, from a stored capability profile: batch (each entry stands alone,
+    so one refused write does not undo the others), else transaction, else None (write one by one)."""
+    bundles = profile.get("bundles") or {}
+    if bundles.get("batch") is True:
+        return "batch"
+    if bundles.get("transaction") is True:
+        return "transaction"
+    return None
+
+
 # ---------------- probe results ----------------
 
 def page_size_limit(bundle: dict[str, Any], requested: int) -> int:

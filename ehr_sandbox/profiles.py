@@ -19,6 +19,8 @@ class Profile:
     refused_writes: frozenset[str] = field(default_factory=frozenset)  # resource types whose create/update -> 403
     id_token_fault: str | None = None  # expired | wrong-aud | bad-signature | wrong-issuer: a broken id_token
     history: bool = True  # _history interactions (404 and left out of the CapabilityStatement when False)
+    # If-None-Exist done non-atomically, as racing EHRs do: search, wait this many seconds, then create blindly
+    conditional_create_race_s: float | None = None
 
 
 PROFILES: dict[str, Profile] = {p.name: p for p in [
@@ -40,6 +42,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
             id_token_fault="bad-signature"),
     Profile("id-token-wrong-issuer", "id_tokens claiming another issuer", id_token_fault="wrong-issuer"),
     Profile("no-history", "No _history interactions: the sync must find changes by _lastUpdated", history=False),
+    Profile("racy-conditional-create", "If-None-Exist is a search, a pause and a blind create: parallel conditional "
+            "creates make duplicates, then every one for that identifier is 412", conditional_create_race_s=0.3),
 ]}
 
 

@@ -7,7 +7,8 @@ from typing import Any
 import requests
 from flask import Blueprint, Response, request
 
-from .access import Denied, check, classify, patient_refs
+from . import racy
+from .access import Denied, Interaction, check, classify, patient_refs
 from .authz import SmartAuth
 
 REQUEST_HEADERS = ("Content-Type", "Accept", "Prefer", "If-None-Exist", "If-Match", "If-None-Match",
@@ -53,15 +54,29 @@ def build_blueprint(smart: SmartAuth) -> Blueprint:
     upstream = smart.config.fhir_internal_url
     http = requests.Session()
 
-    def forward(path: str, args: list[tuple[str, str]]) -> requests.Response:
-        headers = {h: request.headers[h] for h in REQUEST_HEADERS if h in request.headers}
+    def forward(path: str, args: list[tuple[str, str]], data: bytes | None = None,
+                drop: tuple[str, ...] = ()) -> requests.Response:
+        headers = {h: request.headers[h] for h in REQUEST_HEADERS if h in request.headers and h not in drop}
         url = f"{upstream}/{path}" if path else upstream
-        return http.request(request.method, url, params=args, data=request.get_data(), headers=headers,
-                            timeout=300, allow_redirects=False)
+        return http.request(request.method, url, params=args, data=request.get_data() if data is None else data,
+                            headers=headers, timeout=300, allow_redirects=False)
 
     def relay(resp: requests.Response, content: bytes | None = None) -> Response:
         headers = {h: resp.headers[h] for h in RESPONSE_HEADERS if h in resp.headers}
         return Response(resp.content if content is None else content, status=resp.status_code, headers=headers)
+
+    def racing_create(path: str, args: list[tuple[str, str]], inter: Interaction, seconds: float) -> Response:
+        """If-None-Exist as a racing EHR does it: search, pause, then create without the condition."""
+        found = racy.find(http, upstream, str(inter.rtype), request.headers["If-None-Exist"])
+        if isinstance(found, requests.Response):
+            return relay(found)
+        racy.pause(seconds)
+        if found.count == 0:
+            return relay(forward(path, args, drop=("If-None-Exist",)))
+        if found.count == 1 and found.first is not None:
+            reply = racy.existing(found.first, request.headers.get("Prefer"))
+            return Response(reply.body, status=reply.status, headers=reply.headers)
+        return outcome(412, "multiple-matches", racy.multiple(found.count))
 
     @bp.route("/fhir/metadata", methods=["GET", "HEAD"])
     def metadata() -> Response:
@@ -86,6 +101,14 @@ def build_blueprint(smart: SmartAuth) -> Blueprint:
             inter = check(token.scope, patient, smart.profile, inter, args, request.get_data())
         except Denied as denied:
             return outcome(denied.status, denied.code, denied.message)
+        race = smart.profile.conditional_create_race_s
+        if race is not None and request.method == "POST":
+            if inter.kind == "create" and racy.criteria(request.headers.get("If-None-Exist")):
+                return racing_create(path, args, inter, race)
+            if inter.kind == "transaction":
+                loosened = racy.loosen_bundle(http, upstream, request.get_data(), race)
+                if loosened is not None:
+                    return relay(forward(path, args, data=loosened))
         resp = forward(path, args + inter.extra_params)
         if inter.check_result_patient and resp.status_code == 200:
             try:

@@ -8,10 +8,10 @@ from fhir.resources.R4B import communication as fhir_communication
 from fhir.resources.R4B import task as fhir_task
 
 from fhir_mappings.common import check_r4, meta
+from prm.outbox import IDENTIFIER_SYSTEM
 from prm.snapshot_models import WrittenResourceCreate
 
-# Our business identifier system on every resource fhir-prm writes (the basis of exactly-once).
-IDENTIFIER_SYSTEM = "https://fhir-prm.org/fhir/sid/business-key"
+__all__ = ["IDENTIFIER_SYSTEM", "written_from_resource"]
 
 
 def written_from_resource(resource: dict[str, Any]) -> WrittenResourceCreate:

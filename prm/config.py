@@ -37,6 +37,10 @@ class Settings:
     admin_idle_minutes: float = 30.0
     admin_absolute_hours: float = 12.0
     sync_page_size: int = 500
+    writeback_batch_size: int = 50  # outbox rows per claim, and entries per batch/transaction Bundle
+    writeback_bundle: str = "auto"  # auto (from the capability profile) | batch | transaction | none
+    writeback_max_attempts: int = 8  # then the row is dead, for IT to retry or discard
+    writeback_fallbacks: str = "Task:Communication"  # what to write when the EHR refuses a type (a:b, ...)
     clock: Clock = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -69,6 +73,22 @@ def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {raw!r}")
     return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(name, default).strip().lower()
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def _fallbacks(raw: str) -> str:
+    """`Task:Communication` means "where Task writes are refused, write a Communication"; empty: no fallback."""
+    for pair in filter(None, (p.strip() for p in raw.split(","))):
+        wanted, _, instead = pair.partition(":")
+        if not (wanted.isalpha() and instead.isalpha() and wanted[:1].isupper() and instead[:1].isupper()):
+            raise ConfigError(f"PRM_WRITEBACK_FALLBACKS must look like Task:Communication, got {pair!r}")
+    return raw.strip()
 
 
 def _fernet_keys(raw: str) -> tuple[str, ...]:
@@ -126,6 +146,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         admin_idle_minutes=_number(env, "PRM_ADMIN_IDLE_MINUTES", 30.0, 1.0),
         admin_absolute_hours=_admin_absolute_hours(env),
         sync_page_size=int(_number(env, "PRM_SYNC_PAGE_SIZE", 500, 10)),
+        writeback_batch_size=int(_number(env, "PRM_WRITEBACK_BATCH_SIZE", 50, 1)),
+        writeback_bundle=_choice(env, "PRM_WRITEBACK_BUNDLE", "auto", ("auto", "batch", "transaction", "none")),
+        writeback_max_attempts=int(_number(env, "PRM_WRITEBACK_MAX_ATTEMPTS", 8, 1)),
+        writeback_fallbacks=_fallbacks(env.get("PRM_WRITEBACK_FALLBACKS", "Task:Communication")),
     )
 
 

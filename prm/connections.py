@@ -16,6 +16,7 @@ from sqlmodel import Session, select
 from prm.clock import Clock
 from prm.crypto import SecretBox
 from prm.errors import NotFoundError, ValidationError
+from prm.followup_models import TICKET_REASONS
 from prm.models import Connection
 from prm.permissions import parse_role
 
@@ -55,6 +56,20 @@ class ConnectionSpec:
     backend_auth: str | None = None
     backend_client_secret: str | None = None
     backend_scopes: str = DEFAULT_BACKEND_SCOPES
+    # care ticket owner by reason, and "default" ({"negative-feedback": "PractitionerRole/x"})
+    ticket_routing: dict[str, str] = field(default_factory=dict)
+
+
+def _routing(routes: dict[str, str]) -> dict[str, str]:
+    for reason, owner in routes.items():
+        if reason != "default" and reason not in TICKET_REASONS:
+            raise ValidationError(f"ticket route for unknown reason {reason!r} (one of default, "
+                                  f"{', '.join(TICKET_REASONS)})")
+        if not re.match(r"^(Practitioner|PractitionerRole|Organization|CareTeam|HealthcareService)/"
+                        r"[A-Za-z0-9\-.]{1,64}$", owner):
+            raise ValidationError(f"ticket owner must be a Practitioner, PractitionerRole, Organization, CareTeam "
+                                  f"or HealthcareService reference, got {owner!r}")
+    return dict(routes)
 
 
 def _clinic(value: dict[str, str]) -> dict[str, str]:
@@ -117,6 +132,7 @@ def validate(spec: ConnectionSpec) -> ConnectionSpec:
         backend_auth=spec.backend_auth,
         backend_client_secret=spec.backend_client_secret,
         backend_scopes=" ".join(spec.backend_scopes.split()),
+        ticket_routing=_routing(spec.ticket_routing),
     )
 
 
@@ -160,6 +176,7 @@ def upsert(session: Session, clock: Clock, box: SecretBox, spec: ConnectionSpec)
         box, spec.backend_auth, spec.backend_client_secret, row.backend_client_secret_enc,
         "backend auth 'client_secret' needs a backend client secret")
     row.backend_scopes = spec.backend_scopes
+    row.ticket_routing = dict(spec.ticket_routing)
     row.updated_at = now
     session.add(row)
     session.flush()

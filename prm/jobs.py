@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, func, or_, update
 from sqlmodel import Session, col, select
 
 from prm.db import insert_ignore
 from prm.models import Job
 
 HEALTH_CHECK = "connection.health"
+WRITEBACK_DRAIN = "writeback.drain"
 
 
 def plan(session: Session, kind: str, subject_id: int, due_at: datetime) -> bool:
@@ -37,6 +38,35 @@ def ensure_planned(session: Session, kind: str, subject_ids: list[int], now: dat
         if subject_id not in open_subjects and plan(session, kind, subject_id, now):
             planned += 1
     return planned
+
+
+def wake(session: Session, kind: str, subject_id: int, now: datetime) -> int | None:
+    """Make the subject's open job of `kind` due now (planning one if it has none); returns the pending job's id.
+
+    A running job is left alone (it returns None): whatever it misses, its next run or the sweeper picks up.
+    """
+    open_jobs = list(session.exec(select(Job).where(Job.kind == kind, Job.subject_id == subject_id,
+                                                    col(Job.status).in_(("pending", "running")))))
+    if any(job.status == "running" for job in open_jobs):
+        return None
+    for job in open_jobs:
+        if job.due_at is not None and job.due_at > now:
+            job.due_at, job.enqueued_at = now, None
+            session.add(job)
+        return job.id
+    return plan_unique(session, kind, subject_id, now)
+
+
+def plan_unique(session: Session, kind: str, subject_id: int, due_at: datetime) -> int | None:
+    """Plan a new slot at `due_at`, or just after the subject's latest slot when that instant is taken
+    (a frozen clock, or two wake-ups in one microsecond); returns its id."""
+    latest = session.exec(select(func.max(Job.due_at)).where(Job.kind == kind, Job.subject_id == subject_id)).one()
+    if latest is not None and latest >= due_at:
+        due_at = latest + timedelta(milliseconds=1)
+    plan(session, kind, subject_id, due_at)
+    session.flush()
+    return session.exec(select(Job.id).where(Job.kind == kind, Job.subject_id == subject_id,
+                                             Job.due_at == due_at)).first()
 
 
 def due(session: Session, now: datetime, resend_after_s: float, limit: int = 500) -> list[Job]:

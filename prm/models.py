@@ -48,6 +48,8 @@ class Connection(ConnectionBase, table=True):
     backend_auth: str | None = Field(default=None, max_length=30)  # private_key_jwt | client_secret
     backend_client_secret_enc: str | None = Field(default=None, max_length=2000)
     backend_scopes: str = Field(default="", max_length=2000)
+    # care ticket owner by reason ({"negative-feedback": "PractitionerRole/x", "default": "Organization/y"})
+    ticket_routing: dict[str, str] = _json({})
     capability_profile: dict[str, Any] = _json({})
     capability_checked_at: datetime | None = _dt()
     health_status: str = Field(default="unknown", max_length=20)
@@ -123,12 +125,22 @@ class OutboxRow(SQLModel, table=True):
     identifier_system: str = Field(max_length=300)
     identifier_value: str = Field(max_length=300)
     source: str = Field(max_length=100)  # the domain item it mirrors, e.g. care_ticket:12
-    status: str = Field(default="pending", max_length=20)  # pending | in_flight | done | failed | dead
+    # pending | in_flight | done | kept (stays in fhir-prm: the EHR refuses every fallback) | dead | discarded
+    status: str = Field(default="pending", max_length=20)
     attempts: int = 0
     due_at: datetime | None = _dt(nullable=False)
     last_error: str | None = Field(default=None, max_length=2000)
     fhir_id: str | None = Field(default=None, max_length=100)
     version_id: str | None = Field(default=None, max_length=100)
+    # The domain item's edits bump `revision`; the drain writes until `sent_revision` catches up.
+    revision: int = 1
+    sent_revision: int = 0
+    written_type: str | None = Field(default=None, max_length=60)  # what was written (a fallback may differ)
+    degraded_reason: str | None = Field(default=None, max_length=500)  # why a fallback type or "kept"
+    claimed_by: str | None = Field(default=None, max_length=200)  # the drain holding it: never in flight twice
+    claim_until: datetime | None = _dt()
+    outcome_unknown: bool = False  # a write was sent and its answer lost: search by identifier first
+    duplicates: list[str] = _json([])  # ids of extra copies found on the EHR and marked entered-in-error
     created_at: datetime | None = _dt(nullable=False)
     updated_at: datetime | None = _dt(nullable=False)
 

@@ -23,17 +23,21 @@ class Action(StrEnum):
     VIEW_CONNECTIONS = "connection.view"
     MANAGE_CONNECTIONS = "connection.manage"
     VIEW_AUDIT = "audit.view"
+    OPEN_CARE_TICKET = "care_ticket.open"
+    RECORD_OUTREACH = "outreach.record"
+    MANAGE_OUTBOX = "outbox.manage"  # retry or discard writes the EHR did not take
 
 
+_FOLLOW_UP = {Action.OPEN_CARE_TICKET, Action.RECORD_OUTREACH}
 PERMISSIONS: dict[Role, frozenset[Action]] = {
-    Role.FRONT_DESK: frozenset({Action.VIEW_PATIENT, Action.END_OWN_SESSION}),
-    Role.CLINICIAN: frozenset({Action.VIEW_PATIENT, Action.END_OWN_SESSION}),
+    Role.FRONT_DESK: frozenset({Action.VIEW_PATIENT, Action.END_OWN_SESSION, *_FOLLOW_UP}),
+    Role.CLINICIAN: frozenset({Action.VIEW_PATIENT, Action.END_OWN_SESSION, *_FOLLOW_UP}),
     Role.PRACTICE_MANAGER: frozenset(
-        {Action.VIEW_PATIENT, Action.END_OWN_SESSION, Action.VIEW_CONNECTIONS, Action.VIEW_AUDIT}
+        {Action.VIEW_PATIENT, Action.END_OWN_SESSION, Action.VIEW_CONNECTIONS, Action.VIEW_AUDIT, *_FOLLOW_UP}
     ),
     Role.IT_ADMIN: frozenset(
         {Action.VIEW_PATIENT, Action.END_OWN_SESSION, Action.VIEW_CONNECTIONS, Action.MANAGE_CONNECTIONS,
-         Action.VIEW_AUDIT}
+         Action.VIEW_AUDIT, Action.MANAGE_OUTBOX}
     ),
 }
 

@@ -1,7 +1,8 @@
 """The connection form's text fields <-> ConnectionSpec, so the page feeds the same validation as the CLI.
 
-Lists are one item a line (frame origins; `KEY=ROLE` role mappings; `Organization/id | name | zone`
-clinics). Secrets are never echoed back into a form: an empty secret field means "keep the stored one".
+Lists are one item a line (frame origins; `KEY=ROLE` role mappings; `REASON=OWNER` ticket routes;
+`Organization/id | name | zone` clinics). Secrets are never echoed back into a form: an empty secret field
+means "keep the stored one".
 """
 
 from __future__ import annotations
@@ -16,24 +17,24 @@ from prm.models import Connection
 
 SECRET_FIELDS = ("client_secret", "backend_client_secret")
 TEXT_FIELDS = ("name", "iss", "client_id", "client_auth", "scopes", "frame_origins", "role_mapping", "default_role",
-               "clinics", "signing_alg", "backend_client_id", "backend_auth", "backend_scopes")
+               "clinics", "signing_alg", "backend_client_id", "backend_auth", "backend_scopes", "ticket_routing")
 # What an update audit record names when it changed (values are never written to the audit).
 AUDITED_COLUMNS = ("iss", "client_id", "client_auth", "client_secret_enc", "scopes", "frame_origins", "role_mapping",
                    "default_role", "enabled", "clinics", "signing_alg", "backend_client_id", "backend_auth",
-                   "backend_client_secret_enc", "backend_scopes")
+                   "backend_client_secret_enc", "backend_scopes", "ticket_routing")
 
 
 def _lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _role_mapping(text: str) -> dict[str, str]:
+def _key_values(text: str, what: str, example: str) -> dict[str, str]:
     mapping: dict[str, str] = {}
     for line in _lines(text):
-        key, sep, role = line.partition("=")
-        if not sep or not key.strip() or not role.strip():
-            raise ValidationError(f"role mapping lines are KEY=ROLE (e.g. Practitioner=clinician), got {line!r}")
-        mapping[key.strip()] = role.strip()
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValidationError(f"{what} lines are {example}, got {line!r}")
+        mapping[key.strip()] = value.strip()
     return mapping
 
 
@@ -59,7 +60,8 @@ def spec_from_form(form: MultiDict[str, str], *, name: str | None = None,
         client_secret=form.get("client_secret") or None,
         scopes=form.get("scopes", ""),
         frame_origins=tuple(_lines(form.get("frame_origins", ""))),
-        role_mapping=_role_mapping(form.get("role_mapping", "")),
+        role_mapping=_key_values(form.get("role_mapping", ""), "role mapping",
+                                 "KEY=ROLE (e.g. Practitioner=clinician)"),
         default_role=form.get("default_role", "clinician"),
         enabled=enabled if enabled is not None else form.get("enabled") == "on",
         clinics=_clinics(form.get("clinics", "")),
@@ -68,6 +70,8 @@ def spec_from_form(form: MultiDict[str, str], *, name: str | None = None,
         backend_auth=backend_auth,
         backend_client_secret=form.get("backend_client_secret") or None,
         backend_scopes=form.get("backend_scopes", ""),
+        ticket_routing=_key_values(form.get("ticket_routing", ""), "ticket routing",
+                                   "REASON=OWNER (e.g. default=Organization/org-1)"),
     )
 
 
@@ -92,6 +96,7 @@ def values_from_row(row: Connection) -> dict[str, Any]:
         "clinics": "\n".join(f"{c['organization']} | {c.get('name', '')} | {c['timezone']}" for c in row.clinics),
         "signing_alg": row.signing_alg, "backend_client_id": row.backend_client_id or "",
         "backend_auth": row.backend_auth or "", "backend_scopes": row.backend_scopes,
+        "ticket_routing": "\n".join(f"{reason}={owner}" for reason, owner in row.ticket_routing.items()),
     }
 
 

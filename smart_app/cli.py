@@ -18,6 +18,7 @@ from prm.errors import PrmError, ValidationError
 from prm.migrate import upgrade
 from prm.reseal import reseal_all
 from smart_app.cli_sync import sync as sync_commands
+from smart_app.cli_writeback import outbox_group, outreach_group, ticket
 
 
 def _settings() -> Settings:
@@ -96,12 +97,13 @@ def connection() -> None:
     pass
 
 
-def _pairs(values: tuple[str, ...]) -> dict[str, str]:
+def _pairs(values: tuple[str, ...], option: str = "--role-map", example: str = "Practitioner=clinician"
+           ) -> dict[str, str]:
     out: dict[str, str] = {}
     for value in values:
         key, sep, role = value.partition("=")
         if not sep or not key or not role:
-            raise ValidationError(f"--role-map takes KEY=ROLE (e.g. Practitioner=clinician), got {value!r}")
+            raise ValidationError(f"{option} takes KEY=VALUE (e.g. {example}), got {value!r}")
         out[key] = role
     return out
 
@@ -137,12 +139,14 @@ def _clinics(values: tuple[str, ...]) -> tuple[dict[str, str], ...]:
 @click.option("--backend-client-secret", envvar="PRM_NEW_BACKEND_CLIENT_SECRET", default=None,
               help="For backend client_secret auth; better set PRM_NEW_BACKEND_CLIENT_SECRET.")
 @click.option("--backend-scopes", default=connections.DEFAULT_BACKEND_SCOPES, show_default=True)
+@click.option("--ticket-route", "ticket_routes", multiple=True,
+              help="REASON=OWNER: who gets care tickets for a reason (or `default`), e.g. default=Organization/x.")
 @click.option("--disabled", is_flag=True, default=False)
 def connection_add(name: str, iss: str, client_id: str, client_auth: str, client_secret: str | None, scopes: str,
                    frame_origins: tuple[str, ...], role_map: tuple[str, ...], default_role: str,
                    clinics: tuple[str, ...], signing_alg: str, backend_client_id: str | None,
                    backend_auth: str | None, backend_client_secret: str | None, backend_scopes: str,
-                   disabled: bool) -> None:
+                   ticket_routes: tuple[str, ...], disabled: bool) -> None:
     settings = _settings()
     if backend_client_id and backend_auth is None:
         backend_auth = "private_key_jwt"
@@ -152,6 +156,7 @@ def connection_add(name: str, iss: str, client_id: str, client_auth: str, client
         enabled=not disabled, clinics=_clinics(clinics), signing_alg=signing_alg,
         backend_client_id=backend_client_id, backend_auth=backend_auth,
         backend_client_secret=backend_client_secret, backend_scopes=backend_scopes,
+        ticket_routing=_pairs(ticket_routes, "--ticket-route", "default=Organization/org-1"),
     )
     box = SecretBox(settings.encryption_keys)
     with _db().session() as session:
@@ -300,6 +305,9 @@ def admin_add(username: str, role: str) -> None:
 
 
 cli.add_command(sync_commands)
+cli.add_command(ticket)
+cli.add_command(outreach_group, name="outreach")
+cli.add_command(outbox_group)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
-from flask import abort, g, redirect, render_template, request, url_for
+from flask import abort, g, jsonify, redirect, render_template, request, url_for
 
 from prm import admin_sessions, audit, launches
 from prm.admin_sessions import AdminPrincipal, SessionPolicy
@@ -38,8 +38,11 @@ def relaunch_page() -> tuple[str, int]:
                            advice="Open fhir-prm again from the patient's chart.", reason="session_expired"), 401
 
 
-def requires(action: Action) -> Callable[[F], F]:
-    """Load the active launch named by the URL's `handle` and demand `action` of its role."""
+def requires(action: Action, *, api: bool = False) -> Callable[[F], F]:
+    """Load the active launch named by the URL's `handle` and demand `action` of its role.
+
+    With `api`, refusals are JSON (`{"error": ...}`) for the sidebar's scripts instead of pages.
+    """
 
     def decorate(view: F) -> F:
         @wraps(view)
@@ -51,6 +54,8 @@ def requires(action: Action) -> Callable[[F], F]:
                 if launch is None:
                     abort(404)
             if launch.status != "active":  # ended, refused a refresh, or never completed
+                if api:
+                    return jsonify(error="session_ended", message="Open fhir-prm again from the chart."), 401
                 return relaunch_page()
             with ctx.db.session() as session:
                 if not allows(launch.role or "", action):
@@ -61,6 +66,8 @@ def requires(action: Action) -> Callable[[F], F]:
                     denied = False
             g.launch = launch
             g.actor = actor_for(launch)
+            if denied and api:
+                return jsonify(error="forbidden", message=f"role {launch.role!r} may not {action.value!r}"), 403
             if denied:
                 return render_template("denied.html", action=action.value, role=launch.role, handle=handle), 403
             return view(*args, **kwargs)

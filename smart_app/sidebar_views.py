@@ -14,6 +14,7 @@ from prm.models import Launch
 from prm.patients import PatientHeader
 from prm.permissions import Action
 from smart_app import csrf
+from smart_app.api_views import api_token
 from smart_app.context import prm
 from smart_app.guard import relaunch_page, requires
 from smart_app.launch_tokens import call_with_token
@@ -53,7 +54,8 @@ def home(handle: str) -> str | tuple[str, int]:
         return relaunch_page()
     return render_template("sidebar.html", handle=handle, patient=header, problem=problem,
                            banner=bool(launch.context.get("need_patient_banner")),
-                           end_token=csrf.issue(ctx.settings.secret_key, handle, END_SESSION))
+                           end_token=csrf.issue(ctx.settings.secret_key, handle, END_SESSION),
+                           api_token=api_token(handle))
 
 
 @bp.post("/end")

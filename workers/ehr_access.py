@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from connector.bulk import BulkExport
 from connector.fhir_reader import FhirReader
+from connector.fhir_writer import FhirWriter
 from connector.http import make_session
 from connector.polite import PoliteClient
 from prm.errors import ValidationError
@@ -26,6 +27,7 @@ class EhrAccess:
     connection_id: int
     reader: FhirReader
     bulk: BulkExport
+    writer: FhirWriter
     client_name: str
 
 
@@ -40,12 +42,12 @@ def polite_client(ctx: WorkerContext, connection_id: int) -> PoliteClient:
 
 
 def access_for(ctx: WorkerContext, row: Connection) -> EhrAccess:
-    """Everything a sync needs to read this EHR without a user."""
+    """Everything a sync or a write-back drain needs to reach this EHR without a user."""
     config = ctx.discovery.get(ctx.http, row.iss, ctx.settings.http_timeout_s)
     with ctx.db.session() as session:
         creds = backend_credentials(session, ctx.box, row, config.token_endpoint)
     if creds is None:
-        raise ValidationError(f"connection {row.name!r} has no backend-services client: the sync cannot run")
+        raise ValidationError(f"connection {row.name!r} has no backend-services client: sync and write-back cannot run")
     scope = row.backend_scopes
     timeout = ctx.settings.http_timeout_s
 
@@ -57,4 +59,5 @@ def access_for(ctx: WorkerContext, row: Connection) -> EhrAccess:
 
     client = polite_client(ctx, row.id or 0)
     return EhrAccess(connection_id=row.id or 0, reader=FhirReader(row.iss, client, token, reauthenticate),
-                     bulk=BulkExport(row.iss, client, token, reauthenticate), client_name=creds.client_id)
+                     bulk=BulkExport(row.iss, client, token, reauthenticate),
+                     writer=FhirWriter(row.iss, client, token, reauthenticate), client_name=creds.client_id)

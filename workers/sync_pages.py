@@ -26,6 +26,7 @@ from prm import audit, snapshots, streams
 from prm.errors import ValidationError
 from prm.snapshot_models import SyncStream
 from workers.runtime import WorkerContext
+from workers.writeback_status import follow_written
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ def commit_page(ctx: WorkerContext, stream_id: int, resources: list[dict[str, An
                     result.quarantined += 1
             instants.append((str(resource.get("id")), stamp))
         result.stored = snapshots.upsert_page(session, stream.connection_id, stream.resource_type, rows)
+        if stream.resource_type in ("Task", "Communication"):  # status back: the PRM item follows the EHR
+            follow_written(session, ctx.settings.clock, stream.connection_id, resources)
         result.deleted = snapshots.mark_deleted(session, stream.connection_id, stream.resource_type,
                                                 deleted_ids or [])
         if move_cursor:

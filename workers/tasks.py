@@ -9,7 +9,7 @@ from celery import shared_task
 
 from prm import jobs
 from prm.models import Job
-from workers import sync
+from workers import sync, writeback
 from workers.health_checks import check_connection
 from workers.runtime import WorkerContext, context
 from workers.sweeper import sweep
@@ -20,6 +20,7 @@ MAX_JOB_ATTEMPTS = 8
 HANDLERS: dict[str, Callable[[WorkerContext, Job], None]] = {
     jobs.HEALTH_CHECK: check_connection,
     sync.SYNC_STREAM: sync.sync_stream,
+    writeback.WRITEBACK_DRAIN: writeback.drain,
 }
 
 

@@ -7,6 +7,7 @@ from sqlalchemy import Connection, create_engine, pool
 from sqlmodel import SQLModel
 
 # Importing the model modules registers their tables on the metadata autogenerate compares against.
+import prm.followup_models
 import prm.models
 import prm.snapshot_models  # noqa: F401
 from prm.db import normalise_url

@@ -87,3 +87,20 @@ def test_two_frames_two_patients_stay_apart(browser: Browser, live_app: LiveApp,
     assert first.frame_locator("#prm-sidebar").locator("#patient").get_attribute("data-patient-id") == "pat-000001"
     assert second.frame_locator("#prm-sidebar").locator("#patient").get_attribute("data-patient-id") == "pat-000007"
     context.close()
+
+
+def test_a_care_ticket_opened_from_the_sidebar_iframe(page: Page, live_app: LiveApp, sandbox: SandboxStack) -> None:
+    """The sidebar's quick action calls the JSON API with its handle and CSRF header, cross-site, cookieless."""
+    page.goto(sandbox.chart_url("pat-000011"))
+    frame = page.frame_locator("#prm-sidebar")
+    frame.locator("#patient-name").wait_for(timeout=20_000)
+    frame.locator("#ticket-list").get_by_text("No open care tickets.").wait_for(timeout=20_000)
+    frame.locator("#ticket-reason").select_option("recall-call")
+    frame.locator("#ticket-description").fill("Phone to book the overdue six-month recall")
+    frame.locator("#ticket-urgent").check()
+    frame.locator("#ticket-open").click()
+    item = frame.locator("#ticket-list li.ticket")
+    item.wait_for(timeout=20_000)
+    assert item.inner_text().startswith("URGENT · Phone to book the overdue six-month recall")
+    assert "Task" in frame.locator("#ticket-message").inner_text()
+    assert page.context.cookies(live_app.url) == []

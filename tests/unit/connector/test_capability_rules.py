@@ -7,7 +7,10 @@ from typing import Any
 from connector.capability_rules import (
     NO_SCOPES_SUPPORTED,
     Findings,
+    bundle_support,
+    bundle_type_for_writes,
     choose_sync,
+    conditional_create,
     export_levels,
     judge_client,
     judge_discovery,
@@ -141,6 +144,35 @@ def test_export_levels_come_from_the_operations() -> None:
     assert export_levels(doc) == {"system": True, "group": True, "patient": False}
     doc["rest"][0]["operation"] = []
     assert export_levels(doc)["system"] is False
+
+
+def test_bundle_support_comes_from_the_system_interactions() -> None:
+    doc = statement()
+    assert bundle_support(doc) == {"batch": False, "transaction": False}
+    doc["rest"][0]["interaction"] = [{"code": "transaction"}, {"code": "history-system"}]
+    assert bundle_support(doc) == {"batch": False, "transaction": True}
+    doc["rest"][0]["interaction"].append({"code": "batch"})
+    assert bundle_support(doc) == {"batch": True, "transaction": True}
+    client_side = {"rest": [{"mode": "client", "interaction": [{"code": "batch"}]}]}
+    assert bundle_support(client_side) == {"batch": False, "transaction": False}
+    assert bundle_support(None) == {"batch": None, "transaction": None}
+
+
+def test_conditional_create_per_type() -> None:
+    doc = statement(Task={**full_resource("create"), "conditionalCreate": True},
+                    Communication=full_resource("create"))
+    assert conditional_create(doc, "Task") is True
+    assert conditional_create(doc, "Communication") is False  # absent means not supported
+    assert conditional_create(doc, "Appointment") is False  # not listed at all
+    assert conditional_create(None, "Task") is None
+
+
+def test_bundle_type_for_writes_prefers_batch() -> None:
+    assert bundle_type_for_writes({"bundles": {"batch": True, "transaction": True}}) == "batch"
+    assert bundle_type_for_writes({"bundles": {"batch": False, "transaction": True}}) == "transaction"
+    assert bundle_type_for_writes({"bundles": {"batch": False, "transaction": False}}) is None
+    assert bundle_type_for_writes({"bundles": {"batch": None, "transaction": None}}) is None
+    assert bundle_type_for_writes({"writes": {}}) is None  # a profile stored before bundles were checked
 
 
 def test_page_size_limit() -> None:

@@ -35,6 +35,9 @@ def test_defaults_are_the_embedded_sqlite_file_and_no_redis(tmp_path: Path) -> N
         ({"PRM_HEALTH_CHECK_INTERVAL_S": "0"}, "PRM_HEALTH_CHECK_INTERVAL_S"),
         ({"PRM_NOW": "2026-11-20T12:00:00"}, "time zone"),
         ({"PRM_NOW": "yesterday"}, "ISO 8601"),
+        ({"PRM_WRITEBACK_BUNDLE": "zip"}, "PRM_WRITEBACK_BUNDLE"),
+        ({"PRM_WRITEBACK_BATCH_SIZE": "0"}, "PRM_WRITEBACK_BATCH_SIZE"),
+        ({"PRM_WRITEBACK_FALLBACKS": "Task->Communication"}, "PRM_WRITEBACK_FALLBACKS"),
     ],
 )
 def test_a_bad_setting_is_named(env: dict[str, str], named: str) -> None:

@@ -8,14 +8,14 @@ import pytest
 from sqlalchemy import inspect
 from sqlmodel import select
 
-from prm import audit, connections, jobs, launches, leases, outbox
+from prm import audit, connections, jobs, launches, leases
 from prm.audit import Actor
 from prm.config import Settings
 from prm.crypto import SecretBox
 from prm.db import Database, enqueue_after_commit
 from prm.errors import LaunchError, ValidationError
 from prm.migrate import pending_revisions, upgrade
-from prm.models import AuditRecord, Connection, Job, OutboxRow
+from prm.models import AuditRecord, Connection, Job
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 
@@ -189,22 +189,6 @@ def test_leases_are_exclusive_until_they_lapse(database: Database) -> None:
         leases.release(session, "scheduler", "b")
     with database.session() as session:
         assert leases.acquire(session, "scheduler", "a", NOW, 30)
-
-
-def test_outbox_rows_are_idempotent_by_business_identifier(database: Database, settings: Settings) -> None:
-    connection = add_connection(database, settings)
-    key = {"connection_id": connection.id or 0, "resource_type": "Task",
-           "identifier_system": "https://fhir-prm.org/sid/care-ticket", "identifier_value": "ct-1",
-           "source": "care_ticket:1"}
-    with database.session() as session:
-        first = outbox.add(session, settings.clock, **key)  # type: ignore[arg-type]
-        again = outbox.add(session, settings.clock, **key)  # type: ignore[arg-type]
-        assert first.id == again.id and first.status == "pending"
-        assert [r.id for r in outbox.pending(session, settings.clock)] == [first.id]
-    with database.session() as session:
-        assert len(list(session.exec(select(OutboxRow)))) == 1
-    with pytest.raises(ValidationError), database.session() as session:
-        outbox.add(session, settings.clock, **(key | {"resource_type": "task"}))  # type: ignore[arg-type]
 
 
 def test_audit_rows_are_committed_with_the_action_or_not_at_all(database: Database, settings: Settings) -> None:

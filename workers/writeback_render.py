@@ -1,0 +1,99 @@
+"""From an outbox row to the FHIR resource to write: find the PRM item it mirrors, pick the type the EHR takes,
+and map it. Also the merge after a 412: the EHR's current copy, with the fields we own laid over it."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlmodel import Session, SQLModel
+
+from fhir_mappings.communication import outreach_message_to_communication
+from fhir_mappings.task import care_ticket_status_from_task, care_ticket_to_communication, care_ticket_to_task
+from prm import care_tickets
+from prm.clock import Clock
+from prm.errors import ValidationError
+from prm.followup_models import CareTicket, OutreachMessage
+from prm.models import OutboxRow
+
+MAPPERS: dict[tuple[str, str], Callable[[Any], dict[str, Any]]] = {
+    ("care_ticket", "Task"): care_ticket_to_task,
+    ("care_ticket", "Communication"): care_ticket_to_communication,
+    ("outreach_message", "Communication"): outreach_message_to_communication,
+}
+ITEMS: dict[str, type[SQLModel]] = {"care_ticket": CareTicket, "outreach_message": OutreachMessage}
+# Fields the EHR may add or change that we never render, so a merge must keep them.
+EHR_OWNED = ("meta", "id", "text", "note", "output", "input", "partOf", "executionPeriod", "extension")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What one row will write: the type, the resource (with id for an update) and the revision it carries."""
+
+    row_id: int
+    resource_type: str
+    resource: dict[str, Any]
+    revision: int
+    identifier_value: str
+
+
+def fallback_chain(preferred: str, fallbacks: str) -> list[str]:
+    """`Task` with `Task:Communication` -> [Task, Communication]: what to try, in order."""
+    pairs = dict(p.strip().split(":", 1) for p in fallbacks.split(",") if ":" in p)
+    chain = [preferred]
+    while chain[-1] in pairs and pairs[chain[-1]] not in chain:
+        chain.append(pairs[chain[-1]])
+    return chain
+
+
+def refused_by_profile(profile: dict[str, Any], resource_type: str) -> str | None:
+    """The capability check's reason this EHR takes no writes of `resource_type`, if it found one."""
+    verdict = (profile.get("writes") or {}).get(resource_type)
+    if isinstance(verdict, dict) and verdict.get("ok") is False:
+        return str(verdict.get("reason") or f"{resource_type} writes are refused")
+    return None
+
+
+def item_of(session: Session, row: OutboxRow) -> SQLModel:
+    kind, _, raw_id = row.source.partition(":")
+    model = ITEMS.get(kind)
+    if model is None or not raw_id.isdigit():
+        raise ValidationError(f"outbox row {row.id} names no item fhir-prm knows ({row.source!r})")
+    item = session.get(model, int(raw_id))
+    if item is None:
+        raise ValidationError(f"outbox row {row.id}: {row.source} no longer exists")
+    return item
+
+
+def render(session: Session, row: OutboxRow, resource_type: str) -> Rendered:
+    """Map the row's item to `resource_type` (ValidationError when it cannot be written as that)."""
+    kind = row.source.partition(":")[0]
+    mapper = MAPPERS.get((kind, resource_type))
+    if mapper is None:
+        raise ValidationError(f"{kind} cannot be written as {resource_type}")
+    resource = mapper(item_of(session, row))
+    if row.fhir_id and row.written_type == resource_type:
+        resource["id"] = row.fhir_id
+    return Rendered(row_id=row.id or 0, resource_type=resource_type, resource=resource, revision=row.revision,
+                    identifier_value=row.identifier_value)
+
+
+def follow_remote_status(session: Session, clock: Clock, row: OutboxRow, current: dict[str, Any]) -> None:
+    """Before merging: if the EHR moved a ticket's Task on (completed, cancelled) since we last saw it, follow."""
+    item = item_of(session, row)
+    if isinstance(item, CareTicket) and current.get("resourceType") == "Task":
+        status = str(current.get("status"))
+        if status != item.ehr_status:
+            care_tickets.follow_ehr(session, clock, item, care_ticket_status_from_task(current), status)
+
+
+def merge(current: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
+    """The EHR's current copy with every field we render laid over it; what the EHR added stays."""
+    merged = copy.deepcopy(current)
+    for key, value in ours.items():
+        if key not in EHR_OWNED:
+            merged[key] = value
+    merged["id"] = current["id"]
+    return merged
