@@ -228,7 +228,18 @@ def record_health(session: Session, clock: Clock, row: Connection, ok: bool, det
 
 
 def record_capability(session: Session, clock: Clock, row: Connection, profile: dict[str, Any]) -> None:
-    """Store what `prm connection check` found; the caller commits it with its audit record."""
+    """Store what `prm connection check` found; the caller commits it with its audit record.
+    A clean check is IT's word that the connection works again: it clears a `needs_it` flag."""
     row.capability_profile = profile
     row.capability_checked_at = clock()
+    if profile.get("ok"):
+        row.needs_it, row.needs_it_at = None, None
     session.add(row)
+
+
+def flag_for_it(session: Session, clock: Clock, connection_id: int, reason: str) -> None:
+    """The EHR refused our token even after a fresh one: background work on it needs IT, say so where IT looks."""
+    row = session.get(Connection, connection_id)
+    if row is not None:
+        row.needs_it, row.needs_it_at = reason[:500], clock()
+        session.add(row)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, or_, update
+from sqlalchemy import and_, or_, update
 from sqlmodel import Session, col, select
 
 from prm.db import insert_ignore
@@ -41,32 +41,41 @@ def ensure_planned(session: Session, kind: str, subject_ids: list[int], now: dat
 
 
 def wake(session: Session, kind: str, subject_id: int, now: datetime) -> int | None:
-    """Make the subject's open job of `kind` due now (planning one if it has none); returns the pending job's id.
+    """Have a job of `kind` for the subject due now; returns its id (None while one is running: whatever it
+    misses, its next run or the sweeper picks up).
 
-    A running job is left alone (it returns None): whatever it misses, its next run or the sweeper picks up.
+    A pending job due later is brought forward. A slot at exactly `now` that already ran (a frozen clock,
+    or two wake-ups in one microsecond) is opened again rather than planned beside, since the slot is unique.
     """
     open_jobs = list(session.exec(select(Job).where(Job.kind == kind, Job.subject_id == subject_id,
                                                     col(Job.status).in_(("pending", "running")))))
     if any(job.status == "running" for job in open_jobs):
         return None
-    for job in open_jobs:
-        if job.due_at is not None and job.due_at > now:
+    due_now = [job for job in open_jobs if job.due_at is not None and job.due_at <= now]
+    if due_now:
+        return due_now[0].id
+    taken = session.exec(select(Job).where(Job.kind == kind, Job.subject_id == subject_id, Job.due_at == now)).first()
+    if taken is None:
+        for job in open_jobs:  # one pending job due later: bring it forward
             job.due_at, job.enqueued_at = now, None
             session.add(job)
-        return job.id
-    return plan_unique(session, kind, subject_id, now)
+            return job.id
+    return plan_now(session, kind, subject_id, now)
 
 
-def plan_unique(session: Session, kind: str, subject_id: int, due_at: datetime) -> int | None:
-    """Plan a new slot at `due_at`, or just after the subject's latest slot when that instant is taken
-    (a frozen clock, or two wake-ups in one microsecond); returns its id."""
-    latest = session.exec(select(func.max(Job.due_at)).where(Job.kind == kind, Job.subject_id == subject_id)).one()
-    if latest is not None and latest >= due_at:
-        due_at = latest + timedelta(milliseconds=1)
-    plan(session, kind, subject_id, due_at)
-    session.flush()
-    return session.exec(select(Job.id).where(Job.kind == kind, Job.subject_id == subject_id,
-                                             Job.due_at == due_at)).first()
+def plan_now(session: Session, kind: str, subject_id: int, now: datetime) -> int | None:
+    """A slot due at `now`: planned, or the finished one already there opened again; returns its id."""
+    taken = session.exec(select(Job).where(Job.kind == kind, Job.subject_id == subject_id, Job.due_at == now)).first()
+    if taken is None:
+        plan(session, kind, subject_id, now)
+        session.flush()
+        return session.exec(select(Job.id).where(Job.kind == kind, Job.subject_id == subject_id,
+                                                 Job.due_at == now)).first()
+    if taken.status in ("done", "failed"):
+        taken.status, taken.attempts, taken.enqueued_at, taken.lease_until = "pending", 0, None, None
+        taken.claimed_by, taken.last_error = None, None
+        session.add(taken)
+    return taken.id
 
 
 def due(session: Session, now: datetime, resend_after_s: float, limit: int = 500) -> list[Job]:

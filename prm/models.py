@@ -55,6 +55,10 @@ class Connection(ConnectionBase, table=True):
     health_status: str = Field(default="unknown", max_length=20)
     health_checked_at: datetime | None = _dt()
     health_detail: dict[str, Any] = _json({})
+    # Set when the EHR refuses our backend token even after re-authenticating: only IT can mend that
+    # (client registration, keys, scopes); cleared by a clean `prm connection check`.
+    needs_it: str | None = Field(default=None, max_length=500)
+    needs_it_at: datetime | None = _dt()
     created_at: datetime | None = _dt(nullable=False)
     updated_at: datetime | None = _dt(nullable=False)
 

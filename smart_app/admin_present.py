@@ -1,13 +1,22 @@
-"""What the admin pages show of a connection: never a secret, and a capability profile read defensively.
+"""What the admin pages show: of a connection never a secret, of a write to the EHR never its contents.
 
 The capability profile is written by `prm connection check` (`ok`, `errors`, `warnings`, ...); it may be
 empty (never checked), and an item that is an object rather than a string is shown by its `message`.
+An outbox row is shown by ids, types, statuses and errors only: the resource it writes holds patient data.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+
+from prm import outbox
+from prm.models import OutboxRow
+
+OUTBOX_STATUSES = (*outbox.OPEN_STATUSES, *outbox.SETTLED_STATUSES)
+ACTIONABLE = ("dead", "kept")  # what IT may retry or discard (prm.outbox.retry / discard)
 
 
 @dataclass(frozen=True)
@@ -46,3 +55,72 @@ def capability(profile: dict[str, Any] | None) -> CapabilitySummary:
 
 def secret_state(sealed: str | None) -> str:
     return "(set)" if sealed else "(not set)"
+
+
+@dataclass(frozen=True)
+class OutboxTotals:
+    connection: str
+    counts: tuple[tuple[str, int], ...]  # (status, rows) in OUTBOX_STATUSES order, then any other status
+
+    @property
+    def total(self) -> int:
+        return sum(n for _, n in self.counts)
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """One row needing attention, without its business identifier or anything of the resource it writes."""
+
+    id: int
+    connection: str
+    resource_type: str
+    written_as: str | None  # "Communication/123" when a fallback type was written
+    fallback: bool
+    source: str
+    status: str
+    attempts: int
+    last_error: str | None
+    degraded_reason: str | None
+    duplicates: tuple[str, ...]
+    updated_at: datetime | None
+
+    @property
+    def actionable(self) -> bool:
+        return self.status in ACTIONABLE
+
+
+def outbox_totals(names: Mapping[int, str], counted: Iterable[tuple[int, str, int]]) -> list[OutboxTotals]:
+    """Rows per status for every connection (zeros included), from (connection id, status, rows) counts."""
+    by_connection: dict[int, dict[str, int]] = {cid: dict.fromkeys(OUTBOX_STATUSES, 0) for cid in names}
+    for connection_id, status, rows in counted:
+        by_connection.setdefault(connection_id, dict.fromkeys(OUTBOX_STATUSES, 0))
+        by_connection[connection_id][status] = by_connection[connection_id].get(status, 0) + rows
+    return sorted((OutboxTotals(names.get(cid, f"connection {cid}"), tuple(counts.items()))
+                   for cid, counts in by_connection.items()), key=lambda t: t.connection)
+
+
+def outbox_item(row: OutboxRow, names: Mapping[int, str]) -> OutboxItem:
+    written = row.written_type
+    if written and row.fhir_id:
+        written = f"{written}/{row.fhir_id}"
+    return OutboxItem(
+        id=row.id or 0, connection=names.get(row.connection_id, f"connection {row.connection_id}"),
+        resource_type=row.resource_type, written_as=written,
+        fallback=bool(row.written_type and row.written_type != row.resource_type), source=row.source,
+        status=row.status, attempts=row.attempts, last_error=row.last_error, degraded_reason=row.degraded_reason,
+        duplicates=tuple(str(d) for d in row.duplicates or ()), updated_at=row.updated_at)
+
+
+_OUTBOX_NOTICES = {
+    "retried": (False, "Row {row} will be written again from the start."),
+    "discarded": (False, "Row {row} is discarded: it stays on record and is not written."),
+    "unchanged": (True, "Row {row} is no longer dead or kept (someone acted on it already): nothing changed."),
+}
+
+
+def outbox_notice(done: str | None, row_id: int | None) -> tuple[bool, str] | None:
+    """(is_error, text) after a retry or discard; from a fixed list, so the URL cannot put words on the page."""
+    if done not in _OUTBOX_NOTICES or row_id is None:
+        return None
+    is_error, text = _OUTBOX_NOTICES[done]
+    return is_error, text.format(row=row_id)

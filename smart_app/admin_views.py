@@ -1,7 +1,8 @@
-"""Admin pages under /admin: IT signs in with a local account and manages EHR connections.
+"""Admin pages under /admin: IT signs in with a local account, manages EHR connections and watches write-back.
 
-Thin views over `prm.admin_sessions` and `prm.connections` (the same service as `prm connection add`);
-`guard.requires_admin` does the session, CSRF and permission checks for every route but sign-in.
+Thin views over `prm.admin_sessions`, `prm.connections` (the same service as `prm connection add`) and
+`prm.outbox` (the same as `prm outbox list --attention|retry|discard`); `guard.requires_admin` does the
+session, CSRF and permission checks for every route but sign-in.
 """
 
 from __future__ import annotations
@@ -11,20 +12,25 @@ import secrets
 from typing import Any
 
 from flask import Blueprint, g, redirect, render_template, request, url_for
+from sqlalchemy import func
+from sqlmodel import col, select
 from werkzeug.wrappers import Response
 
-from prm import admin_sessions, audit, connections, streams
+from prm import admin_sessions, audit, connections, outbox, streams
 from prm.errors import NotFoundError, SignInRefused, ValidationError
+from prm.models import Connection, OutboxRow
 from prm.permissions import Action, allows
 from smart_app import admin_forms, admin_present, csrf
 from smart_app.context import prm
 from smart_app.guard import ADMIN_COOKIE, admin_csrf_token, requires_admin
+from workers.writeback import wake
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 PRE_COOKIE = "prm_admin_pre"  # binds the sign-in form's CSRF token before any session exists
 ROLES = ("front_desk", "clinician", "practice_manager", "it_admin")
 FORM_CHOICES = {"client_auths": connections.CLIENT_AUTH_KINDS, "backend_auths": ("", *connections.BACKEND_AUTH_KINDS),
                 "signing_algs": connections.SIGNING_ALGS, "roles": ROLES}
+ATTENTION_LIMIT = 200  # outbox rows listed for IT, newest first
 
 
 def _cookie(response: Response, name: str, value: str, max_age: int | None = None) -> None:
@@ -204,3 +210,48 @@ def connection_enable(name: str) -> Response:
 @requires_admin(Action.MANAGE_CONNECTIONS)
 def connection_disable(name: str) -> Response:
     return _set_enabled(name, False)
+
+
+@bp.get("/outbox")
+@requires_admin(Action.VIEW_CONNECTIONS)
+def outbox_list() -> str:
+    """Write-back per connection, and the rows IT should look at: ids, types, statuses and errors, no contents."""
+    with prm().db.session() as session:
+        names = {row.id: row.name for row in connections.list_all(session) if row.id is not None}
+        counted = session.exec(select(OutboxRow.connection_id, OutboxRow.status, func.count())
+                               .group_by(col(OutboxRow.connection_id), col(OutboxRow.status))).all()
+        rows = outbox.needing_attention(session, limit=ATTENTION_LIMIT)
+    notice = admin_present.outbox_notice(request.args.get("done"), request.args.get("row", type=int))
+    return render_template("admin_outbox.html", totals=admin_present.outbox_totals(names, counted),
+                           items=[admin_present.outbox_item(row, names) for row in rows], limit=ATTENTION_LIMIT,
+                           notice=notice, can_act=allows(g.admin.role, Action.MANAGE_OUTBOX))
+
+
+def _settle_by_hand(row_id: int, action: str) -> Response:
+    """Retry or discard one dead or kept row, audited in the same commit; back to the list with what happened."""
+    ctx = prm()
+    try:
+        with ctx.db.session() as session:
+            act = outbox.retry if action == "retry" else outbox.discard
+            row = act(session, ctx.settings.clock, row_id)
+            audit.record(session, ctx.settings.clock, g.actor, f"outbox.{action}", connection_id=row.connection_id,
+                         entity=f"outbox_row:{row.id}", detail=row.source)
+            connection = session.get(Connection, row.connection_id)
+            if action == "retry" and connection is not None and connection.enabled:
+                wake(ctx.worker, session, row.connection_id)  # a disabled connection drains once enabled again
+    except ValidationError:  # not dead or kept (any more): someone acted first, or a double click
+        return redirect(url_for("admin.outbox_list", done="unchanged", row=row_id), code=303)
+    return redirect(url_for("admin.outbox_list", done="retried" if action == "retry" else "discarded", row=row_id),
+                    code=303)
+
+
+@bp.post("/outbox/<int:row_id>/retry")
+@requires_admin(Action.MANAGE_OUTBOX)
+def outbox_retry(row_id: int) -> Response:
+    return _settle_by_hand(row_id, "retry")
+
+
+@bp.post("/outbox/<int:row_id>/discard")
+@requires_admin(Action.MANAGE_OUTBOX)
+def outbox_discard(row_id: int) -> Response:
+    return _settle_by_hand(row_id, "discard")

@@ -180,6 +180,8 @@ def _public(row: Any) -> dict[str, Any]:
         "backend_scopes": row.backend_scopes,
         "capability_checked_at": row.capability_checked_at.isoformat() if row.capability_checked_at else None,
         "capability_ok": row.capability_profile.get("ok") if row.capability_profile else None,
+        "ticket_routing": row.ticket_routing, "needs_it": row.needs_it,
+        "needs_it_at": row.needs_it_at.isoformat() if row.needs_it_at else None,
     }
 
 
@@ -195,6 +197,8 @@ def connection_list(as_json: bool) -> None:
     for r in rows:
         checked = (r["health_checked_at"] or "never")[:19]
         click.echo(f"{r['name']:20} {'yes' if r['enabled'] else 'no':8} {r['health']:9} {checked:20} {r['iss']}")
+        if r["needs_it"]:
+            click.echo(f"  NEEDS IT since {r['needs_it_at'][:19]}: {r['needs_it']}")
 
 
 @connection.command("show", help="Show one connection (secrets are never printed).")

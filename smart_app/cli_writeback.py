@@ -15,7 +15,7 @@ from prm import care_tickets, connections, outbox, outreach
 from prm.audit import Actor
 from prm.clock import parse_instant
 from prm.config import load_settings
-from prm.errors import NotFoundError
+from prm.errors import NotFoundError, ValidationError
 from prm.followup_models import (
     OUTREACH_CHANNELS,
     OUTREACH_PURPOSES,
@@ -220,6 +220,8 @@ def outbox_drain(name: str, seconds: float) -> None:
     with ctx.db.session() as session:
         row = connections.by_name(session, name)
     run = drain_connection(ctx, row.id or 0, time_budget_s=seconds)
+    if run is None:
+        raise ValidationError(f"connection {name!r} is disabled: enable it to write to its EHR")
     _echo(vars(run))
 
 

@@ -39,9 +39,26 @@ def _resources_line(resources: dict[str, dict[str, Any]]) -> str:
     return ", ".join(parts)
 
 
+def _yes_no(value: Any) -> str:
+    return "unknown" if value is None else "yes" if value else "no"
+
+
 def _writes_line(writes: dict[str, dict[str, Any]]) -> str:
-    return "; ".join(f"{rtype} {'yes' if w.get('ok') else 'no'} (probe {w.get('probe')})"
-                     for rtype, w in writes.items())
+    """Per written type: may we write it (the probe), and does it take If-None-Exist (profiles before that
+    field was checked have no `conditional_create` key: nothing is said rather than "unknown")."""
+    parts = []
+    for rtype, w in writes.items():
+        detail = f"probe {w.get('probe')}"
+        if "conditional_create" in w:
+            detail += f", conditional create {_yes_no(w['conditional_create'])}"
+        parts.append(f"{rtype} {'yes' if w.get('ok') else 'no'} ({detail})")
+    return "; ".join(parts)
+
+
+def _bundles_line(bundles: dict[str, Any]) -> str:
+    if bundles.get("batch") is None and bundles.get("transaction") is None:
+        return "unknown (no CapabilityStatement was read)"
+    return f"batch {_yes_no(bundles.get('batch'))}, transaction {_yes_no(bundles.get('transaction'))}"
 
 
 def _sync_line(sync: dict[str, Any], count_limit: int | None) -> str:
@@ -67,6 +84,9 @@ def render(name: str, profile: dict[str, Any]) -> list[tuple[str, str | None]]:
         lines.append((f"  resources   {_resources_line(profile['resources'])}", None))
     if profile.get("writes"):
         lines.append((f"  writes      {_writes_line(profile['writes'])}", None))
+    if isinstance(profile.get("bundles"), dict) and (disc.get("source") or any(
+            v is not None for v in profile["bundles"].values())):  # not after a failed discovery: nothing was read
+        lines.append((f"  bundles     {_bundles_line(profile['bundles'])}", None))
     if profile.get("sync"):
         lines.append((f"  sync        {_sync_line(profile['sync'], profile.get('count_limit'))}", None))
     lines += [(f"ERROR   {text}", BAD) for text in profile.get("errors", [])]

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from connector.fhir_reader import Page
 from fhir_mappings.written import IDENTIFIER_SYSTEM
 from prm import connections, leases, snapshots, streams
-from prm.errors import PermanentEhrError
+from prm.errors import AuthExpiredError, PermanentEhrError
 from prm.models import Connection
 from prm.snapshot_models import SyncStream
 from workers.ehr_access import EhrAccess, access_for
@@ -118,6 +118,10 @@ def run_stream(ctx: WorkerContext, stream_id: int, *, time_budget_s: float = 120
             fresh = streams.get(session, stream_id)
             streams.record_error(fresh, ctx.settings.clock, f"{type(exc).__name__}: {exc}")
             session.add(fresh)
+            if isinstance(exc, AuthExpiredError):  # refused again after re-authenticating: IT must act
+                connections.flag_for_it(session, ctx.settings.clock, fresh.connection_id,
+                                        f"the EHR refused the backend token after re-authentication "
+                                        f"({fresh.resource_type} sync): {exc}")
         raise
     finally:
         lease.release()

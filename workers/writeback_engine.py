@@ -19,7 +19,7 @@ from sqlmodel import Session
 
 from connector.capability_rules import bundle_type_for_writes
 from connector.fhir_writer import BundleWrite, FhirWriter, PreconditionFailed, WriteOutcome, WriteRefused
-from prm import audit, outbox
+from prm import audit, connections, outbox
 from prm.errors import AuthExpiredError, EhrError, PermanentEhrError, TransientEhrError, ValidationError
 from prm.followup_models import CareTicket
 from prm.models import Connection, OutboxRow
@@ -83,6 +83,7 @@ class Drain:
         self.bundle_type = choose_bundle(self.settings.writeback_bundle, connection.capability_profile or {})
         self.run_result = DrainRun()
         self.token = ""  # the claim of the batch in hand
+        self.needs_it: str | None = None
 
     def run(self, time_budget_s: float) -> DrainRun:
         deadline = time.monotonic() + time_budget_s
@@ -224,9 +225,8 @@ class Drain:
             attempt.error = result.error()
             if attempt.error is None:
                 attempt.outcome = result
-            else:
-                if isinstance(attempt.error, (PreconditionFailed, TransientEhrError)):
-                    self._send_one(attempt, after=attempt.error)  # a 412 to merge, or a blip: once more, alone
+            elif isinstance(attempt.error, PreconditionFailed):
+                self._send_one(attempt, after=attempt.error)  # a 412: merge (update) or reconcile (create) alone
 
     def _send_one(self, attempt: Attempt, after: EhrError | None = None) -> None:
         rendered = attempt.rendered
@@ -304,6 +304,14 @@ class Drain:
                     self._settle_error(row, attempt, attempt.error or TransientEhrError("no answer"), now,
                                        max_attempts)
                 session.add(row)
+            if self.needs_it:
+                connections.flag_for_it(session, self.settings.clock, self.connection_id, self.needs_it)
+            written = sum(1 for a in attempts if a.outcome is not None and a.error is None)
+            if attempts:  # system access: one audit record per batch, never one per resource
+                audit.record(session, self.settings.clock, self.actor, "writeback.batch", count=written,
+                             entity=",".join(sorted({a.rendered.resource_type for a in attempts})),
+                             outcome="success" if written == len(attempts) else "partial",
+                             detail=f"{len(attempts) - written} not written" if written < len(attempts) else None)
 
     def _settle_written(self, session: Session, row: OutboxRow, attempt: Attempt) -> None:
         result = attempt.outcome
@@ -315,10 +323,11 @@ class Drain:
         outbox.settle_written(row, self.settings.clock(), fhir_id=str(fhir_id),
                               version_id=result.version_id if result else None,
                               written_type=attempt.rendered.resource_type, revision=attempt.rendered.revision)
-        item = item_of(session, row)
-        if isinstance(item, CareTicket) and attempt.rendered.resource_type == "Task":
-            item.ehr_status = str(attempt.rendered.resource.get("status"))
-            session.add(item)
+        if attempt.rendered.resource_type == "Task" and row.source.startswith("care_ticket:"):
+            item = item_of(session, row)
+            if isinstance(item, CareTicket):  # what we wrote is what the EHR has: later changes are the EHR's
+                item.ehr_status = str(attempt.rendered.resource.get("status"))
+                session.add(item)
         self.run_result.written += 1
 
     def _settle_error(self, row: OutboxRow, attempt: Attempt, error: EhrError, now: Any, max_attempts: int) -> None:
@@ -338,6 +347,8 @@ class Drain:
                 outbox.settle_kept(row, now, reasons)
                 self.run_result.kept += 1
             return
+        if isinstance(error, AuthExpiredError):  # refused again after re-authenticating: IT must act
+            self.needs_it = f"the EHR refused the backend token after re-authentication (write-back): {error}"
         transient = isinstance(error, (TransientEhrError, AuthExpiredError))
         retry_after = getattr(error, "retry_after_s", None)
         retry_in = retry_after if retry_after else min(30.0 * 2 ** row.attempts, 3600.0)

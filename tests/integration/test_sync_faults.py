@@ -18,10 +18,12 @@ import requests
 from sqlmodel import select
 
 from ehr_sandbox.config import SandboxConfig
-from prm import streams
+from prm import connections, streams
+from prm.errors import AuthExpiredError
 from prm.snapshot_models import SyncStream
 from tests.integration.sync_env import SyncEnv, sync_database
 from tests.support.fault_proxy import FaultyEhr
+from workers.connection_check import check_connection
 
 TYPES = ("Patient", "Encounter")
 
@@ -96,6 +98,23 @@ def test_token_expiry_mid_sync_costs_one_reauthentication(env: SyncEnv, faulty: 
     env.run_all(TYPES)
     in_step(env)
     assert faulty.proxy.count("POST", r"^/oauth/token$") == 2  # the first token, and one after the 401
+
+
+def test_a_token_refused_after_reauthentication_flags_the_connection_for_it(env: SyncEnv, faulty: FaultyEhr) -> None:
+    refused = faulty.proxy.add_fault(r"^/fhir/Patient\?", status=401, times=2)
+    with pytest.raises(AuthExpiredError):
+        env.run_all(("Patient",))
+    assert refused.times == 0 and faulty.proxy.count("POST", r"^/oauth/token$") >= 2
+    with env.ctx.db.session() as session:
+        row = connections.get(session, env.connection_id)
+        assert row is not None and row.needs_it and "Patient sync" in row.needs_it
+        [patients] = [s for s in streams.of_connection(session, env.connection_id) if s.resource_type == "Patient"]
+        assert patients.last_error and "401" in patients.last_error
+    check_connection(env.ctx, env.connection_id)  # IT mends it and checks: a clean check clears the flag
+    with env.ctx.db.session() as session:
+        row = connections.get(session, env.connection_id)
+        assert row is not None and row.needs_it is None
+    env.run_all(("Patient",))
 
 
 def test_records_changed_and_deleted_while_the_sync_pages(env: SyncEnv, faulty: FaultyEhr) -> None:

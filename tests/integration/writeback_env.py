@@ -56,7 +56,9 @@ def record_messages(env: SyncEnv, count: int, *, start: int = 0) -> list[Outreac
 
 
 def drain(env: SyncEnv, seconds: float = 120) -> DrainRun:
-    return drain_connection(env.ctx, env.connection_id, time_budget_s=seconds)
+    run = drain_connection(env.ctx, env.connection_id, time_budget_s=seconds)
+    assert run is not None, "the connection is enabled"
+    return run
 
 
 def outbox_rows(env: SyncEnv) -> list[OutboxRow]:

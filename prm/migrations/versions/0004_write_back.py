@@ -1,4 +1,4 @@
-"""write-back: outbox drain state, care tickets, outreach messages
+"""write-back: outbox drain state, care tickets, outreach messages; connections flagged for IT
 
 Revision ID: 0004
 Revises: 0003
@@ -80,6 +80,8 @@ def upgrade() -> None:
 
     with op.batch_alter_table('connection', schema=None) as batch_op:
         batch_op.add_column(sa.Column('ticket_routing', sa.JSON(), nullable=False, server_default='{}'))
+        batch_op.add_column(sa.Column('needs_it', sqlmodel.sql.sqltypes.AutoString(length=500), nullable=True))
+        batch_op.add_column(sa.Column('needs_it_at', prm.db.UTCDateTime(timezone=True), nullable=True))
 
     with op.batch_alter_table('outbox_row', schema=None) as batch_op:
         batch_op.add_column(sa.Column('revision', sa.Integer(), nullable=False, server_default='1'))
@@ -105,6 +107,8 @@ def downgrade() -> None:
         batch_op.drop_column('revision')
 
     with op.batch_alter_table('connection', schema=None) as batch_op:
+        batch_op.drop_column('needs_it_at')
+        batch_op.drop_column('needs_it')
         batch_op.drop_column('ticket_routing')
 
     with op.batch_alter_table('outreach_message', schema=None) as batch_op:

@@ -8,7 +8,8 @@ from smart_app.profile_text import render
 def test_each_error_and_warning_has_its_own_line() -> None:
     profile = {"ok": False, "checked_at": "2026-11-20T12:00:00+00:00", "errors": ["SMART discovery failed: x"],
                "warnings": ["scopes_supported is not published: scopes will be judged at first use", "w2"],
-               "discovery": {"ok": False, "error": "x"}, "backend": {}, "resources": {}, "writes": {}, "sync": {}}
+               "discovery": {"ok": False, "error": "x"}, "backend": {}, "resources": {}, "writes": {}, "sync": {},
+               "bundles": {"batch": None, "transaction": None}}  # as connector.capability leaves it: nothing read
     lines = render("hudson", profile)
     assert lines[0] == ("connection hudson: PROBLEMS  (1 error, 2 warnings; checked 2026-11-20T12:00:00+00:00)",
                         "red")
@@ -36,3 +37,32 @@ def test_a_green_profile_summarises_its_sections() -> None:
     assert text[3].endswith("Task rsc") and text[4].endswith("Task yes (probe accepted)")
     assert text[5].endswith("initial bulk-export-system, incremental search-last-updated; $export system; "
                             "_count limit 1000")
+
+
+def test_bundles_and_conditional_create_per_written_type() -> None:
+    profile = {"ok": True, "checked_at": "t", "errors": [], "warnings": [],
+               "discovery": {"source": "well-known", "smart_version": "v2"},
+               "writes": {"Task": {"ok": False, "probe": "refused", "conditional_create": True},
+                          "Communication": {"ok": True, "probe": "accepted", "conditional_create": False}},
+               "bundles": {"batch": True, "transaction": False}}
+    text = [t for t, _ in render("x", profile)]
+    assert text[2] == ("  writes      Task no (probe refused, conditional create yes); "
+                       "Communication yes (probe accepted, conditional create no)")
+    assert text[3] == "  bundles     batch yes, transaction no"
+
+
+def test_unknown_bundles_and_conditional_create_say_so() -> None:
+    """No CapabilityStatement read (SMART discovery came from .well-known, the statement failed): unknown."""
+    profile = {"ok": False, "checked_at": "t", "errors": ["the CapabilityStatement could not be read: 500"],
+               "warnings": [], "discovery": {"source": "well-known", "smart_version": "v2"},
+               "writes": {"Task": {"ok": True, "probe": "accepted", "conditional_create": None}},
+               "bundles": {"batch": None, "transaction": None}}
+    text = [t for t, _ in render("x", profile)]
+    assert text[2] == "  writes      Task yes (probe accepted, conditional create unknown)"
+    assert text[3] == "  bundles     unknown (no CapabilityStatement was read)"
+    assert text[4].startswith("ERROR   the CapabilityStatement")
+
+
+def test_one_bundle_type_known_the_other_not() -> None:
+    text = [t for t, _ in render("x", {"ok": True, "bundles": {"batch": False, "transaction": None}})]
+    assert text[1:] == ["  bundles     batch no, transaction unknown"]
