@@ -13,10 +13,10 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session, col, select
 
-from prm import audit, jobs, outbox
+from prm import audit, outbox
 from prm.audit import Actor
 from prm.clock import Clock
-from prm.db import insert_ignore
+from prm.db import insert_once
 from prm.errors import NotFoundError, ValidationError
 from prm.followup_models import TICKET_PRIORITIES, TICKET_REASONS, TICKET_STATUSES, CareTicket, CareTicketCreate
 from prm.models import Connection
@@ -90,14 +90,10 @@ def open_ticket(session: Session, clock: Clock, connection: Connection, spec: Ca
         "focus": check_reference(spec.focus, "focus"), "source": spec.source[:100] or "manual", "status": "open",
         "due_at": due_at, "created_by": actor.name[:300], "created_at": now, "updated_at": now,
     }
-    created = insert_ignore(session, CareTicket.__table__, values,  # type: ignore[attr-defined]
-                            ["connection_id", "business_key"])
-    ticket = session.exec(select(CareTicket).where(CareTicket.connection_id == connection.id,
-                                                   CareTicket.business_key == key)).one()
+    ticket, created = insert_once(session, CareTicket, values, ["connection_id", "business_key"])
     if created:
-        outbox.add(session, clock, connection_id=ticket.connection_id, resource_type=TASK,
-                   identifier_value=key, source=source_of(ticket))
-        jobs.wake(session, jobs.WRITEBACK_DRAIN, ticket.connection_id, now)
+        outbox.queue(session, clock, connection_id=ticket.connection_id, resource_type=TASK,
+                     identifier_value=key, source=source_of(ticket))
         audit.record(session, clock, actor, "care_ticket.open", patient_id=patient_id,
                      entity=source_of(ticket), connection_id=ticket.connection_id)
     return ticket, created
@@ -116,9 +112,8 @@ def set_status(session: Session, clock: Clock, ticket: CareTicket, status: str, 
     now = clock()
     _move(ticket, status, now)
     session.add(ticket)
-    outbox.add(session, clock, connection_id=ticket.connection_id, resource_type=TASK,
-               identifier_value=ticket.business_key, source=source_of(ticket))
-    jobs.wake(session, jobs.WRITEBACK_DRAIN, ticket.connection_id, now)
+    outbox.queue(session, clock, connection_id=ticket.connection_id, resource_type=TASK,
+                 identifier_value=ticket.business_key, source=source_of(ticket))
     audit.record(session, clock, actor, f"care_ticket.{status}", patient_id=ticket.patient_id,
                  entity=source_of(ticket), connection_id=ticket.connection_id)
     return ticket

@@ -17,7 +17,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.types import DateTime, TypeDecorator
-from sqlmodel import Session, create_engine
+from sqlmodel import Session, create_engine, select
 
 from prm.errors import StorageError
 
@@ -146,3 +146,13 @@ def insert_ignore(session: Session, table: Any, values: dict[str, Any], conflict
     # rowcount is unreliable with implicit RETURNING (psycopg reports -1); ask for the key instead.
     result = session.execute(stmt.returning(*table.primary_key.columns))
     return result.first() is not None
+
+
+def insert_once(session: Session, model: Any, values: dict[str, Any], key: list[str]) -> tuple[Any, bool]:
+    """Insert a row unless one with the same `key` columns exists; (the row, True when inserted now).
+
+    The idempotent creation every producer needs: a retried request finds the first row, never a second.
+    """
+    created = insert_ignore(session, model.__table__, values, key)
+    query = select(model).where(*(getattr(model, column) == values[column] for column in key))
+    return session.exec(query).one(), created

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, func, or_, update
 from sqlmodel import Session, col, select
 
+from prm import jobs
 from prm.clock import Clock
 from prm.db import insert_ignore
 from prm.errors import NotFoundError, ValidationError
@@ -51,6 +52,15 @@ def add(session: Session, clock: Clock, *, connection_id: int, resource_type: st
     ).one()
     if not inserted:
         rearm(row, now)
+    return row
+
+
+def queue(session: Session, clock: Clock, *, connection_id: int, resource_type: str, identifier_value: str,
+          source: str) -> OutboxRow:
+    """`add` the write and make the connection's drain due, in the caller's commit: what every producer does."""
+    row = add(session, clock, connection_id=connection_id, resource_type=resource_type,
+              identifier_value=identifier_value, source=source)
+    jobs.wake(session, jobs.WRITEBACK_DRAIN, connection_id, clock())
     return row
 
 

@@ -11,11 +11,11 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
-from prm import audit, jobs, outbox
+from prm import audit, outbox
 from prm.audit import Actor
 from prm.care_tickets import check_business_key, check_fhir_id, check_reference, clinic_organization
 from prm.clock import Clock
-from prm.db import insert_ignore
+from prm.db import insert_once
 from prm.errors import NotFoundError, ValidationError
 from prm.followup_models import OUTREACH_CHANNELS, OUTREACH_PURPOSES, OutreachMessage, OutreachMessageCreate
 from prm.models import Connection
@@ -64,14 +64,10 @@ def record_message(session: Session, clock: Clock, connection: Connection, spec:
         "created_at": now, "updated_at": now,
         "ledger": [_ledger_entry(now, spec.status, spec.status_reason, actor.name)],
     }
-    created = insert_ignore(session, OutreachMessage.__table__, values,  # type: ignore[attr-defined]
-                            ["connection_id", "business_key"])
-    message = session.exec(select(OutreachMessage).where(OutreachMessage.connection_id == connection.id,
-                                                         OutreachMessage.business_key == key)).one()
+    message, created = insert_once(session, OutreachMessage, values, ["connection_id", "business_key"])
     if created:
-        outbox.add(session, clock, connection_id=message.connection_id, resource_type=COMMUNICATION,
-                   identifier_value=key, source=source_of(message))
-        jobs.wake(session, jobs.WRITEBACK_DRAIN, message.connection_id, now)
+        outbox.queue(session, clock, connection_id=message.connection_id, resource_type=COMMUNICATION,
+                     identifier_value=key, source=source_of(message))
         audit.record(session, clock, actor, "outreach.record", patient_id=patient_id, entity=source_of(message),
                      connection_id=message.connection_id, detail=f"{spec.purpose} by {spec.channel}: {spec.status}")
     return message, created

@@ -7,17 +7,19 @@ context, never one named in the body. Each call is permission-checked (guard) an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 from pydantic import ValidationError as PydanticError
+from sqlmodel import Session
 
 from prm import care_tickets, connections, outreach
 from prm.audit import record as audit_record
 from prm.clock import parse_instant
 from prm.errors import ConfigError, PrmError, ValidationError
 from prm.followup_models import CareTicket, CareTicketCreate, OutreachMessage, OutreachMessageCreate
-from prm.models import Launch
+from prm.models import Connection, Launch
 from prm.permissions import Action
 from smart_app import csrf
 from smart_app.context import prm
@@ -79,36 +81,47 @@ def _launch() -> Launch:
     return launch
 
 
-@bp.post("/care-tickets")
-@requires(Action.OPEN_CARE_TICKET, api=True)
-def open_care_ticket(handle: str) -> tuple[Response, int]:
+Produce = Callable[[Session, Connection, Launch, dict[str, Any]], tuple[Any, bool]]
+
+
+def _produce(handle: str, fields: set[str], produce: Produce, present: Callable[[Any], dict[str, Any]]
+             ) -> tuple[Response, int]:
+    """Check the call, let the domain produce the item (and its outbox row and audit) in one commit, wake the
+    drain after it; 201 when made now, 200 when the same key made it before."""
     ctx = prm()
     try:
-        body, launch = _body(handle, TICKET_FIELDS), _launch()
-        spec = CareTicketCreate(patient_id=launch.patient_id or "", reason=body.get("reason") or "",
-                                description=body.get("description") or "", priority=body.get("priority") or "routine",
-                                owner=body.get("owner"), due_at=_instant(body.get("due_at"), "due_at"),
-                                focus=body.get("focus"), encounter_id=launch.encounter_id,
-                                business_key=body.get("key"), source="sidebar")
+        body, launch = _body(handle, fields), _launch()
         with ctx.db.session() as session:
             connection = connections.get(session, launch.connection_id)
             if connection is None:
                 return _problem(404, "not_found", "this launch's connection is gone")
-            ticket, created = care_tickets.open_ticket(session, ctx.settings.clock, connection, spec, g.actor)
+            item, created = produce(session, connection, launch, body)
             wake(ctx.worker, session, connection.id or 0)
     except (ValidationError, PydanticError) as exc:
         return _problem(400, "invalid", str(exc))
     except PrmError as exc:
         return _problem(409, "refused", str(exc))
-    return jsonify(ticket_json(ticket) | {"created": created}), 201 if created else 200
+    return jsonify(present(item) | {"created": created}), 201 if created else 200
+
+
+@bp.post("/care-tickets")
+@requires(Action.OPEN_CARE_TICKET, api=True)
+def open_care_ticket(handle: str) -> tuple[Response, int]:
+    def produce(session: Session, connection: Connection, launch: Launch, body: dict[str, Any]) -> tuple[Any, bool]:
+        spec = CareTicketCreate(patient_id=launch.patient_id or "", reason=body.get("reason") or "",
+                                description=body.get("description") or "", priority=body.get("priority") or "routine",
+                                owner=body.get("owner"), due_at=_instant(body.get("due_at"), "due_at"),
+                                focus=body.get("focus"), encounter_id=launch.encounter_id,
+                                business_key=body.get("key"), source="sidebar")
+        return care_tickets.open_ticket(session, prm().settings.clock, connection, spec, g.actor)
+
+    return _produce(handle, TICKET_FIELDS, produce, ticket_json)
 
 
 @bp.post("/outreach-messages")
 @requires(Action.RECORD_OUTREACH, api=True)
 def record_outreach(handle: str) -> tuple[Response, int]:
-    ctx = prm()
-    try:
-        body, launch = _body(handle, OUTREACH_FIELDS), _launch()
+    def produce(session: Session, connection: Connection, launch: Launch, body: dict[str, Any]) -> tuple[Any, bool]:
         spec = OutreachMessageCreate(patient_id=launch.patient_id or "", channel=body.get("channel") or "",
                                      purpose=body.get("purpose") or "", text=body.get("text") or "",
                                      recipient=body.get("recipient"), status=body.get("status") or "sent",
@@ -116,17 +129,9 @@ def record_outreach(handle: str) -> tuple[Response, int]:
                                      sent_at=_instant(body.get("sent_at"), "sent_at"),
                                      encounter_id=launch.encounter_id, based_on=body.get("based_on"),
                                      business_key=body.get("key"), source="sidebar")
-        with ctx.db.session() as session:
-            connection = connections.get(session, launch.connection_id)
-            if connection is None:
-                return _problem(404, "not_found", "this launch's connection is gone")
-            message, created = outreach.record_message(session, ctx.settings.clock, connection, spec, g.actor)
-            wake(ctx.worker, session, connection.id or 0)
-    except (ValidationError, PydanticError) as exc:
-        return _problem(400, "invalid", str(exc))
-    except PrmError as exc:
-        return _problem(409, "refused", str(exc))
-    return jsonify(message_json(message) | {"created": created}), 201 if created else 200
+        return outreach.record_message(session, prm().settings.clock, connection, spec, g.actor)
+
+    return _produce(handle, OUTREACH_FIELDS, produce, message_json)
 
 
 @bp.get("/follow-ups")
