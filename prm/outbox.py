@@ -84,21 +84,25 @@ def claim(session: Session, clock: Clock, *, connection_id: int, holder: str, li
         and_(table.c.status == "pending", table.c.due_at <= now),
         and_(table.c.status == "in_flight", table.c.claim_until < now),
     )
-    ids = list(session.exec(
-        select(OutboxRow.id).where(OutboxRow.connection_id == connection_id, claimable)
-        .order_by(col(OutboxRow.due_at), col(OutboxRow.id)).limit(limit)))
-    if not ids:
-        return "", []
-    token = f"{holder}#{uuid.uuid4().hex[:12]}"
     lapsed = and_(table.c.status == "in_flight", table.c.claim_until < now)
-    session.execute(update(table).where(lapsed, table.c.id.in_(ids)).values(outcome_unknown=True))
-    session.execute(
-        update(table).where(table.c.id.in_(ids), claimable)  # re-checked: a racing drain took none of these
-        .values(status="in_flight", claimed_by=token, claim_until=now + timedelta(seconds=lease_s),
-                updated_at=now))
-    rows = list(session.exec(select(OutboxRow).where(OutboxRow.claimed_by == token, OutboxRow.status == "in_flight")
-                             .order_by(col(OutboxRow.id))))
-    return token, rows
+    token = f"{holder}#{uuid.uuid4().hex[:12]}"
+    for _ in range(3):  # a racing drain may take the rows we saw; look again rather than stop while rows are due
+        # SKIP LOCKED (PostgreSQL) passes over rows another drain is claiming right now; SQLite serialises writers.
+        ids = list(session.exec(
+            select(OutboxRow.id).where(OutboxRow.connection_id == connection_id, claimable)
+            .order_by(col(OutboxRow.due_at), col(OutboxRow.id)).limit(limit).with_for_update(skip_locked=True)))
+        if not ids:
+            return "", []
+        session.execute(update(table).where(lapsed, table.c.id.in_(ids)).values(outcome_unknown=True))
+        session.execute(
+            update(table).where(table.c.id.in_(ids), claimable)  # re-checked: a racing drain took none of these
+            .values(status="in_flight", claimed_by=token, claim_until=now + timedelta(seconds=lease_s),
+                    updated_at=now))
+        rows = list(session.exec(select(OutboxRow).where(OutboxRow.claimed_by == token,
+                                                         OutboxRow.status == "in_flight").order_by(col(OutboxRow.id))))
+        if rows:
+            return token, rows
+    return token, []
 
 
 def held(session: Session, row_id: int, token: str) -> OutboxRow | None:
@@ -170,6 +174,17 @@ def needing_attention(session: Session, limit: int = 200) -> list[OutboxRow]:
              .where(col(OutboxRow.status) != "discarded")
              .order_by(col(OutboxRow.updated_at).desc()).limit(limit))
     return list(session.exec(query))
+
+
+def next_due(session: Session, connection_id: int) -> datetime | None:
+    """When the connection's drain should run next: the earliest pending row, or the earliest claim to lapse
+    (a drain that died mid-write leaves its rows in flight until then)."""
+    pending = session.exec(select(func.min(OutboxRow.due_at)).where(
+        OutboxRow.connection_id == connection_id, col(OutboxRow.status) == "pending")).one()
+    lapsing = session.exec(select(func.min(OutboxRow.claim_until)).where(
+        OutboxRow.connection_id == connection_id, col(OutboxRow.status) == "in_flight")).one()
+    times = [t for t in (pending, lapsing) if t is not None]
+    return min(times) if times else None
 
 
 def connections_with_due_rows(session: Session, now: datetime) -> list[int]:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from prm import jobs, outbox
 from prm.db import enqueue_after_commit
-from prm.models import Connection, Job, OutboxRow
+from prm.models import Connection, Job
 from workers.ehr_access import access_for
 from workers.runtime import WorkerContext
 from workers.writeback_engine import Drain, DrainRun
@@ -59,9 +58,7 @@ def drain(ctx: WorkerContext, job: Job) -> None:
         return
     with ctx.db.session() as session:
         now = ctx.settings.clock()
-        next_due = now if run.more else session.exec(
-            select(func.min(OutboxRow.due_at)).where(OutboxRow.connection_id == job.subject_id,
-                                                     col(OutboxRow.status) == "pending")).one()
+        next_due = now if run.more else outbox.next_due(session, job.subject_id)
         if next_due is not None and next_due > now:
             jobs.plan(session, WRITEBACK_DRAIN, job.subject_id, next_due)  # the next retry, not before
         elif next_due is not None:  # rows came due while it ran; with a frozen clock "now" may be this very
