@@ -189,3 +189,23 @@ def _status_mb(field: str) -> float:
         if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024.0
     return 0.0
+
+
+# ---------------------------------------------------------------- added for bench/writeback.py
+
+def build_context_with(database_url: str, instance_dir: Path, **overrides: Any) -> WorkerContext:
+    """build_context with Settings overrides (e.g. writeback_bundle="transaction", as PRM_WRITEBACK_BUNDLE sets it;
+    `now`, a PRM_NOW value, to share one running clock between processes: build_context starts a new one)."""
+    overrides.setdefault("now", running_from(DATASET_NOW))
+    settings = make_settings(database_url, instance_dir, **overrides)
+    return runtime.build(settings)
+
+
+def patient_ids(data_dir: Path) -> list[str]:
+    """The ids of the data set's Patients, in file order (what the server holds, for references)."""
+    ids = []
+    with (data_dir / "Patient.ndjson").open(encoding="utf-8") as lines:
+        for line in lines:
+            if line.strip():
+                ids.append(str(json.loads(line)["id"]))
+    return ids

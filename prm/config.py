@@ -38,6 +38,7 @@ class Settings:
     admin_absolute_hours: float = 12.0
     sync_page_size: int = 500
     writeback_batch_size: int = 50  # outbox rows per claim, and entries per batch/transaction Bundle
+    writeback_bundles_in_flight: int = 2  # Bundles one drain has at the EHR at once (each its own rows)
     writeback_bundle: str = "auto"  # auto (from the capability profile) | batch | transaction | none
     writeback_max_attempts: int = 8  # then the row is dead, for IT to retry or discard
     writeback_fallbacks: str = "Task:Communication"  # what to write when the EHR refuses a type (a:b, ...)
@@ -147,6 +148,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         admin_absolute_hours=_admin_absolute_hours(env),
         sync_page_size=int(_number(env, "PRM_SYNC_PAGE_SIZE", 500, 10)),
         writeback_batch_size=int(_number(env, "PRM_WRITEBACK_BATCH_SIZE", 50, 1)),
+        writeback_bundles_in_flight=int(_number(env, "PRM_WRITEBACK_BUNDLES_IN_FLIGHT", 2, 1)),
         writeback_bundle=_choice(env, "PRM_WRITEBACK_BUNDLE", "auto", ("auto", "batch", "transaction", "none")),
         writeback_max_attempts=int(_number(env, "PRM_WRITEBACK_MAX_ATTEMPTS", 8, 1)),
         writeback_fallbacks=_fallbacks(env.get("PRM_WRITEBACK_FALLBACKS", "Task:Communication")),

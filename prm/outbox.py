@@ -10,9 +10,10 @@ first may have written it (`outcome_unknown`: search by identifier before writin
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, or_, update
+from sqlalchemy import and_, bindparam, func, or_, update
 from sqlmodel import Session, col, select
 
 from prm import jobs
@@ -87,10 +88,7 @@ def claim(session: Session, clock: Clock, *, connection_id: int, holder: str, li
     lapsed = and_(table.c.status == "in_flight", table.c.claim_until < now)
     token = f"{holder}#{uuid.uuid4().hex[:12]}"
     for _ in range(3):  # a racing drain may take the rows we saw; look again rather than stop while rows are due
-        # SKIP LOCKED (PostgreSQL) passes over rows another drain is claiming right now; SQLite serialises writers.
-        ids = list(session.exec(
-            select(OutboxRow.id).where(OutboxRow.connection_id == connection_id, claimable)
-            .order_by(col(OutboxRow.due_at), col(OutboxRow.id)).limit(limit).with_for_update(skip_locked=True)))
+        ids = _claimable_ids(session, connection_id, now, limit)
         if not ids:
             return "", []
         session.execute(update(table).where(lapsed, table.c.id.in_(ids)).values(outcome_unknown=True))
@@ -103,6 +101,33 @@ def claim(session: Session, clock: Clock, *, connection_id: int, holder: str, li
         if rows:
             return token, rows
     return token, []
+
+
+def _claimable_ids(session: Session, connection_id: int, now: datetime, limit: int) -> list[int]:
+    """Due pending rows, then in-flight rows whose claim lapsed: two queries on `ix_outbox_due`, since one
+    OR-ed query reads every row the connection ever had (settled rows are kept) on SQLite.
+    SKIP LOCKED (PostgreSQL) passes over rows another drain is claiming right now; SQLite serialises writers."""
+    pending = select(OutboxRow.id).where(
+        col(OutboxRow.status) == "pending", col(OutboxRow.due_at) <= now, OutboxRow.connection_id == connection_id,
+    ).order_by(col(OutboxRow.due_at), col(OutboxRow.id)).limit(limit).with_for_update(skip_locked=True)
+    ids = [i for i in session.exec(pending) if i is not None]
+    if len(ids) < limit:
+        lapsed = select(OutboxRow.id).where(
+            col(OutboxRow.status) == "in_flight", col(OutboxRow.claim_until) < now,
+            OutboxRow.connection_id == connection_id,
+        ).order_by(col(OutboxRow.claim_until), col(OutboxRow.id)).limit(limit - len(ids)).with_for_update(
+            skip_locked=True)
+        ids += [i for i in session.exec(lapsed) if i is not None]
+    return ids
+
+
+def hold_all(session: Session, row_ids: list[int], token: str) -> dict[int, OutboxRow]:
+    """The rows, locked, whose claim by this drain still stands, by id: one statement for a batch."""
+    if not row_ids:
+        return {}
+    rows = session.exec(select(OutboxRow).where(col(OutboxRow.id).in_(row_ids), OutboxRow.claimed_by == token,
+                                                OutboxRow.status == "in_flight").with_for_update())
+    return {row.id or 0: row for row in rows}
 
 
 def held(session: Session, row_id: int, token: str) -> OutboxRow | None:
@@ -122,6 +147,35 @@ def settle_written(row: OutboxRow, now: datetime, *, fhir_id: str, version_id: s
     row.attempts, row.updated_at = 0, now
     row.status = "done" if row.sent_revision >= row.revision else "pending"
     row.due_at = now
+
+
+@dataclass(frozen=True)
+class Written:
+    """One write the EHR took: which row, as what, at which revision of the item."""
+
+    row: OutboxRow
+    fhir_id: str
+    version_id: str | None
+    written_type: str
+    revision: int
+
+
+def settle_written_many(session: Session, now: datetime, written: list[Written]) -> None:
+    """`settle_written` for a whole batch as one UPDATE executed for many rows (the drain's common path)."""
+    if not written:
+        return
+    table = OutboxRow.__table__  # type: ignore[attr-defined]
+    values = []
+    for w in written:
+        sent = max(w.row.sent_revision, w.revision)
+        values.append({"b_id": w.row.id, "b_fhir_id": w.fhir_id, "b_version": w.version_id, "b_type": w.written_type,
+                       "b_sent": sent, "b_status": "done" if sent >= w.row.revision else "pending"})
+    session.execute(
+        update(table).where(table.c.id == bindparam("b_id")).values(
+            fhir_id=bindparam("b_fhir_id"), version_id=bindparam("b_version"), written_type=bindparam("b_type"),
+            sent_revision=bindparam("b_sent"), status=bindparam("b_status"), outcome_unknown=False, last_error=None,
+            claimed_by=None, claim_until=None, attempts=0, updated_at=now, due_at=now),
+        values, execution_options={"synchronize_session": False})
 
 
 def settle_kept(row: OutboxRow, now: datetime, reason: str) -> None:

@@ -11,11 +11,14 @@ A type the EHR refuses degrades along the configured fallbacks (Task -> Communic
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlmodel import Session
+from sqlmodel import SQLModel
 
 from connector.capability_rules import bundle_type_for_writes
 from connector.fhir_writer import BundleWrite, FhirWriter, PreconditionFailed, WriteOutcome, WriteRefused
@@ -28,8 +31,8 @@ from workers.writeback_render import (
     Rendered,
     fallback_chain,
     follow_remote_status,
-    item_of,
     merge,
+    preload_items,
     refused_by_profile,
     render,
 )
@@ -54,6 +57,7 @@ class Attempt:
     """One row's write in this pass; `error` set when it failed, `outcome` when the EHR answered."""
 
     rendered: Rendered
+    token: str  # the claim it was made under: its outcome is stored only while that claim stands
     version_id: str | None = None  # If-Match for an update
     outcome: WriteOutcome | None = None
     error: EhrError | None = None
@@ -62,6 +66,15 @@ class Attempt:
     @property
     def is_update(self) -> bool:
         return "id" in self.rendered.resource
+
+
+@dataclass
+class Batch:
+    """One claim's rows and what they will write."""
+
+    token: str
+    rows: list[OutboxRow]
+    attempts: list[Attempt]
 
 
 def choose_bundle(setting: str, profile: dict[str, Any]) -> str | None:
@@ -82,43 +95,81 @@ class Drain:
         self.actor = audit.Actor("system", client_name, connection_id=self.connection_id)
         self.bundle_type = choose_bundle(self.settings.writeback_bundle, connection.capability_profile or {})
         self.run_result = DrainRun()
-        self.token = ""  # the claim of the batch in hand
         self.needs_it: str | None = None
+        self._lock = threading.Lock()
 
     def run(self, time_budget_s: float) -> DrainRun:
+        """Drain until nothing is due or the time is up, as a pipeline: up to `writeback_bundles_in_flight`
+        Bundles at the EHR at once (each a different claim, so a row is only ever in one request), while a
+        database thread stores finished batches' outcomes and claims and renders the next ones."""
         deadline = time.monotonic() + time_budget_s
-        while True:
-            if time.monotonic() >= deadline:
-                self.run_result.more = True
-                break
-            with self.ctx.db.session() as session:
-                token, rows = outbox.claim(session, self.settings.clock, connection_id=self.connection_id,
-                                           holder=self.ctx.name, limit=self.settings.writeback_batch_size,
-                                           lease_s=self.settings.job_lease_s)
-            if not rows:
-                break
-            self.run_result.claimed += len(rows)
-            self.drain_batch(token, rows)
+        width = max(1, self.settings.writeback_bundles_in_flight)
+        with ThreadPoolExecutor(1, thread_name_prefix="prm-drain-db") as db_thread, \
+                ThreadPoolExecutor(width, thread_name_prefix="prm-drain-http") as http_threads:
+            ahead: Future[Batch | None] | None = db_thread.submit(self._next_batch)
+            flying: deque[tuple[Batch, Future[None]]] = deque()
+            settling: list[Future[None]] = []
+            while True:
+                while ahead is not None and len(flying) < width:
+                    batch, ahead = ahead.result(), None
+                    if batch is None and not flying and settling:  # the last outcomes may have made rows due
+                        _wait(settling)                              # again (a fallback type to try): look once
+                        batch = self._next_batch()
+                    if batch is None:
+                        break
+                    flying.append((batch, http_threads.submit(self._write, batch)))
+                    if time.monotonic() < deadline:
+                        ahead = db_thread.submit(self._next_batch)
+                    else:
+                        self.run_result.more = True
+                if not flying:
+                    break
+                batch, written = flying.popleft()
+                written.result()
+                settling.append(db_thread.submit(self._settle, batch))
+                if ahead is None and not self.run_result.more:
+                    ahead = db_thread.submit(self._next_batch)  # after that settle: rows it made due again
+            _wait(settling)
         return self.run_result
 
-    # -- one claimed batch ---------------------------------------------------------------------------------
-
     def drain_batch(self, token: str, rows: list[OutboxRow]) -> None:
-        self.token = token
-        attempts = self._prepare(token, rows)
-        unknown = [a for a in attempts if not a.is_update and _row_unknown(rows, a)]
+        """One claimed batch, start to end, on this thread (the pipeline's steps, in order)."""
+        batch = Batch(token, rows, self._prepare(token, rows))
+        self._write(batch)
+        self._settle(batch)
+
+    def _next_batch(self) -> Batch | None:
+        with self.ctx.db.session() as session:
+            token, rows = outbox.claim(session, self.settings.clock, connection_id=self.connection_id,
+                                       holder=self.ctx.name, limit=self.settings.writeback_batch_size,
+                                       lease_s=self.settings.job_lease_s)
+        if not rows:
+            return None
+        self._count("claimed", len(rows))
+        return Batch(token, rows, self._prepare(token, rows))
+
+    def _count(self, what: str, n: int = 1) -> None:
+        with self._lock:  # the pipeline's two threads both count
+            setattr(self.run_result, what, getattr(self.run_result, what) + n)
+
+    # -- one claimed batch -----------------------------------------------------------------------------
+
+    def _write(self, batch: Batch) -> None:
+        """The HTTP part: look up lost answers by identifier, then send the rest."""
+        unknown = [a for a in batch.attempts if not a.is_update and _row_unknown(batch.rows, a)]
         if unknown:
-            self._verify_lost(token, unknown)
-        self._send([a for a in attempts if a.outcome is None and a.error is None])
-        self._settle(token, attempts)
+            self._verify_lost(unknown)
+        self._send([a for a in batch.attempts if a.outcome is None and a.error is None])
 
     def _prepare(self, token: str, rows: list[OutboxRow]) -> list[Attempt]:
         """Render each row as the first type the EHR takes; rows nothing can be written for are settled here."""
         attempts: list[Attempt] = []
         now = self.settings.clock()
         with self.ctx.db.session() as session:
+            held = outbox.hold_all(session, [r.id or 0 for r in rows], token)
+            items = preload_items(session, list(held.values()))
             for claimed in rows:
-                row = outbox.held(session, claimed.id or 0, token)
+                row = held.get(claimed.id or 0)
                 if row is None:
                     continue
                 chain = fallback_chain(row.resource_type, self.settings.writeback_fallbacks)
@@ -133,23 +184,25 @@ class Drain:
                     reasons.append(f"{candidate}: {refused}")
                 if target is None:
                     outbox.settle_kept(row, now, "; ".join(reasons))
-                    self.run_result.kept += 1
+                    self._count("kept")
                     continue
                 if target != row.resource_type:
                     row.degraded_reason = "; ".join(reasons)[:500] or row.degraded_reason
                 try:
-                    rendered = render(session, row, target)
+                    rendered = render(session, row, target, items)
                 except ValidationError as exc:
                     outbox.settle_failed(row, now, f"cannot be written: {exc}", retry_in_s=0, max_attempts=0,
                                          outcome_unknown=False)
-                    self.run_result.dead += 1
+                    self._count("dead")
                     continue
-                row.written_type = target
-                session.add(row)
-                attempts.append(Attempt(rendered, version_id=row.version_id if rendered.resource.get("id") else None))
+                if target != (row.written_type or row.resource_type):  # None means the preferred type
+                    row.written_type = target
+                    session.add(row)
+                attempts.append(Attempt(rendered, token,
+                                        version_id=row.version_id if rendered.resource.get("id") else None))
         return attempts
 
-    def _verify_lost(self, token: str, attempts: list[Attempt]) -> None:
+    def _verify_lost(self, attempts: list[Attempt]) -> None:
         """A create whose answer was lost may have happened: look it up by identifier before writing again."""
         by_type: dict[str, list[Attempt]] = {}
         for attempt in attempts:
@@ -165,16 +218,16 @@ class Drain:
             for attempt in group:
                 copies = [r for r in found if _has_identifier(r, attempt.rendered.identifier_value)]
                 if copies:
-                    self._adopt(token, attempt, copies)
+                    self._adopt(attempt, copies)
 
-    def _adopt(self, token: str, attempt: Attempt, copies: list[dict[str, Any]]) -> None:
+    def _adopt(self, attempt: Attempt, copies: list[dict[str, Any]]) -> None:
         """The EHR has it already (one copy, or several to reconcile): turn the create into an update."""
-        keep = self._reconcile(token, attempt, copies) if len(copies) > 1 else copies[0]
+        keep = self._reconcile(attempt, copies) if len(copies) > 1 else copies[0]
         attempt.rendered.resource["id"] = keep["id"]
         attempt.version_id = (keep.get("meta") or {}).get("versionId")
         attempt.notes.append(f"found {keep['resourceType']}/{keep['id']} by identifier")
 
-    def _reconcile(self, token: str, attempt: Attempt, copies: list[dict[str, Any]]) -> dict[str, Any]:
+    def _reconcile(self, attempt: Attempt, copies: list[dict[str, Any]]) -> dict[str, Any]:
         """Keep the oldest live copy; mark the others entered-in-error where the EHR allows; record it for IT."""
         live = [c for c in copies if c.get("status") != "entered-in-error"] or copies
         live.sort(key=lambda c: (str((c.get("meta") or {}).get("lastUpdated") or ""), str(c.get("id"))))
@@ -188,7 +241,7 @@ class Drain:
             except EhrError as exc:
                 attempt.notes.append(f"could not mark {extra['resourceType']}/{extra['id']} entered-in-error: {exc}")
         with self.ctx.db.session() as session:
-            row = outbox.held(session, attempt.rendered.row_id, token)
+            row = outbox.held(session, attempt.rendered.row_id, attempt.token)
             if row is not None:
                 row.duplicates = [*row.duplicates, *marked, *(f"unmarked:{e['resourceType']}/{e['id']}"
                                                              for e in extras if f"{e['resourceType']}/{e['id']}"
@@ -198,7 +251,7 @@ class Drain:
                          entity=f"{keep['resourceType']}/{keep['id']}", count=len(extras),
                          outcome="success" if len(marked) == len(extras) else "partial",
                          detail=f"kept {keep['id']}, marked {len(marked)} of {len(extras)} entered-in-error")
-        self.run_result.duplicates += len(extras)
+        self._count("duplicates", len(extras))
         log.warning("outbox row %s: %d duplicate(s) on the EHR; kept %s/%s", attempt.rendered.row_id, len(extras),
                     keep["resourceType"], keep["id"])
         return keep
@@ -261,7 +314,7 @@ class Drain:
             return
         copies = [r for r in found if _has_identifier(r, attempt.rendered.identifier_value)]
         if copies:
-            self._adopt(self.token, attempt, copies)
+            self._adopt(attempt, copies)
         else:
             attempt.error = TransientEhrError("the EHR reported copies of this write but none could be found")
 
@@ -288,47 +341,49 @@ class Drain:
 
     # -- record what happened ------------------------------------------------------------------------------
 
-    def _settle(self, token: str, attempts: list[Attempt]) -> None:
+    def _settle(self, batch: Batch) -> None:
+        """Store every outcome of the batch in one commit (rows whose claim lapsed meanwhile are left alone)."""
         now = self.settings.clock()
         max_attempts = self.settings.writeback_max_attempts
+        attempts = batch.attempts
         with self.ctx.db.session() as session:
+            held = outbox.hold_all(session, [a.rendered.row_id for a in attempts], batch.token)
+            items = preload_items(session, [r for r in held.values() if r.source.startswith("care_ticket:")])
+            written: list[outbox.Written] = []
             for attempt in attempts:
-                row = outbox.held(session, attempt.rendered.row_id, token)
+                row = held.get(attempt.rendered.row_id)
                 if row is None:
                     log.warning("outbox row %s: claim lapsed before its outcome was stored; the next drain "
                                 "will look the write up by identifier", attempt.rendered.row_id)
                     continue
-                if attempt.outcome is not None and attempt.error is None:
-                    self._settle_written(session, row, attempt)
+                fhir_id = (attempt.outcome.id if attempt.outcome else None) or attempt.rendered.resource.get("id")
+                if attempt.outcome is not None and attempt.error is None and fhir_id:
+                    written.append(outbox.Written(row, str(fhir_id), attempt.outcome.version_id,
+                                                  attempt.rendered.resource_type, attempt.rendered.revision))
+                    self._follow_written(row, attempt, items)
                 else:
-                    self._settle_error(row, attempt, attempt.error or TransientEhrError("no answer"), now,
-                                       max_attempts)
-                session.add(row)
+                    error = attempt.error or TransientEhrError(
+                        "the EHR accepted the write but named no id" if attempt.outcome else "no answer")
+                    self._settle_error(row, attempt, error, now, max_attempts)
+                    session.add(row)
+            outbox.settle_written_many(session, now, written)
+            self._count("written", len(written))
             if self.needs_it:
                 connections.flag_for_it(session, self.settings.clock, self.connection_id, self.needs_it)
-            written = sum(1 for a in attempts if a.outcome is not None and a.error is None)
             if attempts:  # system access: one audit record per batch, never one per resource
-                audit.record(session, self.settings.clock, self.actor, "writeback.batch", count=written,
+                audit.record(session, self.settings.clock, self.actor, "writeback.batch", count=len(written),
                              entity=",".join(sorted({a.rendered.resource_type for a in attempts})),
-                             outcome="success" if written == len(attempts) else "partial",
-                             detail=f"{len(attempts) - written} not written" if written < len(attempts) else None)
+                             outcome="success" if len(written) == len(attempts) else "partial",
+                             detail=f"{len(attempts) - len(written)} not written" if len(written) < len(attempts)
+                             else None)
 
-    def _settle_written(self, session: Session, row: OutboxRow, attempt: Attempt) -> None:
-        result = attempt.outcome
-        fhir_id = (result.id if result else None) or attempt.rendered.resource.get("id")
-        if not fhir_id:
-            self._settle_error(row, attempt, TransientEhrError("the EHR accepted the write but named no id"),
-                               self.settings.clock(), self.settings.writeback_max_attempts)
-            return
-        outbox.settle_written(row, self.settings.clock(), fhir_id=str(fhir_id),
-                              version_id=result.version_id if result else None,
-                              written_type=attempt.rendered.resource_type, revision=attempt.rendered.revision)
+    @staticmethod
+    def _follow_written(row: OutboxRow, attempt: Attempt, items: dict[str, SQLModel]) -> None:
+        """What we wrote is what the EHR has: later changes of the Task's status are the EHR's own."""
         if attempt.rendered.resource_type == "Task" and row.source.startswith("care_ticket:"):
-            item = item_of(session, row)
-            if isinstance(item, CareTicket):  # what we wrote is what the EHR has: later changes are the EHR's
+            item = items.get(row.source)
+            if isinstance(item, CareTicket):
                 item.ehr_status = str(attempt.rendered.resource.get("status"))
-                session.add(item)
-        self.run_result.written += 1
 
     def _settle_error(self, row: OutboxRow, attempt: Attempt, error: EhrError, now: Any, max_attempts: int) -> None:
         text = f"{type(error).__name__}: {error}"
@@ -340,12 +395,12 @@ class Drain:
             if 0 <= position < len(chain) - 1:
                 row.written_type, row.degraded_reason = chain[position + 1], reasons[:500]
                 row.status, row.due_at, row.claimed_by, row.claim_until = "pending", now, None, None
-                self.run_result.degraded += 1
+                self._count("degraded")
                 log.warning("outbox row %s: %s refused, falling back to %s", row.id, attempt.rendered.resource_type,
                             row.written_type)
             else:
                 outbox.settle_kept(row, now, reasons)
-                self.run_result.kept += 1
+                self._count("kept")
             return
         if isinstance(error, AuthExpiredError):  # refused again after re-authenticating: IT must act
             self.needs_it = f"the EHR refused the backend token after re-authentication (write-back): {error}"
@@ -354,10 +409,13 @@ class Drain:
         retry_in = retry_after if retry_after else min(30.0 * 2 ** row.attempts, 3600.0)
         outbox.settle_failed(row, now, text, retry_in_s=retry_in, max_attempts=max_attempts if transient else 0,
                              outcome_unknown=transient and not attempt.is_update)
-        if row.status == "dead":
-            self.run_result.dead += 1
-        else:
-            self.run_result.failed += 1
+        self._count("dead" if row.status == "dead" else "failed")
+
+
+def _wait(futures: list[Future[None]]) -> None:
+    for future in futures:
+        future.result()  # re-raises what went wrong on the database thread
+    futures.clear()
 
 
 def _row_unknown(rows: list[OutboxRow], attempt: Attempt) -> bool:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session, SQLModel, col, select
 
 from fhir_mappings.communication import outreach_message_to_communication
 from fhir_mappings.task import care_ticket_status_from_task, care_ticket_to_communication, care_ticket_to_task
@@ -56,7 +56,24 @@ def refused_by_profile(profile: dict[str, Any], resource_type: str) -> str | Non
     return None
 
 
-def item_of(session: Session, row: OutboxRow) -> SQLModel:
+def preload_items(session: Session, rows: list[OutboxRow]) -> dict[str, SQLModel]:
+    """The items of a batch by source (`care_ticket:12`), one query per kind; hold the dict while using them
+    (the session's identity map keeps only weak references)."""
+    wanted: dict[str, list[int]] = {}
+    for row in rows:
+        kind, _, raw_id = row.source.partition(":")
+        if kind in ITEMS and raw_id.isdigit():
+            wanted.setdefault(kind, []).append(int(raw_id))
+    items: dict[str, SQLModel] = {}
+    for kind, ids in wanted.items():
+        model: Any = ITEMS[kind]
+        items.update((f"{kind}:{item.id}", item) for item in session.exec(select(model).where(col(model.id).in_(ids))))
+    return items
+
+
+def item_of(session: Session, row: OutboxRow, items: dict[str, SQLModel] | None = None) -> SQLModel:
+    if items is not None and row.source in items:
+        return items[row.source]
     kind, _, raw_id = row.source.partition(":")
     model = ITEMS.get(kind)
     if model is None or not raw_id.isdigit():
@@ -67,13 +84,14 @@ def item_of(session: Session, row: OutboxRow) -> SQLModel:
     return item
 
 
-def render(session: Session, row: OutboxRow, resource_type: str) -> Rendered:
+def render(session: Session, row: OutboxRow, resource_type: str, items: dict[str, SQLModel] | None = None
+           ) -> Rendered:
     """Map the row's item to `resource_type` (ValidationError when it cannot be written as that)."""
     kind = row.source.partition(":")[0]
     mapper = MAPPERS.get((kind, resource_type))
     if mapper is None:
         raise ValidationError(f"{kind} cannot be written as {resource_type}")
-    resource = mapper(item_of(session, row))
+    resource = mapper(item_of(session, row, items))
     if row.fhir_id and row.written_type == resource_type:
         resource["id"] = row.fhir_id
     return Rendered(row_id=row.id or 0, resource_type=resource_type, resource=resource, revision=row.revision,
