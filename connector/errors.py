@@ -27,6 +27,17 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     return min(max(delta, 0.0), MAX_RETRY_AFTER_S)
 
 
+def outcome_codes(response: requests.Response) -> tuple[str, ...]:
+    """The issue codes of an OperationOutcome body (`not-supported`, `forbidden`, ...); () when there is none."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ()
+    if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
+        return ()
+    return tuple(str(i["code"]) for i in body.get("issue") or [] if isinstance(i, dict) and i.get("code"))
+
+
 def outcome_text(response: requests.Response) -> str:
     """The diagnostics of an OperationOutcome body, else the start of the body; never whole payloads."""
     try:
@@ -56,7 +67,7 @@ def raise_for_status(response: requests.Response) -> requests.Response:
         raise AuthExpiredError(message)
     if status in (408, 425, 429) or status >= 500:
         raise TransientEhrError(message, retry_after_seconds(response.headers.get("Retry-After")))
-    raise PermanentEhrError(message, status)
+    raise PermanentEhrError(message, status, outcome_codes(response))
 
 
 def transport_error(exc: requests.RequestException, url: str) -> EhrError:

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote_plus, urlencode, urlsplit
@@ -176,37 +174,6 @@ def write_error(status: int, codes: Sequence[str], message: str, *, create: bool
     return PermanentEhrError(message, status)
 
 
-# ---------------- the OperationOutcome of a failed write ----------------
-# PoliteClient turns a 4xx into PermanentEhrError(message, status); the issue codes (which tell a refusal from
-# a bad resource) are not in it. A session response hook, active only on the thread and during the write
-# that asked for it, keeps them.
-
-_capture = threading.local()
-
-
-def _remember_outcome(response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
-    box: list[tuple[str, ...]] | None = getattr(_capture, "box", None)
-    if box is not None and response.status_code >= 400:
-        try:
-            box.append(outcome_issues(response.json())[1])
-        except ValueError:
-            box.append(())
-    return response
-
-
-@contextmanager
-def _capturing(session: requests.Session) -> Iterator[list[tuple[str, ...]]]:
-    hooks = session.hooks.setdefault("response", [])
-    if _remember_outcome not in hooks:
-        hooks.append(_remember_outcome)
-    box: list[tuple[str, ...]] = []
-    _capture.box = box
-    try:
-        yield box
-    finally:
-        _capture.box = None
-
-
 def _resource_type(resource: dict[str, Any]) -> str:
     if not isinstance(resource, dict):
         raise ValidationError("a FHIR resource must be a JSON object")
@@ -266,14 +233,13 @@ class FhirWriter:
                *, create: bool) -> requests.Response:
         extra = {"Content-Type": FHIR_JSON, "Prefer": "return=minimal", **headers}
         client = self.client
-        with _capturing(client.session) as box:
-            try:
-                return self._authed.call(lambda auth: client.request(method, url, headers={**auth, **extra},
-                                                                     json_body=body))
-            except PermanentEhrError as exc:
-                if exc.status is None or type(exc) is not PermanentEhrError:
-                    raise
-                raise write_error(exc.status, box[-1] if box else (), str(exc), create=create) from exc
+        try:
+            return self._authed.call(lambda auth: client.request(method, url, headers={**auth, **extra},
+                                                                 json_body=body))
+        except PermanentEhrError as exc:
+            if exc.status is None or type(exc) is not PermanentEhrError:
+                raise
+            raise write_error(exc.status, exc.codes, str(exc), create=create) from exc
 
     @staticmethod
     def _outcome(response: requests.Response, rtype: str, fallback_id: str | None = None) -> WriteOutcome:

@@ -79,8 +79,10 @@ class AuthExpiredError(EhrError):
 
 
 class PermanentEhrError(EhrError):
-    """The EHR refused in a way that retrying will not change."""
+    """The EHR refused in a way that retrying will not change; `codes` are its OperationOutcome issue codes
+    (they tell "this server does not take that" from "this resource is wrong")."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, codes: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.status = status
+        self.codes = codes

@@ -37,6 +37,7 @@ def test_defaults_are_the_embedded_sqlite_file_and_no_redis(tmp_path: Path) -> N
         ({"PRM_NOW": "yesterday"}, "ISO 8601"),
         ({"PRM_WRITEBACK_BUNDLE": "zip"}, "PRM_WRITEBACK_BUNDLE"),
         ({"PRM_WRITEBACK_BATCH_SIZE": "0"}, "PRM_WRITEBACK_BATCH_SIZE"),
+        ({"PRM_WRITEBACK_BUNDLES_IN_FLIGHT": "0"}, "PRM_WRITEBACK_BUNDLES_IN_FLIGHT"),
         ({"PRM_WRITEBACK_FALLBACKS": "Task->Communication"}, "PRM_WRITEBACK_FALLBACKS"),
     ],
 )
