@@ -162,7 +162,8 @@ def run_limit_child(args: dict[str, Any]) -> dict[str, Any]:
 
 def time_phases() -> dict[str, float]:
     """Wall seconds spent in each step of the drain, summed over the run: the Drain's steps, the outbox calls
-    and the mapping it makes, wrapped (nothing else changes) in this child only. A few perf_counter calls a row."""
+    and the mapping it makes, wrapped (nothing else changes) in this child only. A few perf_counter calls a row.
+    The drain is a pipeline (a database thread, HTTP threads), so the steps overlap: shares add up past 100%."""
     from connector.fhir_writer import FhirWriter
     from workers import writeback_engine as engine
 
@@ -178,15 +179,16 @@ def time_phases() -> dict[str, float]:
         return wrapper
 
     for owner, attribute, name in (
-            (engine.outbox, "claim", "claim (one session)"),
-            (engine.Drain, "_prepare", "prepare (one session)"),
-            (engine.outbox, "held", "  outbox.held (prepare + settle)"),
-            (engine, "render", "  render: item_of + mapper + R4B validation"),
+            (engine.outbox, "claim", "claim (db thread)"),
+            (engine.Drain, "_prepare", "prepare (db thread, one session)"),
+            (engine.outbox, "hold_all", "  outbox.hold_all (prepare + settle)"),
+            (engine, "preload_items", "  preload_items (prepare + settle)"),
+            (engine, "render", "  render: mapper + R4B validation"),
             (engine.Drain, "_verify_lost", "verify lost"),
-            (engine.Drain, "_send", "send"),
+            (engine.Drain, "_write", "write (HTTP threads)"),
             (FhirWriter, "post_bundle", "  FhirWriter.post_bundle (HTTP + JSON)"),
-            (engine.Drain, "_settle", "settle (one session)"),
-            (engine, "item_of", "  item_of in settle")):
+            (engine.Drain, "_settle", "settle (db thread, one session)"),
+            (engine.outbox, "settle_written_many", "  outbox.settle_written_many")):
         setattr(owner, attribute, timed(name, getattr(owner, attribute)))
     return spent
 
