@@ -11,8 +11,9 @@ from pydantic import ValidationError as PydanticValidationError
 from prm.errors import ValidationError
 
 
-def check_r4(model: type[BaseModel], resource: dict[str, Any]) -> None:
-    """Structure and formats against the fhir.resources R4B model; ValidationError names the first problem."""
+def check_r4(model: type[BaseModel], resource: dict[str, Any], what: str | None = None) -> None:
+    """Structure and formats against the fhir.resources R4B model; ValidationError names the first problem.
+    `what` names the resource in the message (default `Type/id`; an outbound resource has no id yet)."""
     expected = model.__name__
     if resource.get("resourceType") != expected:
         raise ValidationError(f"expected a {expected}, got {resource.get('resourceType')!r}")
@@ -21,7 +22,8 @@ def check_r4(model: type[BaseModel], resource: dict[str, Any]) -> None:
     except PydanticValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
-        raise ValidationError(f"{expected}/{resource.get('id')} is not valid R4: {where}: {first.get('msg')}") from exc
+        label = what or f"{expected}/{resource.get('id')}"
+        raise ValidationError(f"{label} is not a valid R4 {expected}: {where}: {first.get('msg')}") from exc
 
 
 def instant(value: str | None) -> tuple[datetime | None, int | None]:

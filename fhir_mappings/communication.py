@@ -1,21 +1,24 @@
-"""OutreachMessage -> FHIR R4 Communication (pure), plus the outbound pieces every write-back mapper shares.
-
-R4B validation checks structure and formats only: it accepts any code, any reference text and any target type.
-So the code tables and reference checks live here, and an EHR never sees a resource we could have refused.
-"""
+"""OutreachMessage -> FHIR R4 Communication (pure); the checks it shares with the Task mapper are in outbound.py."""
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime
 from typing import Any
 
 from fhir.resources.R4B import communication as fhir_communication
-from pydantic import BaseModel
-from pydantic import ValidationError as PydanticValidationError
 
 from fhir_mappings.common import instant, ref_id
-from fhir_mappings.written import IDENTIFIER_SYSTEM
+from fhir_mappings.outbound import (
+    RECIPIENT_TYPES,
+    SENDER_TYPES,
+    business_identifier,
+    checked,
+    code_in,
+    coded,
+    fhir_instant,
+    our_key,
+    reference,
+    typed_reference,
+)
 from prm.errors import ValidationError
 from prm.followup_models import OutreachMessage
 
@@ -41,72 +44,6 @@ NOT_DONE_DISPLAY = {"unknown": "Unknown", "system-error": "System Error",
                     "invalid-phone-number": "Invalid Phone Number", "recipient-unavailable": "Recipient Unavailable",
                     "family-objection": "Family Objection", "patient-objection": "Patient Objection"}
 MESSAGE_STATUS = {"sent": "completed", "failed": "not-done"}
-
-# R4 target types, so a bad reference fails here rather than as a 422 from the EHR in a worker at 3 a.m.
-RECIPIENT_TYPES = frozenset({"Device", "Organization", "Patient", "Practitioner", "PractitionerRole",
-                             "RelatedPerson", "Group", "CareTeam", "HealthcareService"})
-SENDER_TYPES = frozenset({"Device", "Organization", "Patient", "Practitioner", "PractitionerRole", "RelatedPerson",
-                          "HealthcareService"})
-_REFERENCE = re.compile(r"(?P<type>[A-Z][A-Za-z]{1,63})/(?P<id>[A-Za-z0-9\-.]{1,64})")
-_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
-
-
-def fhir_instant(value: datetime | None, what: str) -> str:
-    """ISO-8601 in UTC with an explicit +00:00; a naive datetime is a bug upstream, never guessed at here."""
-    if value is None:
-        raise ValidationError(f"{what} is missing")
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValidationError(f"{what} is a naive datetime; fhir-prm keeps aware UTC times")
-    return value.astimezone(UTC).isoformat()
-
-
-def reference(value: str, what: str, allowed: frozenset[str] | None = None) -> dict[str, str]:
-    """A relative `Type/id` reference, checked for shape and (where R4 restricts it) target type."""
-    match = _REFERENCE.fullmatch(value or "")
-    if match is None:
-        raise ValidationError(f"{what} {value!r} is not a Type/id reference")
-    if allowed is not None and match["type"] not in allowed:
-        raise ValidationError(f"{what} {value!r}: R4 allows only {', '.join(sorted(allowed))} here")
-    return {"reference": value}
-
-
-def typed_reference(resource_type: str, fhir_id: str | None, what: str) -> dict[str, str]:
-    if not fhir_id or _ID.fullmatch(fhir_id) is None:
-        raise ValidationError(f"{what} {fhir_id!r} is not a FHIR id")
-    return {"reference": f"{resource_type}/{fhir_id}"}
-
-
-def coded(system: str, code: str, display: str) -> dict[str, Any]:
-    return {"coding": [{"system": system, "code": code, "display": display}], "text": display}
-
-
-def business_identifier(key: str) -> list[dict[str, str]]:
-    if not key:
-        raise ValidationError("business_key is missing: every resource we write carries one (exactly-once)")
-    return [{"system": IDENTIFIER_SYSTEM, "value": key}]
-
-
-def checked(model: type[BaseModel], resource: dict[str, Any], what: str) -> dict[str, Any]:
-    """The resource itself (our ISO offsets intact), once the R4B model accepts it."""
-    try:
-        model.model_validate(resource)
-    except PydanticValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        raise ValidationError(f"{what} is not a valid R4 {model.__name__}: {where}: {first.get('msg')}") from exc
-    return resource
-
-
-def code_in(concepts: list[dict[str, Any]] | dict[str, Any] | None, system: str) -> str | None:
-    """The first code from `system` among one or more CodeableConcepts."""
-    items = concepts if isinstance(concepts, list) else [concepts or {}]
-    return next((c.get("code") for cc in items for c in cc.get("coding", []) if c.get("system") == system), None)
-
-
-def our_key(resource: dict[str, Any]) -> str | None:
-    return next((i.get("value") for i in resource.get("identifier", []) if i.get("system") == IDENTIFIER_SYSTEM),
-                None)
-
 
 def outreach_message_to_communication(message: OutreachMessage) -> dict[str, Any]:
     """Only messages that reached an outcome are written: the EHR's record is of contact made (or attempted)."""

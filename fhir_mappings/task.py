@@ -13,9 +13,8 @@ from fhir.resources.R4B import communication as fhir_communication
 from fhir.resources.R4B import task as fhir_task
 
 from fhir_mappings.common import instant, ref_id
-from fhir_mappings.communication import (
-    CATEGORY_DISPLAY,
-    CATEGORY_SYSTEM,
+from fhir_mappings.communication import CATEGORY_DISPLAY, CATEGORY_SYSTEM
+from fhir_mappings.outbound import (
     RECIPIENT_TYPES,
     SENDER_TYPES,
     business_identifier,
