@@ -230,6 +230,13 @@ def needing_attention(session: Session, limit: int = 200) -> list[OutboxRow]:
     return list(session.exec(query))
 
 
+def counts_by_connection(session: Session) -> list[tuple[int, str, int]]:
+    """(connection id, status, rows) for every status a connection's rows are in: the write-back overview."""
+    query = (select(OutboxRow.connection_id, OutboxRow.status, func.count())
+             .group_by(col(OutboxRow.connection_id), col(OutboxRow.status)))
+    return [(int(c), str(s), int(n)) for c, s, n in session.exec(query)]
+
+
 def next_due(session: Session, connection_id: int) -> datetime | None:
     """When the connection's drain should run next: the earliest pending row, or the earliest claim to lapse
     (a drain that died mid-write leaves its rows in flight until then)."""

@@ -12,13 +12,11 @@ import secrets
 from typing import Any
 
 from flask import Blueprint, g, redirect, render_template, request, url_for
-from sqlalchemy import func
-from sqlmodel import col, select
 from werkzeug.wrappers import Response
 
 from prm import admin_sessions, audit, connections, outbox, streams
 from prm.errors import NotFoundError, SignInRefused, ValidationError
-from prm.models import Connection, OutboxRow
+from prm.models import Connection
 from prm.permissions import Action, allows
 from smart_app import admin_forms, admin_present, csrf
 from smart_app.context import prm
@@ -218,8 +216,7 @@ def outbox_list() -> str:
     """Write-back per connection, and the rows IT should look at: ids, types, statuses and errors, no contents."""
     with prm().db.session() as session:
         names = {row.id: row.name for row in connections.list_all(session) if row.id is not None}
-        counted = session.exec(select(OutboxRow.connection_id, OutboxRow.status, func.count())
-                               .group_by(col(OutboxRow.connection_id), col(OutboxRow.status))).all()
+        counted = outbox.counts_by_connection(session)
         rows = outbox.needing_attention(session, limit=ATTENTION_LIMIT)
     notice = admin_present.outbox_notice(request.args.get("done"), request.args.get("row", type=int))
     return render_template("admin_outbox.html", totals=admin_present.outbox_totals(names, counted),
