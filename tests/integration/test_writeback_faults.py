@@ -355,6 +355,21 @@ def test_failed_writes_are_retried_when_due_and_written_once(bundle: str, path: 
         assert drain(env).claimed == 0
 
 
+def test_a_real_worker_honours_retry_after_and_writes_once(faulty: FaultyEhr, tmp_path: Path) -> None:
+    """The same faults through `prm beat` + `prm worker` on Redis: the job wiring, not only the drain."""
+    with faulty_env(faulty, tmp_path) as (env, proxy), fleet(env, tmp_path) as (ps, _):
+        items = create_items(env, 4, 4)
+        busy = proxy.add_fault(BUNDLE, method="POST", status=503, retry_after="1")
+        limited = proxy.add_fault(BUNDLE, method="POST", status=429, retry_after="1")
+        ps.start("beat", "beat")
+        ps.worker("worker")
+        wait_until(lambda: rows_done(env, items.all()), 60, interval_s=0.3, what="the worker writing past 503 and 429")
+        assert busy.times == 0 and limited.times == 0  # both faults were met, then waited out
+        assert proxy.count("POST", BUNDLE, 503) == 1 and proxy.count("POST", BUNDLE, 429) == 1
+        rows = assert_exactly_once(env, items)
+        assert all(r.attempts == 0 and r.last_error is None for r in rows)
+
+
 # ---------------- 2. the answer is lost after the EHR committed ----------------
 
 
