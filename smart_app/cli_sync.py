@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime
 from typing import Any
 
@@ -86,8 +87,14 @@ def sync_run(name: str, types: tuple[str, ...]) -> None:
                 bar.render_progress()
 
             run = run_stream(ctx, stream.id or 0, time_budget_s=24 * 3600, progress=progress)
+            waited_until = time.monotonic() + max(60.0, 2 * ctx.settings.job_lease_s)
+            while run.busy and time.monotonic() < waited_until:  # a background worker is syncing it right now:
+                bar.label = f"sync {name} {stream.resource_type}: waiting for the worker syncing it"
+                bar.render_progress()
+                time.sleep(1.0)  # its lease ends when it finishes (or lapses if it died); then run it here
+                run = run_stream(ctx, stream.id or 0, time_budget_s=24 * 3600, progress=progress)
             bar.update(1, f"{stream.resource_type}: {run.stored} stored, {run.deleted} deleted"
-                          f"{', busy (another worker has it)' if run.busy else ''}")
+                          f"{', busy (another worker still has it)' if run.busy else ''}")
             failed = failed or run.busy
     click.echo(f"sync of {name} finished")
     if failed:

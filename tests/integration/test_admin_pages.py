@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.cookies import SimpleCookie
 from typing import Any
 
@@ -16,6 +18,7 @@ from playwright.sync_api import sync_playwright
 from sqlmodel import select
 
 from ehr_sandbox.stack import SandboxStack
+from prm import leases, streams
 from prm.crypto import SecretBox
 from prm.db import Database
 from prm.models import AuditRecord, Connection
@@ -328,6 +331,11 @@ def test_in_chromium_sign_in_and_add_a_connection(chromium: Any, live_app: LiveA
     context.close()
 
 
+def _release(database: Database, lease: str) -> None:
+    with database.session() as session:
+        leases.release(session, lease, "another-worker")
+
+
 def test_sync_health_is_shown_after_prm_sync_run(live_app: LiveApp, sandbox: SandboxStack,
                                                   accounts: dict[str, str]) -> None:
     """`prm sync run` in the foreground, then IT sees the streams (and their counts) on the connection page."""
@@ -338,8 +346,17 @@ def test_sync_health_is_shown_after_prm_sync_run(live_app: LiveApp, sandbox: San
                          "--frame-origin", sandbox.ehr_url, "--role-map", "Practitioner/prac-rdc-05=it_admin",
                          "--backend-client-id", BACKEND_CLIENT_ID, "--backend-auth", "private_key_jwt")
     assert added.returncode == 0, added.stderr
+    database = Database(live_app.database_url)
+    with database.session() as session:  # a background worker is syncing Location right now; it ends in 2 s
+        connection_id = session.exec(select(Connection.id).where(Connection.name == "sandbox")).one()
+        lease = f"{streams.LEASE_PREFIX}{connection_id}:Location"
+        assert leases.acquire(session, lease, "another-worker", datetime.now(UTC), 3600)
+    finished = threading.Timer(2.0, lambda: _release(database, lease))
+    finished.start()
     ran = live_app.prm("sync", "run", "--connection", "sandbox", "--type", "Organization", "--type", "Location")
-    assert ran.returncode == 0, ran.stderr + ran.stdout
+    finished.join()
+    database.dispose()
+    assert ran.returncode == 0, ran.stderr + ran.stdout  # it waited for the worker, then synced Location itself
     status = live_app.prm("sync", "status", "--connection", "sandbox", "--json")
     by_type = {row["type"]: row for row in json.loads(status.stdout) if "phase" in row}
     assert by_type["Organization"]["resources"] >= 4 and by_type["Organization"]["phase"] == "incremental"
