@@ -138,17 +138,6 @@ def held(session: Session, row_id: int, token: str) -> OutboxRow | None:
     return row
 
 
-def settle_written(row: OutboxRow, now: datetime, *, fhir_id: str, version_id: str | None, written_type: str,
-                   revision: int) -> None:
-    """The EHR holds `revision` of the item as written_type/fhir_id; pending again if the item moved on."""
-    row.fhir_id, row.version_id, row.written_type = fhir_id, version_id, written_type
-    row.sent_revision = max(row.sent_revision, revision)
-    row.outcome_unknown, row.last_error, row.claimed_by, row.claim_until = False, None, None, None
-    row.attempts, row.updated_at = 0, now
-    row.status = "done" if row.sent_revision >= row.revision else "pending"
-    row.due_at = now
-
-
 @dataclass(frozen=True)
 class Written:
     """One write the EHR took: which row, as what, at which revision of the item."""
@@ -159,23 +148,32 @@ class Written:
     written_type: str
     revision: int
 
+    def settled(self, now: datetime) -> dict[str, object]:
+        """The row's columns once settled: `done`, or pending again if the item moved on while it was written."""
+        sent = max(self.row.sent_revision, self.revision)
+        return {"fhir_id": self.fhir_id, "version_id": self.version_id, "written_type": self.written_type,
+                "sent_revision": sent, "status": "done" if sent >= self.row.revision else "pending",
+                "outcome_unknown": False, "last_error": None, "claimed_by": None, "claim_until": None,
+                "attempts": 0, "updated_at": now, "due_at": now}
+
+
+def settle_written(row: OutboxRow, now: datetime, *, fhir_id: str, version_id: str | None, written_type: str,
+                   revision: int) -> None:
+    """The EHR holds `revision` of the item as written_type/fhir_id (one row, on the ORM object)."""
+    for column, value in Written(row, fhir_id, version_id, written_type, revision).settled(now).items():
+        setattr(row, column, value)
+
 
 def settle_written_many(session: Session, now: datetime, written: list[Written]) -> None:
     """`settle_written` for a whole batch as one UPDATE executed for many rows (the drain's common path)."""
     if not written:
         return
     table = OutboxRow.__table__  # type: ignore[attr-defined]
-    values = []
-    for w in written:
-        sent = max(w.row.sent_revision, w.revision)
-        values.append({"b_id": w.row.id, "b_fhir_id": w.fhir_id, "b_version": w.version_id, "b_type": w.written_type,
-                       "b_sent": sent, "b_status": "done" if sent >= w.row.revision else "pending"})
-    session.execute(
-        update(table).where(table.c.id == bindparam("b_id")).values(
-            fhir_id=bindparam("b_fhir_id"), version_id=bindparam("b_version"), written_type=bindparam("b_type"),
-            sent_revision=bindparam("b_sent"), status=bindparam("b_status"), outcome_unknown=False, last_error=None,
-            claimed_by=None, claim_until=None, attempts=0, updated_at=now, due_at=now),
-        values, execution_options={"synchronize_session": False})
+    rows = [{"b_id": w.row.id, **{f"b_{column}": value for column, value in w.settled(now).items()}}
+            for w in written]
+    columns = [key[2:] for key in rows[0] if key != "b_id"]
+    session.execute(update(table).where(table.c.id == bindparam("b_id"))
+                    .values({column: bindparam(f"b_{column}") for column in columns}), rows)
 
 
 def settle_kept(row: OutboxRow, now: datetime, reason: str) -> None:

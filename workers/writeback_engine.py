@@ -156,7 +156,8 @@ class Drain:
 
     def _write(self, batch: Batch) -> None:
         """The HTTP part: look up lost answers by identifier, then send the rest."""
-        unknown = [a for a in batch.attempts if not a.is_update and _row_unknown(batch.rows, a)]
+        lost = {row.id for row in batch.rows if row.outcome_unknown}
+        unknown = [a for a in batch.attempts if not a.is_update and a.rendered.row_id in lost]
         if unknown:
             self._verify_lost(unknown)
         self._send([a for a in batch.attempts if a.outcome is None and a.error is None])
@@ -416,10 +417,6 @@ def _wait(futures: list[Future[None]]) -> None:
     for future in futures:
         future.result()  # re-raises what went wrong on the database thread
     futures.clear()
-
-
-def _row_unknown(rows: list[OutboxRow], attempt: Attempt) -> bool:
-    return any(r.id == attempt.rendered.row_id and r.outcome_unknown for r in rows)
 
 
 def _if_none_exist(rendered: Rendered) -> str:

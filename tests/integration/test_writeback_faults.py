@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from http.server import ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -116,16 +116,9 @@ class LateFaultProxy(FaultProxy):
             self._late.clear()
         super().clear()
 
-    def start(self) -> LateFaultProxy:
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), _LateHandler)
-        server.daemon_threads = True
-        server.proxy = self  # type: ignore[attr-defined]
-        server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"late-fault-proxy-{self.port}", daemon=True)
-        self._thread.start()
-        return self
+    @staticmethod
+    def handler() -> type[BaseHTTPRequestHandler]:
+        return _LateHandler
 
 
 class _LateHandler(_Handler):

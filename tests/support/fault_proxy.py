@@ -115,7 +115,7 @@ class FaultProxy:
                        if m == method and pattern.search(p) and (status is None or s == status))
 
     def start(self) -> FaultProxy:
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), _Handler)
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), self.handler())
         server.daemon_threads = True
         server.proxy = self  # type: ignore[attr-defined]
         server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
@@ -124,6 +124,11 @@ class FaultProxy:
                                         name=f"fault-proxy-{self.port}", daemon=True)
         self._thread.start()
         return self
+
+    @staticmethod
+    def handler() -> type[BaseHTTPRequestHandler]:
+        """The request handler class; a subclass with faults of its own returns its own."""
+        return _Handler
 
     def stop(self) -> None:
         if self._server is not None:
