@@ -7,12 +7,12 @@ under the EHR's `iss`: the bearer token goes nowhere else.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import orjson
 import requests
 
 from connector.errors import retry_after_seconds
@@ -134,7 +134,7 @@ class BulkExport:
 
 def _parse_line(raw: bytes, line_no: int) -> dict[str, Any]:
     try:
-        item = json.loads(raw)
+        item = orjson.loads(raw)
     except ValueError as exc:
         return {"resourceType": INVALID, "error": f"not JSON: {str(exc)[:120]}", "line": line_no}
     if not isinstance(item, dict) or not isinstance(item.get("resourceType"), str):

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
@@ -165,7 +166,7 @@ def _checked(response: requests.Response) -> requests.Response:
 
 def _json_object(response: requests.Response) -> dict[str, Any]:
     try:
-        body = response.json()
+        body = orjson.loads(response.content)  # FHIR JSON is UTF-8; orjson is ~3x faster than json here
     except ValueError as exc:  # a cut or garbled body: the next attempt may get it whole
         raise TransientEhrError(f"{_short(response.url)}: the body is not complete JSON") from exc
     if not isinstance(body, dict):

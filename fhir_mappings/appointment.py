@@ -1,17 +1,16 @@
-"""FHIR R4 Appointment -> Booking (pure; the R4B check at the edge)."""
+"""FHIR R4 Appointment -> Booking (pure; the R4 schema check at the edge)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fhir.resources.R4B import appointment as fhir_appointment
-
-from fhir_mappings.common import check_r4, codes, instant, meta, ref_ids
+from fhir_mappings.common import codes, instant, meta, ref_ids
+from fhir_mappings.r4_schema import check_resource
 from prm.snapshot_models import BookingCreate
 
 
 def booking_from_appointment(resource: dict[str, Any]) -> BookingCreate:
-    check_r4(fhir_appointment.Appointment, resource)
+    check_resource("Appointment", resource)
     start_at, start_offset = instant(resource.get("start"))
     end_at, end_offset = instant(resource.get("end"))
     actors = [p.get("actor") or {} for p in resource.get("participant", [])]

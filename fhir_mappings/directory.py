@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhir.resources.R4B import location as fhir_location
-from fhir.resources.R4B import organization as fhir_organization
-from fhir.resources.R4B import practitionerrole as fhir_practitionerrole
-from fhir.resources.R4B import relatedperson as fhir_relatedperson
-
-from fhir_mappings.common import check_r4, codes, meta, ref_id, ref_ids
+from fhir_mappings.common import codes, meta, ref_id, ref_ids
+from fhir_mappings.r4_schema import check_resource
 from prm.snapshot_models import OrganizationRecordCreate, RelatedContactCreate, SiteCreate, StaffRoleCreate
 
 TIMEZONE_URLS = (
@@ -27,7 +23,7 @@ def timezone_of(resource: dict[str, Any]) -> str | None:
 
 
 def organization_record_from_organization(resource: dict[str, Any]) -> OrganizationRecordCreate:
-    check_r4(fhir_organization.Organization, resource)
+    check_resource("Organization", resource)
     return OrganizationRecordCreate(
         **meta(resource), name=resource.get("name", ""), active=resource.get("active", True),
         part_of=ref_id(resource.get("partOf"), "Organization"), timezone=timezone_of(resource),
@@ -35,7 +31,7 @@ def organization_record_from_organization(resource: dict[str, Any]) -> Organizat
 
 
 def site_from_location(resource: dict[str, Any]) -> SiteCreate:
-    check_r4(fhir_location.Location, resource)
+    check_resource("Location", resource)
     return SiteCreate(
         **meta(resource), name=resource.get("name", ""), status=resource.get("status"),
         part_of=ref_id(resource.get("partOf"), "Location"),
@@ -44,7 +40,7 @@ def site_from_location(resource: dict[str, Any]) -> SiteCreate:
 
 
 def staff_role_from_practitioner_role(resource: dict[str, Any]) -> StaffRoleCreate:
-    check_r4(fhir_practitionerrole.PractitionerRole, resource)
+    check_resource("PractitionerRole", resource)
     return StaffRoleCreate(
         **meta(resource), active=resource.get("active", True),
         practitioner_id=ref_id(resource.get("practitioner"), "Practitioner"),
@@ -55,7 +51,7 @@ def staff_role_from_practitioner_role(resource: dict[str, Any]) -> StaffRoleCrea
 
 
 def related_contact_from_related_person(resource: dict[str, Any]) -> RelatedContactCreate:
-    check_r4(fhir_relatedperson.RelatedPerson, resource)
+    check_resource("RelatedPerson", resource)
     names = [n for n in resource.get("name", []) if n.get("use") != "old"]
     name = names[0] if names else {}
     display = name.get("text") or " ".join([*name.get("given", []), name.get("family", "")]).strip()

@@ -1,17 +1,16 @@
-"""FHIR R4 Encounter -> Visit (pure; the R4B check at the edge)."""
+"""FHIR R4 Encounter -> Visit (pure; the R4 schema check at the edge)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fhir.resources.R4B import encounter as fhir_encounter
-
-from fhir_mappings.common import check_r4, codes, instant, meta, ref_id, ref_ids
+from fhir_mappings.common import codes, instant, meta, ref_id, ref_ids
+from fhir_mappings.r4_schema import check_resource
 from prm.snapshot_models import VisitCreate
 
 
 def visit_from_encounter(resource: dict[str, Any]) -> VisitCreate:
-    check_r4(fhir_encounter.Encounter, resource)
+    check_resource("Encounter", resource)
     period = resource.get("period") or {}
     start_at, start_offset = instant(period.get("start"))
     end_at, end_offset = instant(period.get("end"))

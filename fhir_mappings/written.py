@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhir.resources.R4B import communication as fhir_communication
-from fhir.resources.R4B import task as fhir_task
-
-from fhir_mappings.common import check_r4, meta
+from fhir_mappings.common import meta
+from fhir_mappings.r4_schema import check_resource
 from prm.outbox import IDENTIFIER_SYSTEM
 from prm.snapshot_models import WrittenResourceCreate
 
@@ -16,7 +14,7 @@ __all__ = ["IDENTIFIER_SYSTEM", "written_from_resource"]
 
 def written_from_resource(resource: dict[str, Any]) -> WrittenResourceCreate:
     kind = resource.get("resourceType")
-    check_r4(fhir_task.Task if kind == "Task" else fhir_communication.Communication, resource)
+    check_resource("Task" if kind == "Task" else "Communication", resource)
     ours = next((i.get("value") for i in resource.get("identifier", []) if i.get("system") == IDENTIFIER_SYSTEM), None)
     business = ((resource.get("businessStatus") or {}).get("coding") or [{}])[0].get("code")
     return WrittenResourceCreate(
