@@ -52,7 +52,7 @@ def upsert_page(session: Session, connection_id: int, resource_type: str, rows: 
     table: Any = table_model.__table__  # type: ignore[attr-defined]
     by_key: dict[str, dict[str, Any]] = {}
     for row in rows:  # a page can carry the same resource twice (ties re-read): keep the newest
-        values = {**row.model_dump(), "connection_id": connection_id}
+        values = {**row.__dict__, "connection_id": connection_id}  # plain fields: model_dump cost 30 µs a row
         previous = by_key.get(values["fhir_id"])
         if previous is None or _stamp(values) >= _stamp(previous):
             by_key[values["fhir_id"]] = values

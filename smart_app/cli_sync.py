@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
+import threading
 from datetime import datetime
 from typing import Any
 
@@ -67,35 +67,31 @@ def sync_status(name: str | None, as_json: bool) -> None:
 @click.option("--type", "types", multiple=True, help="Only these resource types (repeatable).")
 def sync_run(name: str, types: tuple[str, ...]) -> None:
     from workers import runtime
-    from workers.sync_engine import run_stream
+    from workers.sync_connection import sync_connection
+    from workers.sync_engine import StreamRun
 
     ctx = runtime.build(load_settings())
     ctx.db.ping()
     with ctx.db.session() as session:
         connection = connections.by_name(session, name)
-        chosen = [s for s in streams.ensure(session, connection.id or 0) if not types or s.resource_type in types]
-    failed = False
-    with click.progressbar(length=len(chosen), label=f"sync {name}", show_pos=True,
-                           item_show_func=lambda s: s) as bar:
-        for stream in chosen:
-            done = 0
+        count = len([s for s in streams.ensure(session, connection.id or 0) if not types or s.resource_type in types])
+    lock = threading.Lock()  # streams run side by side; the bar is drawn by one at a time
+    with click.progressbar(length=count, label=f"sync {name}", show_pos=True, item_show_func=lambda s: s) as bar:
+        done: dict[str, int] = {}
 
-            def progress(resource_type: str, count: int, stream_type: str = stream.resource_type) -> None:
-                nonlocal done
-                done += count
-                bar.label = f"sync {name} {stream_type} {done}"
+        def progress(resource_type: str, count: int) -> None:
+            with lock:
+                done[resource_type] = done.get(resource_type, 0) + count
+                bar.label = f"sync {name} " + ", ".join(f"{t} {n}" for t, n in done.items())
                 bar.render_progress()
 
-            run = run_stream(ctx, stream.id or 0, time_budget_s=24 * 3600, progress=progress)
-            waited_until = time.monotonic() + max(60.0, 2 * ctx.settings.job_lease_s)
-            while run.busy and time.monotonic() < waited_until:  # a background worker is syncing it right now:
-                bar.label = f"sync {name} {stream.resource_type}: waiting for the worker syncing it"
-                bar.render_progress()
-                time.sleep(1.0)  # its lease ends when it finishes (or lapses if it died); then run it here
-                run = run_stream(ctx, stream.id or 0, time_budget_s=24 * 3600, progress=progress)
-            bar.update(1, f"{stream.resource_type}: {run.stored} stored, {run.deleted} deleted"
-                          f"{', busy (another worker still has it)' if run.busy else ''}")
-            failed = failed or run.busy
+        def finished(run: StreamRun) -> None:
+            with lock:
+                bar.update(1, f"{run.resource_type}: {run.stored} stored, {run.deleted} deleted"
+                              f"{', busy (another worker still has it)' if run.busy else ''}")
+
+        runs = sync_connection(ctx, connection.id or 0, types=types or None, progress=progress, finished=finished)
+    failed = any(run.busy for run in runs.values())
     click.echo(f"sync of {name} finished")
     if failed:
         raise SystemExit(1)

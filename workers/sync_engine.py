@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -40,6 +40,7 @@ class StreamRun:
     busy: bool = False
     server_started: datetime | None = None  # the EHR's clock when this run first read (search time or export)
     notes: list[str] = field(default_factory=list)
+    companions: list[StreamRun] = field(default_factory=list)  # streams whose first load shared this export
 
 
 def iso(value: datetime) -> str:
@@ -76,8 +77,13 @@ class _Lease:
 
 
 def run_stream(ctx: WorkerContext, stream_id: int, *, time_budget_s: float = 120.0,
-               progress: Progress | None = None) -> StreamRun:
-    """Sync one stream until caught up or out of time; safe to call from any number of workers."""
+               progress: Progress | None = None, together: Collection[str] | None = None) -> StreamRun:
+    """Sync one stream until caught up or out of time; safe to call from any number of workers.
+
+    A bulk first load exports this stream's type together with every other first-loading bulk stream of the
+    connection whose lease it can take (`together` limits which types may join): one `$export` instead of one
+    per type. Those streams finish their first load in this run too; their results are in `run.companions`.
+    """
     with ctx.db.session() as session:
         stream = streams.get(session, stream_id)
         connection = connections.get(session, stream.connection_id)
@@ -89,43 +95,76 @@ def run_stream(ctx: WorkerContext, stream_id: int, *, time_budget_s: float = 120
     if not lease.renew():
         run.busy = True
         return run
+    held: list[tuple[SyncStream, _Lease, StreamRun]] = [(stream, lease, run)]
     try:
         access = access_for(ctx, connection)
-        initial, _ = strategy_of(stream, connection)
         deadline = time.monotonic() + time_budget_s
-        mark_before_run = stream.cursor
-        first_load = stream.phase == "initial"
-        if stream.phase == "initial" and initial.startswith("bulk-export"):
-            _bulk_initial(ctx, access, stream, run, lease, progress)
-        if _patient_scoped(stream, connection):  # after the bulk first load, or on a known population
-            _patient_windows(ctx, access, stream_id, run, lease, deadline, progress)
-        else:
-            _windows(ctx, access, stream_id, run, lease, deadline, progress)
-        if run.caught_up:
-            if first_load:
-                _after_first_load(ctx, stream_id, run)
-            else:
-                _deletions(ctx, access, stream_id, run, mark_before_run)
-        with ctx.db.session() as session:
-            fresh = streams.get(session, stream_id)
-            if run.caught_up and fresh.phase == "initial":
-                fresh.phase = "incremental"
-                fresh.initial_done_at = ctx.settings.clock()
-            streams.record_success(fresh, ctx.settings.clock)
-            session.add(fresh)
+        if needs_export(stream, connection):
+            held += _companions(ctx, stream, connection, together)
+            _bulk_initial(ctx, access, held, progress)
+            run.companions = [r for _, _, r in held[1:]]
+        for member, member_lease, member_run in held:
+            _sync_after(ctx, access, member, connection, member_run, member_lease, deadline, progress)
     except Exception as exc:
         with ctx.db.session() as session:
-            fresh = streams.get(session, stream_id)
-            streams.record_error(fresh, ctx.settings.clock, f"{type(exc).__name__}: {exc}")
-            session.add(fresh)
+            for member, _, _ in held:
+                fresh = streams.get(session, member.id or 0)
+                streams.record_error(fresh, ctx.settings.clock, f"{type(exc).__name__}: {exc}")
+                session.add(fresh)
             if isinstance(exc, AuthExpiredError):  # refused again after re-authenticating: IT must act
-                connections.flag_for_it(session, ctx.settings.clock, fresh.connection_id,
+                connections.flag_for_it(session, ctx.settings.clock, stream.connection_id,
                                         f"the EHR refused the backend token after re-authentication "
-                                        f"({fresh.resource_type} sync): {exc}")
+                                        f"({stream.resource_type} sync): {exc}")
         raise
     finally:
-        lease.release()
+        for _, member_lease, _ in held:
+            member_lease.release()
     return run
+
+
+def needs_export(stream: SyncStream, connection: Connection) -> bool:
+    """A first load by bulk export that has not finished its export yet (the cursor is set when it has)."""
+    initial, _ = strategy_of(stream, connection)
+    return stream.phase == "initial" and stream.cursor is None and initial.startswith("bulk-export")
+
+
+def _companions(ctx: WorkerContext, stream: SyncStream, connection: Connection,
+                together: Collection[str] | None) -> list[tuple[SyncStream, _Lease, StreamRun]]:
+    """The connection's other streams that still need their export, each with its lease taken."""
+    with ctx.db.session() as session:
+        siblings = [s for s in streams.of_connection(session, stream.connection_id)
+                    if s.id != stream.id and s.enabled and needs_export(s, connection)
+                    and (together is None or s.resource_type in together)]
+    taken = []
+    for sibling in siblings:
+        sibling_lease = _Lease(ctx, sibling)
+        if sibling_lease.renew():  # one a worker holds right now stays with it
+            taken.append((sibling, sibling_lease, StreamRun(sibling.resource_type)))
+    return taken
+
+
+def _sync_after(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, connection: Connection, run: StreamRun,
+                lease: _Lease, deadline: float, progress: Progress | None) -> None:
+    """Windows from the cursor (after an export: what changed since it), then deletions, then success."""
+    stream_id = stream.id or 0
+    mark_before_run = stream.cursor if stream.phase != "initial" else None
+    first_load = stream.phase == "initial"
+    if _patient_scoped(stream, connection):  # after the bulk first load, or on a known population
+        _patient_windows(ctx, access, stream_id, run, lease, deadline, progress)
+    else:
+        _windows(ctx, access, stream_id, run, lease, deadline, progress)
+    if run.caught_up:
+        if first_load:
+            _after_first_load(ctx, stream_id, run)
+        else:
+            _deletions(ctx, access, stream_id, run, mark_before_run)
+    with ctx.db.session() as session:
+        fresh = streams.get(session, stream_id)
+        if run.caught_up and fresh.phase == "initial":
+            fresh.phase = "incremental"
+            fresh.initial_done_at = ctx.settings.clock()
+        streams.record_success(fresh, ctx.settings.clock)
+        session.add(fresh)
 
 
 def _count(run: StreamRun, stored: int, deleted: int, quarantined: int, progress: Progress | None) -> None:
@@ -137,34 +176,45 @@ def _count(run: StreamRun, stored: int, deleted: int, quarantined: int, progress
         progress(run.resource_type, stored + deleted + quarantined)
 
 
-def _bulk_initial(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, run: StreamRun, lease: _Lease,
+LEASE_RENEW_S = 5.0
+
+
+def _bulk_initial(ctx: WorkerContext, access: EhrAccess, held: list[tuple[SyncStream, _Lease, StreamRun]],
                   progress: Progress | None) -> None:
-    """Bulk `$export` of this type, streamed; afterwards the cursor starts at the export's transactionTime."""
-    status_url = access.bulk.kick_off([stream.resource_type])
+    """One Bulk `$export` of every held stream's type, streamed page by page into each stream; afterwards each
+    cursor starts at the export's transactionTime (deletions are read from there on, less an overlap)."""
+    by_type = {member.resource_type: (member, run) for member, _, run in held}
+    status_url = access.bulk.kick_off(list(by_type))
     manifest = access.bulk.wait(status_url)
-    page: list[dict[str, object]] = []
+    renewed = time.monotonic()
     for item in manifest.get("output", []):
-        if item.get("type") != stream.resource_type:
+        if item.get("type") not in by_type:
             continue
+        member, run = by_type[item["type"]]
+        page: list[dict[str, object]] = []
         for resource in access.bulk.resources(item["url"]):
             page.append(resource)
             if len(page) >= ctx.settings.sync_page_size:
-                _store_bulk_page(ctx, access, stream, run, page, progress)
+                _store_bulk_page(ctx, access, member, run, page, progress)
                 page = []
-                lease.renew()
-    if page:
-        _store_bulk_page(ctx, access, stream, run, page, progress)
+                if time.monotonic() - renewed > LEASE_RENEW_S:
+                    for _, lease, _ in held:
+                        lease.renew()
+                    renewed = time.monotonic()
+        if page:
+            _store_bulk_page(ctx, access, member, run, page, progress)
     access.bulk.delete(status_url)
     transaction_time = manifest.get("transactionTime")
+    started = _instant(str(transaction_time)) if transaction_time else ctx.settings.clock()
     with ctx.db.session() as session:
-        fresh = streams.get(session, stream.id or 0)
-        if transaction_time:
-            started = _instant(str(transaction_time))
+        for member, _, run in held:
             run.server_started = started
+            run.notes.append("bulk export")
+            fresh = streams.get(session, member.id or 0)
             if fresh.cursor is None or started > fresh.cursor:
                 fresh.cursor, fresh.cursor_ids = started, []
-        session.add(fresh)
-    run.notes.append("bulk export")
+            fresh.history_mark = started - OVERLAP
+            session.add(fresh)
 
 
 def _store_bulk_page(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, run: StreamRun,
@@ -308,7 +358,7 @@ def _after_first_load(ctx: WorkerContext, stream_id: int, run: StreamRun) -> Non
     with ctx.db.session() as session:
         fresh = streams.get(session, stream_id)
         start = run.server_started
-        fresh.history_mark = start - OVERLAP if start else fresh.cursor
+        fresh.history_mark = start - OVERLAP if start else fresh.history_mark or fresh.cursor
         fresh.reconciled_at = ctx.settings.clock()
         session.add(fresh)
 

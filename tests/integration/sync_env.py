@@ -41,7 +41,13 @@ class SyncEnv:
     def run_all(self, types: tuple[str, ...] = streams.SYNC_TYPES) -> dict[str, StreamRun]:
         with self.ctx.db.session() as session:
             chosen = [s for s in streams.ensure(session, self.connection_id) if s.resource_type in types]
-        return {s.resource_type: run_stream(self.ctx, s.id or 0, time_budget_s=600) for s in chosen}
+        runs: dict[str, StreamRun] = {}
+        for stream in chosen:  # a bulk first load exports the chosen types together: one run covers them all
+            if stream.resource_type not in runs:
+                run = runs[stream.resource_type] = run_stream(self.ctx, stream.id or 0, time_budget_s=600,
+                                                              together=types)
+                runs.update({companion.resource_type: companion for companion in run.companions})
+        return runs
 
     def snapshot(self, resource_type: str) -> set[tuple[str, str | None]]:
         with self.ctx.db.session() as session:

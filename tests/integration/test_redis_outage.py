@@ -77,7 +77,9 @@ def test_stopping_redis_loses_no_due_health_check(pg_database: Database, sandbox
 
         redis.start()
         waiting_ids = {j.id for j in waiting}
-        wait_until(lambda: waiting_ids <= {j.id for j in done_jobs(pg_database)}, 90,
+        # Celery's reconnect back-off grows while Redis is down, and a loaded 2-core CI machine is slow to
+        # restart it: the wait is generous; the assertions below are what matter.
+        wait_until(lambda: waiting_ids <= {j.id for j in done_jobs(pg_database)}, 240,
                    what="the checks that fell due during the outage")
         time.sleep(1.5)  # give any duplicate wake-up the chance to (wrongly) run a job again
         with pg_database.session() as session:
@@ -93,4 +95,4 @@ def test_stopping_redis_loses_no_due_health_check(pg_database: Database, sandbox
             process.stop()
         redis.stop()
         for process in workers:
-            print(f"--- {process.name} log tail ---\n{process.log_tail(15)}")
+            print(f"--- {process.name} log tail ---\n{process.log_tail(60)}")

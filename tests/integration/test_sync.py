@@ -72,7 +72,11 @@ def test_first_load_by_bulk_export_when_the_check_says_so(tmp_path: Path) -> Non
         assert profile["sync"]["strategy"]["initial"] == "bulk-export-system"
         runs = fresh.run_all(("Patient", "Encounter"))
         assert "bulk export" in runs["Encounter"].notes
+        assert runs["Patient"].companions == [runs["Encounter"]]  # one $export for both types
         assert_in_step(fresh, ("Patient", "Encounter"))
+        with fresh.ctx.db.session() as session:  # a type left out of the run keeps its own first load
+            left = session.exec(select(SyncStream).where(SyncStream.resource_type == "Appointment")).one()
+            assert (left.phase, left.cursor, left.resources_synced) == ("initial", None, 0)
         resource = fresh.read("Encounter", "enc-000001-002")
         resource["status"] = "cancelled"
         fresh.put(resource)
