@@ -5,8 +5,9 @@ For each size, on one loaded sandbox EHR and through its token-checking proxy, i
   (b) naive paging: `Type?_count=100` and its `next` links, every page read, type after type;
   (c) fhir-prm's full first sync (`workers.sync_connection`, as `prm sync run`) into a fresh SQLite file and
       a fresh PostgreSQL database, each in a child process so its peak RSS is its own;
-then 1% of the Encounters change on the server and each database syncs again (incremental), in a process
-that has already made one (empty) pass, as a running worker has. Each figure is the best of --repeats runs.
+then 1% of the Encounters change on the server and each database syncs again (incremental), in the same
+process, which has made one more (empty) pass in between, as a running worker has. Each figure is the best
+of --repeats runs.
 
     python bench/sync.py [--sizes 10000,50000] [--backends sqlite,postgresql] [--strategies bulk,search]
                          [--repeats 2] [--profile DIR]
@@ -96,77 +97,89 @@ def naive_paging(iss: str, token: str, types: tuple[str, ...] = SYNCED, count: i
 
 # ---------------------------------------------------------------- (c): fhir-prm's sync, in a child process
 
-def run_sync_child(args: dict[str, Any]) -> dict[str, Any]:
-    """Every stream of the connection until caught up, as `prm sync run` does it: what one sync of a connection
-    costs (streams side by side, a bulk first load exporting every type at once)."""
+def run_sync_child(args: dict[str, Any]) -> None:
+    """A worker's life on one connection, as `prm sync run` syncs it (streams side by side, a bulk first load
+    exporting every type at once): the full first sync (its figures printed as a JSON line), one more pass
+    that finds nothing new, `ready`; then, on `go` (after the parent changed 1% of the Encounters), the
+    incremental sync (a second JSON line)."""
     from workers.sync_connection import sync_connection
     from workers.sync_engine import StreamRun
 
     ctx = support.build_context(args["database_url"], Path(args["instance_dir"]))
     rss_before = support.current_rss_mb()
-    profiler = cProfile.Profile() if args.get("profile") else None
-    if args.get("warm"):  # a running worker: one pass already made (nothing new), then wait for the change
-        sync_connection(ctx, args["connection_id"], time_budget_s=3600)
-        print("ready", flush=True)
-        sys.stdin.readline()
-    started = time.monotonic()
-    done_at: dict[str, float] = {}
 
-    def finished(run: StreamRun) -> None:
-        done_at[run.resource_type] = time.monotonic()
+    def measured(profile: str | None) -> dict[str, Any]:
+        profiler = cProfile.Profile() if profile else None
+        started = time.monotonic()
+        done_at: dict[str, float] = {}
 
-    try:
+        def finished(run: StreamRun) -> None:
+            done_at[run.resource_type] = time.monotonic()
+
         if profiler:
             profiler.enable()
         runs = sync_connection(ctx, args["connection_id"], time_budget_s=3600, finished=finished)
         elapsed = time.monotonic() - started
-        if profiler:
+        if profiler and profile:
             profiler.disable()
-            profiler.dump_stats(args["profile"])
+            profiler.dump_stats(profile)
+        per_type = {t: {"stored": r.stored, "deleted": r.deleted, "quarantined": r.quarantined,
+                        "caught_up": r.caught_up, "notes": r.notes, "s": round(done_at[t] - started, 3)}
+                    for t, r in runs.items()}
+        return {"seconds": elapsed, "stored": sum(t["stored"] for t in per_type.values()),
+                "quarantined": sum(t["quarantined"] for t in per_type.values()),
+                "caught_up": all(t["caught_up"] for t in per_type.values()), "per_type": per_type,
+                "rss_before_mb": rss_before, "peak_rss_mb": support.peak_rss_mb()}
+
+    try:
+        print(json.dumps(measured(args.get("profile"))), flush=True)
+        sync_connection(ctx, args["connection_id"], time_budget_s=3600)
+        print("ready", flush=True)
+        if sys.stdin.readline().strip() == "go":
+            print(json.dumps(measured(args.get("profile_incremental"))), flush=True)
     finally:
         ctx.db.dispose()
-    per_type = {t: {"stored": r.stored, "deleted": r.deleted, "quarantined": r.quarantined, "caught_up": r.caught_up,
-                    "notes": r.notes, "s": round(done_at[t] - started, 3)} for t, r in runs.items()}
-    return {"seconds": elapsed, "stored": sum(t["stored"] for t in per_type.values()),
-            "quarantined": sum(t["quarantined"] for t in per_type.values()),
-            "caught_up": all(t["caught_up"] for t in per_type.values()), "per_type": per_type,
-            "rss_before_mb": rss_before, "peak_rss_mb": support.peak_rss_mb()}
 
 
-def sync(tgt: support.Target, profile: Path | None = None) -> dict[str, Any]:
-    """A full first sync in a fresh process."""
-    args = {**tgt.child_args(), "profile": str(profile) if profile else None}
-    done = subprocess.run([sys.executable, __file__, CHILD_FLAG, json.dumps(args)], check=False,
-                          stdout=subprocess.PIPE, text=True)
-    return _result(tgt, done.returncode, done.stdout)
+class SyncChild:
+    """One child process per database (see run_sync_child): `full` when started, `incremental()` on cue."""
 
-
-class WarmSync:
-    """An incremental sync in a process that has already synced once (as a running worker has): it starts,
-    makes one pass that finds nothing new, says `ready`, and syncs again when told, after the change."""
-
-    def __init__(self, tgt: support.Target, profile: Path | None) -> None:
+    def __init__(self, tgt: support.Target, profiles: tuple[Path, Path] | None) -> None:
         self.tgt = tgt
-        args = {**tgt.child_args(), "profile": str(profile) if profile else None, "warm": True}
+        args = {**tgt.child_args(), "profile": str(profiles[0]) if profiles else None,
+                "profile_incremental": str(profiles[1]) if profiles else None}
         self.child = subprocess.Popen([sys.executable, __file__, CHILD_FLAG, json.dumps(args)], text=True,
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.full = self._read()
+        if self._line() != "ready":  # the pass after the first load: done before the next database starts
+            raise RuntimeError(f"sync child for {tgt.backend} did not get ready")
+
+    def _line(self) -> str:
         assert self.child.stdout is not None
-        ready = self.child.stdout.readline().strip()
-        if ready != "ready":
-            raise RuntimeError(f"warm sync child for {tgt.backend} said {ready!r}")
+        line = self.child.stdout.readline().strip()
+        if not line:
+            raise RuntimeError(f"sync child for {self.tgt.backend} exited with {self.child.wait()}")
+        return line
 
-    def run(self) -> dict[str, Any]:
-        out, _ = self.child.communicate("go\n", timeout=3600)
-        return _result(self.tgt, self.child.returncode, out)
+    def _read(self) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(self._line())
+        if not result["caught_up"]:
+            raise RuntimeError(f"sync into {self.tgt.backend} did not catch up: {result['per_type']}")
+        return result
 
+    def incremental(self) -> dict[str, Any]:
+        assert self.child.stdin is not None
+        self.child.stdin.write("go\n")
+        self.child.stdin.flush()
+        result = self._read()
+        self.child.stdin.close()
+        self.child.wait(timeout=60)
+        return result
 
-def _result(tgt: support.Target, returncode: int, stdout: str) -> dict[str, Any]:
-    if returncode != 0:
-        raise RuntimeError(f"sync child for {tgt.backend} exited with {returncode}")
-    result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
-    if not result["caught_up"]:
-        raise RuntimeError(f"sync into {tgt.backend} did not catch up: {result['per_type']}")
-    return result
+    def stop(self) -> None:
+        if self.child.poll() is None:
+            self.child.kill()
+            self.child.wait()
 
 
 # ---------------------------------------------------------------- the 1% change
@@ -228,39 +241,47 @@ def bench_size(encounters: int, backends: list[str], strategies: list[str], prof
         figures[f"resources_{label}"] = count
 
         full: dict[tuple[str, str], float] = {}
-        for (backend, strategy, r), tgt in targets.items():
-            prof = profile_dir / f"sync-{backend}-{strategy}-{r}-{label}.prof" if profile_dir else None
-            result = sync(tgt, prof)
-            rps = result["stored"] / result["seconds"]
-            support.say(f"(c) full sync {backend}/{strategy} #{r + 1}: {result['stored']} stored "
-                        f"({result['quarantined']} quarantined) in {result['seconds']:.1f} s = {rps:.0f}/s, "
-                        f"peak RSS {result['peak_rss_mb']:.0f} MB (after imports {result['rss_before_mb']:.0f} MB); "
-                        + ", ".join(f"{t} {v['s']:.1f}s" for t, v in result["per_type"].items()))
-            if result["stored"] != count:
-                raise RuntimeError(f"stored {result['stored']} but the server holds {count}")
-            suffix = f"{backend}_{label}" if strategy == "bulk" else f"{strategy}_{backend}_{label}"
-            if result["seconds"] < full.get((backend, strategy), float("inf")):
-                full[(backend, strategy)] = result["seconds"]
-                figures[f"sync_resources_per_s_{suffix}"] = rps
-                figures[f"sync_ratio_to_bulk_export_{suffix}"] = rps / bulk_rps
-                figures[f"sync_ratio_to_naive_paging_{suffix}"] = rps / naive_rps
-            figures[f"peak_rss_mb_{suffix}"] = max(figures.get(f"peak_rss_mb_{suffix}", 0.0), result["peak_rss_mb"])
+        children: dict[tuple[str, str, int], SyncChild] = {}
+        try:
+            for (backend, strategy, r), tgt in targets.items():
+                name = f"{backend}-{strategy}-{r}-{label}"
+                profiles = (profile_dir / f"sync-{name}.prof", profile_dir / f"incremental-{name}.prof") \
+                    if profile_dir else None
+                child = children[(backend, strategy, r)] = SyncChild(tgt, profiles)
+                result = child.full
+                rps = result["stored"] / result["seconds"]
+                support.say(f"(c) full sync {backend}/{strategy} #{r + 1}: {result['stored']} stored "
+                            f"({result['quarantined']} quarantined) in {result['seconds']:.1f} s = {rps:.0f}/s, "
+                            f"peak RSS {result['peak_rss_mb']:.0f} MB "
+                            f"(after imports {result['rss_before_mb']:.0f} MB); "
+                            + ", ".join(f"{t} {v['s']:.1f}s" for t, v in result["per_type"].items()))
+                if result["stored"] != count:
+                    raise RuntimeError(f"stored {result['stored']} but the server holds {count}")
+                suffix = f"{backend}_{label}" if strategy == "bulk" else f"{strategy}_{backend}_{label}"
+                if result["seconds"] < full.get((backend, strategy), float("inf")):
+                    full[(backend, strategy)] = result["seconds"]
+                    figures[f"sync_resources_per_s_{suffix}"] = rps
+                    figures[f"sync_ratio_to_bulk_export_{suffix}"] = rps / bulk_rps
+                    figures[f"sync_ratio_to_naive_paging_{suffix}"] = rps / naive_rps
+                figures[f"peak_rss_mb_{suffix}"] = max(figures.get(f"peak_rss_mb_{suffix}", 0.0),
+                                                       result["peak_rss_mb"])
 
-        warm = {key: WarmSync(tgt, profile_dir / f"incremental-{'-'.join(map(str, key))}-{label}.prof"
-                               if profile_dir else None) for key, tgt in targets.items()}
-        changed = change_encounters(stack.fhir_internal_url, data_dir)
-        support.say(f"changed {changed} Encounters on the server")
-        incremental: dict[tuple[str, str], float] = {}
-        for (backend, strategy, r), child in warm.items():
-            result = child.run()
-            encounter = result["per_type"]["Encounter"]["stored"]
-            support.say(f"    incremental {backend}/{strategy} #{r + 1}: {result['stored']} stored "
-                        f"({encounter} Encounters) in {result['seconds']:.2f} s; "
-                        + ", ".join(f"{t} {v['s']:.2f}s" for t, v in result["per_type"].items()))
-            if encounter != changed:
-                raise RuntimeError(f"{changed} Encounters changed, the incremental sync stored {encounter}")
-            incremental[(backend, strategy)] = min(incremental.get((backend, strategy), float("inf")),
-                                                   result["seconds"])
+            changed = change_encounters(stack.fhir_internal_url, data_dir)
+            support.say(f"changed {changed} Encounters on the server")
+            incremental: dict[tuple[str, str], float] = {}
+            for (backend, strategy, r), child in children.items():
+                result = child.incremental()
+                encounter = result["per_type"]["Encounter"]["stored"]
+                support.say(f"    incremental {backend}/{strategy} #{r + 1}: {result['stored']} stored "
+                            f"({encounter} Encounters) in {result['seconds']:.2f} s; "
+                            + ", ".join(f"{t} {v['s']:.2f}s" for t, v in result["per_type"].items()))
+                if encounter != changed:
+                    raise RuntimeError(f"{changed} Encounters changed, the incremental sync stored {encounter}")
+                incremental[(backend, strategy)] = min(incremental.get((backend, strategy), float("inf")),
+                                                       result["seconds"])
+        finally:
+            for child in children.values():
+                child.stop()
         for (backend, strategy), seconds in incremental.items():
             suffix = f"{backend}_{label}" if strategy == "bulk" else f"{strategy}_{backend}_{label}"
             figures[f"sync_incremental_s_{suffix}"] = seconds
@@ -325,6 +346,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == CHILD_FLAG:
-        print(json.dumps(run_sync_child(json.loads(sys.argv[2]))))
+        run_sync_child(json.loads(sys.argv[2]))
         sys.exit(0)
     sys.exit(main())

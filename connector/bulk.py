@@ -96,6 +96,11 @@ class BulkExport:
     def resources(self, file_url: str) -> Iterator[dict[str, Any]]:
         """Each line of an NDJSON file as a dict; a line that is not a JSON object comes out as
         {"resourceType": "__invalid__", "error": ..., "line": n} for the caller to quarantine."""
+        for number, raw in self.lines(file_url):
+            yield parse_line(raw, number)
+
+    def lines(self, file_url: str) -> Iterator[tuple[int, bytes]]:
+        """Each non-blank line of an NDJSON file, unparsed, with its line number (for a parser elsewhere)."""
         url = self._authed.on_ehr(file_url, "bulk file URL")
         handed_out = 0
         for attempt in range(1, self._client.max_attempts + 1):
@@ -109,7 +114,7 @@ class BulkExport:
                         continue
                     handed_out = line_no
                     if raw.strip():
-                        yield _parse_line(raw, line_no)
+                        yield line_no, raw
                 return
             except requests.RequestException as exc:
                 if attempt == self._client.max_attempts:
@@ -132,7 +137,7 @@ class BulkExport:
                 raise
 
 
-def _parse_line(raw: bytes, line_no: int) -> dict[str, Any]:
+def parse_line(raw: bytes, line_no: int) -> dict[str, Any]:
     try:
         item = orjson.loads(raw)
     except ValueError as exc:

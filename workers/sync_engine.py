@@ -10,22 +10,28 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from connector.fhir_reader import Page
+from fhir_mappings import r4_schema
 from fhir_mappings.written import IDENTIFIER_SYSTEM
 from prm import connections, leases, snapshots, streams
 from prm.errors import AuthExpiredError, PermanentEhrError
 from prm.models import Connection
 from prm.snapshot_models import SyncStream
 from workers.ehr_access import EhrAccess, access_for
+from workers.gc_quiet import quiet_gc
+from workers.prep_helper import Preparer, preparer
 from workers.runtime import WorkerContext
-from workers.sync_pages import commit_page, last_updated
+from workers.sync_pages import commit_page, commit_prepared, last_updated
 
 log = logging.getLogger(__name__)
 RECONCILE_EVERY = timedelta(hours=6)
+LEASE_RENEW_S = 5.0
 Progress = Callable[[str, int], None]
 
 
@@ -64,12 +70,20 @@ def strategy_of(stream: SyncStream, connection: Connection) -> tuple[str, str]:
 class _Lease:
     def __init__(self, ctx: WorkerContext, stream: SyncStream) -> None:
         self.ctx, self.name = ctx, streams.lease_name(stream)
+        self._renewed_at: float | None = None
 
     def renew(self) -> bool:
-        """Take or extend the stream's lease for one job lease period (a dead holder's lapses that fast)."""
+        """Take or extend the stream's lease for one job lease period (a dead holder's lapses that fast).
+        Renewed at most every few seconds (a quarter of the lease at most): each renewal is a transaction."""
+        now = time.monotonic()
+        every = min(LEASE_RENEW_S, self.ctx.settings.job_lease_s / 4)
+        if self._renewed_at is not None and now - self._renewed_at < every:
+            return True
         with self.ctx.db.session() as session:
-            return leases.acquire(session, self.name, self.ctx.name, self.ctx.settings.clock(),
+            held = leases.acquire(session, self.name, self.ctx.name, self.ctx.settings.clock(),
                                   self.ctx.settings.job_lease_s)
+        self._renewed_at = now if held else None
+        return held
 
     def release(self) -> None:
         with self.ctx.db.session() as session:
@@ -153,13 +167,16 @@ def _sync_after(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, conne
         _patient_windows(ctx, access, stream_id, run, lease, deadline, progress)
     else:
         _windows(ctx, access, stream_id, run, lease, deadline, progress)
+    marks: dict[str, datetime | None] = {}
     if run.caught_up:
         if first_load:
             _after_first_load(ctx, stream_id, run)
         else:
-            _deletions(ctx, access, stream_id, run, mark_before_run)
+            marks = _deletions(ctx, access, stream_id, run, mark_before_run)
     with ctx.db.session() as session:
         fresh = streams.get(session, stream_id)
+        for name, value in marks.items():
+            setattr(fresh, name, value)
         if run.caught_up and fresh.phase == "initial":
             fresh.phase = "incremental"
             fresh.initial_done_at = ctx.settings.clock()
@@ -176,8 +193,6 @@ def _count(run: StreamRun, stored: int, deleted: int, quarantined: int, progress
         progress(run.resource_type, stored + deleted + quarantined)
 
 
-LEASE_RENEW_S = 5.0
-
 
 def _bulk_initial(ctx: WorkerContext, access: EhrAccess, held: list[tuple[SyncStream, _Lease, StreamRun]],
                   progress: Progress | None) -> None:
@@ -185,25 +200,57 @@ def _bulk_initial(ctx: WorkerContext, access: EhrAccess, held: list[tuple[SyncSt
     cursor starts at the export's transactionTime (deletions are read from there on, less an overlap)."""
     by_type = {member.resource_type: (member, run) for member, _, run in held}
     status_url = access.bulk.kick_off(list(by_type))
-    manifest = access.bulk.wait(status_url)
-    renewed = time.monotonic()
+    with preparer(ctx.settings.sync_prep_helper == "on") as prep:  # it starts while the EHR writes the files
+        r4_schema.prepare(by_type)
+        manifest = access.bulk.wait(status_url)
+        with quiet_gc():
+            _store_export(ctx, access, manifest, held, by_type, prep, progress)
+    access.bulk.delete(status_url)
+    _finish_export(ctx, manifest, held)
+
+
+PAGES_AHEAD = 2  # pages the helper prepares while the worker stores the one before
+
+
+def _store_export(ctx: WorkerContext, access: EhrAccess, manifest: dict[str, Any],
+                  held: list[tuple[SyncStream, _Lease, StreamRun]], by_type: dict[str, tuple[SyncStream, StreamRun]],
+                  prep: Preparer, progress: Progress | None) -> None:
+    """Each output file of a held type, read line by line into pages: the preparer parses, checks and maps a
+    page while this thread stores the one before it into its stream."""
+    pending: deque[tuple[SyncStream, StreamRun]] = deque()
+
+    def store_oldest() -> None:
+        member, run = pending.popleft()
+        result = commit_prepared(ctx, member.id or 0, prep.result(), client=access.client_name)
+        _count(run, result.stored, 0, result.quarantined, progress)
+        for _, lease, _ in held:
+            lease.renew()
+
+    def send(member: SyncStream, run: StreamRun, lines: list[tuple[int, bytes]]) -> None:
+        prep.submit(member.resource_type, lines)
+        pending.append((member, run))
+        while len(pending) > PAGES_AHEAD:
+            store_oldest()
+
     for item in manifest.get("output", []):
         if item.get("type") not in by_type:
             continue
         member, run = by_type[item["type"]]
-        page: list[dict[str, object]] = []
-        for resource in access.bulk.resources(item["url"]):
-            page.append(resource)
-            if len(page) >= ctx.settings.sync_page_size:
-                _store_bulk_page(ctx, access, member, run, page, progress)
-                page = []
-                if time.monotonic() - renewed > LEASE_RENEW_S:
-                    for _, lease, _ in held:
-                        lease.renew()
-                    renewed = time.monotonic()
-        if page:
-            _store_bulk_page(ctx, access, member, run, page, progress)
-    access.bulk.delete(status_url)
+        lines: list[tuple[int, bytes]] = []
+        for numbered in access.bulk.lines(item["url"]):
+            lines.append(numbered)
+            if len(lines) >= ctx.settings.sync_page_size:
+                send(member, run, lines)
+                lines = []
+        if lines:
+            send(member, run, lines)
+    while pending:
+        store_oldest()
+
+
+def _finish_export(ctx: WorkerContext, manifest: dict[str, Any],
+                   held: list[tuple[SyncStream, _Lease, StreamRun]]) -> None:
+    """Each exported stream's cursor starts at the export's transactionTime, its deletions an overlap before."""
     transaction_time = manifest.get("transactionTime")
     started = _instant(str(transaction_time)) if transaction_time else ctx.settings.clock()
     with ctx.db.session() as session:
@@ -215,12 +262,6 @@ def _bulk_initial(ctx: WorkerContext, access: EhrAccess, held: list[tuple[SyncSt
                 fresh.cursor, fresh.cursor_ids = started, []
             fresh.history_mark = started - OVERLAP
             session.add(fresh)
-
-
-def _store_bulk_page(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, run: StreamRun,
-                     page: list[dict[str, object]], progress: Progress | None) -> None:
-    result = commit_page(ctx, stream.id or 0, page, move_cursor=False, client=access.client_name)
-    _count(run, result.stored, 0, result.quarantined, progress)
 
 
 def _window_params(resource_type: str, cursor: datetime | None, page_size: int) -> list[tuple[str, str]]:
@@ -364,8 +405,9 @@ def _after_first_load(ctx: WorkerContext, stream_id: int, run: StreamRun) -> Non
 
 
 def _deletions(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun,
-               mark_before_run: datetime | None) -> None:
+               mark_before_run: datetime | None) -> dict[str, datetime | None]:
     """Deleted resources leave the snapshot: from `_history` where the EHR keeps it, else by comparing ids.
+    Returns the stream's marks to store with the run's success (one transaction fewer per run).
 
     `_history` is read since the cursor as it stood before the previous run (server clock), so windows
     overlap and no deletion falls between them; a first run, or an EHR without `_history`, reconciles ids.
@@ -386,7 +428,7 @@ def _deletions(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: Strea
     now = ctx.settings.clock()
     if gone is None:
         if stream.reconciled_at is not None and now - stream.reconciled_at < RECONCILE_EVERY:
-            return  # no _history here: ids are compared every RECONCILE_EVERY, not every run
+            return {}  # no _history here: ids are compared every RECONCILE_EVERY, not every run
         params = [("identifier", f"{IDENTIFIER_SYSTEM}|")] if stream.resource_type in ("Task", "Communication") else []
         with ctx.db.session() as session:
             connection = connections.get(session, stream.connection_id)
@@ -399,11 +441,10 @@ def _deletions(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: Strea
         reconciled = True
     else:
         reconciled = False
-    result = commit_page(ctx, stream_id, [], deleted_ids=gone, move_cursor=False, client=access.client_name)
-    run.deleted += result.deleted
-    with ctx.db.session() as session:
-        fresh = streams.get(session, stream_id)
-        if reconciled:
-            fresh.reconciled_at = now
-        fresh.history_mark = mark_before_run or fresh.cursor
-        session.add(fresh)
+    if gone:
+        result = commit_page(ctx, stream_id, [], deleted_ids=gone, move_cursor=False, client=access.client_name)
+        run.deleted += result.deleted
+    marks: dict[str, datetime | None] = {"history_mark": mark_before_run or stream.cursor}
+    if reconciled:
+        marks["reconciled_at"] = now
+    return marks

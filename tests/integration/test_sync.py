@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
+from prm import streams
 from prm.models import AuditRecord
 from prm.snapshot_models import SyncStream
 from tests.integration.sync_env import SyncEnv, sync_env
 from workers.connection_check import check_connection
+from workers.sync_connection import sync_connection
 
 SYNCED = ("Organization", "Location", "PractitionerRole", "Patient", "RelatedPerson", "Encounter", "Appointment")
 
@@ -83,6 +85,24 @@ def test_first_load_by_bulk_export_when_the_check_says_so(tmp_path: Path) -> Non
         again = fresh.run_all(("Encounter",))
         assert again["Encounter"].stored == 1 and "bulk export" not in again["Encounter"].notes
         assert_in_step(fresh, ("Encounter",))
+
+
+def test_a_foreground_sync_runs_the_connection_side_by_side_with_one_export(tmp_path: Path) -> None:
+    with sync_env(tmp_path, patients=70) as fresh:
+        check_connection(fresh.ctx, fresh.connection_id)
+        finished: list[str] = []
+        runs = sync_connection(fresh.ctx, fresh.connection_id, finished=lambda run: finished.append(run.resource_type))
+        assert sorted(finished) == sorted(runs) == sorted(streams.SYNC_TYPES)
+        exported = [t for t, run in runs.items() if "bulk export" in run.notes]
+        assert sorted(exported) == sorted(SYNCED)  # one export: the others were its companions
+        assert all(run.caught_up and not run.busy for run in runs.values())
+        assert_in_step(fresh)
+        resource = fresh.read("Appointment", "appt-000003-001")
+        resource["status"] = "cancelled"
+        fresh.put(resource)
+        again = sync_connection(fresh.ctx, fresh.connection_id)
+        assert {t: r.stored for t, r in again.items() if r.stored} == {"Appointment": 1}
+        assert_in_step(fresh)
 
 
 def test_without_history_deletions_are_found_by_reconciling_ids(tmp_path: Path) -> None:

@@ -1,0 +1,52 @@
+"""The page helper process prepares bulk pages exactly as the worker would itself, in order, and a helper that
+dies is reported, not waited for."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from prm.errors import TransientEhrError
+from workers.prep_helper import Helper, Inline, Lines
+
+SANDBOX = Path(__file__).resolve().parents[3] / "ehr_sandbox" / "data" / "sandbox"
+
+
+def numbered(resource_type: str, count: int) -> Lines:
+    raw = (SANDBOX / f"{resource_type}.ndjson").read_bytes().splitlines()[:count]
+    return [(n, line) for n, line in enumerate(raw, start=1)]
+
+
+def pages() -> list[tuple[str, Lines]]:
+    encounters = numbered("Encounter", 30)
+    bad = json.loads(encounters[1][1])
+    bad["period"] = "yesterday"
+    encounters[1] = (2, json.dumps(bad).encode())
+    encounters[2] = (3, b'{"resourceType": "Encounter", "id": "cut')
+    return [("Patient", numbered("Patient", 40)), ("Encounter", encounters),
+            ("Appointment", numbered("Appointment", 5))]
+
+
+def test_the_helper_prepares_pages_as_the_worker_would_in_order() -> None:
+    with Helper() as helper, Inline() as inline:
+        for resource_type, lines in pages():
+            helper.submit(resource_type, lines)
+            inline.submit(resource_type, lines)
+        for resource_type, lines in pages():
+            remote, local = helper.result(), inline.result()
+            assert remote == local
+            assert len(remote.rows) + len(remote.bad) == len(lines)
+            if resource_type == "Encounter":
+                errors = [error for _, error in remote.bad]
+                assert len(errors) == 2 and "period" in errors[0] and "__invalid__" in errors[1]
+
+
+def test_a_helper_that_dies_is_reported() -> None:
+    with Helper() as helper:
+        helper._process.kill()
+        helper._process.wait()
+        helper.submit("Patient", numbered("Patient", 3))
+        with pytest.raises(TransientEhrError, match="page helper exited"):
+            helper.result()

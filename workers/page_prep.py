@@ -1,0 +1,84 @@
+"""Check and map one page of incoming resources, without the database: the pure half of storing a page, so a
+helper process can do it for the next page while the worker stores this one (workers/prep_helper.py).
+
+A resource that fails the edge check (or is not the stream's type) is set aside with its error for
+quarantine; it never stops the rest of the page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import SQLModel
+
+from connector.bulk import parse_line
+from fhir_mappings.appointment import booking_from_appointment
+from fhir_mappings.common import instant
+from fhir_mappings.directory import (
+    organization_record_from_organization,
+    related_contact_from_related_person,
+    site_from_location,
+    staff_role_from_practitioner_role,
+)
+from fhir_mappings.encounter import visit_from_encounter
+from fhir_mappings.patient import patient_record_from_patient
+from fhir_mappings.written import written_from_resource
+from prm.errors import ValidationError
+
+MAPPERS: dict[str, Callable[[dict[str, Any]], SQLModel]] = {
+    "Patient": patient_record_from_patient,
+    "Encounter": visit_from_encounter,
+    "Appointment": booking_from_appointment,
+    "RelatedPerson": related_contact_from_related_person,
+    "Organization": organization_record_from_organization,
+    "Location": site_from_location,
+    "PractitionerRole": staff_role_from_practitioner_role,
+    "Task": written_from_resource,
+    "Communication": written_from_resource,
+}
+Seen = Callable[[str, datetime | None], bool]
+
+
+@dataclass
+class PreparedPage:
+    """Plain data (it crosses a pipe): snapshot rows as field values, the bad resources, and the cursor's input."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    bad: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # (payload, error) to quarantine
+    instants: list[tuple[str, datetime | None]] = field(default_factory=list)  # (id, lastUpdated) of each resource
+    skipped: int = 0
+
+
+def last_updated(resource: dict[str, Any]) -> datetime | None:
+    try:
+        return instant((resource.get("meta") or {}).get("lastUpdated"))[0]
+    except ValueError:
+        return None
+
+
+def prepare_page(resource_type: str, resources: list[dict[str, Any]], seen: Seen | None = None) -> PreparedPage:
+    """Check and map each resource; `seen(id, lastUpdated)` skips ties the cursor has already committed."""
+    page = PreparedPage()
+    mapper = MAPPERS[resource_type]
+    for resource in resources:
+        stamp = last_updated(resource)
+        if seen is not None and seen(str(resource.get("id")), stamp):
+            page.skipped += 1
+            continue
+        try:
+            if resource.get("resourceType") != resource_type:
+                raise ValidationError(f"expected {resource_type}, got {resource.get('resourceType')!r}")
+            page.rows.append(mapper(resource).__dict__)  # the model's fields (model_dump cost 30 µs a row)
+        except (ValidationError, ValueError, KeyError, TypeError) as exc:
+            page.bad.append((resource, f"{type(exc).__name__}: {exc}"))
+        page.instants.append((str(resource.get("id")), stamp))
+    return page
+
+
+def prepare_lines(resource_type: str, lines: list[tuple[int, bytes]]) -> PreparedPage:
+    """A page of raw NDJSON lines (line number, bytes): parsed, then prepared; a line that is not a resource
+    object is set aside like an invalid resource."""
+    return prepare_page(resource_type, [parse_line(raw, number) for number, raw in lines])

@@ -1,0 +1,153 @@
+"""A helper process that parses, checks and maps bulk pages for a worker (workers/page_prep.py), so a first
+load uses a second core: the worker downloads and stores pages while the helper prepares the next ones.
+
+Started with subprocess, not multiprocessing: Celery's prefork children are daemonic, and multiprocessing
+forbids daemonic processes children of their own. It speaks over its stdin and stdout in length-prefixed
+pickle frames; both ends are this module and the pipes are private to the two processes, so unpickling
+trusts nothing from outside. `Inline` does the same work in the worker's own process (PRM_SYNC_PREP_HELPER=0).
+
+    python -m workers.prep_helper      # what the worker starts; reads frames until its stdin closes
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import pickle
+import queue
+import struct
+import subprocess
+import sys
+import threading
+import traceback
+from collections import deque
+from types import TracebackType
+from typing import IO, Any, Protocol
+
+from prm.errors import TransientEhrError
+from workers.page_prep import PreparedPage, prepare_lines
+
+log = logging.getLogger(__name__)
+FRAME = struct.Struct(">Q")
+Lines = list[tuple[int, bytes]]
+
+
+class Preparer(Protocol):
+    """Pages go in with `submit` and come back, prepared, from `result` in the same order."""
+
+    def submit(self, resource_type: str, lines: Lines) -> None: ...
+
+    def result(self) -> PreparedPage: ...
+
+    def __enter__(self) -> Preparer: ...
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 trace: TracebackType | None) -> None: ...
+
+
+class Inline:
+    """Prepare in this process (no helper): for small loads and where a second process is not wanted."""
+
+    def __init__(self) -> None:
+        self._waiting: deque[tuple[str, Lines]] = deque()
+
+    def submit(self, resource_type: str, lines: Lines) -> None:
+        self._waiting.append((resource_type, lines))
+
+    def result(self) -> PreparedPage:
+        return prepare_lines(*self._waiting.popleft())
+
+    def __enter__(self) -> Inline:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._waiting.clear()
+
+
+class Helper:
+    """The helper process. A feeder thread writes requests, so neither side ever blocks on a full pipe while the
+    other waits for it (the worker reads results on its own thread)."""
+
+    def __init__(self) -> None:
+        self._process = subprocess.Popen([sys.executable, "-m", "workers.prep_helper"],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        if self._process.stdin is None or self._process.stdout is None:
+            raise RuntimeError("the page helper started without pipes")
+        self._stdin, self._stdout = self._process.stdin, self._process.stdout
+        self._requests: queue.Queue[bytes | None] = queue.Queue()
+        self._feeder = threading.Thread(target=self._feed, name="prep-feeder", daemon=True)
+        self._feeder.start()
+
+    def _feed(self) -> None:
+        try:
+            while (request := self._requests.get()) is not None:
+                write_frame(self._stdin, request)
+        except OSError:  # the helper died; result() reports it
+            log.warning("page helper stopped taking pages")
+        finally:
+            with contextlib.suppress(OSError):  # already closed by a helper that died
+                self._stdin.close()
+
+    def submit(self, resource_type: str, lines: Lines) -> None:
+        self._requests.put(pickle.dumps((resource_type, lines), protocol=pickle.HIGHEST_PROTOCOL))
+
+    def result(self) -> PreparedPage:
+        frame = read_frame(self._stdout)
+        if frame is None:
+            raise TransientEhrError(f"the page helper exited (code {self._process.poll()})")
+        outcome, value = pickle.loads(frame)  # noqa: S301 - our own helper, over our own pipe
+        if outcome != "ok":
+            raise RuntimeError(f"the page helper failed:\n{value}")
+        page: PreparedPage = value
+        return page
+
+    def __enter__(self) -> Helper:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._requests.put(None)
+        self._feeder.join(timeout=10)
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._stdout.close()
+
+
+def preparer(use_helper: bool) -> Preparer:
+    return Helper() if use_helper else Inline()
+
+
+def write_frame(stream: IO[bytes], payload: bytes) -> None:
+    stream.write(FRAME.pack(len(payload)))
+    stream.write(payload)
+    stream.flush()
+
+
+def read_frame(stream: IO[bytes]) -> bytes | None:
+    head = stream.read(FRAME.size)
+    if len(head) < FRAME.size:
+        return None
+    (size,) = FRAME.unpack(head)
+    body = stream.read(size)
+    return body if len(body) == size else None
+
+
+def main() -> None:
+    """Prepare pages until stdin closes. Objects from start-up are frozen: collections walk only the page."""
+    gc.freeze()
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    while (frame := read_frame(stdin)) is not None:
+        resource_type, lines = pickle.loads(frame)  # noqa: S301 - from the worker that started us
+        reply: tuple[str, Any]
+        try:
+            reply = ("ok", prepare_lines(resource_type, lines))
+        except Exception:  # a bug, not bad data (prepare_lines sets bad resources aside): the worker raises it
+            reply = ("error", traceback.format_exc())
+        write_frame(stdout, pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+if __name__ == "__main__":
+    main()
