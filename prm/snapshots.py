@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import or_, update
 from sqlmodel import Session, SQLModel, col, select
 
+from prm.pg_copy import COPY_FROM_ROWS, copy_upsert
 from prm.snapshot_models import (
     Booking,
     OrganizationRecord,
@@ -62,6 +63,9 @@ def upsert_page(session: Session, connection_id: int, resource_type: str,
             by_key[values["fhir_id"]] = values
     values_list = list(by_key.values())
     dialect = session.get_bind().dialect.name
+    if dialect == "postgresql" and len(values_list) >= COPY_FROM_ROWS:
+        copy_upsert(session, table, values_list, _key(table_model))
+        return len(values_list)
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:

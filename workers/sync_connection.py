@@ -2,8 +2,9 @@
 
 Background workers sync one stream per job; a foreground sync wants the whole connection, fast. Streams
 run on threads that share the connection's polite client, so its bound on requests in flight (4) holds
-across them. A bulk first load goes first and alone: it takes the leases of every stream it can export
-together, so the others are not exported twice. A stream a background worker holds is waited for (its
+across them. A bulk first load starts from the first stream that needs one and takes the leases of every
+other stream it can export together; only streams that are not exported run beside it, so none is
+exported twice. A stream a background worker holds is waited for (its
 lease ends when that worker finishes, or lapses if it died), then run here.
 """
 
@@ -46,11 +47,15 @@ def sync_connection(ctx: WorkerContext, connection_id: int, *, types: Collection
             if finished:
                 finished(each)
 
-    exporting = next((stream_id for stream_id, _, export in chosen if export), None)
-    if exporting is not None:
-        record(one(exporting))
-    rest = [stream_id for stream_id, resource_type, _ in chosen if resource_type not in runs]
+    exportable = [stream_id for stream_id, _, export in chosen if export]
+    others = [stream_id for stream_id, _, export in chosen if not export]
     with ThreadPoolExecutor(max_workers=STREAMS_AT_ONCE, thread_name_prefix="sync") as pool:
-        for run in pool.map(one, rest):
+        export = pool.submit(one, exportable[0]) if exportable else None  # its companions are the other exportable
+        for run in pool.map(one, others):
+            record(run)
+        if export is not None:
+            record(export.result())
+        left = [stream_id for stream_id, resource_type, _ in chosen if resource_type not in runs]
+        for run in pool.map(one, left):  # exportable streams the export could not take (a worker held them)
             record(run)
     return runs

@@ -12,6 +12,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,6 +33,7 @@ from workers.sync_pages import commit_page, commit_prepared, last_updated
 log = logging.getLogger(__name__)
 RECONCILE_EVERY = timedelta(hours=6)
 LEASE_RENEW_S = 5.0
+AFTER_EXPORT_AT_ONCE = 4  # the polite client's default bound on requests in flight
 Progress = Callable[[str, int], None]
 
 
@@ -117,8 +119,13 @@ def run_stream(ctx: WorkerContext, stream_id: int, *, time_budget_s: float = 120
             held += _companions(ctx, stream, connection, together)
             _bulk_initial(ctx, access, held, progress)
             run.companions = [r for _, _, r in held[1:]]
-        for member, member_lease, member_run in held:
-            _sync_after(ctx, access, member, connection, member_run, member_lease, deadline, progress)
+        if len(held) == 1:
+            _sync_after(ctx, access, stream, connection, run, lease, deadline, progress)
+        else:  # after a shared export, each stream catches up from it on its own thread (each its own lease)
+            with ThreadPoolExecutor(max_workers=AFTER_EXPORT_AT_ONCE, thread_name_prefix="after-export") as pool:
+                for finished in [pool.submit(_sync_after, ctx, access, member, connection, member_run, member_lease,
+                                             deadline, progress) for member, member_lease, member_run in held]:
+                    finished.result()
     except Exception as exc:
         with ctx.db.session() as session:
             for member, _, _ in held:

@@ -13,6 +13,7 @@ from prm import connections, snapshots, streams
 from prm.config import Settings
 from prm.crypto import SecretBox
 from prm.db import Database
+from prm.pg_copy import COPY_FROM_ROWS
 from prm.snapshot_models import SyncStream, Visit
 
 DATA = Path(__file__).resolve().parents[3] / "ehr_sandbox" / "data" / "sandbox"
@@ -106,3 +107,28 @@ def test_a_page_with_the_same_resource_twice_keeps_the_newer(database: Database,
         assert snapshots.upsert_page(session, cid, "Encounter", [stamped, unstamped]) == 1
     with database.session() as session:
         assert snapshots.versions(session, cid, "Encounter") == {(resource["id"], "2")}
+
+
+def test_a_large_page_keeps_the_version_rule_and_every_field(database: Database, settings: Settings) -> None:
+    """Pages of COPY_FROM_ROWS or more go through COPY on PostgreSQL: same rows, same rule as small pages."""
+    cid = connection_id(database, settings)
+    resources = encounters(COPY_FROM_ROWS + 50)
+    stamp = {"versionId": "2", "lastUpdated": "2026-11-20T12:00:00Z"}
+    page = [visit_from_encounter({**r, "meta": stamp}) for r in resources]
+    older = [visit_from_encounter({**r, "status": "cancelled", "meta": {"versionId": "1",
+                                                                          "lastUpdated": "2026-11-20T11:00:00Z"}})
+             for r in resources]
+    newest = [visit_from_encounter({**r, "status": "entered-in-error", "meta": {
+        "versionId": "3", "lastUpdated": "2026-11-20T13:00:00Z"}}) for r in resources[:COPY_FROM_ROWS]]
+    for rows in (page, page, older, newest, newest):  # twice each: idempotent
+        with database.session() as session:
+            assert snapshots.upsert_page(session, cid, "Encounter", rows) == len(rows)
+    with database.session() as session:
+        stored = {v.fhir_id: v for v in session.exec(select(Visit))}
+    assert len(stored) == len(resources)
+    expected = {r.fhir_id: r for r in [*page[COPY_FROM_ROWS:], *newest]}
+    for fhir_id, row in expected.items():
+        kept = stored[fhir_id]
+        assert (kept.version_id, kept.status, kept.last_updated) == (row.version_id, row.status, row.last_updated)
+        assert (kept.type_codes, kept.location_ids, kept.start_at, kept.start_offset_min) == \
+            (row.type_codes, row.location_ids, row.start_at, row.start_offset_min)
