@@ -105,7 +105,9 @@ class Helper:
     def __enter__(self) -> Helper:
         return self
 
-    def __exit__(self, *_: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None:  # the load failed: pages may be unread, so the helper could be blocked writing
+            self._process.kill()
         self._requests.put(None)
         self._feeder.join(timeout=10)
         try:
