@@ -209,11 +209,17 @@ def _bulk_initial(ctx: WorkerContext, access: EhrAccess, held: list[tuple[SyncSt
     status_url = access.bulk.kick_off(list(by_type))
     with preparer(ctx.settings.sync_prep_helper == "on") as prep:  # it starts while the EHR writes the files
         r4_schema.prepare(by_type)
-        manifest = access.bulk.wait(status_url)
+        manifest = access.bulk.wait(status_url, progress=lambda _: _renew_all(held))  # waits can be long
         with quiet_gc():
             _store_export(ctx, access, manifest, held, by_type, prep, progress)
     access.bulk.delete(status_url)
     _finish_export(ctx, manifest, held)
+
+
+def _renew_all(held: list[tuple[SyncStream, _Lease, StreamRun]]) -> None:
+    """Keep every stream of a shared export leased (each renewal is skipped when it is recent)."""
+    for _, lease, _ in held:
+        lease.renew()
 
 
 PAGES_AHEAD = 2  # pages the helper prepares while the worker stores the one before
@@ -230,8 +236,7 @@ def _store_export(ctx: WorkerContext, access: EhrAccess, manifest: dict[str, Any
         member, run = pending.popleft()
         result = commit_prepared(ctx, member.id or 0, prep.result(), client=access.client_name)
         _count(run, result.stored, 0, result.quarantined, progress)
-        for _, lease, _ in held:
-            lease.renew()
+        _renew_all(held)
 
     def send(member: SyncStream, run: StreamRun, lines: list[tuple[int, bytes]]) -> None:
         prep.submit(member.resource_type, lines)

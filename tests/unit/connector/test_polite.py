@@ -143,7 +143,9 @@ def test_timeouts_dropped_connections_and_cut_bodies_are_retried(proxy: FaultPro
     proxy.add_fault(r"^/fhir/D", body='{"resourceType": "Bun')
     for path in ("A", "B", "C", "D"):
         assert polite.request_json("GET", f"{proxy.url}/fhir/{path}")["path"] == f"/fhir/{path}"
-    assert len(sleeps) == 4
+    # each fault cost at least one retry; the delayed answer can cost two (the proxy may still be sleeping
+    # on the first when the quick retry arrives)
+    assert 4 <= len(sleeps) <= 5
 
 
 def test_401_is_auth_expired_and_other_4xx_permanent_neither_retried(proxy: FaultProxy) -> None:
