@@ -10,23 +10,17 @@ seconds, so the table is built once, committed, and checked by tests/unit/fhir_m
 
 from __future__ import annotations
 
-import gzip
 import importlib
 import inspect
 import json
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel
 
+from fhir_mappings.r4_schema import CHOICES_FILE, published_definitions
+
 SCHEMA_DIR = Path(__file__).with_name("schema")
-GROUPS_FILE = SCHEMA_DIR / "choice-groups.json"
-
-
-def published_definitions() -> dict[str, Any]:
-    definitions: dict[str, Any] = json.loads(gzip.decompress((SCHEMA_DIR / "fhir.schema.json.gz").read_bytes()))[
-        "definitions"]
-    return definitions
+GROUPS_FILE = SCHEMA_DIR / CHOICES_FILE
 
 
 def _elements(model: type[BaseModel]) -> set[str]:

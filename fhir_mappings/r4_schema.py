@@ -39,12 +39,18 @@ _INTEGERS: dict[str, dict[str, Any]] = {"integer": {"type": "integer"},
 _compile_lock = threading.Lock()
 
 
+def published_definitions() -> dict[str, Any]:
+    """The definitions of HL7's schema file as published (also what r4_choice_groups builds its table from)."""
+    raw = resources.files("fhir_mappings").joinpath("schema", SCHEMA_FILE).read_bytes()
+    definitions: dict[str, Any] = json.loads(gzip.decompress(raw))["definitions"]
+    return definitions
+
+
 @cache
 def _definitions() -> dict[str, Any]:
-    folder = resources.files("fhir_mappings").joinpath("schema")
-    schema: dict[str, Any] = json.loads(gzip.decompress(folder.joinpath(SCHEMA_FILE).read_bytes()))
-    choices: dict[str, dict[str, list[str]]] = json.loads(folder.joinpath(CHOICES_FILE).read_text(encoding="utf-8"))
-    return tighten(schema["definitions"], choices)
+    choices_text = resources.files("fhir_mappings").joinpath("schema", CHOICES_FILE).read_text(encoding="utf-8")
+    choices: dict[str, dict[str, list[str]]] = json.loads(choices_text)
+    return tighten(published_definitions(), choices)
 
 
 def tighten(definitions: dict[str, Any], choices: dict[str, dict[str, list[str]]]) -> dict[str, Any]:

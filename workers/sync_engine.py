@@ -26,9 +26,10 @@ from prm.models import Connection
 from prm.snapshot_models import SyncStream
 from workers.ehr_access import EhrAccess, access_for
 from workers.gc_quiet import quiet_gc
+from workers.page_prep import last_updated
 from workers.prep_helper import Preparer, preparer
 from workers.runtime import WorkerContext
-from workers.sync_pages import commit_page, commit_prepared, last_updated
+from workers.sync_pages import commit_page, commit_prepared
 
 log = logging.getLogger(__name__)
 RECONCILE_EVERY = timedelta(hours=6)

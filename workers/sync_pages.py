@@ -11,11 +11,10 @@ from sqlmodel import Session
 
 from prm import audit, snapshots, streams
 from prm.snapshot_models import SyncStream
-from workers.page_prep import PreparedPage, last_updated, prepare_page
+from workers.page_prep import PreparedPage, prepare_page
 from workers.runtime import WorkerContext
 from workers.writeback_status import follow_written
 
-__all__ = ["PageResult", "commit_page", "commit_prepared", "last_updated"]
 log = logging.getLogger(__name__)
 
 
