@@ -53,14 +53,33 @@ def serve(host: str, port: int, worker_count: int, threads: int) -> None:
     run(settings, host=host, port=port, workers=worker_count, threads=threads)
 
 
+_SUPERVISE = click.option(
+    "--supervise/--no-supervise", default=True, show_default=True,
+    help="Run Celery as a child and start it again if it ends by itself (it can, after a Redis restart). "
+         "Turn off under a process manager that restarts it.")
+
+
+def _run_supervised(command: str, args: list[str]) -> None:
+    """Leave with the status of `prm <command> --no-supervise <args>`, run under workers.supervisor."""
+    import logging
+
+    from workers.supervisor import supervise
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s: %(levelname)s/supervisor] %(message)s")
+    sys.exit(supervise([sys.executable, "-m", "smart_app.cli", command, "--no-supervise", *args], f"prm {command}"))
+
+
 @cli.command(help="Run a Celery worker (needs PRM_REDIS_URL).")
 @click.option("--concurrency", default=2, show_default=True, type=int)
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(concurrency: int, loglevel: str) -> None:
+@_SUPERVISE
+def worker(concurrency: int, loglevel: str, supervise: bool) -> None:
     settings = _settings()
     if not settings.uses_redis:
         raise ValidationError("`prm worker` needs PRM_REDIS_URL; without Redis, `prm serve` runs tasks itself")
     _db()
+    if supervise:
+        _run_supervised("worker", [f"--concurrency={concurrency}", f"--loglevel={loglevel}"])
     from workers.celery_app import configure
 
     configure(settings).worker_main(["worker", f"--loglevel={loglevel}", f"--concurrency={concurrency}",
@@ -69,11 +88,14 @@ def worker(concurrency: int, loglevel: str) -> None:
 
 @cli.command(help="Run the Celery beat scheduler that wakes the sweeper (needs PRM_REDIS_URL).")
 @click.option("--loglevel", default="INFO", show_default=True)
-def beat(loglevel: str) -> None:
+@_SUPERVISE
+def beat(loglevel: str, supervise: bool) -> None:
     settings = _settings()
     if not settings.uses_redis:
         raise ValidationError("`prm beat` needs PRM_REDIS_URL; without Redis, `prm serve` schedules itself")
     _db()
+    if supervise:
+        _run_supervised("beat", [f"--loglevel={loglevel}"])
     settings.instance_dir.mkdir(parents=True, exist_ok=True)
     from workers.celery_app import configure
 
@@ -328,3 +350,7 @@ def main(argv: list[str] | None = None) -> None:
     except PrmError as exc:
         click.echo(f"prm: {type(exc).__name__}: {exc}", err=True)
         sys.exit(2)
+
+
+if __name__ == "__main__":  # the supervised child: `python -m smart_app.cli worker --no-supervise`
+    main()
