@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import or_, update
 from sqlmodel import Session, SQLModel, col, select
 
+from prm.driver_rows import DriverStatement, driver_statement
 from prm.pg_copy import COPY_FROM_ROWS, copy_upsert
 from prm.snapshot_models import (
     Booking,
@@ -76,9 +77,27 @@ def upsert_page(session: Session, connection_id: int, resource_type: str,
     updated = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in ("id", *_key(table_model))}
     newer = or_(table.c.last_updated.is_(None), stmt.excluded.last_updated.is_(None),
                 stmt.excluded.last_updated >= table.c.last_updated)
-    session.execute(stmt.on_conflict_do_update(index_elements=_key(table_model), set_=updated, where=newer),
-                    values_list)
+    upsert = stmt.on_conflict_do_update(index_elements=_key(table_model), set_=updated, where=newer)
+    if dialect == "sqlite":
+        _driver_upsert(table_model, upsert, session.get_bind().dialect, tuple(values_list[0])).execute(
+            session, values_list)
+    else:
+        session.execute(upsert, values_list)
     return len(values_list)
+
+
+_DRIVER_UPSERTS: dict[tuple[type[SQLModel], tuple[str, ...]], DriverStatement] = {}
+
+
+def _driver_upsert(table_model: type[SQLModel], upsert: Any, dialect: Any, keys: tuple[str, ...]) -> DriverStatement:
+    """The SQLite upsert for rows with `keys`, compiled once per table (see prm.driver_rows)."""
+    found = _DRIVER_UPSERTS.get((table_model, keys))
+    if found is None:
+        compiled = driver_statement(upsert, dialect, keys)
+        if compiled is None:
+            raise TypeError(f"{dialect.name}: positional parameters expected for the driver upsert")
+        found = _DRIVER_UPSERTS[(table_model, keys)] = compiled
+    return found
 
 
 def mark_deleted(session: Session, connection_id: int, resource_type: str, fhir_ids: list[str]) -> int:
