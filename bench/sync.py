@@ -102,6 +102,7 @@ def run_sync_child(args: dict[str, Any]) -> None:
     exporting every type at once): the full first sync (its figures printed as a JSON line), one more pass
     that finds nothing new, `ready`; then, on `go` (after the parent changed 1% of the Encounters), the
     incremental sync (a second JSON line)."""
+    from fhir_mappings import r4_schema
     from workers.sync_connection import sync_connection
     from workers.sync_engine import StreamRun
 
@@ -134,6 +135,9 @@ def run_sync_child(args: dict[str, Any]) -> None:
     try:
         print(json.dumps(measured(args.get("profile"))), flush=True)
         sync_connection(ctx, args["connection_id"], time_budget_s=3600)
+        # A running worker has checked each type before, so its edge checks are compiled (~50 ms a type, once
+        # a process); the first load compiled them in its page helper, not here.
+        r4_schema.prepare(SYNCED)
         print("ready", flush=True)
         if sys.stdin.readline().strip() == "go":
             print(json.dumps(measured(args.get("profile_incremental"))), flush=True)

@@ -6,7 +6,7 @@ forbids daemonic processes children of their own. It speaks over its stdin and s
 pickle frames; both ends are this module and the pipes are private to the two processes, so unpickling
 trusts nothing from outside. `Inline` does the same work in the worker's own process (PRM_SYNC_PREP_HELPER=0).
 
-    python -m workers.prep_helper      # what the worker starts; reads frames until its stdin closes
+    python -m workers.prep_helper Patient Encounter   # what the worker starts; reads frames until stdin closes
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ import sys
 import threading
 import traceback
 from collections import deque
+from collections.abc import Collection
 from types import TracebackType
 from typing import IO, Any, Protocol
 
+from fhir_mappings import r4_schema
 from prm.errors import TransientEhrError
 from workers.page_prep import PreparedPage, prepare_lines
 
@@ -69,8 +71,10 @@ class Helper:
     """The helper process. A feeder thread writes requests, so neither side ever blocks on a full pipe while the
     other waits for it (the worker reads results on its own thread)."""
 
-    def __init__(self) -> None:
-        self._process = subprocess.Popen([sys.executable, "-m", "workers.prep_helper"],
+    def __init__(self, resource_types: Collection[str] = ()) -> None:
+        """`resource_types`: the helper compiles their edge checks as it starts (while the EHR still writes the
+        export), not on the first page of each."""
+        self._process = subprocess.Popen([sys.executable, "-m", "workers.prep_helper", *resource_types],  # noqa: S603 (our streams' type names)
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         if self._process.stdin is None or self._process.stdout is None:
             raise RuntimeError("the page helper started without pipes")
@@ -118,8 +122,13 @@ class Helper:
         self._stdout.close()
 
 
-def preparer(use_helper: bool) -> Preparer:
-    return Helper() if use_helper else Inline()
+def preparer(use_helper: bool, resource_types: Collection[str]) -> Preparer:
+    """A helper process, or this process; either way the edge checks of `resource_types` are compiled first
+    by whichever process will run them."""
+    if use_helper:
+        return Helper(resource_types)
+    r4_schema.prepare(resource_types)
+    return Inline()
 
 
 def write_frame(stream: IO[bytes], payload: bytes) -> None:
@@ -138,7 +147,9 @@ def read_frame(stream: IO[bytes]) -> bytes | None:
 
 
 def main() -> None:
-    """Prepare pages until stdin closes. Objects from start-up are frozen: collections walk only the page."""
+    """Prepare pages until stdin closes. The arguments are resource types whose edge checks to compile first.
+    Objects from start-up are frozen: collections walk only the page."""
+    r4_schema.prepare(sys.argv[1:])
     gc.freeze()
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     while (frame := read_frame(stdin)) is not None:

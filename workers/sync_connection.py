@@ -1,8 +1,8 @@
 """Sync every stream of one connection now, side by side: `prm sync run` and the sync benchmark.
 
 Background workers sync one stream per job; a foreground sync wants the whole connection, fast. Streams
-run on threads that share the connection's polite client, so its bound on requests in flight (4) holds
-across them. A bulk first load starts from the first stream that needs one and takes the leases of every
+run on threads, one each, that share the connection's polite client, so its bound on requests in flight (4)
+holds across them. A bulk first load starts from the first stream that needs one and takes the leases of every
 other stream it can export together; only streams that are not exported run beside it, so none is
 exported twice. A stream a background worker holds is waited for (its
 lease ends when that worker finishes, or lapses if it died), then run here.
@@ -18,7 +18,9 @@ from prm import connections, streams
 from workers.runtime import WorkerContext
 from workers.sync_engine import Progress, StreamRun, needs_export, run_stream
 
-STREAMS_AT_ONCE = 4  # the polite client's default bound on requests in flight per connection
+# Every stream on its own thread: the polite client still bounds requests in flight (4), and the threads
+# beyond that store pages and read the database while the others wait for the EHR.
+STREAMS_AT_ONCE = len(streams.SYNC_TYPES)
 BUSY_POLL_S = 1.0
 
 

@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from connector.fhir_reader import Page
-from fhir_mappings import r4_schema
 from fhir_mappings.written import IDENTIFIER_SYSTEM
 from prm import connections, leases, snapshots, streams
 from prm.errors import AuthExpiredError, PermanentEhrError
@@ -171,7 +170,11 @@ def _sync_after(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, conne
     stream_id = stream.id or 0
     mark_before_run = stream.cursor if stream.phase != "initial" else None
     first_load = stream.phase == "initial"
-    if _patient_scoped(stream, connection):  # after the bulk first load, or on a known population
+    history = None if first_load else _read_history(ctx, access, stream)
+    if history is not None and history.quiet:  # nothing changed since the mark: no window can find anything
+        run.caught_up = True
+        run.notes.append("unchanged (_history)")
+    elif _patient_scoped(stream, connection):  # after the bulk first load, or on a known population
         _patient_windows(ctx, access, stream_id, run, lease, deadline, progress)
     else:
         _windows(ctx, access, stream_id, run, lease, deadline, progress)
@@ -180,7 +183,7 @@ def _sync_after(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, conne
         if first_load:
             _after_first_load(ctx, stream_id, run)
         else:
-            marks = _deletions(ctx, access, stream_id, run, mark_before_run)
+            marks = _deletions(ctx, access, stream_id, run, mark_before_run, history)
     with ctx.db.session() as session:
         fresh = streams.get(session, stream_id)
         for name, value in marks.items():
@@ -208,8 +211,7 @@ def _bulk_initial(ctx: WorkerContext, access: EhrAccess, held: list[tuple[SyncSt
     cursor starts at the export's transactionTime (deletions are read from there on, less an overlap)."""
     by_type = {member.resource_type: (member, run) for member, _, run in held}
     status_url = access.bulk.kick_off(list(by_type))
-    with preparer(ctx.settings.sync_prep_helper == "on") as prep:  # it starts while the EHR writes the files
-        r4_schema.prepare(by_type)
+    with preparer(ctx.settings.sync_prep_helper == "on", by_type) as prep:  # it starts while the EHR writes
         manifest = access.bulk.wait(status_url, progress=lambda _: _renew_all(held))  # waits can be long
         with quiet_gc():
             _store_export(ctx, access, manifest, held, by_type, prep, progress)
@@ -417,27 +419,61 @@ def _after_first_load(ctx: WorkerContext, stream_id: int, run: StreamRun) -> Non
         session.add(fresh)
 
 
+@dataclass
+class _History:
+    """What `_history` says happened to a stream's type since its mark."""
+
+    deleted: list[str]
+    quiet: bool  # no version the snapshot lacks: a window would find nothing new
+
+
+def _read_history(ctx: WorkerContext, access: EhrAccess, stream: SyncStream) -> _History | None:
+    """`_history` since the stream's mark, read before the windows, so a type nothing new happened to costs
+    one request a run, not two. The mark overlaps the previous run, so the versions that run stored come
+    back too: only a version newer than the snapshot's row (or of a resource it lacks) is news. None where
+    there is no mark yet, or the EHR keeps no usable `_history` (then ids are compared)."""
+    if stream.history_mark is None:
+        return None
+    seen: dict[str, datetime | None] = {}  # id -> the newest lastUpdated _history shows
+    try:
+        page = access.reader.history(stream.resource_type, iso(stream.history_mark), ctx.settings.sync_page_size)
+        gone = [i for t, i in page.deleted if t == stream.resource_type]
+        _note_versions(page, stream.resource_type, seen)
+        while page.next_url:
+            page = access.reader.follow(page.next_url)
+            gone += [i for t, i in page.deleted if t == stream.resource_type]
+            _note_versions(page, stream.resource_type, seen)
+    except PermanentEhrError as exc:
+        log.info("stream %s: no usable _history (%s); reconciling ids", stream.id, type(exc).__name__)
+        return None
+    with ctx.db.session() as session:
+        held = snapshots.stamps_of(session, stream.connection_id, stream.resource_type, sorted(seen))
+    quiet = all(stamp is not None and (held.get(i) or datetime.min.replace(tzinfo=UTC)) >= stamp
+                for i, stamp in seen.items())
+    return _History(gone, quiet)
+
+
+def _note_versions(page: Page, resource_type: str, seen: dict[str, datetime | None]) -> None:
+    for resource in page.resources:
+        if resource.get("resourceType") != resource_type or not isinstance(resource.get("id"), str):
+            continue
+        stamp = last_updated(resource)
+        earlier = seen.get(resource["id"], datetime.min.replace(tzinfo=UTC))
+        seen[resource["id"]] = None if stamp is None or earlier is None else max(stamp, earlier)
+
+
 def _deletions(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun,
-               mark_before_run: datetime | None) -> dict[str, datetime | None]:
-    """Deleted resources leave the snapshot: from `_history` where the EHR keeps it, else by comparing ids.
-    Returns the stream's marks to store with the run's success (one transaction fewer per run).
+               mark_before_run: datetime | None, history: _History | None) -> dict[str, datetime | None]:
+    """Deleted resources leave the snapshot: from `_history` (read before the windows) where the EHR keeps
+    it, else by comparing ids. Returns the stream's marks to store with the run's success (one transaction
+    fewer per run).
 
     `_history` is read since the cursor as it stood before the previous run (server clock), so windows
     overlap and no deletion falls between them; a first run, or an EHR without `_history`, reconciles ids.
     """
     with ctx.db.session() as session:
         stream = streams.get(session, stream_id)
-    gone: list[str] | None = None
-    if stream.history_mark is not None:
-        try:
-            page = access.reader.history(stream.resource_type, iso(stream.history_mark), ctx.settings.sync_page_size)
-            gone = [i for t, i in page.deleted if t == stream.resource_type]
-            while page.next_url:
-                page = access.reader.follow(page.next_url)
-                gone += [i for t, i in page.deleted if t == stream.resource_type]
-        except PermanentEhrError as exc:
-            log.info("stream %s: no usable _history (%s); reconciling ids", stream_id, type(exc).__name__)
-            gone = None
+    gone = history.deleted if history is not None else None
     now = ctx.settings.clock()
     if gone is None:
         if stream.reconciled_at is not None and now - stream.reconciled_at < RECONCILE_EVERY:

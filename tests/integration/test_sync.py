@@ -59,6 +59,19 @@ def test_incremental_sync_brings_only_what_changed(env: SyncEnv) -> None:
     assert_in_step(env, ("Patient", "Encounter"))
 
 
+def test_a_type_nothing_happened_to_costs_one_history_request(env: SyncEnv) -> None:
+    env.run_all(("Location", "Encounter"))  # marks set since the runs above
+    encounter = copy.deepcopy(env.read("Encounter", "enc-000003-002"))
+    encounter["status"] = "finished" if encounter["status"] != "finished" else "cancelled"
+    env.put(encounter)
+    runs = env.run_all(("Location", "Encounter"))
+    quiet, busy = runs["Location"], runs["Encounter"]
+    assert quiet.caught_up and quiet.notes == ["unchanged (_history)"]
+    assert quiet.pages == 0, "no window search for a type _history says nothing happened to"
+    assert busy.stored == 1 and busy.pages >= 1 and "unchanged (_history)" not in busy.notes
+    assert_in_step(env, ("Location", "Encounter"))
+
+
 def test_deleted_resources_leave_the_snapshot(env: SyncEnv) -> None:
     env.delete("Appointment", "appt-000001-001")
     env.run_all(("Appointment",))  # the first incremental run sets the _history mark

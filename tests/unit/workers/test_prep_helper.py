@@ -30,7 +30,7 @@ def pages() -> list[tuple[str, Lines]]:
 
 
 def test_the_helper_prepares_pages_as_the_worker_would_in_order() -> None:
-    with Helper() as helper, Inline() as inline:
+    with Helper(("Patient", "Encounter")) as helper, Inline() as inline:  # Appointment compiled on its first page
         for resource_type, lines in pages():
             helper.submit(resource_type, lines)
             inline.submit(resource_type, lines)
