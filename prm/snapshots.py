@@ -122,18 +122,24 @@ def live_ids(session: Session, connection_id: int, resource_type: str) -> set[st
     return set(session.exec(query))
 
 
+IDS_PER_QUERY = 500
+
+
 def stamps_of(session: Session, connection_id: int, resource_type: str,
               fhir_ids: Sequence[str]) -> dict[str, datetime | None]:
-    """`last_updated` of the live rows among `fhir_ids`: what the snapshot already holds of them."""
-    if not fhir_ids:
-        return {}
+    """`last_updated` of the live rows among `fhir_ids`: what the snapshot already holds of them. Asked in
+    chunks, so a long list stays under the databases' limits on bound parameters."""
     table = TABLES[resource_type]
-    query = select(table.fhir_id, table.last_updated).where(  # type: ignore[attr-defined]
-        col(table.connection_id) == connection_id, col(table.deleted).is_(False),  # type: ignore[attr-defined]
-        col(table.fhir_id).in_(list(fhir_ids)))  # type: ignore[attr-defined]
-    if table is WrittenResource:
-        query = query.where(col(WrittenResource.resource_type) == resource_type)
-    return dict(session.exec(query).all())
+    found: dict[str, datetime | None] = {}
+    for start in range(0, len(fhir_ids), IDS_PER_QUERY):
+        query = select(table.fhir_id, table.last_updated).where(  # type: ignore[attr-defined]
+            col(table.connection_id) == connection_id, col(table.deleted).is_(False),  # type: ignore[attr-defined]
+            col(table.fhir_id).in_(list(fhir_ids[start:start + IDS_PER_QUERY])))  # type: ignore[attr-defined]
+        if table is WrittenResource:
+            query = query.where(col(WrittenResource.resource_type) == resource_type)
+        found.update(session.exec(query).all())
+    return found
+
 
 
 def versions(session: Session, connection_id: int, resource_type: str) -> set[tuple[str, str | None]]:

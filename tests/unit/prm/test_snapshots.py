@@ -132,3 +132,16 @@ def test_a_large_page_keeps_the_version_rule_and_every_field(database: Database,
         assert (kept.version_id, kept.status, kept.last_updated) == (row.version_id, row.status, row.last_updated)
         assert (kept.type_codes, kept.location_ids, kept.start_at, kept.start_offset_min) == \
             (row.type_codes, row.location_ids, row.start_at, row.start_offset_min)
+
+
+def test_stamps_of_answers_for_more_ids_than_one_query_takes(database: Database, settings: Settings) -> None:
+    cid = connection_id(database, settings)
+    page = [visit_from_encounter(r) for r in encounters(snapshots.IDS_PER_QUERY * 2 + 10)]
+    with database.session() as session:
+        snapshots.upsert_page(session, cid, "Encounter", page)
+        snapshots.mark_deleted(session, cid, "Encounter", [page[0].fhir_id])
+    asked = [v.fhir_id for v in page] + ["not-synced"]
+    with database.session() as session:
+        stamps = snapshots.stamps_of(session, cid, "Encounter", asked)
+    assert set(stamps) == {v.fhir_id for v in page[1:]}, "live rows only, each chunk answered"
+    assert all(stamps[v.fhir_id] == v.last_updated for v in page[1:])
