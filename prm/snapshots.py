@@ -141,7 +141,6 @@ def stamps_of(session: Session, connection_id: int, resource_type: str,
     return found
 
 
-
 def versions(session: Session, connection_id: int, resource_type: str) -> set[tuple[str, str | None]]:
     """(id, versionId) of live rows: what the fault tests compare with the server."""
     table = TABLES[resource_type]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from dotenv import load_dotenv
@@ -59,7 +59,7 @@ _SUPERVISE = click.option(
          "Turn off under a process manager that restarts it.")
 
 
-def _run_supervised(command: str, args: list[str]) -> None:
+def _run_supervised(command: str, args: list[str]) -> NoReturn:
     """Leave with the status of `prm <command> --no-supervise <args>`, run under workers.supervisor."""
     import logging
 

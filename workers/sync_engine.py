@@ -419,6 +419,9 @@ def _after_first_load(ctx: WorkerContext, stream_id: int, run: StreamRun) -> Non
         session.add(fresh)
 
 
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
 @dataclass
 class _History:
     """What `_history` says happened to a stream's type since its mark."""
@@ -448,7 +451,7 @@ def _read_history(ctx: WorkerContext, access: EhrAccess, stream: SyncStream) -> 
         return None
     with ctx.db.session() as session:
         held = snapshots.stamps_of(session, stream.connection_id, stream.resource_type, sorted(seen))
-    quiet = all(stamp is not None and (held.get(i) or datetime.min.replace(tzinfo=UTC)) >= stamp
+    quiet = all(stamp is not None and (held.get(i) or _EARLIEST) >= stamp
                 for i, stamp in seen.items())
     return _History(gone, quiet)
 
@@ -458,7 +461,7 @@ def _note_versions(page: Page, resource_type: str, seen: dict[str, datetime | No
         if resource.get("resourceType") != resource_type or not isinstance(resource.get("id"), str):
             continue
         stamp = last_updated(resource)
-        earlier = seen.get(resource["id"], datetime.min.replace(tzinfo=UTC))
+        earlier = seen.get(resource["id"], _EARLIEST)
         seen[resource["id"]] = None if stamp is None or earlier is None else max(stamp, earlier)
 
 

@@ -100,7 +100,6 @@ def test_sigint_asks_the_child_for_a_warm_shutdown(start_supervisor: StartSuperv
     assert events(log)[1:] == ["term"], "SIGINT reaches the child as SIGTERM (warm), not as a second Ctrl-C"
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
 def test_killing_the_supervisor_leaves_no_orphan_child(start_supervisor: StartSupervisor) -> None:
     proc, log = start_supervisor("stay")
     wait_for(lambda: events(log) != [])
