@@ -34,6 +34,7 @@ from connector.capability_rules import (
 )
 from connector.ehr_client import FHIR_JSON, EhrClient
 from connector.errors import outcome_text
+from connector.fhir_reader import group_patient_ids
 from prm.errors import EhrError, PrmError
 
 COUNT_PROBE = 1000
@@ -56,6 +57,7 @@ class CheckTarget:
     signing_alg: str = "RS384"
     backend: backend.BackendCredentials | None = None  # token_endpoint is filled in from discovery
     backend_scopes: str = ""
+    export_group: str | None = None  # the Group a Group-level export reads
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,21 @@ class _Probe:
         has_next = any(link.get("relation") == "next" for link in answer.body.get("link") or [])
         return page_size_limit(answer.body, COUNT_PROBE), {"request": shown, "entries": entries, "next": has_next}
 
+    def export_group(self, token: str, group_id: str) -> dict[str, Any]:
+        """The export Group must exist and be readable with the backend token; its size is reported, no ids."""
+        answer = _ask(self.http, "GET", f"{self.base}/Group/{group_id}", token, self.timeout)
+        result: dict[str, Any] = {"request": f"GET Group/{group_id}", "status": answer.status}
+        body = answer.body or {}
+        if answer.status == 200 and body.get("resourceType") == "Group":
+            members = group_patient_ids(body)
+            result.update(ok=True, patients=len(members))
+            if not members:
+                self.findings.warn(f"export Group/{group_id} lists no patients: its export will be empty")
+        else:
+            result.update(ok=False, detail=answer.detail)
+            self.findings.error(f"the export Group could not be read (GET Group/{group_id} -> {answer.detail})")
+        return result
+
     def write_probe(self, token: str | None, rtype: str, statement_ok: bool | None, granted: str) -> dict[str, Any]:
         """$validate with a patient-free resource: the EHR's answer to a would-be write, nothing stored."""
         scope_ok = smart_scopes.allows(granted, rtype, "c") and smart_scopes.allows(granted, rtype, "u")
@@ -261,7 +278,10 @@ def check(http: requests.Session, target: CheckTarget, timeout: float, now: date
         sync["sort_last_updated"] = search.get("sort_last_updated")
         sync["strategy"] = choose_sync(sync["export"], search.get("allowed"),
                                        bool(resources.get("Encounter", {}).get("last_updated", True)), findings,
-                                       refused=f"{search['request']} -> {search.get('detail')}")
+                                       refused=f"{search['request']} -> {search.get('detail')}",
+                                       export_group=target.export_group is not None)
+        if target.export_group is not None:
+            sync["export_group"] = probe.export_group(token, target.export_group)
     profile["sync"] = sync
     profile["writes"] = {
         rtype: probe.write_probe(token, rtype,

@@ -252,13 +252,20 @@ def page_size_limit(bundle: dict[str, Any], requested: int) -> int:
 
 
 def choose_sync(export: dict[str, bool], type_level: bool | None, last_updated: bool,
-                findings: Findings, refused: str | None = None) -> dict[str, str]:
-    """The initial-load and incremental strategies this EHR allows, with a warning for each compromise."""
-    if export["system"]:
-        initial = "bulk-export-system"
-    elif export["group"]:
+                findings: Findings, refused: str | None = None, export_group: bool = False) -> dict[str, str]:
+    """The initial-load and incremental strategies this EHR allows, with a warning for each compromise.
+    `export_group`: IT named the Group of the clinic's patients, so a Group-level export is preferred (a system
+    export would read the whole EHR, other clinics' patients too)."""
+    if export["group"] and (export_group or not export["system"]):
         initial = "bulk-export-group"
-        findings.warn("only Group-level $export: the first sync needs a Group listing the clinic's patients")
+        if not export_group:
+            findings.warn("only Group-level $export: name the Group of the clinic's patients (prm connection add "
+                          "... --export-group ID) or the first sync pages through searches instead")
+    elif export["system"]:
+        initial = "bulk-export-system"
+        if export_group:
+            findings.warn("an export Group is set but the EHR lists no Group-level $export: the first sync "
+                          "exports at system level")
     elif type_level is not False:
         initial = "search"
         findings.warn("no Bulk Data $export: the first sync will page through searches instead (slower)")

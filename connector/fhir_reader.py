@@ -125,6 +125,18 @@ def page_of(body: dict[str, Any]) -> Page:
                 stamp if isinstance(stamp, str) else None)
 
 
+def group_patient_ids(group: dict[str, Any]) -> list[str]:
+    """The ids of the Patients a Group lists as active members (relative or absolute references), in order."""
+    found: list[str] = []
+    for member in group.get("member") or []:
+        if not isinstance(member, dict) or member.get("inactive") is True:
+            continue
+        parts = str((member.get("entity") or {}).get("reference", "")).split("/")
+        if len(parts) >= 2 and parts[-2] == "Patient" and _ID.match(parts[-1]) and parts[-1] not in found:
+            found.append(parts[-1])
+    return found
+
+
 def _keep_since(next_url: str | None, asked: str) -> str | None:
     """A history next link that lost `_since` (sekmet-fhir 0.1 drops it) would page through all of history."""
     if next_url is None:
@@ -175,6 +187,10 @@ class FhirReader:
         if body.get("resourceType") != resource_type:
             raise PermanentEhrError(f"asked for {resource_type}, got {body.get('resourceType')!r}")
         return body
+
+    def group_patients(self, group_id: str) -> list[str]:
+        """The Patients a Group lists as active members (the clinic's population on a Group-export EHR)."""
+        return group_patient_ids(self.read("Group", group_id))
 
     def ids(self, resource_type: str, params: list[tuple[str, str]] | None = None) -> Iterator[str]:
         """Every id the search finds (`_elements=id`, large pages): what still exists, to reconcile deletions."""

@@ -109,6 +109,9 @@ def check(scope: str, patient: str | None, profile: Profile, inter: Interaction,
     scopes = parse_all(scope)
     if inter.kind in ("export", "bulk") and not profile.export:
         raise Denied(404, "not-supported", "Bulk Data $export is not supported by this EHR")
+    if inter.kind == "export" and _export_level(inter) not in profile.export_levels:
+        raise Denied(404, "not-supported", f"$export is offered at {', '.join(sorted(profile.export_levels))} "
+                                           f"level only")
     system_level = inter.kind in ("export", "bulk", "history-system") or (
         inter.kind in ("transaction", "operation") and inter.rtype is None)
     if system_level:
@@ -132,6 +135,10 @@ def check(scope: str, patient: str | None, profile: Profile, inter: Interaction,
     if contexts & {"user", "system"}:
         return inter
     return _restrict_to_patient(patient, inter, args, body)
+
+
+def _export_level(inter: Interaction) -> str:
+    return {"Group": "group", "Patient": "patient"}.get(inter.rtype or "", "system")
 
 
 def _need_system(scopes: list[ClinicalScope], inter: Interaction) -> None:

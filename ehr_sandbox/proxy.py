@@ -42,9 +42,11 @@ def _with_smart_security(cap: dict[str, Any], smart: SmartAuth) -> dict[str, Any
             for res in rest.get("resource", []):
                 res["interaction"] = [i for i in res.get("interaction", [])
                                       if i.get("code") not in ("history-type", "history-instance")]
-        if not smart.profile.export:
+        levels = smart.profile.export_levels if smart.profile.export else frozenset()
+        if "system" not in levels:
             rest["operation"] = [op for op in rest.get("operation", []) if op.get("name") != "export"]
-            for res in rest.get("resource", []):
+        for res in rest.get("resource", []):
+            if res.get("type", "").lower() not in levels:  # Group and Patient name their levels
                 res["operation"] = [op for op in res.get("operation", []) if op.get("name") != "export"]
     return cap
 

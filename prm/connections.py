@@ -34,6 +34,7 @@ DEFAULT_BACKEND_SCOPES = (
 )
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # FHIR R4 id
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class ConnectionSpec:
     backend_auth: str | None = None
     backend_client_secret: str | None = None
     backend_scopes: str = DEFAULT_BACKEND_SCOPES
+    export_group: str | None = None  # the Group a Group-level $export reads (its id on the EHR)
     # care ticket owner by reason, and "default" ({"negative-feedback": "PractitionerRole/x"})
     ticket_routing: dict[str, str] = field(default_factory=dict)
 
@@ -91,6 +93,15 @@ def _origin(value: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+def _reads_groups(scopes: str) -> bool:
+    """Whether the backend scopes let the client read Group (SMART v2 `.rs`-style, or v1 `.read`/`.*`)."""
+    for scope in scopes.split():
+        target, _, perms = scope.removeprefix("system/").partition(".")
+        if target in ("Group", "*") and (perms in ("read", "*") or ("r" in perms and set(perms) <= set("cruds"))):
+            return True
+    return False
+
+
 def validate(spec: ConnectionSpec) -> ConnectionSpec:
     """Return a normalised spec or raise ValidationError saying what is wrong."""
     if not _NAME.match(spec.name):
@@ -115,6 +126,13 @@ def validate(spec: ConnectionSpec) -> ConnectionSpec:
         raise ValidationError("backend services need a backend client id")
     if any(not scope.startswith("system/") for scope in spec.backend_scopes.split()):
         raise ValidationError("backend scopes must all be system/ scopes")
+    export_group = (spec.export_group or "").strip().removeprefix("Group/") or None
+    if export_group is not None and not _FHIR_ID.match(export_group):
+        raise ValidationError(f"export group must be a Group id (letters, digits, '-', '.'; max 64), got "
+                              f"{spec.export_group!r}")
+    if export_group is not None and not _reads_groups(spec.backend_scopes):
+        raise ValidationError("an export Group is read by the backend client: add system/Group.rs to the backend "
+                              "scopes")
     return ConnectionSpec(
         name=spec.name,
         iss=spec.iss.strip().rstrip("/"),
@@ -132,6 +150,7 @@ def validate(spec: ConnectionSpec) -> ConnectionSpec:
         backend_auth=spec.backend_auth,
         backend_client_secret=spec.backend_client_secret,
         backend_scopes=" ".join(spec.backend_scopes.split()),
+        export_group=export_group,
         ticket_routing=_routing(spec.ticket_routing),
     )
 
@@ -176,6 +195,7 @@ def upsert(session: Session, clock: Clock, box: SecretBox, spec: ConnectionSpec)
         box, spec.backend_auth, spec.backend_client_secret, row.backend_client_secret_enc,
         "backend auth 'client_secret' needs a backend client secret")
     row.backend_scopes = spec.backend_scopes
+    row.export_group = spec.export_group
     row.ticket_routing = dict(spec.ticket_routing)
     row.updated_at = now
     session.add(row)

@@ -138,23 +138,32 @@ def enqueue_after_commit(session: Session, hook: Callable[[], None]) -> None:
     session.info.setdefault(_AFTER_COMMIT_KEY, []).append(hook)
 
 
+def _insert_ignoring(session: Session, table: Any, conflict: list[str]) -> Any:
+    """INSERT ... ON CONFLICT (conflict) DO NOTHING, in the session's dialect."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing(index_elements=conflict)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing(index_elements=conflict)
+
+
 def insert_ignore(session: Session, table: Any, values: dict[str, Any], conflict: list[str]) -> bool:
     """INSERT ... ON CONFLICT DO NOTHING on either backend; True when a row was inserted.
 
     This is how idempotent writes are made without savepoints or read-then-write races.
     """
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        stmt: Any = pg_insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
-    else:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        stmt = sqlite_insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
+    stmt = _insert_ignoring(session, table, conflict).values(**values)
     # rowcount is unreliable with implicit RETURNING (psycopg reports -1); ask for the key instead.
     result = session.execute(stmt.returning(*table.primary_key.columns))
     return result.first() is not None
+
+
+def insert_ignore_many(session: Session, table: Any, rows: list[dict[str, Any]], conflict: list[str]) -> None:
+    """`insert_ignore` for many rows in one executemany (rows already there are left as they are)."""
+    if rows:
+        session.execute(_insert_ignoring(session, table, conflict), rows)
 
 
 def insert_once(session: Session, model: Any, values: dict[str, Any], key: list[str]) -> tuple[Any, bool]:

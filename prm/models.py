@@ -48,6 +48,9 @@ class Connection(ConnectionBase, table=True):
     backend_auth: str | None = Field(default=None, max_length=30)  # private_key_jwt | client_secret
     backend_client_secret_enc: str | None = Field(default=None, max_length=2000)
     backend_scopes: str = Field(default="", max_length=2000)
+    # The Group whose patients a Group-level Bulk $export reads (EHRs that offer no system export, or a clinic
+    # that is one part of a large EHR): also the population a patient-by-patient sync covers.
+    export_group: str | None = Field(default=None, max_length=64)
     # care ticket owner by reason ({"negative-feedback": "PractitionerRole/x", "default": "Organization/y"})
     ticket_routing: dict[str, str] = _json({})
     capability_profile: dict[str, Any] = _json({})

@@ -263,6 +263,17 @@ class SyncStream(SQLModel, table=True):
     history_mark: datetime | None = _dt()  # deletions are read from `_history` since here (server clock)
 
 
+class StreamPatient(SQLModel, table=True):
+    """A patient whose whole record a patient-by-patient stream has read. The stream's later passes ask only
+    what changed since its cursor; a patient it has not read yet (new to the population, e.g. just added to the
+    export Group) is read in full once, so their history before the cursor is not lost."""
+
+    __tablename__ = "stream_patient"
+
+    stream_id: int = Field(foreign_key="sync_stream.id", primary_key=True)
+    patient_id: str = Field(max_length=64, primary_key=True)
+
+
 class QuarantinedResource(SQLModel, table=True):
     """An incoming resource that failed the edge check: kept with its error for IT, never blocking the rest."""
 

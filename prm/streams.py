@@ -7,14 +7,15 @@ lost nor double-counted, and the cursor moves in the same commit as the page it 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 
 from sqlmodel import Session, col, select
 
 from prm.clock import Clock
-from prm.db import insert_ignore
+from prm.db import insert_ignore, insert_ignore_many
 from prm.errors import NotFoundError
-from prm.snapshot_models import QuarantinedResource, SyncStream
+from prm.snapshot_models import QuarantinedResource, StreamPatient, SyncStream
 
 SYNC_TYPES = ("Organization", "Location", "PractitionerRole", "Patient", "RelatedPerson", "Encounter",
               "Appointment", "Task", "Communication")
@@ -67,6 +68,18 @@ def advance(stream: SyncStream, page_instants: list[tuple[str, datetime | None]]
 def already_seen(stream: SyncStream, fhir_id: str, last_updated: datetime | None) -> bool:
     """A resource re-read at the cursor instant that the last page already committed."""
     return last_updated is not None and last_updated == stream.cursor and fhir_id in stream.cursor_ids
+
+
+def patients_read(session: Session, stream_id: int) -> set[str]:
+    """The patients whose whole record this (patient-by-patient) stream has read."""
+    return set(session.exec(select(StreamPatient.patient_id).where(StreamPatient.stream_id == stream_id)))
+
+
+def note_patients_read(session: Session, stream_id: int, patient_ids: Collection[str]) -> None:
+    """Remember patients read in full (idempotent): later passes ask them only what changed since the cursor."""
+    insert_ignore_many(session, StreamPatient.__table__,  # type: ignore[attr-defined]
+                       [{"stream_id": stream_id, "patient_id": p} for p in sorted(patient_ids)],
+                       ["stream_id", "patient_id"])
 
 
 def record_success(stream: SyncStream, clock: Clock) -> None:

@@ -17,11 +17,12 @@ from prm.models import Connection
 
 SECRET_FIELDS = ("client_secret", "backend_client_secret")
 TEXT_FIELDS = ("name", "iss", "client_id", "client_auth", "scopes", "frame_origins", "role_mapping", "default_role",
-               "clinics", "signing_alg", "backend_client_id", "backend_auth", "backend_scopes", "ticket_routing")
+               "clinics", "signing_alg", "backend_client_id", "backend_auth", "backend_scopes", "export_group",
+               "ticket_routing")
 # What an update audit record names when it changed (values are never written to the audit).
 AUDITED_COLUMNS = ("iss", "client_id", "client_auth", "client_secret_enc", "scopes", "frame_origins", "role_mapping",
                    "default_role", "enabled", "clinics", "signing_alg", "backend_client_id", "backend_auth",
-                   "backend_client_secret_enc", "backend_scopes", "ticket_routing")
+                   "backend_client_secret_enc", "backend_scopes", "export_group", "ticket_routing")
 
 
 def _lines(text: str) -> list[str]:
@@ -70,6 +71,7 @@ def spec_from_form(form: MultiDict[str, str], *, name: str | None = None,
         backend_auth=backend_auth,
         backend_client_secret=form.get("backend_client_secret") or None,
         backend_scopes=form.get("backend_scopes", ""),
+        export_group=form.get("export_group", "").strip() or None,
         ticket_routing=_key_values(form.get("ticket_routing", ""), "ticket routing",
                                    "REASON=OWNER (e.g. default=Organization/org-1)"),
     )
@@ -96,6 +98,7 @@ def values_from_row(row: Connection) -> dict[str, Any]:
         "clinics": "\n".join(f"{c['organization']} | {c.get('name', '')} | {c['timezone']}" for c in row.clinics),
         "signing_alg": row.signing_alg, "backend_client_id": row.backend_client_id or "",
         "backend_auth": row.backend_auth or "", "backend_scopes": row.backend_scopes,
+        "export_group": row.export_group or "",
         "ticket_routing": "\n".join(f"{reason}={owner}" for reason, owner in row.ticket_routing.items()),
     }
 

@@ -161,6 +161,9 @@ def _clinics(values: tuple[str, ...]) -> tuple[dict[str, str], ...]:
 @click.option("--backend-client-secret", envvar="PRM_NEW_BACKEND_CLIENT_SECRET", default=None,
               help="For backend client_secret auth; better set PRM_NEW_BACKEND_CLIENT_SECRET.")
 @click.option("--backend-scopes", default=connections.DEFAULT_BACKEND_SCOPES, show_default=True)
+@click.option("--export-group", default=None,
+              help="The EHR's Group of this clinic's patients (its id): a Group-level $export for the first sync, "
+                   "and the population of a patient-by-patient sync.")
 @click.option("--ticket-route", "ticket_routes", multiple=True,
               help="REASON=OWNER: who gets care tickets for a reason (or `default`), e.g. default=Organization/x.")
 @click.option("--disabled", is_flag=True, default=False)
@@ -168,7 +171,7 @@ def connection_add(name: str, iss: str, client_id: str, client_auth: str, client
                    frame_origins: tuple[str, ...], role_map: tuple[str, ...], default_role: str,
                    clinics: tuple[str, ...], signing_alg: str, backend_client_id: str | None,
                    backend_auth: str | None, backend_client_secret: str | None, backend_scopes: str,
-                   ticket_routes: tuple[str, ...], disabled: bool) -> None:
+                   export_group: str | None, ticket_routes: tuple[str, ...], disabled: bool) -> None:
     settings = _settings()
     if backend_client_id and backend_auth is None:
         backend_auth = "private_key_jwt"
@@ -177,7 +180,7 @@ def connection_add(name: str, iss: str, client_id: str, client_auth: str, client
         scopes=scopes, frame_origins=frame_origins, role_mapping=_pairs(role_map), default_role=default_role,
         enabled=not disabled, clinics=_clinics(clinics), signing_alg=signing_alg,
         backend_client_id=backend_client_id, backend_auth=backend_auth,
-        backend_client_secret=backend_client_secret, backend_scopes=backend_scopes,
+        backend_client_secret=backend_client_secret, backend_scopes=backend_scopes, export_group=export_group,
         ticket_routing=_pairs(ticket_routes, "--ticket-route", "default=Organization/org-1"),
     )
     box = SecretBox(settings.encryption_keys)
@@ -199,7 +202,7 @@ def _public(row: Any) -> dict[str, Any]:
         "health_detail": row.health_detail, "clinics": row.clinics, "signing_alg": row.signing_alg,
         "backend_client_id": row.backend_client_id, "backend_auth": row.backend_auth,
         "backend_client_secret": "(set)" if row.backend_client_secret_enc else None,
-        "backend_scopes": row.backend_scopes,
+        "backend_scopes": row.backend_scopes, "export_group": row.export_group,
         "capability_checked_at": row.capability_checked_at.isoformat() if row.capability_checked_at else None,
         "capability_ok": row.capability_profile.get("ok") if row.capability_profile else None,
         "ticket_routing": row.ticket_routing, "needs_it": row.needs_it,

@@ -23,7 +23,8 @@ def target_for(session: Session, box: SecretBox, row: Connection) -> capability.
     """The connector's plain-value view of a connection (secrets decrypted only here, never logged)."""
     return capability.CheckTarget(
         iss=row.iss, client_id=row.client_id, client_auth=row.client_auth, user_scopes=row.scopes,
-        signing_alg=row.signing_alg, backend=backend_credentials(session, box, row), backend_scopes=row.backend_scopes)
+        signing_alg=row.signing_alg, backend=backend_credentials(session, box, row), backend_scopes=row.backend_scopes,
+        export_group=row.export_group)
 
 
 def check_connection(ctx: WorkerContext, connection_id: int, actor: audit.Actor | None = None) -> dict[str, Any]:

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 RECONCILE_EVERY = timedelta(hours=6)
 LEASE_RENEW_S = 5.0
 AFTER_EXPORT_AT_ONCE = 4  # the polite client's default bound on requests in flight
+# Types in the Patient compartment (FHIR R4 CompartmentDefinition): what a Group-level export holds.
+GROUP_EXPORTED = ("Patient", "RelatedPerson", "Encounter", "Appointment")
 Progress = Callable[[str, int], None]
 
 
@@ -63,9 +65,11 @@ def strategy_of(stream: SyncStream, connection: Connection) -> tuple[str, str]:
     if stream.strategy == "search":
         initial, incremental = "search", "search-last-updated"
     elif stream.strategy == "bulk":
-        initial = "bulk-export-system"
+        initial = "bulk-export-group" if connection.export_group else "bulk-export-system"
     if stream.resource_type in ("Task", "Communication"):
         initial = "search"  # ours are found by our identifier system, not exported wholesale
+    if initial == "bulk-export-group" and (not connection.export_group or stream.resource_type not in GROUP_EXPORTED):
+        initial = "search"  # no Group named, or a directory type: those are outside the patients' compartments
     return initial, incremental
 
 
@@ -117,7 +121,7 @@ def run_stream(ctx: WorkerContext, stream_id: int, *, time_budget_s: float = 120
         deadline = time.monotonic() + time_budget_s
         if needs_export(stream, connection):
             held += _companions(ctx, stream, connection, together)
-            _bulk_initial(ctx, access, held, progress)
+            _bulk_initial(ctx, access, connection, held, progress)
             run.companions = [r for _, _, r in held[1:]]
         if len(held) == 1:
             _sync_after(ctx, access, stream, connection, run, lease, deadline, progress)
@@ -149,6 +153,11 @@ def needs_export(stream: SyncStream, connection: Connection) -> bool:
     return stream.phase == "initial" and stream.cursor is None and initial.startswith("bulk-export")
 
 
+def _export_group(stream: SyncStream, connection: Connection) -> str | None:
+    """The Group to export, where the strategy is a Group-level export; None for a system-level one."""
+    return connection.export_group if strategy_of(stream, connection)[0] == "bulk-export-group" else None
+
+
 def _companions(ctx: WorkerContext, stream: SyncStream, connection: Connection,
                 together: Collection[str] | None) -> list[tuple[SyncStream, _Lease, StreamRun]]:
     """The connection's other streams that still need their export, each with its lease taken."""
@@ -175,7 +184,7 @@ def _sync_after(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, conne
         run.caught_up = True
         run.notes.append("unchanged (_history)")
     elif _patient_scoped(stream, connection):  # after the bulk first load, or on a known population
-        _patient_windows(ctx, access, stream_id, run, lease, deadline, progress)
+        _patient_windows(ctx, access, connection, stream_id, run, lease, deadline, progress)
     else:
         _windows(ctx, access, stream_id, run, lease, deadline, progress)
     marks: dict[str, datetime | None] = {}
@@ -205,18 +214,21 @@ def _count(run: StreamRun, stored: int, deleted: int, quarantined: int, progress
 
 
 
-def _bulk_initial(ctx: WorkerContext, access: EhrAccess, held: list[tuple[SyncStream, _Lease, StreamRun]],
-                  progress: Progress | None) -> None:
-    """One Bulk `$export` of every held stream's type, streamed page by page into each stream; afterwards each
-    cursor starts at the export's transactionTime (deletions are read from there on, less an overlap)."""
+def _bulk_initial(ctx: WorkerContext, access: EhrAccess, connection: Connection,
+                  held: list[tuple[SyncStream, _Lease, StreamRun]], progress: Progress | None) -> None:
+    """One Bulk `$export` of every held stream's type (of `group`'s patients, else system-level), streamed page by
+    page into each stream; afterwards each cursor starts at the export's transactionTime (deletions are read
+    from there on, less an overlap)."""
     by_type = {member.resource_type: (member, run) for member, _, run in held}
-    status_url = access.bulk.kick_off(list(by_type))
+    group = _export_group(held[0][0], connection)
+    members = access.reader.group_patients(group) if group else None  # whose records the export holds
+    status_url = access.bulk.kick_off(list(by_type), group_id=group)
     with preparer(ctx.settings.sync_prep_helper == "on", by_type) as prep:  # it starts while the EHR writes
         manifest = access.bulk.wait(status_url, progress=lambda _: _renew_all(held))  # waits can be long
         with quiet_gc():
             _store_export(ctx, access, manifest, held, by_type, prep, progress)
     access.bulk.delete(status_url)
-    _finish_export(ctx, manifest, held)
+    _finish_export(ctx, connection, manifest, held, members)
 
 
 def _renew_all(held: list[tuple[SyncStream, _Lease, StreamRun]]) -> None:
@@ -263,12 +275,19 @@ def _store_export(ctx: WorkerContext, access: EhrAccess, manifest: dict[str, Any
         store_oldest()
 
 
-def _finish_export(ctx: WorkerContext, manifest: dict[str, Any],
-                   held: list[tuple[SyncStream, _Lease, StreamRun]]) -> None:
-    """Each exported stream's cursor starts at the export's transactionTime, its deletions an overlap before."""
+def _finish_export(ctx: WorkerContext, connection: Connection, manifest: dict[str, Any],
+                   held: list[tuple[SyncStream, _Lease, StreamRun]], members: list[str] | None) -> None:
+    """Each exported stream's cursor starts at the export's transactionTime, its deletions an overlap before.
+    The patients the export covered (`members` of a Group export, else every patient known now) count as read
+    in full, so a patient-by-patient pass asks them only what changed since."""
     transaction_time = manifest.get("transactionTime")
     started = _instant(str(transaction_time)) if transaction_time else ctx.settings.clock()
     with ctx.db.session() as session:
+        scoped = [member for member, _, _ in held if _patient_scoped(member, connection)]
+        if scoped:
+            covered = members if members is not None else snapshots.live_ids(session, connection.id or 0, "Patient")
+            for member in scoped:
+                streams.note_patients_read(session, member.id or 0, covered)
         for member, _, run in held:
             run.server_started = started
             run.notes.append("bulk export")
@@ -325,9 +344,15 @@ def _patient_scoped(stream: SyncStream, connection: Connection) -> bool:
         stream.resource_type == "Patient" or stream.resource_type in PATIENT_PARAM)
 
 
-def _patient_windows(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun, lease: _Lease,
-                     deadline: float, progress: Progress | None) -> None:
-    """One `_lastUpdated` window per known patient (or batch of patient ids), all from the same cursor.
+def _batches(ids: list[str], size: int) -> list[list[str]]:
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
+
+
+def _patient_windows(ctx: WorkerContext, access: EhrAccess, connection: Connection, stream_id: int, run: StreamRun,
+                     lease: _Lease, deadline: float, progress: Progress | None) -> None:
+    """One `_lastUpdated` window per known patient (or batch of patient ids), all from the same cursor; a
+    patient this stream has not read in full yet (new to the population: the export Group's new members, or
+    someone another stream found) has no window: their whole record is read once.
 
     The next cursor is the server's own clock when the first search ran, less an overlap: a resource
     changed for a patient already read in this pass is read again next time, never lost. Upserts are
@@ -335,14 +360,21 @@ def _patient_windows(ctx: WorkerContext, access: EhrAccess, stream_id: int, run:
     """
     with ctx.db.session() as session:
         stream = streams.get(session, stream_id)
-        population = sorted(snapshots.live_ids(session, stream.connection_id, "Patient"))
+        known = snapshots.live_ids(session, stream.connection_id, "Patient")
+        read = streams.patients_read(session, stream_id)
+    if stream.resource_type == "Patient" and connection.export_group:  # the Group's new members join
+        known |= set(access.reader.group_patients(connection.export_group))
+    population = sorted(known)
+    unread = [p for p in population if p not in read]  # new to the population: their whole record, once
     since = [("_lastUpdated", f"ge{iso(stream.cursor)}")] if stream.cursor else []
     started: str | None = None
     if stream.resource_type == "Patient":
-        queries = [[("_id", ",".join(population[i:i + ID_BATCH])), *since] for i in range(0, len(population), ID_BATCH)]
+        queries = [[("_id", ",".join(batch)), *extra] for ids, extra in ((sorted(read & known), since), (unread, []))
+                   for batch in _batches(ids, ID_BATCH)]
     else:
         key = PATIENT_PARAM[stream.resource_type]
-        queries = [[(key, f"Patient/{p}"), ("_sort", "_lastUpdated"), *since] for p in population]
+        queries = [[(key, f"Patient/{p}"), ("_sort", "_lastUpdated"), *(since if p in read else [])]
+                   for p in population]
         if stream.resource_type in ("Task", "Communication"):
             queries = [[*q, ("identifier", f"{IDENTIFIER_SYSTEM}|")] for q in queries]
     for params in queries:
@@ -361,6 +393,7 @@ def _patient_windows(ctx: WorkerContext, access: EhrAccess, stream_id: int, run:
             mark = datetime.fromisoformat(started.replace("Z", "+00:00")).astimezone(UTC) - OVERLAP
             if fresh.cursor is None or mark > fresh.cursor:
                 fresh.cursor, fresh.cursor_ids = mark, []
+        streams.note_patients_read(session, stream_id, unread)
         session.add(fresh)
     run.caught_up = True
     run.notes.append(f"patient by patient ({len(population)} patients)")
@@ -373,8 +406,8 @@ def _ids_patient_by_patient(ctx: WorkerContext, access: EhrAccess, stream: SyncS
         population = sorted(snapshots.live_ids(session, stream.connection_id, "Patient"))
     found: set[str] = set()
     if stream.resource_type == "Patient":
-        for i in range(0, len(population), ID_BATCH):
-            found |= _all_ids(access, "Patient", [("_id", ",".join(population[i:i + ID_BATCH]))])
+        for batch in _batches(population, ID_BATCH):
+            found |= _all_ids(access, "Patient", [("_id", ",".join(batch))])
         return found
     for patient_id in population:
         found |= _all_ids(access, stream.resource_type,

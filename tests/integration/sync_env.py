@@ -53,10 +53,17 @@ class SyncEnv:
         with self.ctx.db.session() as session:
             return snapshots.versions(session, self.connection_id, resource_type)
 
-    def server(self, resource_type: str) -> set[tuple[str, str | None]]:
-        """(id, versionId) of every resource of the type on the FHIR server itself (behind the EHR)."""
+    def server(self, resource_type: str, patients: list[str] | None = None) -> set[tuple[str, str | None]]:
+        """(id, versionId) of every resource of the type on the FHIR server itself (behind the EHR); of these
+        `patients` only, when given."""
+        if patients is not None:
+            key = "_id" if resource_type == "Patient" else "patient"
+            return set().union(*(self._listed(f"{resource_type}?{key}={p}&") for p in patients))
+        return self._listed(f"{resource_type}?")
+
+    def _listed(self, search: str) -> set[tuple[str, str | None]]:
         found: set[tuple[str, str | None]] = set()
-        url: str | None = f"{self.stack.fhir_internal_url}/{resource_type}?_count=1000&_elements=id,meta"
+        url: str | None = f"{self.stack.fhir_internal_url}/{search}_count=1000&_elements=id,meta"
         while url:
             bundle = requests.get(url, timeout=60).json()
             found |= {(e["resource"]["id"], e["resource"].get("meta", {}).get("versionId"))
@@ -65,6 +72,17 @@ class SyncEnv:
             if url:
                 url = url.replace(self.stack.iss, self.stack.fhir_internal_url)
         return found
+
+    def set_export_group(self, group_id: str) -> None:
+        """Name the export Group, with the scope to read it, as IT would (the EHR's client is allowed it too)."""
+        scopes = f"{DEFAULT_BACKEND_SCOPES} system/Group.rs"
+        with self.ctx.db.session() as session:
+            row = connections.by_name(session, "ehr")
+            connections.upsert(session, self.ctx.settings.clock, self.ctx.box, connections.ConnectionSpec(
+                name=row.name, iss=row.iss, client_id=row.client_id, backend_client_id=row.backend_client_id,
+                backend_auth=row.backend_auth, backend_scopes=scopes, export_group=group_id))
+            jwks = keys.published_jwks(session)
+        self.stack.register_client(backend_client(jwks, scopes))
 
     def put(self, resource: dict[str, Any]) -> None:
         url = f"{self.stack.fhir_internal_url}/{resource['resourceType']}/{resource['id']}"
@@ -95,6 +113,11 @@ def small_dataset(patients: int) -> Path:
     return out
 
 
+def backend_client(jwks: dict[str, Any], scopes: str) -> SandboxClient:
+    return SandboxClient(client_id=BACKEND_CLIENT, scopes=scopes, auth_method="private_key_jwt", jwks=jwks,
+                         grant_types=["client_credentials"])
+
+
 @contextmanager
 def sync_database(stack: SandboxStack, tmp_path: Path, **settings_overrides: Any) -> Iterator[SyncEnv]:
     """A fresh PostgreSQL snapshot database with a connection (and backend client) to `stack`."""
@@ -110,9 +133,7 @@ def sync_database(stack: SandboxStack, tmp_path: Path, **settings_overrides: Any
             keys.ensure_active(session, settings.clock, ctx.box, row.id or 0, row.signing_alg)
             jwks = keys.published_jwks(session)
             connection_id = row.id or 0
-        stack.register_client(SandboxClient(client_id=BACKEND_CLIENT, scopes=DEFAULT_BACKEND_SCOPES,
-                                            auth_method="private_key_jwt", jwks=jwks,
-                                            grant_types=["client_credentials"]))
+        stack.register_client(backend_client(jwks, DEFAULT_BACKEND_SCOPES))
         try:
             yield SyncEnv(stack, ctx, connection_id)
         finally:

@@ -454,6 +454,18 @@ def test_no_export_profile(profile_ehr: Any, backend_key: RSAKey) -> None:
     assert "export" not in {op["name"] for op in cap["rest"][0].get("operation", [])}
 
 
+def test_group_export_only_profile(profile_ehr: Any, backend_key: RSAKey) -> None:
+    ehr = profile_ehr("group-export-only")
+    token = backend_token(ehr, backend_key, "system/*.rs").json()["access_token"]
+    prefer = {"Prefer": "respond-async"}
+    assert fhir(ehr, "GET", "$export", token, headers=prefer).status_code == 404
+    assert fhir(ehr, "GET", "Patient/$export", token, headers=prefer).status_code == 404
+    assert fhir(ehr, "GET", "Group/nobody/$export", token, headers=prefer).status_code == 404  # no such Group
+    cap = fhir(ehr, "GET", "metadata").json()["rest"][0]
+    exporting = {r["type"] for r in cap["resource"] if "export" in {op["name"] for op in r.get("operation", [])}}
+    assert "export" not in {op["name"] for op in cap.get("operation", [])} and exporting == {"Group"}
+
+
 def test_patient_scoped_only_profile(profile_ehr: Any, backend_key: RSAKey) -> None:
     ehr = profile_ehr("patient-scoped-only")
     token = backend_token(ehr, backend_key, "system/*.rs").json()["access_token"]

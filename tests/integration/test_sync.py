@@ -16,6 +16,7 @@ from prm.snapshot_models import SyncStream
 from tests.integration.sync_env import SyncEnv, sync_env
 from workers.connection_check import check_connection
 from workers.sync_connection import sync_connection
+from workers.sync_engine import GROUP_EXPORTED
 
 SYNCED = ("Organization", "Location", "PractitionerRole", "Patient", "RelatedPerson", "Encounter", "Appointment")
 
@@ -148,3 +149,40 @@ def test_an_ehr_that_only_allows_patient_searches_is_read_patient_by_patient(tmp
         again = fresh.run_all(("Patient", "Encounter"))
         assert any(n.startswith("patient by patient") for n in again["Encounter"].notes)
         assert_in_step(fresh, ("Patient", "Encounter"))
+
+
+def group_of(group_id: str, patients: list[str]) -> dict[str, object]:
+    return {"resourceType": "Group", "id": group_id, "type": "person", "actual": True, "name": "Dental patients",
+            "member": [{"entity": {"reference": f"Patient/{p}"}} for p in patients]}
+
+
+def assert_group_in_step(env: SyncEnv, members: list[str]) -> None:
+    for resource_type in GROUP_EXPORTED:  # the members' records, and nobody else's
+        assert env.snapshot(resource_type) == env.server(resource_type, members), resource_type
+    assert_in_step(env, ("Organization", "Location", "PractitionerRole"))  # the directory, searched in full
+
+
+def test_an_ehr_with_only_group_export_syncs_the_groups_patients_and_its_new_members_whole_records(
+        tmp_path: Path) -> None:
+    with sync_env(tmp_path, profile="group-export-only", patients=70) as fresh:
+        patients = sorted(i for i, _ in fresh.server("Patient"))
+        members, joining = patients[:30], patients[40]
+        fresh.put(group_of("dental-patients", members))
+        fresh.set_export_group("dental-patients")
+        profile = check_connection(fresh.ctx, fresh.connection_id)
+        assert profile["sync"]["strategy"] == {"initial": "bulk-export-group", "incremental": "patient-by-patient"}
+        assert profile["sync"]["export_group"] == {"request": "GET Group/dental-patients", "status": 200,
+                                                   "ok": True, "patients": 30}
+        first = fresh.run_all(SYNCED)
+        assert sorted(t for t, run in first.items() if "bulk export" in run.notes) == sorted(GROUP_EXPORTED)
+        assert_group_in_step(fresh, members)
+
+        encounter = next(i for i, _ in fresh.server("Encounter", [members[0]]))
+        resource = fresh.read("Encounter", encounter)
+        resource["status"] = "cancelled" if resource["status"] != "cancelled" else "finished"
+        fresh.put(resource)
+        fresh.put(group_of("dental-patients", [*members, joining]))  # records older than every cursor
+        fresh.run_all(("Patient",))  # the Group's new member becomes known ...
+        again = fresh.run_all(tuple(t for t in GROUP_EXPORTED if t != "Patient"))  # ... and is read in full
+        assert again["Encounter"].stored == 1 + len(fresh.server("Encounter", [joining]))
+        assert_group_in_step(fresh, [*members, joining])

@@ -195,3 +195,17 @@ def test_sync_strategies_and_their_warnings() -> None:
     assert choose_sync({"system": True, "group": False, "patient": False}, False, True, scoped) == {
         "initial": "bulk-export-system", "incremental": "patient-by-patient"}
     assert scoped.warnings[0].startswith("type-level searches must name a patient")
+
+
+def test_a_named_export_group_is_preferred_and_a_missing_one_is_asked_for() -> None:
+    both = {"system": True, "group": True, "patient": True}
+    assert choose_sync(both, True, True, Findings(), export_group=True)["initial"] == "bulk-export-group"
+    only_group = {"system": False, "group": True, "patient": False}
+    unnamed = Findings()
+    assert choose_sync(only_group, False, True, unnamed)["initial"] == "bulk-export-group"
+    assert "--export-group" in unnamed.warnings[0]
+    no_group_level = Findings()
+    assert choose_sync({"system": True, "group": False, "patient": False}, True, True, no_group_level,
+                       export_group=True)["initial"] == "bulk-export-system"
+    assert no_group_level.warnings == ["an export Group is set but the EHR lists no Group-level $export: the first "
+                                       "sync exports at system level"]

@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from connector.bulk import BulkExport
-from connector.fhir_reader import Authed, _keep_since, page_of
+from connector.fhir_reader import Authed, _keep_since, group_patient_ids, page_of
 from connector.polite import PoliteClient
 from prm.errors import PermanentEhrError
 from tests.support.fault_proxy import FaultProxy
@@ -40,6 +40,18 @@ def test_history_pages_keep_each_resources_newest_entry() -> None:
     ]})
     assert [(r["id"], r["meta"]["versionId"]) for r in page.resources] == [("y", "3")]
     assert page.deleted == [("Encounter", "x"), ("Encounter", "z")] and page.next_url is None
+
+
+def test_a_groups_patients_are_its_active_patient_members() -> None:
+    group = {"resourceType": "Group", "member": [
+        {"entity": {"reference": "Patient/p-1"}},
+        {"entity": {"reference": "https://ehr.example/fhir/Patient/p-2"}},
+        {"entity": {"reference": "Patient/p-3"}, "inactive": True},
+        {"entity": {"reference": "Practitioner/x"}},
+        {"entity": {"reference": "Patient/p-1"}},
+        {"entity": {"display": "no reference"}},
+    ]}
+    assert group_patient_ids(group) == ["p-1", "p-2"]
 
 
 def test_anything_but_a_bundle_is_permanent() -> None:

@@ -80,12 +80,21 @@ def test_connection_upsert_is_idempotent_and_keeps_secrets_sealed(database: Data
         ({"clinics": ({"organization": "Organization/o", "timezone": "Mars/Olympus"},)}, "IANA"),
         ({"frame_origins": ("https://ehr.example/path",)}, "frame origin"),
         ({"default_role": "surgeon"}, "unknown role"),
+        ({"export_group": "dental patients"}, "Group id"),
+        ({"export_group": "dental-patients"}, "system/Group.rs"),  # the default scopes cannot read the Group
     ],
 )
 def test_bad_connection_input_is_refused_with_a_reason(changes: dict[str, object], message: str) -> None:
     base = spec().__dict__ | changes
     with pytest.raises(ValidationError, match=message):
         connections.validate(connections.ConnectionSpec(**base))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("scope", ["system/Group.rs", "system/Group.r", "system/*.read", "system/Group.cruds"])
+def test_an_export_group_is_kept_as_an_id_when_the_backend_may_read_it(scope: str) -> None:
+    given = spec().__dict__ | {"export_group": " Group/dental-patients ",
+                               "backend_scopes": f"{connections.DEFAULT_BACKEND_SCOPES} {scope}"}
+    assert connections.validate(connections.ConnectionSpec(**given)).export_group == "dental-patients"
 
 
 def test_one_iss_belongs_to_one_connection(database: Database, settings: Settings) -> None:

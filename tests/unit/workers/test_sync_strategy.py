@@ -1,0 +1,42 @@
+"""Which first load each stream gets: IT's override, else the capability profile; a Group-level export only with
+a named Group, and only for the types a Group export holds."""
+
+from __future__ import annotations
+
+import pytest
+
+from prm.models import Connection
+from prm.snapshot_models import SyncStream
+from workers.sync_engine import strategy_of
+
+
+def connection(initial: str, export_group: str | None = None) -> Connection:
+    return Connection(name="ehr", iss="https://ehr.example/fhir", client_id="c", export_group=export_group,
+                      capability_profile={"sync": {"strategy": {"initial": initial,
+                                                                "incremental": "patient-by-patient"}}})
+
+
+def stream(resource_type: str, strategy: str = "auto") -> SyncStream:
+    return SyncStream(connection_id=1, resource_type=resource_type, strategy=strategy)
+
+
+@pytest.mark.parametrize(("resource_type", "initial"), [
+    ("Patient", "bulk-export-group"), ("RelatedPerson", "bulk-export-group"), ("Encounter", "bulk-export-group"),
+    ("Appointment", "bulk-export-group"),
+    ("Organization", "search"), ("Location", "search"), ("PractitionerRole", "search"),  # not in a Group export
+    ("Task", "search"), ("Communication", "search"),  # ours: found by our identifier system
+])
+def test_a_group_export_holds_the_patients_compartments(resource_type: str, initial: str) -> None:
+    assert strategy_of(stream(resource_type), connection("bulk-export-group", "dental")) == (
+        initial, "patient-by-patient")
+
+
+def test_without_a_named_group_the_first_load_searches() -> None:
+    assert strategy_of(stream("Encounter"), connection("bulk-export-group"))[0] == "search"
+
+
+def test_it_can_ask_for_an_export_or_for_searches() -> None:
+    assert strategy_of(stream("Encounter", "bulk"), connection("search", "dental"))[0] == "bulk-export-group"
+    assert strategy_of(stream("Encounter", "bulk"), connection("search"))[0] == "bulk-export-system"
+    assert strategy_of(stream("Encounter", "search"), connection("bulk-export-system")) == (
+        "search", "search-last-updated")
