@@ -6,6 +6,7 @@ only, never names, telecom, notes or tokens. System access (a sync page) is one 
 
 from __future__ import annotations
 
+import getpass
 from dataclasses import dataclass
 
 from sqlmodel import Session
@@ -23,6 +24,11 @@ class Actor:
     role: str | None = None
     connection_id: int | None = None
     launch_id: int | None = None
+
+
+def command_line_actor(connection_id: int | None) -> Actor:
+    """IT at a shell: a `prm` command acts as an IT admin named after the operating-system user."""
+    return Actor(kind="admin", name=f"cli:{getpass.getuser()}", role="it_admin", connection_id=connection_id)
 
 
 def record(

@@ -14,12 +14,15 @@ from sqlmodel import Session, col, select
 
 from prm.clock import Clock
 from prm.db import insert_ignore, insert_ignore_many
-from prm.errors import NotFoundError
+from prm.errors import NotFoundError, ValidationError
 from prm.snapshot_models import QuarantinedResource, StreamPatient, SyncStream
 
 SYNC_TYPES = ("Organization", "Location", "PractitionerRole", "Patient", "RelatedPerson", "Encounter",
               "Appointment", "Task", "Communication")
 LEASE_PREFIX = "sync-stream:"
+# IT's choice per stream: auto (what `prm connection check` found), bulk (first load by Bulk export), search
+# (type-level searches throughout), patient (patient by patient over the known population).
+STRATEGIES = ("auto", "bulk", "search", "patient")
 
 
 def lease_name(stream: SyncStream) -> str:
@@ -42,6 +45,24 @@ def of_connection(session: Session, connection_id: int) -> list[SyncStream]:
     order = {t: i for i, t in enumerate(SYNC_TYPES)}
     rows = list(session.exec(select(SyncStream).where(SyncStream.connection_id == connection_id)))
     return sorted(rows, key=lambda s: order.get(s.resource_type, 99))
+
+
+def set_strategy(session: Session, connection_id: int, strategy: str,
+                 resource_types: Collection[str] | None = None) -> list[SyncStream]:
+    """IT's override of how the connection's streams (these types, else all) sync; the streams changed. It takes
+    effect at each stream's next run (a first load already done is not redone)."""
+    if strategy not in STRATEGIES:
+        raise ValidationError(f"sync strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    unknown = sorted(set(resource_types or ()) - set(SYNC_TYPES))
+    if unknown:
+        raise ValidationError(f"not a synced type: {', '.join(unknown)} (synced: {', '.join(SYNC_TYPES)})")
+    changed = []
+    for stream in ensure(session, connection_id):
+        if (not resource_types or stream.resource_type in resource_types) and stream.strategy != strategy:
+            stream.strategy = strategy
+            session.add(stream)
+            changed.append(stream)
+    return changed
 
 
 def get(session: Session, stream_id: int) -> SyncStream:

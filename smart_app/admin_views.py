@@ -51,6 +51,12 @@ def _not_found(exc: NotFoundError) -> tuple[str, int]:
     return render_template("admin_problem.html", title="Not found", advice=str(exc)), 404
 
 
+@bp.errorhandler(ValidationError)
+def _refused(exc: ValidationError) -> tuple[str, int]:
+    """Input no form could have sent (a form with errors shows them itself): nothing was changed."""
+    return render_template("admin_problem.html", title="Not changed", advice=str(exc)), 400
+
+
 def _safe_next(target: str | None) -> str:
     if target and target.startswith("/admin/") and "//" not in target and "\\" not in target:
         return target
@@ -134,7 +140,8 @@ def connection_detail(name: str) -> str:
         sync_streams = streams.of_connection(session, row.id or 0)
         held = streams.quarantined(session, row.id or 0)
     return render_template("admin_connection.html", c=row, capability=admin_present.capability(row.capability_profile),
-                           secret_state=admin_present.secret_state, sync_streams=sync_streams, quarantined=held)
+                           secret_state=admin_present.secret_state, sync_streams=sync_streams, quarantined=held,
+                           strategies=streams.STRATEGIES)
 
 
 def _form_page(values: dict[str, Any], error: str | None, name: str | None, status: int = 200) -> tuple[str, int]:
@@ -208,6 +215,20 @@ def connection_enable(name: str) -> Response:
 @requires_admin(Action.MANAGE_CONNECTIONS)
 def connection_disable(name: str) -> Response:
     return _set_enabled(name, False)
+
+
+@bp.post("/connections/<name>/streams/<resource_type>/strategy")
+@requires_admin(Action.MANAGE_CONNECTIONS)
+def stream_strategy(name: str, resource_type: str) -> Response:
+    """IT's override of how one stream syncs (streams.STRATEGIES), audited with the change."""
+    ctx = prm()
+    strategy = request.form.get("strategy", "")
+    with ctx.db.session() as session:
+        row = connections.by_name(session, name)
+        for stream in streams.set_strategy(session, row.id or 0, strategy, [resource_type]):
+            audit.record(session, ctx.settings.clock, g.actor, "sync.strategy", connection_id=row.id,
+                         entity=stream.resource_type, detail=strategy)
+    return redirect(url_for("admin.connection_detail", name=name) + "#sync-streams", code=303)
 
 
 @bp.get("/outbox")

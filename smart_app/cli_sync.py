@@ -26,6 +26,7 @@ def _when(value: datetime | None) -> str:
 def _status_row(name: str, stream: SyncStream, now: datetime) -> dict[str, Any]:
     lag = (now - stream.last_success_at).total_seconds() if stream.last_success_at else None
     return {"connection": name, "type": stream.resource_type, "phase": stream.phase, "enabled": stream.enabled,
+            "strategy": stream.strategy,
             "cursor": stream.cursor.isoformat() if stream.cursor else None,
             "last_success": stream.last_success_at.isoformat() if stream.last_success_at else None,
             "lag_s": round(lag) if lag is not None else None, "pages": stream.pages,
@@ -60,6 +61,25 @@ def sync_status(name: str | None, as_json: bool) -> None:
         success = (row["last_success"] or "never")[:19].replace("T", " ")
         click.echo(f"{row['connection']:14} {row['type']:17} {row['phase']:11} {row['resources']:>9} "
                    f"{row['quarantined']:>5} {success:19} {row['error'] or ''}")
+
+
+@sync.command("strategy", help="How a connection's streams sync: auto (what `prm connection check` found), bulk "
+                               "(first load by Bulk export), search, or patient (patient by patient).")
+@click.option("--connection", "name", required=True)
+@click.option("--type", "types", multiple=True, help="Only these resource types (repeatable); default all.")
+@click.argument("strategy", type=click.Choice(streams.STRATEGIES))
+def sync_strategy(name: str, types: tuple[str, ...], strategy: str) -> None:
+    from prm import audit
+    from workers import runtime
+
+    ctx = runtime.build(load_settings())
+    with ctx.db.session() as session:
+        connection = connections.by_name(session, name)
+        changed = streams.set_strategy(session, connection.id or 0, strategy, types or None)
+        for stream in changed:
+            audit.record(session, ctx.settings.clock, audit.command_line_actor(connection.id), "sync.strategy",
+                         entity=stream.resource_type, detail=strategy)
+    click.echo(f"{name}: {', '.join(s.resource_type for s in changed) or 'no stream'} changed to {strategy}")
 
 
 @sync.command("run", help="Sync one connection now, in the foreground, with a progress bar.")

@@ -3,7 +3,6 @@ watch, retry or discard the writes to the EHR (the dead-letter view for IT)."""
 
 from __future__ import annotations
 
-import getpass
 import json
 from datetime import datetime
 from typing import Any
@@ -12,7 +11,7 @@ import click
 from sqlmodel import col, select
 
 from prm import care_tickets, connections, outbox, outreach
-from prm.audit import Actor
+from prm.audit import Actor, command_line_actor
 from prm.clock import parse_instant
 from prm.config import load_settings
 from prm.errors import NotFoundError, ValidationError
@@ -38,7 +37,7 @@ def _context() -> WorkerContext:
 
 
 def _actor(connection: Connection) -> Actor:
-    return Actor(kind="admin", name=f"cli:{getpass.getuser()}", role="it_admin", connection_id=connection.id)
+    return command_line_actor(connection.id)
 
 
 def _when(value: str | None) -> datetime | None:

@@ -66,6 +66,9 @@ def strategy_of(stream: SyncStream, connection: Connection) -> tuple[str, str]:
         initial, incremental = "search", "search-last-updated"
     elif stream.strategy == "bulk":
         initial = "bulk-export-group" if connection.export_group else "bulk-export-system"
+    elif stream.strategy == "patient":
+        incremental = "patient-by-patient"
+        initial = initial if initial.startswith("bulk-export") else "patient-by-patient"
     if stream.resource_type in ("Task", "Communication"):
         initial = "search"  # ours are found by our identifier system, not exported wholesale
     if initial == "bulk-export-group" and (not connection.export_group or stream.resource_type not in GROUP_EXPORTED):

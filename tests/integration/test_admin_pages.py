@@ -22,6 +22,7 @@ from prm import leases, streams
 from prm.crypto import SecretBox
 from prm.db import Database
 from prm.models import AuditRecord, Connection
+from prm.snapshot_models import SyncStream
 from smart_app import csrf
 from tests.integration.conftest import LiveApp
 from tests.support.settings import TEST_KEY, TEST_SECRET
@@ -362,4 +363,41 @@ def test_sync_health_is_shown_after_prm_sync_run(live_app: LiveApp, sandbox: San
     assert by_type["Organization"]["resources"] >= 4 and by_type["Organization"]["phase"] == "incremental"
     page = signed_in(live_app, accounts["it_admin"]).get("/admin/connections/sandbox")
     assert page.status_code == 200 and 'id="sync-streams"' in page.text
-    assert '<tr data-type="Location"><td>Location</td><td>incremental</td>' in page.text
+    assert re.search(r'<tr data-type="Location">.*?<td>incremental</td>', page.text, re.S)
+
+
+_STRATEGY_FORM = re.compile(r'action="/admin/connections/sandbox/streams/Encounter/strategy">\s*'
+                            r'<input type="hidden" name="csrf_token" value="([^"]*)"')
+
+
+def test_it_chooses_how_a_stream_syncs_on_the_page_or_with_the_cli(live_app: LiveApp,
+                                                                    accounts: dict[str, str]) -> None:
+    """The override of the capability profile's strategy: per stream, audited; bad input changes nothing."""
+    def strategy_of(resource_type: str) -> str:
+        return next(s.strategy for s in rows(live_app, SyncStream, SyncStream.resource_type == resource_type))
+
+    admin = signed_in(live_app, accounts["it_admin"])
+    found = _STRATEGY_FORM.search(admin.get("/admin/connections/sandbox").text)
+    assert found, "the IT admin's page offers the strategy form"
+    path = "/admin/connections/sandbox/streams/Encounter/strategy"
+    assert admin.post(path, {"csrf_token": found.group(1), "strategy": "search"}).status_code == 303
+    assert strategy_of("Encounter") == "search"
+    refused = admin.post(path, {"csrf_token": found.group(1), "strategy": "fastest"})
+    assert refused.status_code == 400 and "sync strategy must be one of" in refused.text
+    assert admin.post(path, {"strategy": "bulk"}).status_code == 400  # no CSRF token
+    assert strategy_of("Encounter") == "search"
+    manager = signed_in(live_app, accounts["practice_manager"])
+    page = manager.get("/admin/connections/sandbox").text
+    assert not _STRATEGY_FORM.search(page)
+    assert re.search(r'<tr data-type="Encounter"><td>Encounter</td>\s*<td>search', page)
+
+    ran = live_app.prm("sync", "strategy", "--connection", "sandbox", "--type", "Patient", "--type", "Encounter",
+                       "patient")
+    assert ran.returncode == 0 and "Patient, Encounter changed to patient" in ran.stdout, ran.stderr
+    status = json.loads(live_app.prm("sync", "status", "--connection", "sandbox", "--json").stdout)
+    assert {r["type"]: r["strategy"] for r in status if "strategy" in r}["Patient"] == "patient"
+    wrong = live_app.prm("sync", "strategy", "--connection", "sandbox", "--type", "Observation", "search")
+    assert wrong.returncode != 0 and "not a synced type: Observation" in wrong.stderr
+    changes = rows(live_app, AuditRecord, AuditRecord.action == "sync.strategy")
+    assert sorted((r.entity, r.detail) for r in changes) == [
+        ("Encounter", "patient"), ("Encounter", "search"), ("Patient", "patient")]

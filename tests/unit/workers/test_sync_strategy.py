@@ -40,3 +40,12 @@ def test_it_can_ask_for_an_export_or_for_searches() -> None:
     assert strategy_of(stream("Encounter", "bulk"), connection("search"))[0] == "bulk-export-system"
     assert strategy_of(stream("Encounter", "search"), connection("bulk-export-system")) == (
         "search", "search-last-updated")
+
+
+def test_it_can_ask_for_patient_by_patient_keeping_an_offered_export() -> None:
+    searched = Connection(name="ehr", iss="https://ehr.example/fhir", client_id="c", capability_profile={
+        "sync": {"strategy": {"initial": "search", "incremental": "search-last-updated"}}})
+    assert strategy_of(stream("Encounter", "patient"), searched) == ("patient-by-patient", "patient-by-patient")
+    exported = Connection(name="ehr", iss="https://ehr.example/fhir", client_id="c", capability_profile={
+        "sync": {"strategy": {"initial": "bulk-export-system", "incremental": "search-last-updated"}}})
+    assert strategy_of(stream("Encounter", "patient"), exported) == ("bulk-export-system", "patient-by-patient")
