@@ -163,10 +163,13 @@ def _export_group(stream: SyncStream, connection: Connection) -> str | None:
 
 def _companions(ctx: WorkerContext, stream: SyncStream, connection: Connection,
                 together: Collection[str] | None) -> list[tuple[SyncStream, _Lease, StreamRun]]:
-    """The connection's other streams that still need their export, each with its lease taken."""
+    """The connection's other streams that still need the same export (system, or the Group's: IT may have set
+    one stream apart), each with its lease taken."""
+    initial, _ = strategy_of(stream, connection)
     with ctx.db.session() as session:
         siblings = [s for s in streams.of_connection(session, stream.connection_id)
                     if s.id != stream.id and s.enabled and needs_export(s, connection)
+                    and strategy_of(s, connection)[0] == initial
                     and (together is None or s.resource_type in together)]
     taken = []
     for sibling in siblings:
@@ -219,9 +222,9 @@ def _count(run: StreamRun, stored: int, deleted: int, quarantined: int, progress
 
 def _bulk_initial(ctx: WorkerContext, access: EhrAccess, connection: Connection,
                   held: list[tuple[SyncStream, _Lease, StreamRun]], progress: Progress | None) -> None:
-    """One Bulk `$export` of every held stream's type (of `group`'s patients, else system-level), streamed page by
-    page into each stream; afterwards each cursor starts at the export's transactionTime (deletions are read
-    from there on, less an overlap)."""
+    """One Bulk `$export` of every held stream's type (of the connection's export Group where the strategy says
+    so, else system-level), streamed page by page into each stream; afterwards each cursor starts at the
+    export's transactionTime (deletions are read from there on, less an overlap)."""
     by_type = {member.resource_type: (member, run) for member, _, run in held}
     group = _export_group(held[0][0], connection)
     members = access.reader.group_patients(group) if group else None  # whose records the export holds

@@ -49,3 +49,11 @@ def test_it_can_ask_for_patient_by_patient_keeping_an_offered_export() -> None:
     exported = Connection(name="ehr", iss="https://ehr.example/fhir", client_id="c", capability_profile={
         "sync": {"strategy": {"initial": "bulk-export-system", "incremental": "search-last-updated"}}})
     assert strategy_of(stream("Encounter", "patient"), exported) == ("bulk-export-system", "patient-by-patient")
+
+
+def test_streams_of_one_connection_can_need_different_exports() -> None:
+    """A stream IT set to `bulk` exports the Group, one left on a system-export profile the system: why a shared
+    export takes as companions only the streams whose first load is the same export."""
+    profile = connection("bulk-export-system", "dental")
+    assert strategy_of(stream("Encounter", "bulk"), profile)[0] == "bulk-export-group"
+    assert strategy_of(stream("Patient"), profile)[0] == "bulk-export-system"
