@@ -107,7 +107,7 @@ def check(scope: str, patient: str | None, profile: Profile, inter: Interaction,
           args: list[tuple[str, str]], body: bytes) -> Interaction:
     """Raises Denied, or returns the interaction with the restrictions the proxy must apply."""
     scopes = parse_all(scope)
-    if inter.kind in ("export", "bulk") and not profile.export:
+    if inter.kind in ("export", "bulk") and not profile.export_levels:
         raise Denied(404, "not-supported", "Bulk Data $export is not supported by this EHR")
     if inter.kind == "export" and _export_level(inter) not in profile.export_levels:
         raise Denied(404, "not-supported", f"$export is offered at {', '.join(sorted(profile.export_levels))} "

@@ -14,8 +14,8 @@ class Profile:
     v1_scopes_only: bool = False  # advertise and grant SMART v1 scopes only
     access_token_lifetime_s: int | None = None  # overrides SandboxConfig.token_lifetime_s
     refresh_reuse_detection: bool = False  # reusing a rotated refresh token revokes the whole family
-    export: bool = True  # $export and bulk status/files
-    export_levels: frozenset[str] = frozenset({"system", "group", "patient"})  # where $export may be asked
+    # where $export may be asked (system, group, patient); none: no $export, bulk status or files at all
+    export_levels: frozenset[str] = frozenset({"system", "group", "patient"})
     patient_scoped_searches_only: bool = False  # type-level searches need patient/subject (_id for Patient)
     refused_writes: frozenset[str] = field(default_factory=frozenset)  # resource types whose create/update -> 403
     id_token_fault: str | None = None  # expired | wrong-aud | bad-signature | wrong-issuer: a broken id_token
@@ -32,7 +32,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
     Profile("short-token", "Access tokens live 5 seconds", access_token_lifetime_s=5),
     Profile("refresh-reuse-detection", "A reused rotated refresh token revokes the whole token family",
             refresh_reuse_detection=True),
-    Profile("no-export", "No Bulk Data $export", export=False),
+    Profile("no-export", "No Bulk Data $export", export_levels=frozenset()),
     Profile("patient-scoped-only", "Type-level searches must name a patient", patient_scoped_searches_only=True),
     Profile("group-export-only", "$export only for a Group, and type-level searches must name a patient (as large "
             "hospital EHRs do)", export_levels=frozenset({"group"}), patient_scoped_searches_only=True),

@@ -42,7 +42,7 @@ def _with_smart_security(cap: dict[str, Any], smart: SmartAuth) -> dict[str, Any
             for res in rest.get("resource", []):
                 res["interaction"] = [i for i in res.get("interaction", [])
                                       if i.get("code") not in ("history-type", "history-instance")]
-        levels = smart.profile.export_levels if smart.profile.export else frozenset()
+        levels = smart.profile.export_levels
         if "system" not in levels:
             rest["operation"] = [op for op in rest.get("operation", []) if op.get("name") != "export"]
         for res in rest.get("resource", []):

@@ -12,6 +12,7 @@ from datetime import datetime
 
 from sqlmodel import Session, col, select
 
+from prm import audit
 from prm.clock import Clock
 from prm.db import insert_ignore, insert_ignore_many
 from prm.errors import NotFoundError, ValidationError
@@ -47,10 +48,11 @@ def of_connection(session: Session, connection_id: int) -> list[SyncStream]:
     return sorted(rows, key=lambda s: order.get(s.resource_type, 99))
 
 
-def set_strategy(session: Session, connection_id: int, strategy: str,
+def set_strategy(session: Session, clock: Clock, actor: audit.Actor, connection_id: int, strategy: str,
                  resource_types: Collection[str] | None = None) -> list[SyncStream]:
-    """IT's override of how the connection's streams (these types, else all) sync; the streams changed. It takes
-    effect at each stream's next run (a first load already done is not redone)."""
+    """IT's override of how the connection's streams (these types, else all) sync, audited per stream changed in
+    the same transaction; the streams changed. It takes effect at each stream's next run (a first load already
+    done is not redone)."""
     if strategy not in STRATEGIES:
         raise ValidationError(f"sync strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     unknown = sorted(set(resource_types or ()) - set(SYNC_TYPES))
@@ -61,6 +63,8 @@ def set_strategy(session: Session, connection_id: int, strategy: str,
         if (not resource_types or stream.resource_type in resource_types) and stream.strategy != strategy:
             stream.strategy = strategy
             session.add(stream)
+            audit.record(session, clock, actor, "sync.strategy", connection_id=connection_id,
+                         entity=stream.resource_type, detail=strategy)
             changed.append(stream)
     return changed
 

@@ -225,9 +225,7 @@ def stream_strategy(name: str, resource_type: str) -> Response:
     strategy = request.form.get("strategy", "")
     with ctx.db.session() as session:
         row = connections.by_name(session, name)
-        for stream in streams.set_strategy(session, row.id or 0, strategy, [resource_type]):
-            audit.record(session, ctx.settings.clock, g.actor, "sync.strategy", connection_id=row.id,
-                         entity=stream.resource_type, detail=strategy)
+        streams.set_strategy(session, ctx.settings.clock, g.actor, row.id or 0, strategy, [resource_type])
     return redirect(url_for("admin.connection_detail", name=name) + "#sync-streams", code=303)
 
 

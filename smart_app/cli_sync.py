@@ -75,10 +75,8 @@ def sync_strategy(name: str, types: tuple[str, ...], strategy: str) -> None:
     ctx = runtime.build(load_settings())
     with ctx.db.session() as session:
         connection = connections.by_name(session, name)
-        changed = streams.set_strategy(session, connection.id or 0, strategy, types or None)
-        for stream in changed:
-            audit.record(session, ctx.settings.clock, audit.command_line_actor(connection.id), "sync.strategy",
-                         entity=stream.resource_type, detail=strategy)
+        changed = streams.set_strategy(session, ctx.settings.clock, audit.command_line_actor(connection.id),
+                                       connection.id or 0, strategy, types or None)
     click.echo(f"{name}: {', '.join(s.resource_type for s in changed) or 'no stream'} changed to {strategy}")
 
 
