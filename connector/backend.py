@@ -9,6 +9,7 @@ the connector knows nothing of how prm stores keys.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
@@ -70,11 +71,18 @@ def _load_key(creds: BackendCredentials) -> RSAKey | ECKey:
         raise ConfigError(f"backend client {creds.client_id!r} uses private_key_jwt but has no signing key "
                           "(`prm connection rotate-key` makes one)")
     try:
-        if creds.alg == "RS384":
-            return RSAKey.import_key(creds.private_key_pem)
-        return ECKey.import_key(creds.private_key_pem)
+        return _import_key(creds.alg, creds.private_key_pem)
     except (JoseError, ValueError, TypeError) as exc:
         raise ConfigError(f"the signing key {creds.kid} does not fit {creds.alg}") from exc
+
+
+@functools.lru_cache(maxsize=64)
+def _import_key(alg: str, pem: str) -> RSAKey | ECKey:
+    """Parsed once a process: OpenSSL checks an RSA key as it loads it (~50 ms, on a first sync's critical path
+    before its export starts). A rotated key is a new PEM, so a new entry; a key that fails is not kept."""
+    if alg == "RS384":
+        return RSAKey.import_key(pem)
+    return ECKey.import_key(pem)
 
 
 def client_assertion(creds: BackendCredentials, now: int | None = None, jti: str | None = None,

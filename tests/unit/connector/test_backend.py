@@ -41,6 +41,19 @@ def test_the_assertion_carries_what_smart_backend_services_requires(alg: str) ->
     assert claims["jti"] != second.claims["jti"]
 
 
+def test_a_signing_key_is_parsed_once_a_process_and_a_rotated_one_anew() -> None:
+    """Parsing checks an RSA key (~50 ms); a token fetch used to parse it twice, on every fetch."""
+    from connector import backend
+
+    first, rotated = (credentials(RSAKey.generate_key(2048, private=True), "RS384") for _ in range(2))
+    before = backend._import_key.cache_info()
+    client_assertion(first)
+    client_assertion(first)
+    client_assertion(rotated)
+    after = backend._import_key.cache_info()
+    assert (after.misses - before.misses, after.hits - before.hits) == (2, 1)
+
+
 def test_a_missing_or_mismatched_key_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="has no signing key"):
         client_assertion(BackendCredentials(client_id="c", token_endpoint=TOKEN_URL, auth="private_key_jwt"))
