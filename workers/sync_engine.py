@@ -181,7 +181,8 @@ def _companions(ctx: WorkerContext, stream: SyncStream, connection: Connection,
 
 def _sync_after(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, connection: Connection, run: StreamRun,
                 lease: _Lease, deadline: float, progress: Progress | None) -> None:
-    """Windows from the cursor (after an export: what changed since it), then deletions, then success."""
+    """What changed since the cursor (after an export: since it), from a one-page `_history` or else windows;
+    then deletions, then success."""
     stream_id = stream.id or 0
     mark_before_run = stream.cursor if stream.phase != "initial" else None
     first_load = stream.phase == "initial"
@@ -191,6 +192,8 @@ def _sync_after(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, conne
         run.notes.append("unchanged (_history)")
     elif _patient_scoped(stream, connection):  # after the bulk first load, or on a known population
         _patient_windows(ctx, access, connection, stream_id, run, lease, deadline, progress)
+    elif history is not None and _history_feeds(stream, history):
+        _store_history(ctx, access, stream_id, run, history, progress)  # one request, not two
     else:
         _windows(ctx, access, stream_id, run, lease, deadline, progress)
     marks: dict[str, datetime | None] = {}
@@ -466,42 +469,71 @@ class _History:
     """What `_history` says happened to a stream's type since its mark."""
 
     deleted: list[str]
-    quiet: bool  # no version the snapshot lacks: a window would find nothing new
+    news: list[dict[str, Any]]  # the newest version of each resource the snapshot lacks at that version
+    complete: bool  # one page held it all: `news` is every change since the mark, as one answer saw them
+
+    @property
+    def quiet(self) -> bool:
+        """No version the snapshot lacks: a window would find nothing new."""
+        return not self.news
 
 
 def _read_history(ctx: WorkerContext, access: EhrAccess, stream: SyncStream) -> _History | None:
     """`_history` since the stream's mark, read before the windows, so a type nothing new happened to costs
     one request a run, not two. The mark overlaps the previous run, so the versions that run stored come
-    back too: only a version newer than the snapshot's row (or of a resource it lacks) is news. None where
-    there is no mark yet, or the EHR keeps no usable `_history` (then ids are compared)."""
+    back too: only a version newer than the snapshot's row (or of a resource it lacks) is news. History is
+    newest first (FHIR R4 §3.1.0.9), on every page: an id's first entry decides whether it was deleted or
+    changed, so a resource deleted and created again stays. None where there is no mark yet, or the EHR
+    keeps no usable `_history` (then ids are compared)."""
     if stream.history_mark is None:
         return None
-    seen: dict[str, datetime | None] = {}  # id -> the newest lastUpdated _history shows
+    newest: dict[str, dict[str, Any]] = {}
+    gone: list[str] = []
     try:
         page = access.reader.history(stream.resource_type, iso(stream.history_mark), ctx.settings.sync_page_size)
-        gone = [i for t, i in page.deleted if t == stream.resource_type]
-        _note_versions(page, stream.resource_type, seen)
+        complete = page.next_url is None
+        _note_newest(page, stream.resource_type, newest, gone)
         while page.next_url:
             page = access.reader.follow(page.next_url)
-            gone += [i for t, i in page.deleted if t == stream.resource_type]
-            _note_versions(page, stream.resource_type, seen)
+            _note_newest(page, stream.resource_type, newest, gone)
     except PermanentEhrError as exc:
         log.info("stream %s: no usable _history (%s); reconciling ids", stream.id, type(exc).__name__)
         return None
     with ctx.db.session() as session:
-        held = snapshots.stamps_of(session, stream.connection_id, stream.resource_type, sorted(seen))
-    quiet = all(stamp is not None and (held.get(i) or _EARLIEST) >= stamp
-                for i, stamp in seen.items())
-    return _History(gone, quiet)
+        held = snapshots.stamps_of(session, stream.connection_id, stream.resource_type, sorted(newest))
+    news = [resource for i, resource in newest.items()
+            if (stamp := last_updated(resource)) is None or (held.get(i) or _EARLIEST) < stamp]
+    return _History(gone, news, complete)
 
 
-def _note_versions(page: Page, resource_type: str, seen: dict[str, datetime | None]) -> None:
-    for resource in page.resources:
-        if resource.get("resourceType") != resource_type or not isinstance(resource.get("id"), str):
-            continue
-        stamp = last_updated(resource)
-        earlier = seen.get(resource["id"], _EARLIEST)
-        seen[resource["id"]] = None if stamp is None or earlier is None else max(stamp, earlier)
+def _note_newest(page: Page, resource_type: str, newest: dict[str, dict[str, Any]], gone: list[str]) -> None:
+    """Each id's first (newest) entry across the pages read so far: a deletion, or the resource as it is now."""
+    decided = set(gone)
+    for kind, fhir_id in page.deleted:
+        if kind == resource_type and fhir_id not in newest and fhir_id not in decided:
+            gone.append(fhir_id)
+            decided.add(fhir_id)
+    for resource in page.resources:  # a page holds an id once (connector.fhir_reader.page_of)
+        rid = resource.get("id")
+        if resource.get("resourceType") == resource_type and isinstance(rid, str) \
+                and rid not in newest and rid not in decided:
+            newest[rid] = resource
+
+
+def _history_feeds(stream: SyncStream, history: _History) -> bool:
+    """`_history` can stand in for the windows when one page held it all and the stream takes every resource
+    of its type (Task and Communication are ours only, by identifier; searches filter them)."""
+    return history.complete and stream.resource_type not in ("Task", "Communication")
+
+
+def _store_history(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun, history: _History,
+                   progress: Progress | None) -> None:
+    """The news from a complete `_history`, stored as a window's page would be: the edge checks, and the cursor
+    moved past them (never back), so the next window starts after what this run saw."""
+    result = commit_page(ctx, stream_id, history.news, client=access.client_name)
+    _count(run, result.stored, 0, result.quarantined, progress)
+    run.caught_up = True
+    run.notes.append("changes from _history")
 
 
 def _deletions(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun,

@@ -13,7 +13,7 @@ from sqlmodel import select
 from prm import streams
 from prm.models import AuditRecord
 from prm.snapshot_models import SyncStream
-from tests.integration.sync_env import SyncEnv, sync_env
+from tests.integration.sync_env import SyncEnv, sync_database, sync_env
 from workers.connection_check import check_connection
 from workers.sync_connection import sync_connection
 from workers.sync_engine import GROUP_EXPORTED
@@ -69,7 +69,8 @@ def test_a_type_nothing_happened_to_costs_one_history_request(env: SyncEnv) -> N
     quiet, busy = runs["Location"], runs["Encounter"]
     assert quiet.caught_up and quiet.notes == ["unchanged (_history)"]
     assert quiet.pages == 0, "no window search for a type _history says nothing happened to"
-    assert busy.stored == 1 and busy.pages >= 1 and "unchanged (_history)" not in busy.notes
+    assert busy.stored == 1 and busy.notes == ["changes from _history"]
+    assert busy.pages == 1, "a type whose changes fit one _history page is not searched again"
     assert_in_step(env, ("Location", "Encounter"))
 
 
@@ -80,6 +81,27 @@ def test_deleted_resources_leave_the_snapshot(env: SyncEnv) -> None:
     runs = env.run_all(("Appointment",))
     assert runs["Appointment"].deleted >= 1
     assert_in_step(env, ("Appointment",))
+
+
+def test_a_history_over_several_pages_is_read_newest_first_and_the_windows_bring_the_changes(
+        env: SyncEnv, tmp_path: Path) -> None:
+    """Pages of three: a Location deleted, four changed, then the first made again under its id. Its newest
+    entry (page one) decides: alive. The changes come from windows, which page without holding them all."""
+    with sync_database(env.stack, tmp_path, sync_page_size=3) as small:
+        small.run_all(("Location",))
+        small.run_all(("Location",))  # the mark moves past the sandbox's load
+        first, *others = sorted(i for i, _ in small.server("Location"))[:5]
+        original = env.read("Location", first)
+        env.delete("Location", first)
+        for location_id in others:
+            changed = env.read("Location", location_id)
+            changed["name"] = f"{changed['name']} (renamed)"
+            env.put(changed)
+        env.put({k: v for k, v in original.items() if k != "meta"})
+        run = small.run_all(("Location",))["Location"]
+        assert run.caught_up and "changes from _history" not in run.notes and run.deleted == 0
+        assert first in {i for i, _ in small.snapshot("Location")}
+        assert small.snapshot("Location") == small.server("Location")
 
 
 def test_first_load_by_bulk_export_when_the_check_says_so(tmp_path: Path) -> None:
