@@ -10,7 +10,10 @@ process, which has made one more (empty) pass in between, as a running worker ha
 of --repeats runs.
 
     python bench/sync.py [--sizes 10000,50000] [--backends sqlite,postgresql] [--strategies bulk,search]
-                         [--repeats 2] [--profile DIR]
+                         [--repeats 2] [--profile DIR] [--timeline]
+
+--timeline prints, for each sync, every HTTP request it made (ms since the sync began, thread) and the time
+the worker spent waiting for its page helper and storing pages: where a sync's time goes, to stderr.
 
 Sizes are Encounters (the generator makes ~7.3 a patient). Generated data sets and loaded FHIR server
 databases are cached under ~/.cache/fhir-prm/bench (FHIR_PRM_BENCH_CACHE overrides). The last lines are
@@ -43,9 +46,10 @@ CHILD_FLAG = "--child"
 
 # ---------------------------------------------------------------- (a) and (b): the server's own read paths
 
-def bulk_export(iss: str, token: str, types: tuple[str, ...] = SYNCED) -> tuple[int, float]:
+def bulk_export(iss: str, token: str, types: tuple[str, ...] = SYNCED) -> tuple[int, float, float]:
     """One system `$export` of `types`, polled as the server asks (Retry-After), every file streamed and every
-    line parsed: (resources, seconds). The server's fastest way to hand over everything."""
+    line parsed: (resources, seconds, seconds until the manifest). The server's fastest way to hand over
+    everything."""
     auth = {"Authorization": f"Bearer {token}"}
     with requests.Session() as http:
         started = time.monotonic()
@@ -58,6 +62,7 @@ def bulk_export(iss: str, token: str, types: tuple[str, ...] = SYNCED) -> tuple[
             status = http.get(status_url, headers={**auth, "Accept": "application/json"}, timeout=300)
             if status.status_code == 200:
                 manifest = status.json()
+                manifest_s = time.monotonic() - started
                 break
             if status.status_code != 202:
                 raise RuntimeError(f"$export status: HTTP {status.status_code} {status.text[:300]}")
@@ -73,7 +78,7 @@ def bulk_export(iss: str, token: str, types: tuple[str, ...] = SYNCED) -> tuple[
                         total += 1
         elapsed = time.monotonic() - started
         http.delete(status_url, headers=auth, timeout=60)
-    return total, elapsed
+    return total, elapsed, manifest_s
 
 
 def naive_paging(iss: str, token: str, types: tuple[str, ...] = SYNCED, count: int = NAIVE_COUNT) -> tuple[int, float]:
@@ -106,6 +111,7 @@ def run_sync_child(args: dict[str, Any]) -> None:
     from workers.sync_connection import sync_connection
     from workers.sync_engine import StreamRun
 
+    timeline = Timeline() if args.get("timeline") else None
     ctx = support.build_context(args["database_url"], Path(args["instance_dir"]))
     rss_before = support.current_rss_mb()
 
@@ -119,8 +125,12 @@ def run_sync_child(args: dict[str, Any]) -> None:
 
         if profiler:
             profiler.enable()
+        if timeline:
+            timeline.start()
         runs = sync_connection(ctx, args["connection_id"], time_budget_s=3600, finished=finished)
         elapsed = time.monotonic() - started
+        if timeline:
+            timeline.end()
         if profiler and profile:
             profiler.disable()
             profiler.dump_stats(profile)
@@ -145,13 +155,62 @@ def run_sync_child(args: dict[str, Any]) -> None:
         ctx.db.dispose()
 
 
+class Timeline:
+    """--timeline: each HTTP request of a sync (urllib3's debug line) with ms since the sync began, and the
+    worker's time waiting for its page helper and storing prepared pages."""
+
+    def __init__(self) -> None:
+        import workers.prep_helper as prep_helper
+        import workers.sync_engine as sync_engine
+
+        self.started = time.monotonic()
+        self.spent: dict[str, float] = {}
+        self._time(prep_helper.Helper, "result", "waiting for the helper")
+        self._time(sync_engine, "commit_prepared", "storing prepared pages")
+        self._time(sync_engine, "prepare_lines", "preparing pages itself")
+        timeline = self
+
+        class Lines(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                timeline.say(record.getMessage())
+
+        logging.getLogger("urllib3").addHandler(Lines())
+        logging.getLogger("urllib3").setLevel(logging.DEBUG)
+
+    def _time(self, owner: Any, name: str, label: str) -> None:
+        original = getattr(owner, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.spent[label] = self.spent.get(label, 0.0) + time.perf_counter() - began
+
+        setattr(owner, name, timed)
+
+    def say(self, message: str) -> None:
+        import threading
+
+        print(f"{(time.monotonic() - self.started) * 1000:8.0f} ms [{threading.current_thread().name:>16}] "
+              f"{message}", file=sys.stderr, flush=True)
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+        self.spent.clear()
+        self.say("sync starts")
+
+    def end(self) -> None:
+        self.say("sync ends; " + ", ".join(f"{k} {v:.2f} s" for k, v in self.spent.items()))
+
+
 class SyncChild:
     """One child process per database (see run_sync_child): `full` when started, `incremental()` on cue."""
 
-    def __init__(self, tgt: support.Target, profiles: tuple[Path, Path] | None) -> None:
+    def __init__(self, tgt: support.Target, profiles: tuple[Path, Path] | None, timeline: bool = False) -> None:
         self.tgt = tgt
         args = {**tgt.child_args(), "profile": str(profiles[0]) if profiles else None,
-                "profile_incremental": str(profiles[1]) if profiles else None}
+                "profile_incremental": str(profiles[1]) if profiles else None, "timeline": timeline}
         self.child = subprocess.Popen([sys.executable, __file__, CHILD_FLAG, json.dumps(args)], text=True,
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.full = self._read()
@@ -212,7 +271,7 @@ def change_encounters(fhir_internal_url: str, data_dir: Path, fraction: float = 
 # ---------------------------------------------------------------- one size
 
 def bench_size(encounters: int, backends: list[str], strategies: list[str], profile_dir: Path | None,
-               workdir: Path, repeats: int) -> dict[str, float]:
+               workdir: Path, repeats: int, timeline: bool = False) -> dict[str, float]:
     """Each figure is the best of `repeats` (a fresh database each time for a full sync): on this noisy 2-core
     machine, and with exports polled at the server's 1 s Retry-After, single runs vary by a poll interval."""
     figures: dict[str, float] = {}
@@ -233,8 +292,9 @@ def bench_size(encounters: int, backends: list[str], strategies: list[str], prof
 
         bulk_s = naive_s = float("inf")
         for _ in range(repeats):
-            count, seconds = bulk_export(stack.iss, token)
-            support.say(f"(a) bulk export: {count} resources in {seconds:.1f} s = {count / seconds:.0f}/s")
+            count, seconds, manifest_s = bulk_export(stack.iss, token)
+            support.say(f"(a) bulk export: {count} resources in {seconds:.1f} s = {count / seconds:.0f}/s "
+                        f"(the manifest after {manifest_s:.1f} s)")
             bulk_s = min(bulk_s, seconds)
         bulk_rps = count / bulk_s
         count, naive_s = naive_paging(stack.iss, token)
@@ -251,7 +311,7 @@ def bench_size(encounters: int, backends: list[str], strategies: list[str], prof
                 name = f"{backend}-{strategy}-{r}-{label}"
                 profiles = (profile_dir / f"sync-{name}.prof", profile_dir / f"incremental-{name}.prof") \
                     if profile_dir else None
-                child = children[(backend, strategy, r)] = SyncChild(tgt, profiles)
+                child = children[(backend, strategy, r)] = SyncChild(tgt, profiles, timeline)
                 result = child.full
                 rps = result["stored"] / result["seconds"]
                 support.say(f"(c) full sync {backend}/{strategy} #{r + 1}: {result['stored']} stored "
@@ -316,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--strategies", default="bulk", help="first-load strategies: bulk, search, or both")
     parser.add_argument("--profile", type=Path, help="cProfile each sync into this folder and print the top costs")
+    parser.add_argument("--timeline", action="store_true", help="each sync's HTTP requests and waits, to stderr")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each measurement; the best is kept")
     opts = parser.parse_args(argv)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the sandbox EHR's per-request lines
@@ -330,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="fhir-prm-bench-") as tmp:
         for size in sizes:
-            figures.update(bench_size(size, backends, strategies, opts.profile, Path(tmp), max(1, opts.repeats)))
+            figures.update(bench_size(size, backends, strategies, opts.profile, Path(tmp), max(1, opts.repeats),
+                                     opts.timeline))
     if len(sizes) >= 2:  # "peak memory flat in N": the biggest size's peak over the smallest's
         small, big = str(min(sizes)), str(max(sizes))
         for name in [k for k in figures if k.startswith("peak_rss_mb_") and k.endswith(f"_{small}")]:

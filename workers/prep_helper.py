@@ -42,6 +42,9 @@ class Preparer(Protocol):
 
     def result(self) -> PreparedPage: ...
 
+    def ready(self) -> bool:
+        """`result()` would not wait: the oldest page is prepared (or preparing it is this process's job)."""
+
     def __enter__(self) -> Preparer: ...
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
@@ -60,6 +63,9 @@ class Inline:
     def result(self) -> PreparedPage:
         return prepare_lines(*self._waiting.popleft())
 
+    def ready(self) -> bool:
+        return True
+
     def __enter__(self) -> Inline:
         return self
 
@@ -68,8 +74,8 @@ class Inline:
 
 
 class Helper:
-    """The helper process. A feeder thread writes requests, so neither side ever blocks on a full pipe while the
-    other waits for it (the worker reads results on its own thread)."""
+    """The helper process. A feeder thread writes requests and a reader thread collects results, so neither side
+    ever blocks on a full pipe while the other waits for it, and the worker can see whether a result is in."""
 
     def __init__(self, resource_types: Collection[str] = ()) -> None:
         """`resource_types`: the helper compiles their edge checks as it starts (while the EHR still writes the
@@ -80,8 +86,11 @@ class Helper:
             raise RuntimeError("the page helper started without pipes")
         self._stdin, self._stdout = self._process.stdin, self._process.stdout
         self._requests: queue.Queue[bytes | None] = queue.Queue()
+        self._results: queue.Queue[bytes | None] = queue.Queue()  # frames; None once the helper's output ends
         self._feeder = threading.Thread(target=self._feed, name="prep-feeder", daemon=True)
+        self._reader = threading.Thread(target=self._read, name="prep-reader", daemon=True)
         self._feeder.start()
+        self._reader.start()
 
     def _feed(self) -> None:
         try:
@@ -93,12 +102,25 @@ class Helper:
             with contextlib.suppress(OSError):  # already closed by a helper that died
                 self._stdin.close()
 
+    def _read(self) -> None:
+        try:
+            while (frame := read_frame(self._stdout)) is not None:
+                self._results.put(frame)
+        except (OSError, ValueError):  # the pipe closed under us: the helper is gone
+            log.warning("page helper output ended")
+        finally:
+            self._results.put(None)
+
     def submit(self, resource_type: str, lines: Lines) -> None:
         self._requests.put(pickle.dumps((resource_type, lines), protocol=pickle.HIGHEST_PROTOCOL))
 
+    def ready(self) -> bool:
+        return not self._results.empty()
+
     def result(self) -> PreparedPage:
-        frame = read_frame(self._stdout)
+        frame = self._results.get()
         if frame is None:
+            self._results.put(None)  # every later call reports it too
             raise TransientEhrError(f"the page helper exited (code {self._process.poll()})")
         outcome, value = pickle.loads(frame)  # noqa: S301 - our own helper, over our own pipe
         if outcome != "ok":
@@ -119,13 +141,17 @@ class Helper:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
+        self._reader.join(timeout=10)  # the helper has exited, so its output has ended
         self._stdout.close()
 
 
 def preparer(use_helper: bool, resource_types: Collection[str]) -> Preparer:
-    """A helper process, or this process; either way the edge checks of `resource_types` are compiled first
-    by whichever process will run them."""
+    """A helper process, or this process; either way the edge checks of `resource_types` are compiled first by
+    the processes that will run them. With a helper, this process compiles them on a background thread (while
+    the EHR writes the export) too: it prepares pages itself whenever the helper is behind."""
     if use_helper:
+        threading.Thread(target=r4_schema.prepare, args=(list(resource_types),), name="prep-compile",
+                         daemon=True).start()
         return Helper(resource_types)
     r4_schema.prepare(resource_types)
     return Inline()

@@ -25,7 +25,7 @@ from prm.models import Connection
 from prm.snapshot_models import SyncStream
 from workers.ehr_access import EhrAccess, access_for
 from workers.gc_quiet import quiet_gc
-from workers.page_prep import last_updated
+from workers.page_prep import PreparedPage, last_updated, prepare_lines
 from workers.prep_helper import Preparer, preparer
 from workers.runtime import WorkerContext
 from workers.sync_pages import commit_page, commit_prepared
@@ -246,27 +246,36 @@ def _renew_all(held: list[tuple[SyncStream, _Lease, StreamRun]]) -> None:
         lease.renew()
 
 
-PAGES_AHEAD = 2  # pages the helper prepares while the worker stores the one before
+PAGES_AHEAD = 4  # pages queued at the helper; when it has not finished the oldest, the worker prepares the next
 
 
 def _store_export(ctx: WorkerContext, access: EhrAccess, manifest: dict[str, Any],
                   held: list[tuple[SyncStream, _Lease, StreamRun]], by_type: dict[str, tuple[SyncStream, StreamRun]],
                   prep: Preparer, progress: Progress | None) -> None:
     """Each output file of a held type, read line by line into pages: the preparer parses, checks and maps a
-    page while this thread stores the one before it into its stream."""
+    page while this thread stores the one before it into its stream. When the preparer is behind (its pages
+    cost more than storing them), this thread prepares the page in hand itself rather than wait: it would
+    idle otherwise. An export's pages are independent (no cursor moves until it is all in), so their order
+    does not matter."""
     pending: deque[tuple[SyncStream, StreamRun]] = deque()
 
-    def store_oldest() -> None:
-        member, run = pending.popleft()
-        result = commit_prepared(ctx, member.id or 0, prep.result(), client=access.client_name)
+    def store(member: SyncStream, run: StreamRun, page: PreparedPage) -> None:
+        result = commit_prepared(ctx, member.id or 0, page, client=access.client_name)
         _count(run, result.stored, 0, result.quarantined, progress)
         _renew_all(held)
 
+    def store_oldest() -> None:
+        member, run = pending.popleft()
+        store(member, run, prep.result())
+
     def send(member: SyncStream, run: StreamRun, lines: list[tuple[int, bytes]]) -> None:
+        while len(pending) >= PAGES_AHEAD:
+            if not prep.ready():  # the preparer is behind: this page is prepared here
+                store(member, run, prepare_lines(member.resource_type, lines))
+                return
+            store_oldest()
         prep.submit(member.resource_type, lines)
         pending.append((member, run))
-        while len(pending) > PAGES_AHEAD:
-            store_oldest()
 
     for item in manifest.get("output", []):
         if item.get("type") not in by_type:

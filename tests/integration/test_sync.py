@@ -10,11 +10,16 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
+from ehr_sandbox.config import SandboxConfig
+from ehr_sandbox.stack import SandboxStack
 from prm import streams
 from prm.models import AuditRecord
 from prm.snapshot_models import SyncStream
-from tests.integration.sync_env import SyncEnv, sync_database, sync_env
+from tests.integration.sync_env import SyncEnv, small_dataset, sync_database, sync_env
+from workers import sync_engine
 from workers.connection_check import check_connection
+from workers.page_prep import PreparedPage, prepare_lines
+from workers.prep_helper import Helper, Lines
 from workers.sync_connection import sync_connection
 from workers.sync_engine import GROUP_EXPORTED
 
@@ -121,6 +126,38 @@ def test_first_load_by_bulk_export_when_the_check_says_so(tmp_path: Path) -> Non
         again = fresh.run_all(("Encounter",))
         assert again["Encounter"].stored == 1 and "bulk export" not in again["Encounter"].notes
         assert_in_step(fresh, ("Encounter",))
+
+
+def test_when_the_page_helper_is_behind_the_worker_prepares_pages_itself_and_the_export_lands_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A helper that never has a result ready: it keeps the pages queued at it, the worker prepares every other
+    page itself (it would idle otherwise), and every resource arrives once, checked."""
+    inline: list[str] = []
+
+    class Behind(Helper):
+        submitted = 0
+
+        def submit(self, resource_type: str, lines: Lines) -> None:
+            Behind.submitted += 1
+            super().submit(resource_type, lines)
+
+        def ready(self) -> bool:
+            return False
+
+    def prepared_here(resource_type: str, lines: Lines) -> PreparedPage:
+        inline.append(resource_type)
+        return prepare_lines(resource_type, lines)
+
+    monkeypatch.setattr(sync_engine, "preparer", lambda _use_helper, types: Behind(types))
+    monkeypatch.setattr(sync_engine, "prepare_lines", prepared_here)
+    with SandboxStack(SandboxConfig(port=0, fhir_internal_port=0), dataset=small_dataset(70)) as stack, \
+            sync_database(stack, tmp_path, sync_page_size=100) as fresh:
+        check_connection(fresh.ctx, fresh.connection_id)
+        runs = fresh.run_all(("Patient", "Encounter"))
+        assert "bulk export" in runs["Encounter"].notes
+        assert Behind.submitted == sync_engine.PAGES_AHEAD and len(inline) >= 2
+        assert_in_step(fresh, ("Patient", "Encounter"))
+        assert sum(run.stored for run in runs.values()) == len(fresh.server("Patient")) + len(fresh.server("Encounter"))
 
 
 def test_a_foreground_sync_runs_the_connection_side_by_side_with_one_export(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ dies is reported, not waited for."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,17 @@ def test_a_helper_that_dies_is_reported() -> None:
         helper.submit("Patient", numbered("Patient", 3))
         with pytest.raises(TransientEhrError, match="page helper exited"):
             helper.result()
+
+
+def test_ready_says_whether_a_result_is_in_without_waiting_for_one() -> None:
+    """The worker asks before it would wait: if the helper is behind, it prepares the page in hand itself."""
+    with Helper(("Patient",)) as helper:
+        assert not helper.ready()  # nothing submitted: result() would wait
+        helper.submit("Patient", numbered("Patient", 5))
+        deadline = time.monotonic() + 30
+        while not helper.ready() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert helper.ready()
+        assert len(helper.result().rows) == 5
+        assert not helper.ready()
+    assert Inline().ready()  # preparing in this process never waits for another
