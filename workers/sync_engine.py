@@ -478,13 +478,8 @@ class _History:
     """What `_history` says happened to a stream's type since its mark."""
 
     deleted: list[str]
-    news: list[dict[str, Any]]  # the newest version of each resource the snapshot lacks at that version
-    complete: bool  # one page held it all: `news` is every change since the mark, as one answer saw them
-
-    @property
-    def quiet(self) -> bool:
-        """No version the snapshot lacks: a window would find nothing new."""
-        return not self.news
+    quiet: bool  # no version the snapshot lacks: a window would find nothing new
+    news: list[dict[str, Any]] | None  # those versions, where the history was short enough to keep (else None)
 
 
 def _read_history(ctx: WorkerContext, access: EhrAccess, stream: SyncStream) -> _History | None:
@@ -492,55 +487,69 @@ def _read_history(ctx: WorkerContext, access: EhrAccess, stream: SyncStream) -> 
     one request a run, not two. The mark overlaps the previous run, so the versions that run stored come
     back too: only a version newer than the snapshot's row (or of a resource it lacks) is news. History is
     newest first (FHIR R4 §3.1.0.9), on every page: an id's first entry decides whether it was deleted or
-    changed, so a resource deleted and created again stays. None where there is no mark yet, or the EHR
-    keeps no usable `_history` (then ids are compared)."""
+    changed, so a resource deleted and created again stays. Resources are kept while the history is at most
+    HISTORY_FEED_PAGES pages (memory stays bounded). None where there is no mark yet, or the EHR keeps no
+    usable `_history` (then ids are compared)."""
     if stream.history_mark is None:
         return None
-    newest: dict[str, dict[str, Any]] = {}
+    stamps: dict[str, datetime | None] = {}  # each id's newest lastUpdated
+    bodies: dict[str, dict[str, Any]] | None = {}  # each id's newest version, until there are too many pages
     gone: list[str] = []
     try:
         page = access.reader.history(stream.resource_type, iso(stream.history_mark), ctx.settings.sync_page_size)
-        complete = page.next_url is None
-        _note_newest(page, stream.resource_type, newest, gone)
+        pages = 1
+        _note_newest(page, stream.resource_type, stamps, gone, bodies)
         while page.next_url:
             page = access.reader.follow(page.next_url)
-            _note_newest(page, stream.resource_type, newest, gone)
+            pages += 1
+            bodies = bodies if pages <= HISTORY_FEED_PAGES else None
+            _note_newest(page, stream.resource_type, stamps, gone, bodies)
     except PermanentEhrError as exc:
         log.info("stream %s: no usable _history (%s); reconciling ids", stream.id, type(exc).__name__)
         return None
     with ctx.db.session() as session:
-        held = snapshots.stamps_of(session, stream.connection_id, stream.resource_type, sorted(newest))
-    news = [resource for i, resource in newest.items()
-            if (stamp := last_updated(resource)) is None or (held.get(i) or _EARLIEST) < stamp]
-    return _History(gone, news, complete)
+        held = snapshots.stamps_of(session, stream.connection_id, stream.resource_type, sorted(stamps))
+    news = [i for i, stamp in stamps.items() if stamp is None or (held.get(i) or _EARLIEST) < stamp]
+    return _History(gone, not news, [bodies[i] for i in news] if bodies is not None else None)
 
 
-def _note_newest(page: Page, resource_type: str, newest: dict[str, dict[str, Any]], gone: list[str]) -> None:
-    """Each id's first (newest) entry across the pages read so far: a deletion, or the resource as it is now."""
+def _note_newest(page: Page, resource_type: str, stamps: dict[str, datetime | None], gone: list[str],
+                 bodies: dict[str, dict[str, Any]] | None) -> None:
+    """Each id's first (newest) entry across the pages read so far: a deletion, or the resource as it is now
+    (its lastUpdated, and the resource itself into `bodies` when given)."""
     decided = set(gone)
     for kind, fhir_id in page.deleted:
-        if kind == resource_type and fhir_id not in newest and fhir_id not in decided:
+        if kind == resource_type and fhir_id not in stamps and fhir_id not in decided:
             gone.append(fhir_id)
             decided.add(fhir_id)
     for resource in page.resources:  # a page holds an id once (connector.fhir_reader.page_of)
         rid = resource.get("id")
         if resource.get("resourceType") == resource_type and isinstance(rid, str) \
-                and rid not in newest and rid not in decided:
-            newest[rid] = resource
+                and rid not in stamps and rid not in decided:
+            stamps[rid] = last_updated(resource)
+            if bodies is not None:
+                bodies[rid] = resource
+
+
+HISTORY_FEED_PAGES = 4  # a `_history` of at most this many pages brings the run's changes itself
 
 
 def _history_feeds(stream: SyncStream, history: _History) -> bool:
-    """`_history` can stand in for the windows when one page held it all and the stream takes every resource
-    of its type (Task and Communication are ours only, by identifier; searches filter them)."""
-    return history.complete and stream.resource_type not in ("Task", "Communication")
+    """`_history` can stand in for the windows when it was short enough to keep and the stream takes every
+    resource of its type (Task and Communication are ours only, by identifier; searches filter them). A
+    write made while its pages were read is newer than all of them: the next run finds it."""
+    return history.news is not None and stream.resource_type not in ("Task", "Communication")
 
 
 def _store_history(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun, history: _History,
                    progress: Progress | None) -> None:
-    """The news from a complete `_history`, stored as a window's page would be: the edge checks, and the cursor
-    moved past them (never back), so the next window starts after what this run saw."""
-    result = commit_page(ctx, stream_id, history.news, client=access.client_name)
-    _count(run, result.stored, 0, result.quarantined, progress)
+    """The news from a short `_history`, stored page by page as windows' pages would be, oldest first: the edge
+    checks, and the cursor moved past each page, so a run that stops midway leaves no gap behind its cursor."""
+    news = sorted(history.news or [], key=lambda resource: last_updated(resource) or _EARLIEST)
+    size = ctx.settings.sync_page_size
+    for start in range(0, len(news), size):
+        result = commit_page(ctx, stream_id, news[start:start + size], client=access.client_name)
+        _count(run, result.stored, 0, result.quarantined, progress)
     run.caught_up = True
     run.notes.append("changes from _history")
 

@@ -88,10 +88,13 @@ def test_deleted_resources_leave_the_snapshot(env: SyncEnv) -> None:
     assert_in_step(env, ("Appointment",))
 
 
-def test_a_history_over_several_pages_is_read_newest_first_and_the_windows_bring_the_changes(
-        env: SyncEnv, tmp_path: Path) -> None:
-    """Pages of three: a Location deleted, four changed, then the first made again under its id. Its newest
-    entry (page one) decides: alive. The changes come from windows, which page without holding them all."""
+@pytest.mark.parametrize(("feed_pages", "from_history"), [(4, True), (1, False)])
+def test_a_history_over_several_pages_is_read_newest_first(
+        env: SyncEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, feed_pages: int, from_history: bool) -> None:
+    """A Location deleted, four changed, then the first made again under its id: six entries, two pages of
+    three. Its newest entry (page one) decides: alive. Within HISTORY_FEED_PAGES the history brings the
+    changes itself; beyond it, windows bring them (memory stays bounded)."""
+    monkeypatch.setattr(sync_engine, "HISTORY_FEED_PAGES", feed_pages)
     with sync_database(env.stack, tmp_path, sync_page_size=3) as small:
         small.run_all(("Location",))
         small.run_all(("Location",))  # the mark moves past the sandbox's load
@@ -100,11 +103,12 @@ def test_a_history_over_several_pages_is_read_newest_first_and_the_windows_bring
         env.delete("Location", first)
         for location_id in others:
             changed = env.read("Location", location_id)
-            changed["name"] = f"{changed['name']} (renamed)"
+            changed["name"] = f"{changed['name']} (renamed {feed_pages})"
             env.put(changed)
         env.put({k: v for k, v in original.items() if k != "meta"})
         run = small.run_all(("Location",))["Location"]
-        assert run.caught_up and "changes from _history" not in run.notes and run.deleted == 0
+        assert run.caught_up and run.deleted == 0 and run.stored == 5
+        assert ("changes from _history" in run.notes) is from_history
         assert first in {i for i, _ in small.snapshot("Location")}
         assert small.snapshot("Location") == small.server("Location")
 
