@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from connector.fhir_reader import Page
 from fhir_mappings.written import IDENTIFIER_SYSTEM
@@ -37,6 +37,7 @@ AFTER_EXPORT_AT_ONCE = 4  # the polite client's default bound on requests in fli
 # Types in the Patient compartment (FHIR R4 CompartmentDefinition): what a Group-level export holds.
 GROUP_EXPORTED = ("Patient", "RelatedPerson", "Encounter", "Appointment")
 Progress = Callable[[str, int], None]
+T = TypeVar("T")
 
 
 @dataclass
@@ -181,7 +182,7 @@ def _companions(ctx: WorkerContext, stream: SyncStream, connection: Connection,
 
 def _sync_after(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, connection: Connection, run: StreamRun,
                 lease: _Lease, deadline: float, progress: Progress | None) -> None:
-    """What changed since the cursor (after an export: since it), from a one-page `_history` or else windows;
+    """What changed since the cursor (after an export: since it), from a short `_history` or else windows;
     then deletions, then success."""
     stream_id = stream.id or 0
     mark_before_run = stream.cursor if stream.phase != "initial" else None
@@ -362,8 +363,8 @@ def _patient_scoped(stream: SyncStream, connection: Connection) -> bool:
         stream.resource_type == "Patient" or stream.resource_type in PATIENT_PARAM)
 
 
-def _batches(ids: list[str], size: int) -> list[list[str]]:
-    return [ids[i:i + size] for i in range(0, len(ids), size)]
+def _batches(items: list[T], size: int) -> list[list[T]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def _patient_windows(ctx: WorkerContext, access: EhrAccess, connection: Connection, stream_id: int, run: StreamRun,
@@ -546,9 +547,8 @@ def _store_history(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: S
     """The news from a short `_history`, stored page by page as windows' pages would be, oldest first: the edge
     checks, and the cursor moved past each page, so a run that stops midway leaves no gap behind its cursor."""
     news = sorted(history.news or [], key=lambda resource: last_updated(resource) or _EARLIEST)
-    size = ctx.settings.sync_page_size
-    for start in range(0, len(news), size):
-        result = commit_page(ctx, stream_id, news[start:start + size], client=access.client_name)
+    for page in _batches(news, ctx.settings.sync_page_size):
+        result = commit_page(ctx, stream_id, page, client=access.client_name)
         _count(run, result.stored, 0, result.quarantined, progress)
     run.caught_up = True
     run.notes.append("changes from _history")

@@ -10,10 +10,9 @@ from prm.snapshot_models import SyncStream
 from workers.sync_engine import strategy_of
 
 
-def connection(initial: str, export_group: str | None = None) -> Connection:
+def connection(initial: str, export_group: str | None = None, incremental: str = "patient-by-patient") -> Connection:
     return Connection(name="ehr", iss="https://ehr.example/fhir", client_id="c", export_group=export_group,
-                      capability_profile={"sync": {"strategy": {"initial": initial,
-                                                                "incremental": "patient-by-patient"}}})
+                      capability_profile={"sync": {"strategy": {"initial": initial, "incremental": incremental}}})
 
 
 def stream(resource_type: str, strategy: str = "auto") -> SyncStream:
@@ -43,11 +42,9 @@ def test_it_can_ask_for_an_export_or_for_searches() -> None:
 
 
 def test_it_can_ask_for_patient_by_patient_keeping_an_offered_export() -> None:
-    searched = Connection(name="ehr", iss="https://ehr.example/fhir", client_id="c", capability_profile={
-        "sync": {"strategy": {"initial": "search", "incremental": "search-last-updated"}}})
+    searched = connection("search", incremental="search-last-updated")
     assert strategy_of(stream("Encounter", "patient"), searched) == ("patient-by-patient", "patient-by-patient")
-    exported = Connection(name="ehr", iss="https://ehr.example/fhir", client_id="c", capability_profile={
-        "sync": {"strategy": {"initial": "bulk-export-system", "incremental": "search-last-updated"}}})
+    exported = connection("bulk-export-system", incremental="search-last-updated")
     assert strategy_of(stream("Encounter", "patient"), exported) == ("bulk-export-system", "patient-by-patient")
 
 
