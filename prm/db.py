@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import event, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.types import DateTime, TypeDecorator
 from sqlmodel import Session, create_engine, select
@@ -59,6 +59,23 @@ def normalise_url(url: str) -> str:
     return url
 
 
+_SQLITE_SYNC = "FULL"  # every commit reaches the disk before it returns (WAL is appended and synced)
+_RELAXED_KEY = "prm_relaxed_commit"
+
+
+def _relax_commit(session: Session) -> None:
+    """This transaction's commit returns before its WAL reaches the disk (SQLite `synchronous=NORMAL`,
+    PostgreSQL `synchronous_commit=off`): a power cut may lose it, never corrupt it, and every commit after
+    it that does wait brings it to the disk too. The write-ahead log keeps commits in order, so whatever
+    survives has everything committed before it (a page's audit record, the cursor it moved)."""
+    connection = session.connection()
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("PRAGMA synchronous=NORMAL")
+        connection.info[_RELAXED_KEY] = True  # restored when the connection goes back to the pool
+    elif connection.dialect.name == "postgresql":
+        connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")  # this transaction only
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -66,7 +83,22 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=15000")
+        cursor.execute(f"PRAGMA synchronous={_SQLITE_SYNC}")  # said, not assumed: a relaxed commit restores it
         cursor.close()
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(dbapi_connection: Any, record: Any) -> None:
+        if record.info.pop(_RELAXED_KEY, False):  # the pool never hands out a relaxed connection
+            dbapi_connection.execute(f"PRAGMA synchronous={_SQLITE_SYNC}")
+
+
+def offline_dialect(name: str) -> Dialect:
+    """The dialect an engine for `name` ("sqlite" or "postgresql") binds values with, built without a database:
+    a page helper process encodes snapshot rows with it exactly as the worker's engine would."""
+    drivers = {"sqlite": "sqlite://", "postgresql": "postgresql+psycopg://"}
+    if name not in drivers:
+        raise ValueError(f"no offline dialect for {name!r}")
+    return create_engine(drivers[name], json_serializer=json_text).dialect  # connects to nothing
 
 
 class Database:
@@ -109,10 +141,17 @@ class Database:
                                f"{reason.strip().splitlines()[0]}") from exc
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A session that commits on success, rolls back on error, and then runs after-commit hooks."""
+    def session(self, *, refetchable: bool = False) -> Iterator[Session]:
+        """A session that commits on success, rolls back on error, and then runs after-commit hooks.
+
+        `refetchable`: the transaction writes only what the EHR hands over again if it is lost (a sync page,
+        with its cursor and its audit record), so its commit does not wait for the disk (`_relax_commit`).
+        A bulk first load commits a page every few milliseconds; waiting for the disk each time cost more than
+        storing the page. Everything else, PRM work above all, is committed durably."""
         session = Session(self.engine, expire_on_commit=False)
         try:
+            if refetchable:
+                _relax_commit(session)
             yield session
             session.commit()
         except BaseException:

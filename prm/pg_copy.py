@@ -9,6 +9,7 @@ DATA`), and the temporary table lives for the session, emptied at each commit.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -16,15 +17,13 @@ from psycopg import sql
 from sqlalchemy import Table
 from sqlmodel import Session
 
-from prm.db import json_text
-
 COPY_FROM_ROWS = 200  # below this, the ordinary multi-row upsert is as quick
 
 
-def copy_upsert(session: Session, table: Table, rows: list[dict[str, Any]], key: list[str]) -> None:
-    """Upsert `rows` (dicts over the table's columns, keys unique) into `table`: newer-or-equal wins."""
-    columns = [c.name for c in table.columns if c.name != "id"]
-    json_columns = {c.name for c in table.columns if c.type.__class__.__name__ in ("JSON", "JSONB")}
+def copy_upsert(session: Session, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+                key: list[str]) -> None:
+    """Upsert `rows` (tuples of driver values in `columns` order, JSON already text, keys unique; see
+    prm.snapshot_rows) into `table`: newer-or-equal wins."""
     staging = sql.Identifier(f"prm_copy_{table.name}")
     target = sql.Identifier(table.name)
     names = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
@@ -36,8 +35,7 @@ def copy_upsert(session: Session, table: Table, rows: list[dict[str, Any]], key:
                                "SELECT {} FROM {} WITH NO DATA").format(staging, names, target))
         with cursor.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(staging, names)) as copy:
             for row in rows:
-                copy.write_row([json_text(row.get(c)) if c in json_columns and row.get(c) is not None
-                                else row.get(c) for c in columns])
+                copy.write_row(row)
         updates = sql.SQL(", ").join(sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
                                      for c in columns if c not in key)
         cursor.execute(sql.SQL(

@@ -7,97 +7,33 @@ overwrite what an incremental sync already brought. Upserting the same page twic
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, update
+from sqlalchemy import update
 from sqlmodel import Session, SQLModel, col, select
 
-from prm.driver_rows import DriverStatement, driver_statement
-from prm.pg_copy import COPY_FROM_ROWS, copy_upsert
-from prm.snapshot_models import (
-    Booking,
-    OrganizationRecord,
-    PatientRecord,
-    RelatedContact,
-    Site,
-    StaffRole,
-    Visit,
-    WrittenResource,
-)
+from prm.pg_copy import COPY_FROM_ROWS
+from prm.snapshot_models import WrittenResource
+from prm.snapshot_rows import TABLES, encode_rows, newest_by_id, store_encoded, upsert_statement
 
-TABLES: dict[str, type[SQLModel]] = {
-    "Patient": PatientRecord,
-    "Encounter": Visit,
-    "Appointment": Booking,
-    "RelatedPerson": RelatedContact,
-    "Organization": OrganizationRecord,
-    "Location": Site,
-    "PractitionerRole": StaffRole,
-    "Task": WrittenResource,
-    "Communication": WrittenResource,
-}
-
-
-def _key(table: type[SQLModel]) -> list[str]:
-    return ["connection_id", "resource_type", "fhir_id"] if table is WrittenResource else ["connection_id", "fhir_id"]
-
-
-def _stamp(values: dict[str, Any]) -> datetime:
-    return values.get("last_updated") or datetime.min.replace(tzinfo=UTC)
+__all__ = [
+    "IDS_PER_QUERY", "TABLES", "live_ids", "mark_deleted", "stamps_of", "store_encoded", "upsert_page", "versions",
+]
 
 
 def upsert_page(session: Session, connection_id: int, resource_type: str,
                 rows: Sequence[SQLModel | dict[str, Any]]) -> int:
-    """Insert or (if newer or equal) update each row (a model, or its field values); returns how many rows the
-    page held."""
+    """Insert or (if newer or equal) update each row (a model, or its field values); returns how many distinct
+    resources the page held."""
     if not rows:
         return 0
-    table_model = TABLES[resource_type]
-    table: Any = table_model.__table__  # type: ignore[attr-defined]
-    by_key: dict[str, dict[str, Any]] = {}
-    for row in rows:  # a page can carry the same resource twice (ties re-read): keep the newest
-        fields = row if isinstance(row, dict) else row.__dict__  # plain fields: model_dump cost 30 µs a row
-        values = {**fields, "connection_id": connection_id}
-        previous = by_key.get(values["fhir_id"])
-        if previous is None or _stamp(values) >= _stamp(previous):
-            by_key[values["fhir_id"]] = values
-    values_list = list(by_key.values())
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql" and len(values_list) >= COPY_FROM_ROWS:
-        copy_upsert(session, table, values_list, _key(table_model))
-        return len(values_list)
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
-    # One statement executed for many rows: compiled once and cached (a multi-row VALUES literal would be
-    # compiled afresh for every page, which cost more than the database work itself).
-    stmt = insert(table)
-    updated = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in ("id", *_key(table_model))}
-    newer = or_(table.c.last_updated.is_(None), stmt.excluded.last_updated.is_(None),
-                stmt.excluded.last_updated >= table.c.last_updated)
-    upsert = stmt.on_conflict_do_update(index_elements=_key(table_model), set_=updated, where=newer)
-    if dialect == "sqlite":
-        _driver_upsert(table_model, upsert, session.get_bind().dialect, tuple(values_list[0])).execute(
-            session, values_list)
-    else:
-        session.execute(upsert, values_list)
-    return len(values_list)
-
-
-_DRIVER_UPSERTS: dict[tuple[type[SQLModel], tuple[str, ...]], DriverStatement] = {}
-
-
-def _driver_upsert(table_model: type[SQLModel], upsert: Any, dialect: Any, keys: tuple[str, ...]) -> DriverStatement:
-    """The SQLite upsert for rows with `keys`, compiled once per table (see prm.driver_rows)."""
-    found = _DRIVER_UPSERTS.get((table_model, keys))
-    if found is None:
-        compiled = driver_statement(upsert, dialect, keys)
-        if compiled is None:
-            raise TypeError(f"{dialect.name}: positional parameters expected for the driver upsert")
-        found = _DRIVER_UPSERTS[(table_model, keys)] = compiled
-    return found
+    dialect = session.get_bind().dialect
+    if dialect.name == "postgresql" and len(rows) < COPY_FROM_ROWS:  # a short page: one ordinary statement
+        values = [{**fields, "connection_id": connection_id} for fields in newest_by_id(rows)]
+        session.execute(upsert_statement(resource_type, "postgresql"), values)
+        return len(values)
+    return store_encoded(session, resource_type, encode_rows(dialect, connection_id, resource_type, rows))
 
 
 def mark_deleted(session: Session, connection_id: int, resource_type: str, fhir_ids: list[str]) -> int:

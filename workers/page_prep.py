@@ -1,5 +1,6 @@
 """Check and map one page of incoming resources, without the database: the pure half of storing a page, so a
-helper process can do it for the next page while the worker stores this one (workers/prep_helper.py).
+helper process can do it for the next page while the worker stores this one (workers/prep_helper.py). Given
+where the page will be stored, its rows come out encoded for that database's driver (prm.snapshot_rows).
 
 A resource that fails the edge check (or is not the stream's type) is set aside with its error for
 quarantine; it never stops the rest of the page.
@@ -7,11 +8,13 @@ quarantine; it never stops the rest of the page.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.engine import Dialect
 from sqlmodel import SQLModel
 
 from connector.bulk import parse_line
@@ -26,7 +29,9 @@ from fhir_mappings.directory import (
 from fhir_mappings.encounter import visit_from_encounter
 from fhir_mappings.patient import patient_record_from_patient
 from fhir_mappings.written import written_from_resource
+from prm.db import offline_dialect
 from prm.errors import ValidationError
+from prm.snapshot_rows import EncodedRows, encode_rows
 
 MAPPERS: dict[str, Callable[[dict[str, Any]], SQLModel]] = {
     "Patient": patient_record_from_patient,
@@ -42,11 +47,21 @@ MAPPERS: dict[str, Callable[[dict[str, Any]], SQLModel]] = {
 Seen = Callable[[str, datetime | None], bool]
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where a page's rows will be stored: the database's dialect ("sqlite", "postgresql") and the connection."""
+
+    dialect: str
+    connection_id: int
+
+
 @dataclass
 class PreparedPage:
-    """Plain data (it crosses a pipe): snapshot rows as field values, the bad resources, and the cursor's input."""
+    """Plain data (it crosses a pipe): snapshot rows as field values, or as driver values once encoded for a
+    Target; the bad resources; and the cursor's input."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
+    encoded: EncodedRows | None = None  # the rows, newest per id, ready for the target's driver (rows is empty)
     bad: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # (payload, error) to quarantine
     instants: list[tuple[str, datetime | None]] = field(default_factory=list)  # (id, lastUpdated) of each resource
     skipped: int = 0
@@ -78,7 +93,16 @@ def prepare_page(resource_type: str, resources: list[dict[str, Any]], seen: Seen
     return page
 
 
-def prepare_lines(resource_type: str, lines: list[tuple[int, bytes]]) -> PreparedPage:
-    """A page of raw NDJSON lines (line number, bytes): parsed, then prepared; a line that is not a resource
-    object is set aside like an invalid resource."""
-    return prepare_page(resource_type, [parse_line(raw, number) for number, raw in lines])
+def prepare_lines(resource_type: str, lines: list[tuple[int, bytes]], target: Target | None = None) -> PreparedPage:
+    """A page of raw NDJSON lines (line number, bytes): parsed, then prepared, then (given a target) encoded;
+    a line that is not a resource object is set aside like an invalid resource."""
+    page = prepare_page(resource_type, [parse_line(raw, number) for number, raw in lines])
+    if target is not None:
+        page.encoded = encode_rows(_dialect(target.dialect), target.connection_id, resource_type, page.rows)
+        page.rows = []
+    return page
+
+
+@functools.cache
+def _dialect(name: str) -> Dialect:
+    return offline_dialect(name)

@@ -28,7 +28,7 @@ from typing import IO, Any, Protocol
 
 from fhir_mappings import r4_schema
 from prm.errors import TransientEhrError
-from workers.page_prep import PreparedPage, prepare_lines
+from workers.page_prep import PreparedPage, Target, prepare_lines
 
 log = logging.getLogger(__name__)
 FRAME = struct.Struct(">Q")
@@ -36,7 +36,10 @@ Lines = list[tuple[int, bytes]]
 
 
 class Preparer(Protocol):
-    """Pages go in with `submit` and come back, prepared, from `result` in the same order."""
+    """Pages go in with `submit` and come back, prepared (and encoded for `target`, when set), from `result` in
+    the same order."""
+
+    target: Target | None
 
     def submit(self, resource_type: str, lines: Lines) -> None: ...
 
@@ -54,14 +57,15 @@ class Preparer(Protocol):
 class Inline:
     """Prepare in this process (no helper): for small loads and where a second process is not wanted."""
 
-    def __init__(self) -> None:
+    def __init__(self, target: Target | None = None) -> None:
+        self.target = target
         self._waiting: deque[tuple[str, Lines]] = deque()
 
     def submit(self, resource_type: str, lines: Lines) -> None:
         self._waiting.append((resource_type, lines))
 
     def result(self) -> PreparedPage:
-        return prepare_lines(*self._waiting.popleft())
+        return prepare_lines(*self._waiting.popleft(), self.target)
 
     def ready(self) -> bool:
         return True
@@ -77,9 +81,10 @@ class Helper:
     """The helper process. A feeder thread writes requests and a reader thread collects results, so neither side
     ever blocks on a full pipe while the other waits for it, and the worker can see whether a result is in."""
 
-    def __init__(self, resource_types: Collection[str] = ()) -> None:
+    def __init__(self, resource_types: Collection[str] = (), target: Target | None = None) -> None:
         """`resource_types`: the helper compiles their edge checks as it starts (while the EHR still writes the
-        export), not on the first page of each."""
+        export), not on the first page of each. `target`: pages come back encoded for it."""
+        self.target = target
         self._process = subprocess.Popen([sys.executable, "-m", "workers.prep_helper", *resource_types],  # noqa: S603 (our streams' type names)
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         if self._process.stdin is None or self._process.stdout is None:
@@ -112,7 +117,7 @@ class Helper:
             self._results.put(None)
 
     def submit(self, resource_type: str, lines: Lines) -> None:
-        self._requests.put(pickle.dumps((resource_type, lines), protocol=pickle.HIGHEST_PROTOCOL))
+        self._requests.put(pickle.dumps((resource_type, lines, self.target), protocol=pickle.HIGHEST_PROTOCOL))
 
     def ready(self) -> bool:
         return not self._results.empty()
@@ -145,16 +150,17 @@ class Helper:
         self._stdout.close()
 
 
-def preparer(use_helper: bool, resource_types: Collection[str]) -> Preparer:
+def preparer(use_helper: bool, resource_types: Collection[str], target: Target | None = None) -> Preparer:
     """A helper process, or this process; either way the edge checks of `resource_types` are compiled first by
     the processes that will run them. With a helper, this process compiles them on a background thread (while
-    the EHR writes the export) too: it prepares pages itself whenever the helper is behind."""
+    the EHR writes the export) too: it prepares pages itself whenever the helper is behind. Pages come back
+    encoded for `target` when one is given."""
     if use_helper:
         threading.Thread(target=r4_schema.prepare, args=(list(resource_types),), name="prep-compile",
                          daemon=True).start()
-        return Helper(resource_types)
+        return Helper(resource_types, target)
     r4_schema.prepare(resource_types)
-    return Inline()
+    return Inline(target)
 
 
 def write_frame(stream: IO[bytes], payload: bytes) -> None:
@@ -179,10 +185,10 @@ def main() -> None:
     gc.freeze()
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     while (frame := read_frame(stdin)) is not None:
-        resource_type, lines = pickle.loads(frame)  # noqa: S301 - from the worker that started us
+        resource_type, lines, target = pickle.loads(frame)  # noqa: S301 - from the worker that started us
         reply: tuple[str, Any]
         try:
-            reply = ("ok", prepare_lines(resource_type, lines))
+            reply = ("ok", prepare_lines(resource_type, lines, target))
         except Exception:  # a bug, not bad data (prepare_lines sets bad resources aside): the worker raises it
             reply = ("error", traceback.format_exc())
         write_frame(stdout, pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))

@@ -19,20 +19,20 @@ from typing import Any, TypeVar
 
 from connector.fhir_reader import Page
 from fhir_mappings.written import IDENTIFIER_SYSTEM
-from prm import connections, leases, snapshots, streams
+from prm import connections, snapshots, streams
 from prm.errors import AuthExpiredError, PermanentEhrError
 from prm.models import Connection
 from prm.snapshot_models import SyncStream
 from workers.ehr_access import EhrAccess, access_for
 from workers.gc_quiet import quiet_gc
-from workers.page_prep import PreparedPage, last_updated, prepare_lines
+from workers.page_prep import PreparedPage, Target, last_updated, prepare_lines
 from workers.prep_helper import Preparer, preparer
 from workers.runtime import WorkerContext
+from workers.stream_leases import StreamLease, release_together, renew_together
 from workers.sync_pages import commit_page, commit_prepared
 
 log = logging.getLogger(__name__)
 RECONCILE_EVERY = timedelta(hours=6)
-LEASE_RENEW_S = 5.0
 AFTER_EXPORT_AT_ONCE = 4  # the polite client's default bound on requests in flight
 # Types in the Patient compartment (FHIR R4 CompartmentDefinition): what a Group-level export holds.
 GROUP_EXPORTED = ("Patient", "RelatedPerson", "Encounter", "Appointment")
@@ -52,6 +52,9 @@ class StreamRun:
     server_started: datetime | None = None  # the EHR's clock when this run first read (search time or export)
     notes: list[str] = field(default_factory=list)
     companions: list[StreamRun] = field(default_factory=list)  # streams whose first load shared this export
+
+
+Held = list[tuple[SyncStream, StreamLease, StreamRun]]  # the streams a run holds, each with its lease
 
 
 def iso(value: datetime) -> str:
@@ -77,29 +80,6 @@ def strategy_of(stream: SyncStream, connection: Connection) -> tuple[str, str]:
     return initial, incremental
 
 
-class _Lease:
-    def __init__(self, ctx: WorkerContext, stream: SyncStream) -> None:
-        self.ctx, self.name = ctx, streams.lease_name(stream)
-        self._renewed_at: float | None = None
-
-    def renew(self) -> bool:
-        """Take or extend the stream's lease for one job lease period (a dead holder's lapses that fast).
-        Renewed at most every few seconds (a quarter of the lease at most): each renewal is a transaction."""
-        now = time.monotonic()
-        every = min(LEASE_RENEW_S, self.ctx.settings.job_lease_s / 4)
-        if self._renewed_at is not None and now - self._renewed_at < every:
-            return True
-        with self.ctx.db.session() as session:
-            held = leases.acquire(session, self.name, self.ctx.name, self.ctx.settings.clock(),
-                                  self.ctx.settings.job_lease_s)
-        self._renewed_at = now if held else None
-        return held
-
-    def release(self) -> None:
-        with self.ctx.db.session() as session:
-            leases.release(session, self.name, self.ctx.name)
-
-
 def run_stream(ctx: WorkerContext, stream_id: int, *, time_budget_s: float = 120.0,
                progress: Progress | None = None, together: Collection[str] | None = None) -> StreamRun:
     """Sync one stream until caught up or out of time; safe to call from any number of workers.
@@ -115,11 +95,11 @@ def run_stream(ctx: WorkerContext, stream_id: int, *, time_budget_s: float = 120
     if connection is None or not connection.enabled or not stream.enabled:
         run.notes.append("connection or stream disabled")
         return run
-    lease = _Lease(ctx, stream)
+    lease = StreamLease(ctx, stream)
     if not lease.renew():
         run.busy = True
         return run
-    held: list[tuple[SyncStream, _Lease, StreamRun]] = [(stream, lease, run)]
+    held: Held = [(stream, lease, run)]
     try:
         access = access_for(ctx, connection)
         deadline = time.monotonic() + time_budget_s
@@ -146,8 +126,7 @@ def run_stream(ctx: WorkerContext, stream_id: int, *, time_budget_s: float = 120
                                         f"({stream.resource_type} sync): {exc}")
         raise
     finally:
-        for _, member_lease, _ in held:
-            member_lease.release()
+        release_together(ctx, [member_lease for _, member_lease, _ in held])
     return run
 
 
@@ -163,7 +142,7 @@ def _export_group(stream: SyncStream, connection: Connection) -> str | None:
 
 
 def _companions(ctx: WorkerContext, stream: SyncStream, connection: Connection,
-                together: Collection[str] | None) -> list[tuple[SyncStream, _Lease, StreamRun]]:
+                together: Collection[str] | None) -> Held:
     """The connection's other streams that still need the same export (system, or the Group's: IT may have set
     one stream apart), each with its lease taken."""
     initial, _ = strategy_of(stream, connection)
@@ -172,16 +151,14 @@ def _companions(ctx: WorkerContext, stream: SyncStream, connection: Connection,
                     if s.id != stream.id and s.enabled and needs_export(s, connection)
                     and strategy_of(s, connection)[0] == initial
                     and (together is None or s.resource_type in together)]
-    taken = []
-    for sibling in siblings:
-        sibling_lease = _Lease(ctx, sibling)
-        if sibling_lease.renew():  # one a worker holds right now stays with it
-            taken.append((sibling, sibling_lease, StreamRun(sibling.resource_type)))
-    return taken
+    sibling_leases = [StreamLease(ctx, sibling) for sibling in siblings]
+    return [(sibling, sibling_lease, StreamRun(sibling.resource_type))  # one a worker holds stays with it
+            for sibling, sibling_lease, taken in zip(siblings, sibling_leases, renew_together(ctx, sibling_leases),
+                                                     strict=True) if taken]
 
 
 def _sync_after(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, connection: Connection, run: StreamRun,
-                lease: _Lease, deadline: float, progress: Progress | None) -> None:
+                lease: StreamLease, deadline: float, progress: Progress | None) -> None:
     """What changed since the cursor (after an export: since it), from a short `_history` or else windows;
     then deletions, then success."""
     stream_id = stream.id or 0
@@ -225,7 +202,7 @@ def _count(run: StreamRun, stored: int, deleted: int, quarantined: int, progress
 
 
 def _bulk_initial(ctx: WorkerContext, access: EhrAccess, connection: Connection,
-                  held: list[tuple[SyncStream, _Lease, StreamRun]], progress: Progress | None) -> None:
+                  held: Held, progress: Progress | None) -> None:
     """One Bulk `$export` of every held stream's type (of the connection's export Group where the strategy says
     so, else system-level), streamed page by page into each stream; afterwards each cursor starts at the
     export's transactionTime (deletions are read from there on, less an overlap)."""
@@ -233,25 +210,25 @@ def _bulk_initial(ctx: WorkerContext, access: EhrAccess, connection: Connection,
     group = _export_group(held[0][0], connection)
     members = access.reader.group_patients(group) if group else None  # whose records the export holds
     status_url = access.bulk.kick_off(list(by_type), group_id=group)
-    with preparer(ctx.settings.sync_prep_helper == "on", by_type) as prep:  # it starts while the EHR writes
-        manifest = access.bulk.wait(status_url, progress=lambda _: _renew_all(held))  # waits can be long
+    target = Target(ctx.db.engine.dialect.name, connection.id or 0)  # pages come back ready for the driver
+    with preparer(ctx.settings.sync_prep_helper == "on", by_type, target) as prep:  # it starts while the EHR writes
+        manifest = access.bulk.wait(status_url, progress=lambda _: _renew_all(ctx, held))  # waits can be long
         with quiet_gc():
             _store_export(ctx, access, manifest, held, by_type, prep, progress)
     access.bulk.delete(status_url)
     _finish_export(ctx, connection, manifest, held, members)
 
 
-def _renew_all(held: list[tuple[SyncStream, _Lease, StreamRun]]) -> None:
+def _renew_all(ctx: WorkerContext, held: Held) -> None:
     """Keep every stream of a shared export leased (each renewal is skipped when it is recent)."""
-    for _, lease, _ in held:
-        lease.renew()
+    renew_together(ctx, [lease for _, lease, _ in held])
 
 
 PAGES_AHEAD = 4  # pages queued at the helper; when it has not finished the oldest, the worker prepares the next
 
 
 def _store_export(ctx: WorkerContext, access: EhrAccess, manifest: dict[str, Any],
-                  held: list[tuple[SyncStream, _Lease, StreamRun]], by_type: dict[str, tuple[SyncStream, StreamRun]],
+                  held: Held, by_type: dict[str, tuple[SyncStream, StreamRun]],
                   prep: Preparer, progress: Progress | None) -> None:
     """Each output file of a held type, read line by line into pages: the preparer parses, checks and maps a
     page while this thread stores the one before it into its stream. When the preparer is behind (its pages
@@ -263,7 +240,7 @@ def _store_export(ctx: WorkerContext, access: EhrAccess, manifest: dict[str, Any
     def store(member: SyncStream, run: StreamRun, page: PreparedPage) -> None:
         result = commit_prepared(ctx, member.id or 0, page, client=access.client_name)
         _count(run, result.stored, 0, result.quarantined, progress)
-        _renew_all(held)
+        _renew_all(ctx, held)
 
     def store_oldest() -> None:
         member, run = pending.popleft()
@@ -272,7 +249,7 @@ def _store_export(ctx: WorkerContext, access: EhrAccess, manifest: dict[str, Any
     def send(member: SyncStream, run: StreamRun, lines: list[tuple[int, bytes]]) -> None:
         while len(pending) >= PAGES_AHEAD:
             if not prep.ready():  # the preparer is behind: this page is prepared here
-                store(member, run, prepare_lines(member.resource_type, lines))
+                store(member, run, prepare_lines(member.resource_type, lines, prep.target))
                 return
             store_oldest()
         prep.submit(member.resource_type, lines)
@@ -295,7 +272,7 @@ def _store_export(ctx: WorkerContext, access: EhrAccess, manifest: dict[str, Any
 
 
 def _finish_export(ctx: WorkerContext, connection: Connection, manifest: dict[str, Any],
-                   held: list[tuple[SyncStream, _Lease, StreamRun]], members: list[str] | None) -> None:
+                   held: Held, members: list[str] | None) -> None:
     """Each exported stream's cursor starts at the export's transactionTime, its deletions an overlap before.
     The patients the export covered (`members` of a Group export, else every patient known now) count as read
     in full, so a patient-by-patient pass asks them only what changed since."""
@@ -326,7 +303,7 @@ def _window_params(resource_type: str, cursor: datetime | None, page_size: int) 
     return params
 
 
-def _windows(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun, lease: _Lease,
+def _windows(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun, lease: StreamLease,
              deadline: float, progress: Progress | None) -> None:
     """Re-query from the committed cursor, one page per query, until a page comes back short."""
     page_size = ctx.settings.sync_page_size
@@ -368,7 +345,7 @@ def _batches(items: list[T], size: int) -> list[list[T]]:
 
 
 def _patient_windows(ctx: WorkerContext, access: EhrAccess, connection: Connection, stream_id: int, run: StreamRun,
-                     lease: _Lease, deadline: float, progress: Progress | None) -> None:
+                     lease: StreamLease, deadline: float, progress: Progress | None) -> None:
     """One `_lastUpdated` window per known patient (or batch of patient ids), all from the same cursor; a
     patient this stream has not read in full yet (new to the population: the export Group's new members, or
     someone another stream found) has no window: their whole record is read once.

@@ -45,7 +45,7 @@ def commit_page(ctx: WorkerContext, stream_id: int, resources: list[dict[str, An
 
 def commit_prepared(ctx: WorkerContext, stream_id: int, prepared: PreparedPage, client: str = "sync") -> PageResult:
     """Store a page a helper process has already checked and mapped (a bulk first load: no cursor to move)."""
-    with ctx.db.session() as session:
+    with ctx.db.session(refetchable=True) as session:
         stream: SyncStream = streams.get(session, stream_id)
         result = _store(ctx, session, stream, prepared, [], False, client)
     _warn(stream_id, result)
@@ -58,7 +58,10 @@ def _store(ctx: WorkerContext, session: Session, stream: SyncStream, prepared: P
     for payload, error in prepared.bad:
         if streams.quarantine(session, ctx.settings.clock, stream.connection_id, stream.resource_type, payload, error):
             result.quarantined += 1
-    result.stored = snapshots.upsert_page(session, stream.connection_id, stream.resource_type, prepared.rows)
+    if prepared.encoded is not None:
+        result.stored = snapshots.store_encoded(session, stream.resource_type, prepared.encoded)
+    else:
+        result.stored = snapshots.upsert_page(session, stream.connection_id, stream.resource_type, prepared.rows)
     result.deleted = snapshots.mark_deleted(session, stream.connection_id, stream.resource_type, deleted_ids)
     if move_cursor:
         streams.advance(stream, prepared.instants)

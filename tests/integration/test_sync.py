@@ -18,7 +18,7 @@ from prm.snapshot_models import SyncStream
 from tests.integration.sync_env import SyncEnv, small_dataset, sync_database, sync_env
 from workers import sync_engine
 from workers.connection_check import check_connection
-from workers.page_prep import PreparedPage, prepare_lines
+from workers.page_prep import PreparedPage, Target, prepare_lines
 from workers.prep_helper import Helper, Lines
 from workers.sync_connection import sync_connection
 from workers.sync_engine import GROUP_EXPORTED
@@ -148,11 +148,12 @@ def test_when_the_page_helper_is_behind_the_worker_prepares_pages_itself_and_the
         def ready(self) -> bool:
             return False
 
-    def prepared_here(resource_type: str, lines: Lines) -> PreparedPage:
+    def prepared_here(resource_type: str, lines: Lines, target: Target | None) -> PreparedPage:
         inline.append(resource_type)
-        return prepare_lines(resource_type, lines)
+        assert target is not None  # the worker's own pages are encoded for its database too
+        return prepare_lines(resource_type, lines, target)
 
-    monkeypatch.setattr(sync_engine, "preparer", lambda _use_helper, types: Behind(types))
+    monkeypatch.setattr(sync_engine, "preparer", lambda _use_helper, types, target: Behind(types, target))
     monkeypatch.setattr(sync_engine, "prepare_lines", prepared_here)
     with SandboxStack(SandboxConfig(port=0, fhir_internal_port=0), dataset=small_dataset(70)) as stack, \
             sync_database(stack, tmp_path, sync_page_size=100) as fresh:

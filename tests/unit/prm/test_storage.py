@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import inspect
-from sqlmodel import select
+from sqlalchemy import inspect, text
+from sqlmodel import Session, select
 
 from prm import audit, connections, jobs, launches, leases
 from prm.audit import Actor
@@ -225,6 +225,31 @@ def test_after_commit_hooks_run_only_after_a_commit(database: Database) -> None:
         enqueue_after_commit(session, lambda: ran.append("rolled back"))
         raise RuntimeError
     assert ran == ["committed"]
+
+
+def durability(session: Session) -> str:
+    """The setting that decides whether this transaction's commit waits for the disk."""
+    if session.get_bind().dialect.name == "sqlite":
+        return {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}[session.execute(text("PRAGMA synchronous")).scalar_one()]
+    return str(session.execute(text("SHOW synchronous_commit")).scalar_one())
+
+
+def test_only_a_refetchable_transaction_commits_without_waiting_for_the_disk(database: Database,
+                                                                             settings: Settings) -> None:
+    durable = "FULL" if database.is_sqlite else "on"
+    relaxed = "NORMAL" if database.is_sqlite else "off"
+    with database.session() as session:
+        assert durability(session) == durable
+    with database.session(refetchable=True) as session:
+        assert durability(session) == relaxed
+        add = connections.upsert(session, settings.clock, SecretBox(settings.encryption_keys), spec())
+    with pytest.raises(RuntimeError), database.session(refetchable=True) as session:
+        assert durability(session) == relaxed
+        raise RuntimeError("the page failed")
+    for _ in range(3):  # whichever pooled connection comes next is durable again, after a commit or a rollback
+        with database.session() as session:
+            assert durability(session) == durable
+            assert session.get(Connection, add.id) is not None  # what the relaxed commit wrote is there
 
 
 def test_secrets_survive_updates_that_do_not_repeat_them(database: Database, settings: Settings) -> None:
