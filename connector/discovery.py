@@ -105,22 +105,35 @@ def openid_jwks_uri(session: requests.Session, issuer: str, timeout: float) -> s
 
 
 class DiscoveryCache:
-    """Discovery results per iss for a few minutes: every launch needs them, none should wait for them."""
+    """Discovery results per iss for a few minutes: every launch needs them, none should wait for them.
+    Threads that miss the same iss together share one fetch (a foreground sync starts a thread per stream,
+    and each asked the EHR the same question); different EHRs never wait for each other."""
 
     def __init__(self, ttl_s: float = CACHE_TTL_S) -> None:
         self._ttl = ttl_s
         self._lock = threading.Lock()
         self._entries: dict[str, tuple[float, SmartConfiguration]] = {}
+        self._fetching: dict[str, threading.Lock] = {}  # one lock per iss, held while it is fetched
 
     def get(self, session: requests.Session, iss: str, timeout: float) -> SmartConfiguration:
+        cached = self._fresh(iss)
+        if cached is not None:
+            return cached
+        with self._lock:
+            fetching = self._fetching.setdefault(iss, threading.Lock())
+        with fetching:
+            cached = self._fresh(iss)  # fetched by the thread this one waited for
+            if cached is not None:
+                return cached
+            config = fetch(session, iss, timeout)
+            with self._lock:
+                self._entries[iss] = (time.monotonic() + self._ttl, config)
+        return config
+
+    def _fresh(self, iss: str) -> SmartConfiguration | None:
         with self._lock:
             entry = self._entries.get(iss)
-        if entry and entry[0] > time.monotonic():
-            return entry[1]
-        config = fetch(session, iss, timeout)
-        with self._lock:
-            self._entries[iss] = (time.monotonic() + self._ttl, config)
-        return config
+        return entry[1] if entry and entry[0] > time.monotonic() else None
 
     def forget(self, iss: str) -> None:
         with self._lock:
