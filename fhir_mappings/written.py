@@ -9,7 +9,10 @@ from fhir_mappings.r4_schema import check_resource
 from prm.outbox import IDENTIFIER_SYSTEM
 from prm.snapshot_models import WrittenResourceCreate
 
-__all__ = ["IDENTIFIER_SYSTEM", "written_from_resource"]
+__all__ = ["IDENTIFIER_SYSTEM", "WRITTEN_TYPES", "written_from_resource"]
+
+# The types fhir-prm writes back: synced only where they carry our identifier system, never wholesale.
+WRITTEN_TYPES = ("Task", "Communication")
 
 
 def written_from_resource(resource: dict[str, Any]) -> WrittenResourceCreate:

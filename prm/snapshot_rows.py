@@ -131,18 +131,19 @@ def store_encoded(session: Session, resource_type: str, encoded: EncodedRows) ->
     return len(encoded.rows)
 
 
-_SQLITE_UPSERTS: dict[tuple[str, int], DriverStatement] = {}
+_SQLITE_UPSERTS: dict[str, DriverStatement] = {}
 
 
 def _sqlite_upsert(resource_type: str, dialect: Dialect) -> DriverStatement:
-    """The SQLite upsert for every column but `id`, compiled once per type and dialect (see prm.driver_rows).
-    Compiled once, not per page: a multi-row VALUES literal compiled afresh cost more than the database work."""
-    found = _SQLITE_UPSERTS.get((resource_type, id(dialect)))
+    """The SQLite upsert for every column but `id`, compiled once per type (see prm.driver_rows): every SQLite
+    dialect here binds alike (prm.db builds each with the same JSON serializer). Compiled once, not per page:
+    a multi-row VALUES literal compiled afresh cost more than the database work."""
+    found = _SQLITE_UPSERTS.get(resource_type)
     if found is None:
         table: Any = TABLES[resource_type].__table__  # type: ignore[attr-defined]
         columns = [c.name for c in table.columns if c.name != "id"]
         compiled = driver_statement(upsert_statement(resource_type, "sqlite"), dialect, columns)
         if compiled is None:
             raise TypeError(f"{dialect.name}: positional parameters expected for the driver upsert")
-        found = _SQLITE_UPSERTS[(resource_type, id(dialect))] = compiled
+        found = _SQLITE_UPSERTS[resource_type] = compiled
     return found

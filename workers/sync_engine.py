@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from connector.fhir_reader import Page
-from fhir_mappings.written import IDENTIFIER_SYSTEM
+from fhir_mappings.written import IDENTIFIER_SYSTEM, WRITTEN_TYPES
 from prm import connections, snapshots, streams
 from prm.errors import AuthExpiredError, PermanentEhrError
 from prm.models import Connection
@@ -73,7 +73,7 @@ def strategy_of(stream: SyncStream, connection: Connection) -> tuple[str, str]:
     elif stream.strategy == "patient":
         incremental = "patient-by-patient"
         initial = initial if initial.startswith("bulk-export") else "patient-by-patient"
-    if stream.resource_type in ("Task", "Communication"):
+    if stream.resource_type in WRITTEN_TYPES:
         initial = "search"  # ours are found by our identifier system, not exported wholesale
     if initial == "bulk-export-group" and (not connection.export_group or stream.resource_type not in GROUP_EXPORTED):
         initial = "search"  # no Group named, or a directory type: those are outside the patients' compartments
@@ -298,7 +298,7 @@ def _window_params(resource_type: str, cursor: datetime | None, page_size: int) 
     params = [("_sort", "_lastUpdated"), ("_count", str(page_size))]
     if cursor is not None:
         params.append(("_lastUpdated", f"ge{iso(cursor)}"))
-    if resource_type in ("Task", "Communication"):
+    if resource_type in WRITTEN_TYPES:
         params.append(("identifier", f"{IDENTIFIER_SYSTEM}|"))
     return params
 
@@ -371,7 +371,7 @@ def _patient_windows(ctx: WorkerContext, access: EhrAccess, connection: Connecti
         key = PATIENT_PARAM[stream.resource_type]
         queries = [[(key, f"Patient/{p}"), ("_sort", "_lastUpdated"), *(since if p in read else [])]
                    for p in population]
-        if stream.resource_type in ("Task", "Communication"):
+        if stream.resource_type in WRITTEN_TYPES:
             queries = [[*q, ("identifier", f"{IDENTIFIER_SYSTEM}|")] for q in queries]
     for params in queries:
         if time.monotonic() > deadline or not lease.renew():
@@ -516,7 +516,7 @@ def _history_feeds(stream: SyncStream, history: _History) -> bool:
     """`_history` can stand in for the windows when it was short enough to keep and the stream takes every
     resource of its type (Task and Communication are ours only, by identifier; searches filter them). A
     write made while its pages were read is newer than all of them: the next run finds it."""
-    return history.news is not None and stream.resource_type not in ("Task", "Communication")
+    return history.news is not None and stream.resource_type not in WRITTEN_TYPES
 
 
 def _store_history(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun, history: _History,
@@ -547,7 +547,7 @@ def _deletions(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: Strea
     if gone is None:
         if stream.reconciled_at is not None and now - stream.reconciled_at < RECONCILE_EVERY:
             return {}  # no _history here: ids are compared every RECONCILE_EVERY, not every run
-        params = [("identifier", f"{IDENTIFIER_SYSTEM}|")] if stream.resource_type in ("Task", "Communication") else []
+        params = [("identifier", f"{IDENTIFIER_SYSTEM}|")] if stream.resource_type in WRITTEN_TYPES else []
         with ctx.db.session() as session:
             connection = connections.get(session, stream.connection_id)
         if connection is not None and _patient_scoped(stream, connection):

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlmodel import Session
 
+from fhir_mappings.written import WRITTEN_TYPES
 from prm import audit, snapshots, streams
 from prm.snapshot_models import SyncStream
 from workers.page_prep import PreparedPage, prepare_page
@@ -37,7 +38,7 @@ def commit_page(ctx: WorkerContext, stream_id: int, resources: list[dict[str, An
         seen = (lambda fhir_id, stamp: streams.already_seen(stream, fhir_id, stamp)) if move_cursor else None
         prepared = prepare_page(stream.resource_type, resources, seen)
         result = _store(ctx, session, stream, prepared, deleted_ids or [], move_cursor, client)
-        if stream.resource_type in ("Task", "Communication"):  # status back: the PRM item follows the EHR
+        if stream.resource_type in WRITTEN_TYPES:  # status back: the PRM item follows the EHR
             follow_written(session, ctx.settings.clock, stream.connection_id, resources)
     _warn(stream_id, result)
     return result

@@ -34,7 +34,7 @@ def test_leases_taken_together_skip_the_one_another_worker_holds_and_release_onl
     assert renew_together(ours, wanted) == [True, False, True]
     names = [lease.name for lease in wanted]
     assert holders(database) == {names[0]: "worker-a", names[1]: "worker-b", names[2]: "worker-a"}
-    assert renew_together(ours, wanted) == [True, False, True]  # recent renewals are not repeated, and stay held
+    assert renew_together(ours, wanted) == [True, False, True]  # asked again: ours stay held, theirs stays theirs
 
     release_together(ours, wanted)
     assert holders(database) == {names[1]: "worker-b"}  # theirs stays theirs
