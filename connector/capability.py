@@ -31,6 +31,7 @@ from connector.capability_rules import (
     judge_scopes_supported,
     judge_statement_version,
     page_size_limit,
+    subscription_support,
 )
 from connector.ehr_client import FHIR_JSON, EhrClient
 from connector.errors import outcome_text
@@ -221,7 +222,8 @@ class _Probe:
 def _empty(checked_at: datetime) -> dict[str, Any]:
     return {"checked_at": checked_at.isoformat(), "ok": False, "errors": [], "warnings": [], "discovery": {},
             "client": {}, "backend": {}, "resources": {}, "writes": {},
-            "bundles": bundle_support(None), "sync": {}, "count_limit": None}
+            "bundles": bundle_support(None), "sync": {}, "count_limit": None,
+            "subscriptions": subscription_support(None, None)}
 
 
 def check(http: requests.Session, target: CheckTarget, timeout: float, now: datetime) -> dict[str, Any]:
@@ -293,6 +295,7 @@ def check(http: requests.Session, target: CheckTarget, timeout: float, now: date
         write["conditional_create"] = conditional_create(statement, rtype)
     # At the top level, not in "writes": readers iterate "writes" as resource type -> result.
     profile["bundles"] = bundle_support(statement)
+    profile["subscriptions"] = subscription_support(statement, granted if token else None)
     return _finish(profile, findings, started)
 
 

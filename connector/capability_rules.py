@@ -203,6 +203,24 @@ def export_levels(statement: dict[str, Any]) -> dict[str, bool]:
     }
 
 
+BACKPORT_SUBSCRIPTION = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription"
+TOPIC_CANONICAL = ("http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
+                   "capabilitystatement-subscriptiontopic-canonical")
+
+
+def subscription_support(statement: dict[str, Any] | None, granted: str | None) -> dict[str, Any]:
+    """Topic-based rest-hook Subscriptions (R4 Backport IG): offered when the statement lists the backport
+    profile on Subscription; the topics are the canonicals it lists there. `usable` also needs the backend
+    token to be allowed to create and read Subscriptions (IT opts in by granting system/Subscription.cru)."""
+    entry = _resource_entries(statement or {}).get("Subscription") or {}
+    offered = BACKPORT_SUBSCRIPTION in [*(entry.get("supportedProfile") or []), entry.get("profile")]
+    topics = sorted({str(e.get("valueCanonical") or e.get("valueUri")) for e in entry.get("extension") or []
+                     if e.get("url") == TOPIC_CANONICAL and (e.get("valueCanonical") or e.get("valueUri"))})
+    allowed = granted is not None and all(smart_scopes.allows(granted, "Subscription", p) for p in "cru")
+    return {"backport": offered, "topics": topics if offered else [], "scope_granted": allowed,
+            "usable": offered and allowed}
+
+
 def bundle_support(statement: dict[str, Any] | None) -> dict[str, bool | None]:
     """Batch and transaction Bundles at the base URL, as the statement's system interactions list them
     (None: no statement was read, so unknown)."""

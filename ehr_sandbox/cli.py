@@ -27,12 +27,15 @@ from ehr_sandbox.config import SandboxClient, SandboxConfig
 from ehr_sandbox.profiles import PROFILES
 from ehr_sandbox.stack import SandboxStack
 from prm.clock import running_from
-from prm.connections import DEFAULT_BACKEND_SCOPES, DEFAULT_USER_SCOPES
+from prm.connections import DEFAULT_BACKEND_SCOPES, DEFAULT_USER_SCOPES, SUBSCRIPTION_SCOPES
 
 DATASET_NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)  # the data set's "now" (ehr_sandbox/data/README.md)
 CLIENT_ID = "fhir-prm"
 BACKEND_CLIENT_ID = "fhir-prm-backend"
 BIN = Path(sys.executable).parent
+
+
+SANDBOX_BACKEND_SCOPES = f"{DEFAULT_BACKEND_SCOPES} {SUBSCRIPTION_SCOPES}"
 
 
 def _prm(args: list[str], env: dict[str, str]) -> None:
@@ -42,8 +45,9 @@ def _prm(args: list[str], env: dict[str, str]) -> None:
 
 
 def backend_client(app_url: str) -> SandboxClient:
-    """fhir-prm's Backend Services client: private_key_jwt with the keys the app publishes."""
-    return SandboxClient(client_id=BACKEND_CLIENT_ID, scopes=DEFAULT_BACKEND_SCOPES, auth_method="private_key_jwt",
+    """fhir-prm's Backend Services client: private_key_jwt with the keys the app publishes; allowed to subscribe,
+    so the sandbox shows changes arriving within seconds."""
+    return SandboxClient(client_id=BACKEND_CLIENT_ID, scopes=SANDBOX_BACKEND_SCOPES, auth_method="private_key_jwt",
                          jwks_url=f"{app_url}/.well-known/jwks.json", grant_types=["client_credentials"])
 
 
@@ -104,7 +108,7 @@ def up(port: int, fhir_port: int, app_port: int, profile: str, real_time: bool) 
         _prm(["connection", "add", "--name", "sandbox", "--iss", stack.iss, "--client-id", CLIENT_ID,
               "--frame-origin", stack.ehr_url, "--role-map", "Practitioner/prac-rdc-05=it_admin",
               "--backend-client-id", BACKEND_CLIENT_ID, "--backend-auth", "private_key_jwt",
-              "--backend-scopes", DEFAULT_BACKEND_SCOPES], env)
+              "--backend-scopes", SANDBOX_BACKEND_SCOPES], env)
         app = subprocess.Popen([str(BIN / "prm"), "serve", "--port", str(app_port)], env=env)
         _wait_healthy(f"{app_url}/healthz", app)
         _report_check(env)

@@ -43,6 +43,8 @@ class Settings:
     writeback_bundle: str = "auto"  # auto (from the capability profile) | batch | transaction | none
     writeback_max_attempts: int = 8  # then the row is dead, for IT to retry or discard
     writeback_fallbacks: str = "Task:Communication"  # what to write when the EHR refuses a type (a:b, ...)
+    subscription_check_interval_s: float = 600.0  # how often each EHR's copies of our Subscriptions are checked
+    subscription_heartbeat_s: int = 300  # the heartbeat asked of the EHR, so a silent hook shows as silent
     clock: Clock = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -154,6 +156,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         writeback_bundle=_choice(env, "PRM_WRITEBACK_BUNDLE", "auto", ("auto", "batch", "transaction", "none")),
         writeback_max_attempts=int(_number(env, "PRM_WRITEBACK_MAX_ATTEMPTS", 8, 1)),
         writeback_fallbacks=_fallbacks(env.get("PRM_WRITEBACK_FALLBACKS", "Task:Communication")),
+        subscription_check_interval_s=_number(env, "PRM_SUBSCRIPTION_CHECK_INTERVAL_S", 600.0, 1.0),
+        subscription_heartbeat_s=int(_number(env, "PRM_SUBSCRIPTION_HEARTBEAT_S", 300, 10)),
     )
 
 

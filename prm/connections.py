@@ -32,6 +32,8 @@ DEFAULT_BACKEND_SCOPES = (
     "system/Organization.rs system/Location.rs system/PractitionerRole.rs system/Communication.crus "
     "system/Task.crus"
 )
+# Opt-in, on top: rest-hook Subscriptions to the EHR's topics (R4 Backport IG), whose definitions are Basic
+SUBSCRIPTION_SCOPES = "system/Subscription.cru system/Basic.rs"
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # FHIR R4 id

@@ -261,6 +261,34 @@ class SyncStream(SQLModel, table=True):
     quarantined: int = 0
     reconciled_at: datetime | None = _dt()  # last full id reconciliation (product clock)
     history_mark: datetime | None = _dt()  # deletions are read from `_history` since here (server clock)
+    woken_at: datetime | None = _dt()  # an EHR notification asked for a run (a run started before it goes again)
+
+
+class EhrSubscription(SQLModel, table=True):
+    """Our rest-hook Subscription to one topic on one EHR (R4 Backport IG), which wakes the streams it covers.
+
+    The EHR posts to `/fhir/hooks/<hook_key>` with `Authorization: Bearer <secret>`; only the secret's SHA-256
+    is kept, and a new secret is made whenever the EHR's copy is (re)activated. Polling goes on regardless:
+    a notification only brings a stream's next run forward.
+    """
+
+    __tablename__ = "ehr_subscription"
+    __table_args__ = (UniqueConstraint("connection_id", "topic", name="uq_ehr_subscription"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    connection_id: int = Field(foreign_key="connection.id", index=True)
+    topic: str = Field(max_length=500)
+    resource_types: list[str] = _json_list()  # the streams its notifications wake
+    hook_key: str = Field(max_length=64, unique=True)
+    secret_hash: str = Field(max_length=64)
+    ehr_id: str | None = Field(default=None, max_length=64)
+    status: str = Field(default="requested", max_length=20)  # requested | active | error | off
+    error: str | None = Field(default=None, max_length=2000)
+    events_seen: int = 0  # the highest event number the EHR has told us of
+    notifications: int = 0
+    last_heard_at: datetime | None = _dt()  # handshake, heartbeat or event
+    created_at: datetime | None = _dt()
+    updated_at: datetime | None = _dt()
 
 
 class StreamPatient(SQLModel, table=True):

@@ -14,7 +14,7 @@ from typing import Any
 from flask import Blueprint, g, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from prm import admin_sessions, audit, connections, outbox, streams
+from prm import admin_sessions, audit, connections, ehr_subscriptions, outbox, streams
 from prm.errors import NotFoundError, SignInRefused, ValidationError
 from prm.models import Connection
 from prm.permissions import Action, allows
@@ -139,9 +139,12 @@ def connection_detail(name: str) -> str:
         row = connections.by_name(session, name)
         sync_streams = streams.of_connection(session, row.id or 0)
         held = streams.quarantined(session, row.id or 0)
+        subscribed = ehr_subscriptions.of_connection(session, row.id or 0)
     return render_template("admin_connection.html", c=row, capability=admin_present.capability(row.capability_profile),
                            secret_state=admin_present.secret_state, sync_streams=sync_streams, quarantined=held,
-                           strategies=streams.STRATEGIES)
+                           strategies=streams.STRATEGIES, subscriptions=subscribed,
+                           subscription_support=(row.capability_profile or {}).get("subscriptions") or {},
+                           subscription_scopes=connections.SUBSCRIPTION_SCOPES)
 
 
 def _form_page(values: dict[str, Any], error: str | None, name: str | None, status: int = 200) -> tuple[str, int]:

@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from prm import connections, streams
+from prm import connections, ehr_subscriptions, streams
 from prm.config import load_settings
-from prm.snapshot_models import SyncStream
+from prm.snapshot_models import EhrSubscription, SyncStream
 
 
 @click.group(help="Background sync from the EHRs.")
@@ -34,7 +34,14 @@ def _status_row(name: str, stream: SyncStream, now: datetime) -> dict[str, Any]:
             "quarantined": stream.quarantined, "error": stream.last_error}
 
 
-@sync.command("status", help="Per connection and stream: phase, cursor, last success, lag, counts, errors.")
+def _subscription_row(name: str, row: EhrSubscription) -> dict[str, Any]:
+    return {"connection": name, "subscription": row.topic, "types": row.resource_types, "status": row.status,
+            "ehr_id": row.ehr_id, "last_heard": row.last_heard_at.isoformat() if row.last_heard_at else None,
+            "notifications": row.notifications, "events_seen": row.events_seen, "error": row.error}
+
+
+@sync.command("status", help="Per connection and stream: phase, cursor, last success, lag, counts, errors; and "
+                             "the EHR Subscriptions that wake streams early.")
 @click.option("--connection", "name", default=None, help="Only this connection.")
 @click.option("--json", "as_json", is_flag=True)
 def sync_status(name: str | None, as_json: bool) -> None:
@@ -50,6 +57,8 @@ def sync_status(name: str | None, as_json: bool) -> None:
             rows += [_status_row(connection.name, s, now) for s in streams.of_connection(session, connection.id or 0)]
             rows += [{"connection": connection.name, "type": q.resource_type, "quarantined_id": q.fhir_id,
                       "error": q.error} for q in streams.quarantined(session, connection.id or 0)]
+            rows += [_subscription_row(connection.name, s)
+                     for s in ehr_subscriptions.of_connection(session, connection.id or 0)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -57,6 +66,11 @@ def sync_status(name: str | None, as_json: bool) -> None:
     for row in rows:
         if "quarantined_id" in row:
             click.echo(f"{row['connection']:14} {row['type']:17} quarantined {row['quarantined_id']}: {row['error']}")
+            continue
+        if "subscription" in row:
+            heard = (row["last_heard"] or "never")[:19].replace("T", " ")
+            click.echo(f"{row['connection']:14} {'subscription':17} {row['status']:11} {row['notifications']:>9} "
+                       f"{'':>5} {heard:19} {row['subscription']} -> {','.join(row['types'])} {row['error'] or ''}")
             continue
         success = (row["last_success"] or "never")[:19].replace("T", " ")
         click.echo(f"{row['connection']:14} {row['type']:17} {row['phase']:11} {row['resources']:>9} "

@@ -11,21 +11,22 @@ from sqlmodel import col, select
 
 from prm import jobs
 from prm.models import Connection
-from workers import sync, writeback
+from workers import subscriptions, sync, writeback
 from workers.runtime import WorkerContext
 
 log = logging.getLogger(__name__)
 
 
 def plan_periodic(ctx: WorkerContext) -> None:
-    """Every enabled connection always has one health check planned, every sync stream one run, and every
-    connection with due outbox rows a drain."""
+    """Every enabled connection always has one health check planned, every sync stream one run, every
+    connection with due outbox rows a drain, and every one that takes our Subscriptions a check of them."""
     now = ctx.settings.clock()
     with ctx.db.session() as session:
         enabled = list(session.exec(select(Connection.id).where(col(Connection.enabled).is_(True))))
         jobs.ensure_planned(session, jobs.HEALTH_CHECK, [i for i in enabled if i is not None], now)
         sync.plan(ctx, session)
         writeback.plan(ctx, session)
+        subscriptions.plan(ctx, session)
 
 
 def sweep(ctx: WorkerContext) -> int:

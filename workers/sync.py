@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from functools import partial
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from prm import jobs, streams
+from prm.db import enqueue_after_commit
 from prm.models import Connection, Job
 from prm.snapshot_models import SyncStream
 from workers.runtime import WorkerContext
@@ -36,9 +38,28 @@ def plan(ctx: WorkerContext, session: Session) -> None:
     jobs.ensure_planned(session, SYNC_STREAM, stream_ids, now)
 
 
+def wake_streams(ctx: WorkerContext, session: Session, connection_id: int, resource_types: list[str]) -> int:
+    """After this session commits, bring the connection's streams of these types forward to now (an EHR told
+    us they have news). A stream running at this moment is marked woken, so it runs once more when it ends:
+    the change may have come after its queries. Returns how many streams were woken."""
+    now = ctx.settings.clock()
+    woken = list(session.exec(select(SyncStream).where(
+        SyncStream.connection_id == connection_id, col(SyncStream.resource_type).in_(resource_types),
+        col(SyncStream.enabled).is_(True))))
+    for stream in woken:
+        stream.woken_at = now
+        session.add(stream)
+        job_id = jobs.wake(session, SYNC_STREAM, stream.id or 0, now)
+        if job_id is not None:
+            enqueue_after_commit(session, partial(ctx.dispatcher.enqueue, "prm.run_job", job_id))
+    return len(woken)
+
+
 def sync_stream(ctx: WorkerContext, job: Job) -> None:
     """Run the stream, then plan the next run: an interval away when caught up, straight away when time ran
-    out, and one lease period away when another worker held the stream (a dead holder's lease lapses by then)."""
+    out or the EHR woke the stream while it ran, and one lease period away when another worker held the stream
+    (a dead holder's lease lapses by then; it runs again itself if woken)."""
+    started = ctx.settings.clock()
     run = run_stream(ctx, job.subject_id, time_budget_s=min(120.0, ctx.settings.job_lease_s / 2))
     with ctx.db.session() as session:
         stream = session.get(SyncStream, job.subject_id)
@@ -47,7 +68,7 @@ def sync_stream(ctx: WorkerContext, job: Job) -> None:
         now = ctx.settings.clock()
         if run.busy:
             due = now + timedelta(seconds=ctx.settings.job_lease_s)
-        elif run.caught_up:
+        elif run.caught_up and not (stream.woken_at is not None and stream.woken_at >= started):
             due = now + timedelta(seconds=stream.interval_s)
         else:
             due = now

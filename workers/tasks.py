@@ -9,7 +9,7 @@ from celery import shared_task
 
 from prm import jobs
 from prm.models import Job
-from workers import sync, writeback
+from workers import subscriptions, sync, writeback
 from workers.health_checks import check_connection
 from workers.runtime import WorkerContext, context
 from workers.sweeper import sweep
@@ -21,6 +21,7 @@ HANDLERS: dict[str, Callable[[WorkerContext, Job], None]] = {
     jobs.HEALTH_CHECK: check_connection,
     sync.SYNC_STREAM: sync.sync_stream,
     writeback.WRITEBACK_DRAIN: writeback.drain,
+    subscriptions.SUBSCRIPTIONS_ENSURE: subscriptions.ensure_job,
 }
 
 

@@ -75,12 +75,15 @@ class SyncEnv:
 
     def set_export_group(self, group_id: str) -> None:
         """Name the export Group, with the scope to read it, as IT would (the EHR's client is allowed it too)."""
-        scopes = f"{DEFAULT_BACKEND_SCOPES} system/Group.rs"
+        self.grant_backend_scopes(f"{DEFAULT_BACKEND_SCOPES} system/Group.rs", export_group=group_id)
+
+    def grant_backend_scopes(self, scopes: str, export_group: str | None = None) -> None:
+        """Set the connection's backend scopes as IT would, and allow the EHR's client the same."""
         with self.ctx.db.session() as session:
             row = connections.by_name(session, "ehr")
             connections.upsert(session, self.ctx.settings.clock, self.ctx.box, connections.ConnectionSpec(
                 name=row.name, iss=row.iss, client_id=row.client_id, backend_client_id=row.backend_client_id,
-                backend_auth=row.backend_auth, backend_scopes=scopes, export_group=group_id))
+                backend_auth=row.backend_auth, backend_scopes=scopes, export_group=export_group or row.export_group))
             jwks = keys.published_jwks(session)
         self.stack.register_client(backend_client(jwks, scopes))
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from connector.capability_rules import (
+    BACKPORT_SUBSCRIPTION,
     NO_SCOPES_SUPPORTED,
+    TOPIC_CANONICAL,
     Findings,
     bundle_support,
     bundle_type_for_writes,
@@ -19,6 +21,7 @@ from connector.capability_rules import (
     judge_statement_version,
     page_size_limit,
     smart_version,
+    subscription_support,
 )
 from connector.discovery import SmartConfiguration, _from_capability_statement, _from_well_known
 from prm.connections import DEFAULT_BACKEND_SCOPES, DEFAULT_USER_SCOPES
@@ -209,3 +212,19 @@ def test_a_named_export_group_is_preferred_and_a_missing_one_is_asked_for() -> N
                        export_group=True)["initial"] == "bulk-export-system"
     assert no_group_level.warnings == ["an export Group is set but the EHR lists no Group-level $export: the first "
                                        "sync exports at system level"]
+
+
+def test_subscriptions_are_usable_where_the_backport_is_offered_and_the_scope_granted() -> None:
+    topics = ["http://ehr.example/topic/encounter-complete", "http://ehr.example/topic/appointment-booked"]
+    statement = {"fhirVersion": "4.0.1", "rest": [{"mode": "server", "resource": [
+        {"type": "Subscription", "supportedProfile": [BACKPORT_SUBSCRIPTION],
+         "extension": [{"url": TOPIC_CANONICAL, "valueCanonical": t} for t in topics]}]}]}
+    granted = f"{DEFAULT_BACKEND_SCOPES} system/Subscription.cru"
+    assert subscription_support(statement, granted) == {
+        "backport": True, "topics": sorted(topics), "scope_granted": True, "usable": True}
+    assert subscription_support(statement, DEFAULT_BACKEND_SCOPES)["usable"] is False  # IT has not opted in
+    assert subscription_support(statement, None)["usable"] is False  # no backend token at all
+    classic = {"rest": [{"mode": "server", "resource": [{"type": "Subscription"}]}]}  # R4 criteria-based only
+    assert subscription_support(classic, granted) == {
+        "backport": False, "topics": [], "scope_granted": True, "usable": False}
+    assert subscription_support(None, granted)["backport"] is False

@@ -1,0 +1,153 @@
+"""Near-real-time sync, end to end: `prm serve` subscribes to the sandbox EHR's topics (R4 Subscriptions
+Backport, rest-hook, id-only), the EHR's notifications reach its hook, and the streams they wake bring the
+change into the snapshot within seconds, although polling would not come for an hour. A Subscription the EHR
+put in error is re-activated by the next check, with a new secret, and notifications flow again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import requests
+from sqlmodel import col, select, update
+
+from prm.connections import DEFAULT_BACKEND_SCOPES, SUBSCRIPTION_SCOPES
+from prm.models import Job
+from prm.snapshot_models import EhrSubscription, SyncStream
+from tests.integration.sync_env import SyncEnv, sync_env
+from tests.integration.test_admin_pages import PASSWORD, Admin
+from tests.support.ports import free_port
+from tests.support.processes import BIN, prm_process, wait_http_ok, wait_until
+from tests.support.settings import env_for
+from workers import subscriptions
+from workers.connection_check import check_connection
+from workers.sync import SYNC_STREAM
+
+SUBSCRIBING_SCOPES = f"{DEFAULT_BACKEND_SCOPES} {SUBSCRIPTION_SCOPES}"
+TOPIC_BASE = "http://sekmet.dev/fhir/SubscriptionTopic"
+# the sandbox's topics that fire on types we sync (its report and order topics do not)
+WANTED = {f"{TOPIC_BASE}/{name}": types for name, types in (
+    ("encounter-start", ["Encounter"]), ("encounter-complete", ["Encounter"]),
+    ("appointment-booked", ["Appointment"]), ("patient-change", ["Patient"]))}
+
+
+def subscription_rows(env: SyncEnv) -> dict[str, EhrSubscription]:
+    with env.ctx.db.session() as session:
+        rows = list(session.exec(select(EhrSubscription)))
+        for row in rows:
+            session.expunge(row)
+    return {row.topic: row for row in rows}
+
+
+def all_active(env: SyncEnv) -> bool:
+    rows = subscription_rows(env)
+    return set(rows) == set(WANTED) and all(row.status == "active" for row in rows.values())
+
+
+def polling_an_hour_away(env: SyncEnv) -> bool:
+    """Every stream has run since the app started and will not poll again for an hour."""
+    with env.ctx.db.session() as session:
+        open_jobs = list(session.exec(select(Job).where(Job.kind == SYNC_STREAM,
+                                                        col(Job.status).in_(("pending", "running")))))
+        stream_count = len(list(session.exec(select(SyncStream.id))))
+    later = env.ctx.settings.clock() + timedelta(minutes=30)
+    return len(open_jobs) == stream_count and all(
+        job.status == "pending" and job.due_at is not None and job.due_at > later for job in open_jobs)
+
+
+def prm_cli(env: dict[str, str], cwd: Path, *args: str, stdin: str | None = None) -> str:
+    done = subprocess.run([str(BIN / "prm"), *args], env=env, cwd=cwd, capture_output=True, text=True, input=stdin,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout or "done"
+
+
+def changed(resource: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    return {k: v for k, v in {**resource, **fields}.items() if k != "meta"}
+
+
+def first(env: SyncEnv, search: str) -> dict[str, Any]:
+    bundle = requests.get(f"{env.stack.fhir_internal_url}/{search}&_count=1", timeout=30).json()
+    return dict(bundle["entry"][0]["resource"])
+
+
+def test_notifications_bring_changes_in_within_seconds_and_a_subscription_in_error_is_renewed(
+        tmp_path: Path) -> None:
+    with sync_env(tmp_path, patients=70) as env:
+        env.grant_backend_scopes(SUBSCRIBING_SCOPES)
+        profile = check_connection(env.ctx, env.connection_id)
+        assert profile["subscriptions"]["usable"] is True
+        assert set(WANTED) <= set(profile["subscriptions"]["topics"])
+        env.run_all()
+        with env.ctx.db.session() as session:  # polling every hour: only a notification can be quick
+            session.execute(update(SyncStream).values(interval_s=3600))
+
+        port = free_port()
+        settings = env.ctx.settings
+        as_deployed = dataclasses.replace(env.ctx, settings=dataclasses.replace(
+            settings, public_url=f"http://127.0.0.1:{port}"))
+        app_env = env_for(settings.database_url, tmp_path / "instance", PRM_PUBLIC_URL=f"http://127.0.0.1:{port}",
+                          PRM_NOW=settings.now or "", PRM_SWEEP_INTERVAL_S="0.5", PRM_HEALTH_CHECK_INTERVAL_S="3600")
+        app = prm_process("app", ["serve", "--port", str(port)], tmp_path / "logs", app_env, tmp_path).start()
+        try:
+            wait_http_ok(f"http://127.0.0.1:{port}/healthz", process=app)
+            wait_until(lambda: all_active(env), 60, what="a handshake answered for every wanted topic")
+            rows = subscription_rows(env)
+            assert {topic: row.resource_types for topic, row in rows.items()} == WANTED
+            for row in rows.values():  # id-only, our secret, our hook: as the EHR holds it
+                copy = env.read("Subscription", row.ehr_id or "")
+                assert copy["status"] == "active"
+                assert copy["channel"]["endpoint"] == f"http://127.0.0.1:{port}/fhir/hooks/{row.hook_key}"
+            wait_until(lambda: polling_an_hour_away(env), 60, what="the app's first runs of every stream")
+
+            visit = first(env, "Encounter?status=in-progress")
+            env.put(changed(visit, status="finished"))
+            wait_until(lambda: env.snapshot("Encounter") == env.server("Encounter"), 30,
+                       what="the finished Encounter in the snapshot")
+            patient = first(env, "Patient?active=true")
+            env.put(changed(patient, gender="other" if patient.get("gender") != "other" else "unknown"))
+            wait_until(lambda: env.snapshot("Patient") == env.server("Patient"), 30,
+                       what="the changed Patient in the snapshot")
+            assert subscription_rows(env)[f"{TOPIC_BASE}/encounter-complete"].notifications >= 1
+
+            complete = rows[f"{TOPIC_BASE}/encounter-complete"]
+            copy = env.read("Subscription", complete.ehr_id or "")
+            env.put(changed(copy, status="error", error="deliveries failed"))  # as when our hook was down
+            run = subscriptions.ensure(as_deployed, env.connection_id)  # as the app's next check would
+            assert run is not None and (run.reactivated, run.created, run.errors) == (1, 0, [])
+            wait_until(lambda: all_active(env), 30, what="the re-activated subscription's handshake")
+            assert subscription_rows(env)[complete.topic].secret_hash != complete.secret_hash
+            assert env.read("Subscription", complete.ehr_id or "")["status"] == "active"
+
+            visit = first(env, "Encounter?status=in-progress")
+            env.put(changed(visit, status="finished"))
+            wait_until(lambda: env.snapshot("Encounter") == env.server("Encounter"), 30,
+                       what="the next finished Encounter, through the renewed subscription")
+            wait_until(lambda: polling_an_hour_away(env), 30, what="the woken streams' next polls an hour away")
+
+            booked = rows[f"{TOPIC_BASE}/appointment-booked"]  # the EHR withdraws a topic: ours goes off too
+            env.delete("Basic", "topic-appointment-booked")
+            run = subscriptions.ensure(as_deployed, env.connection_id)
+            assert run is not None and (run.switched_off, run.reactivated, run.created) == (1, 0, 0)
+            assert subscription_rows(env)[booked.topic].status == "off"
+            assert env.read("Subscription", booked.ehr_id or "")["status"] == "off"
+            assert requests.post(f"http://127.0.0.1:{port}/fhir/hooks/{booked.hook_key}", json={},
+                                 timeout=10).status_code == 404
+            expected = {(t, "off" if t == booked.topic else "active") for t in WANTED}
+
+            shown = [row for row in json.loads(prm_cli(app_env, tmp_path, "sync", "status", "--json"))
+                     if "subscription" in row]  # what IT sees: on the CLI and the admin page
+            assert {(row["subscription"], row["status"]) for row in shown} == expected
+            assert prm_cli(app_env, tmp_path, "admin", "add", "it.subs", "--role", "it_admin", stdin=f"{PASSWORD}\n")
+            admin = Admin(f"http://127.0.0.1:{port}")
+            assert admin.sign_in("it.subs").status_code == 303
+            page = admin.get("/admin/connections/ehr").text
+            assert 'id="subscriptions"' in page and page.count("<td>active</td>") == len(WANTED) - 1
+        finally:
+            app.stop()
+            print(f"--- app ---\n{app.log_tail(40)}")

@@ -1,0 +1,93 @@
+"""Backport topics, our Subscription and the notifications EHRs post, in both directions of the edge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fhir_mappings.subscriptions import (
+    BACKPORT_PROFILE,
+    HEARTBEAT_PERIOD,
+    PAYLOAD_CONTENT,
+    TOPIC_EXTENSION,
+    backport_subscription,
+    parse_notification,
+    topic_of,
+)
+from prm.errors import ValidationError
+
+TOPIC = "http://ehr.example/fhir/SubscriptionTopic/encounter-complete"
+
+
+def topic_basic(url: str, *resources: str) -> dict[str, Any]:
+    """A topic as the R4 Backport IG carries one: a Basic with R5's SubscriptionTopic as extensions."""
+    triggers = [{"url": f"{TOPIC_EXTENSION}.resourceTrigger", "extension": [
+        {"url": "description", "valueMarkdown": "status changed"},
+        {"url": "resource", "valueUri": f"http://hl7.org/fhir/StructureDefinition/{r}"},
+        {"url": "supportedInteraction", "valueCode": "update"}]} for r in resources]
+    return {"resourceType": "Basic", "id": "topic", "code": {"coding": [
+        {"system": "http://hl7.org/fhir/fhir-types", "code": "SubscriptionTopic"}]},
+        "extension": [{"url": f"{TOPIC_EXTENSION}.url", "valueUri": url},
+                      {"url": f"{TOPIC_EXTENSION}.title", "valueString": "t"}, *triggers]}
+
+
+def notification(kind: str, *events: tuple[int, str | None], since: int = 0) -> dict[str, Any]:
+    parameters: list[dict[str, Any]] = [
+        {"name": "subscription", "valueReference": {"reference": "http://ehr.example/fhir/Subscription/9"}},
+        {"name": "topic", "valueCanonical": TOPIC},
+        {"name": "status", "valueCode": "active"},
+        {"name": "type", "valueCode": kind},
+        {"name": "events-since-subscription-start", "valueString": str(since)},
+    ]
+    for number, focus in events:
+        parts: list[dict[str, Any]] = [{"name": "event-number", "valueString": str(number)},
+                                       {"name": "timestamp", "valueInstant": "2026-11-20T12:00:00Z"}]
+        if focus:
+            parts.append({"name": "focus", "valueReference": {"reference": focus}})
+        parameters.append({"name": "notification-event", "part": parts})
+    return {"resourceType": "Bundle", "type": "history", "entry": [
+        {"fullUrl": "urn:uuid:1", "resource": {"resourceType": "Parameters", "parameter": parameters}}]}
+
+
+def test_a_topic_names_the_types_that_trigger_it_and_other_basics_are_not_topics() -> None:
+    assert topic_of(topic_basic(TOPIC, "Encounter")) is not None
+    topic = topic_of(topic_basic(TOPIC, "Encounter", "Appointment", "Encounter"))
+    assert topic is not None and (topic.url, topic.resource_types) == (TOPIC, ("Encounter", "Appointment"))
+    assert topic_of({"resourceType": "Basic", "id": "b", "code": {"text": "note"}}) is None
+    assert topic_of(topic_basic(TOPIC)) is None  # no trigger: nothing it could wake
+
+
+def test_our_subscription_asks_for_id_only_notifications_with_our_secret_and_a_heartbeat() -> None:
+    sub = backport_subscription(TOPIC, "https://prm.example/fhir/hooks/k", "s3cret", 300)
+    assert sub["meta"]["profile"] == [BACKPORT_PROFILE] and sub["criteria"] == TOPIC
+    channel = sub["channel"]
+    assert (channel["type"], channel["endpoint"], channel["header"]) == (
+        "rest-hook", "https://prm.example/fhir/hooks/k", ["Authorization: Bearer s3cret"])
+    assert channel["_payload"]["extension"] == [{"url": PAYLOAD_CONTENT, "valueCode": "id-only"}]
+    assert channel["extension"] == [{"url": HEARTBEAT_PERIOD, "valueUnsignedInt": 300}]
+    with pytest.raises(ValidationError, match="http"):
+        backport_subscription(TOPIC, "ftp://prm.example/hook", "s", 300)
+
+
+def test_notifications_say_their_kind_event_numbers_and_focus_types() -> None:
+    handshake = parse_notification(notification("handshake"))
+    assert (handshake.kind, handshake.topic, handshake.events_since_start, handshake.event_numbers) == (
+        "handshake", TOPIC, 0, ())
+    event = parse_notification(notification("event-notification", (7, "http://ehr.example/fhir/Encounter/e1"),
+                                            (8, "Appointment/a1/_history/2"), (9, None), since=9))
+    assert (event.kind, event.event_numbers, event.focus_types, event.events_since_start) == (
+        "event-notification", (7, 8, 9), ("Encounter", "Appointment"), 9)
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (None, "must be a FHIR Bundle"),
+    ({"resourceType": "Patient"}, "must be a FHIR Bundle"),
+    ({"resourceType": "Bundle", "type": "searchset"}, "history Bundle"),
+    ({"resourceType": "Bundle", "type": "history", "entry": []}, "first entry"),
+    (notification("gossip"), "unknown notification type"),
+    (notification("event-notification", (-1, None)), "negative"),
+])
+def test_anything_else_is_refused_with_the_reason(body: Any, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        parse_notification(body)
