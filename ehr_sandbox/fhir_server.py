@@ -21,6 +21,8 @@ from types import TracebackType
 
 import requests
 
+from ehr_sandbox.topics import TOPICS
+
 log = logging.getLogger(__name__)
 
 DEFAULT_DATASET = Path(__file__).parent / "data" / "sandbox"
@@ -203,6 +205,7 @@ class FhirServer:
                 raise FhirServerError(f"sekmet exited with {self._proc.returncode}:\n{self.log_tail()}")
             try:
                 if requests.get(f"{self.internal_url}/metadata", timeout=2).status_code == 200:
+                    self._install_topics()
                     return
             except requests.RequestException:
                 pass
@@ -210,6 +213,15 @@ class FhirServer:
         self._kill()
         raise FhirServerError(f"sekmet did not answer {self.internal_url}/metadata within "
                               f"{self.startup_timeout_s:.0f}s; log tail:\n{self.log_tail()}")
+
+    def _install_topics(self) -> None:
+        """PUT the sandbox's own Subscription topics (the same ids every time, so restarts change nothing)."""
+        for basic in TOPICS:
+            response = requests.put(f"{self.internal_url}/Basic/{basic['id']}", json=basic, timeout=30,
+                                    headers={"Content-Type": "application/fhir+json", "Prefer": "return=minimal"})
+            if response.status_code not in (200, 201):
+                raise FhirServerError(f"the sandbox topic {basic['id']} was refused: HTTP {response.status_code} "
+                                      f"{response.text[:500]}")
 
     def _kill(self) -> None:
         proc, self._proc = self._proc, None

@@ -16,6 +16,7 @@ from typing import Any
 import requests
 from sqlmodel import col, select, update
 
+from fhir_mappings.written import IDENTIFIER_SYSTEM
 from prm.connections import DEFAULT_BACKEND_SCOPES, SUBSCRIPTION_SCOPES
 from prm.models import Job
 from prm.snapshot_models import EhrSubscription, SyncStream
@@ -30,10 +31,11 @@ from workers.sync import SYNC_STREAM
 
 SUBSCRIBING_SCOPES = f"{DEFAULT_BACKEND_SCOPES} {SUBSCRIPTION_SCOPES}"
 TOPIC_BASE = "http://sekmet.dev/fhir/SubscriptionTopic"
-# the sandbox's topics that fire on types we sync (its report and order topics do not)
+# the sandbox's topics that fire on types we sync (its report and order topics do not); task-status is the
+# sandbox's own (ehr_sandbox.topics), the others sekmet's
 WANTED = {f"{TOPIC_BASE}/{name}": types for name, types in (
     ("encounter-start", ["Encounter"]), ("encounter-complete", ["Encounter"]),
-    ("appointment-booked", ["Appointment"]), ("patient-change", ["Patient"]))}
+    ("appointment-booked", ["Appointment"]), ("patient-change", ["Patient"]), ("task-status", ["Task"]))}
 
 
 def subscription_rows(env: SyncEnv) -> dict[str, EhrSubscription]:
@@ -114,6 +116,14 @@ def test_notifications_bring_changes_in_within_seconds_and_a_subscription_in_err
             wait_until(lambda: env.snapshot("Patient") == env.server("Patient"), 30,
                        what="the changed Patient in the snapshot")
             assert subscription_rows(env)[f"{TOPIC_BASE}/encounter-complete"].notifications >= 1
+            task = {"resourceType": "Task", "id": "prm-ticket-hook", "status": "requested", "intent": "order",
+                    "identifier": [{"system": IDENTIFIER_SYSTEM, "value": "ticket-hook"}],
+                    "for": {"reference": f"Patient/{patient['id']}"}, "description": "Call back about the bill"}
+            for status in ("requested", "completed"):  # ours, then closed by the care team in the EHR
+                env.put({**task, "status": status})
+                version = env.read("Task", task["id"])["meta"]["versionId"]
+                wait_until(lambda version=version: (task["id"], version) in env.snapshot("Task"), 30,
+                           what=f"the {status} Task in the snapshot")
 
             complete = rows[f"{TOPIC_BASE}/encounter-complete"]
             copy = env.read("Subscription", complete.ehr_id or "")
