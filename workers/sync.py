@@ -43,9 +43,9 @@ def wake_streams(ctx: WorkerContext, session: Session, connection_id: int, resou
     us they have news). A stream running at this moment is marked woken, so it runs once more when it ends:
     the change may have come after its queries. Returns how many streams were woken."""
     now = ctx.settings.clock()
-    woken = list(session.exec(select(SyncStream).where(
+    woken = list(session.exec(select(SyncStream).join(Connection, col(Connection.id) == SyncStream.connection_id).where(
         SyncStream.connection_id == connection_id, col(SyncStream.resource_type).in_(resource_types),
-        col(SyncStream.enabled).is_(True))))
+        col(SyncStream.enabled).is_(True), col(Connection.enabled).is_(True))))  # a disabled EHR is not heard
     for stream in woken:
         stream.woken_at = now
         session.add(stream)

@@ -128,3 +128,14 @@ def test_a_body_that_is_not_a_notification_is_refused_with_the_reason(
     assert subscription(database).last_heard_at is None
     with database.session() as session:
         assert session.exec(select(Job).where(Job.kind == SYNC_STREAM)).all() == []
+
+
+def test_a_disabled_connection_hears_its_ehr_but_wakes_nothing(
+        app: Flask, database: Database, subscribed: tuple[str, str, int], settings: Settings) -> None:
+    key, secret, _ = subscribed
+    with database.session() as session:
+        connections.set_enabled(session, settings.clock, "c", False)
+    status, _ = post(app.test_client(), key, secret, notification("event-notification", (1, "Encounter/e1"), since=1))
+    assert status == 200 and subscription(database).notifications == 1
+    assert woken(database) == {"Encounter": False, "Appointment": False, "Patient": False}
+    assert prm(app).worker.dispatcher.sent == []  # type: ignore[attr-defined]
