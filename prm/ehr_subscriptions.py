@@ -77,10 +77,14 @@ def authenticate(session: Session, hook_key: str, authorization: str | None) -> 
 
 
 def heard(session: Session, clock: Callable[[], datetime], row: EhrSubscription, kind: str,
-          event_numbers: tuple[int, ...], events_since_start: int | None) -> None:
+          event_numbers: tuple[int, ...], events_since_start: int | None) -> bool:
     """Record a notification: a handshake makes the subscription active; events count and move the highest
-    event number seen (a number that goes back means the EHR started counting again: it is taken as it is)."""
+    event number seen (a number that goes back means the EHR started counting again: it is taken as it is).
+
+    Returns whether a heartbeat says events were sent that never reached us (its count is past the highest
+    number we saw), so the caller can wake the streams as an event would have."""
     now = clock()
+    missed = kind == "heartbeat" and events_since_start is not None and events_since_start > row.events_seen
     if kind == "handshake" or row.status == "requested":
         row.status, row.error = "active", None
     if kind == "event-notification":
@@ -90,3 +94,4 @@ def heard(session: Session, clock: Callable[[], datetime], row: EhrSubscription,
         row.events_seen = max(numbers)
     row.last_heard_at = row.updated_at = now
     session.add(row)
+    return missed

@@ -2,7 +2,8 @@
 
 Server to server, no user and no cookie: the key in the path finds the subscription, its secret in the
 Authorization header proves the caller is the EHR we gave it to. A notification only wakes the streams of
-its topic (its events' focus types, where the EHR names them); the sync then reads the change itself. The
+its topic (its events' focus types, where the EHR names them), as does a heartbeat whose event count shows
+notifications that never arrived; the sync then reads the change itself. The
 answer is quick and carries no data, so the EHR's delivery thread is never held up by our sync.
 """
 
@@ -41,10 +42,10 @@ def notification(key: str) -> tuple[Response, int]:
         with ctx.db.session() as session:
             row = ehr_subscriptions.authenticate(session, key, request.headers.get("Authorization"))
             note = parse_notification(request.get_json(force=True, silent=True))
-            ehr_subscriptions.heard(session, ctx.settings.clock, row, note.kind, note.event_numbers,
-                                    note.events_since_start)
+            missed = ehr_subscriptions.heard(session, ctx.settings.clock, row, note.kind, note.event_numbers,
+                                             note.events_since_start)
             woken = 0
-            if note.kind == "event-notification":
+            if note.kind == "event-notification" or missed:  # a heartbeat counting events we never got
                 types = [t for t in note.focus_types if t in row.resource_types] or list(row.resource_types)
                 woken = wake_streams(ctx.worker, session, row.connection_id, types)
             said = f"subscription {row.topic} (connection {row.connection_id}): {note.kind}, {woken} stream(s) woken"

@@ -139,3 +139,19 @@ def test_a_disabled_connection_hears_its_ehr_but_wakes_nothing(
     assert status == 200 and subscription(database).notifications == 1
     assert woken(database) == {"Encounter": False, "Appointment": False, "Patient": False}
     assert prm(app).worker.dispatcher.sent == []  # type: ignore[attr-defined]
+
+
+def test_a_heartbeat_counting_events_we_never_got_wakes_the_topics_streams(
+        app: Flask, database: Database, subscribed: tuple[str, str, int]) -> None:
+    key, secret, _ = subscribed
+    client = app.test_client()
+    post(client, key, secret, notification("event-notification", (1, "Encounter/e1"), since=1))
+    with database.session() as session:  # that event's run is over
+        for stream in session.exec(select(SyncStream)):
+            stream.woken_at = None
+            session.add(stream)
+    assert post(client, key, secret, notification("heartbeat", since=1))[0] == 200  # nothing missed
+    assert woken(database) == {"Encounter": False, "Appointment": False, "Patient": False}
+    assert post(client, key, secret, notification("heartbeat", since=3))[0] == 200  # events 2 and 3 were lost
+    assert woken(database) == {"Encounter": True, "Appointment": True, "Patient": False}
+    assert subscription(database).events_seen == 3
