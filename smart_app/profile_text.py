@@ -68,6 +68,16 @@ def _sync_line(sync: dict[str, Any], count_limit: int | None) -> str:
             f"$export {'/'.join(export) or 'none'}; _count limit {count_limit if count_limit is not None else '?'}")
 
 
+def _subscriptions_line(subscriptions: dict[str, Any]) -> str:
+    """Whether changes can arrive by notification, and what IT would have to grant where they cannot."""
+    if not subscriptions.get("backport"):
+        return "none offered (topic-based rest-hook, R4 Backport IG): changes arrive by polling"
+    topics = _n(len(subscriptions.get("topics") or []), "topic")
+    if subscriptions.get("usable"):
+        return f"rest-hook, {topics}: in use (changes arrive within seconds)"
+    return f"rest-hook, {topics}: not in use until the backend client is granted system/Subscription.cru"
+
+
 def render(name: str, profile: dict[str, Any]) -> list[tuple[str, str | None]]:
     """(text, colour) pairs; colour None for plain lines."""
     ok = bool(profile.get("ok"))
@@ -89,6 +99,8 @@ def render(name: str, profile: dict[str, Any]) -> list[tuple[str, str | None]]:
         lines.append((f"  bundles     {_bundles_line(profile['bundles'])}", None))
     if profile.get("sync"):
         lines.append((f"  sync        {_sync_line(profile['sync'], profile.get('count_limit'))}", None))
+    if profile.get("subscriptions") and disc.get("source"):
+        lines.append((f"  notify      {_subscriptions_line(profile['subscriptions'])}", None))
     lines += [(f"ERROR   {text}", BAD) for text in profile.get("errors", [])]
     lines += [(f"WARNING {text}", WARN) for text in profile.get("warnings", [])]
     return lines

@@ -66,3 +66,17 @@ def test_unknown_bundles_and_conditional_create_say_so() -> None:
 def test_one_bundle_type_known_the_other_not() -> None:
     text = [t for t, _ in render("x", {"ok": True, "bundles": {"batch": False, "transaction": None}})]
     assert text[1:] == ["  bundles     batch no, transaction unknown"]
+
+
+def test_notifications_say_whether_they_are_in_use_and_what_to_grant() -> None:
+    base = {"ok": True, "checked_at": "t", "errors": [], "warnings": [],
+            "discovery": {"source": "well-known", "smart_version": "v2", "token_endpoint": "https://e/token"}}
+
+    def line(subscriptions: dict[str, object]) -> str:
+        return next(t for t, _ in render("x", {**base, "subscriptions": subscriptions}) if "notify" in t)
+
+    assert line({"backport": True, "topics": ["a", "b"], "usable": True}).endswith(
+        "rest-hook, 2 topics: in use (changes arrive within seconds)")
+    assert line({"backport": True, "topics": ["a"], "usable": False}).endswith(
+        "rest-hook, 1 topic: not in use until the backend client is granted system/Subscription.cru")
+    assert "changes arrive by polling" in line({"backport": False, "topics": [], "usable": False})
