@@ -20,25 +20,16 @@ from prm.models import Job
 from prm.snapshot_models import EhrSubscription, SyncStream
 from smart_app.app import create_app
 from smart_app.context import prm
+from tests.support.dispatch import RecordingDispatcher
 from tests.unit.fhir_mappings.test_subscriptions import TOPIC, notification
 from workers.sync import SYNC_STREAM
-
-
-class Recorder:
-    """Stands in for the queue: the wake-ups a request handed over, in order."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, tuple[int, ...]]] = []
-
-    def enqueue(self, task_name: str, *args: int) -> None:
-        self.sent.append((task_name, args))
 
 
 @pytest.fixture
 def app(database: Database, settings: Settings) -> Iterator[Flask]:
     flask_app = create_app(settings)
     context = prm(flask_app)
-    context.worker = dataclasses.replace(context.worker, dispatcher=Recorder())
+    context.worker = dataclasses.replace(context.worker, dispatcher=RecordingDispatcher())
     yield flask_app
     context.worker.db.dispose()
 

@@ -13,23 +13,16 @@ from prm.config import Settings
 from prm.crypto import SecretBox
 from prm.db import Database
 from prm.models import Job
+from tests.support.dispatch import RecordingDispatcher
 from workers import sync
 from workers.runtime import WorkerContext, build
 from workers.sync_engine import StreamRun
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, tuple[int, ...]]] = []
-
-    def enqueue(self, task_name: str, *args: int) -> None:
-        self.sent.append((task_name, args))
-
-
 @pytest.mark.parametrize("woken_mid_run", [True, False])
 def test_the_next_run_is_due_now_only_when_woken_during_this_one(
         database: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch, woken_mid_run: bool) -> None:
-    ctx: WorkerContext = dataclasses.replace(build(settings), dispatcher=Recorder())
+    ctx: WorkerContext = dataclasses.replace(build(settings), dispatcher=RecordingDispatcher())
     with database.session() as session:
         row = connections.upsert(session, settings.clock, SecretBox(settings.encryption_keys),
                                  connections.ConnectionSpec(name="c", iss="https://c.example/fhir", client_id="c"))
