@@ -53,6 +53,17 @@ def capability(profile: dict[str, Any] | None) -> CapabilitySummary:
     return CapabilitySummary("errors" if failing else "ok", errors, warnings)
 
 
+def lag(last_success: datetime | None, now: datetime) -> str:
+    """How far a stream's picture trails the EHR: the time since its last successful run, coarsely."""
+    if last_success is None:
+        return "never synced"
+    seconds = max(0, round((now - last_success).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
 def secret_state(sealed: str | None) -> str:
     return "(set)" if sealed else "(not set)"
 

@@ -144,7 +144,8 @@ def connection_detail(name: str) -> str:
                            secret_state=admin_present.secret_state, sync_streams=sync_streams, quarantined=held,
                            strategies=streams.STRATEGIES, subscriptions=subscribed,
                            subscription_support=(row.capability_profile or {}).get("subscriptions") or {},
-                           subscription_scopes=connections.SUBSCRIPTION_SCOPES)
+                           subscription_scopes=connections.SUBSCRIPTION_SCOPES, lag=admin_present.lag,
+                           now=prm().settings.clock())
 
 
 def _form_page(values: dict[str, Any], error: str | None, name: str | None, status: int = 200) -> tuple[str, int]:

@@ -364,6 +364,7 @@ def test_sync_health_is_shown_after_prm_sync_run(live_app: LiveApp, sandbox: San
     page = signed_in(live_app, accounts["it_admin"]).get("/admin/connections/sandbox")
     assert page.status_code == 200 and 'id="sync-streams"' in page.text
     assert re.search(r'<tr data-type="Location">.*?<td>incremental</td>', page.text, re.S)
+    assert re.search(r'<tr data-type="Organization">.*?<td class="lag">\d+ (s|min)</td>', page.text, re.S)
 
 
 _STRATEGY_FORM = re.compile(r'action="/admin/connections/sandbox/streams/Encounter/strategy">\s*'
