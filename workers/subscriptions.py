@@ -21,7 +21,7 @@ from sqlmodel import Session, col, select
 from connector.fhir_reader import FhirReader
 from connector.fhir_writer import FhirWriter
 from fhir_mappings.subscriptions import Topic, backport_subscription, topic_of
-from prm import ehr_subscriptions, jobs, streams
+from prm import connections, ehr_subscriptions, jobs, streams
 from prm.errors import EhrError, PermanentEhrError
 from prm.models import Connection, Job
 from prm.snapshot_models import EhrSubscription
@@ -92,7 +92,15 @@ def ensure(ctx: WorkerContext, connection_id: int) -> EnsureRun | None:
             session.expunge(row)
     access = access_for(ctx, connection)
     run = EnsureRun()
-    topics = wanted_topics(access.reader, connection.capability_profile["subscriptions"].get("topics") or [])
+    try:
+        topics = wanted_topics(access.reader, connection.capability_profile["subscriptions"].get("topics") or [])
+    except PermanentEhrError as exc:  # refused, not down: asking again will not help until IT acts
+        run.errors.append(f"topics: {exc}")
+        with ctx.db.session() as session:
+            connections.flag_for_it(session, ctx.settings.clock, connection_id, (
+                f"EHR notifications: the EHR refused to list its topics (Basic?code=SubscriptionTopic): {exc}. "
+                f"Grant system/Basic.rs and check the connection, or drop system/Subscription.cru to poll only"))
+        return run
     run.topics = [t.url for t in topics]
     for topic in topics:
         try:

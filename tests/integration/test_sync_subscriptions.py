@@ -18,7 +18,7 @@ from sqlmodel import col, select, update
 
 from fhir_mappings.written import IDENTIFIER_SYSTEM
 from prm.connections import DEFAULT_BACKEND_SCOPES, SUBSCRIPTION_SCOPES
-from prm.models import Job
+from prm.models import Connection, Job
 from prm.snapshot_models import EhrSubscription, SyncStream
 from tests.integration.sync_env import SyncEnv, sync_env
 from tests.integration.test_admin_pages import PASSWORD, Admin
@@ -158,6 +158,13 @@ def test_notifications_bring_changes_in_within_seconds_and_a_subscription_in_err
             assert admin.sign_in("it.subs").status_code == 303
             page = admin.get("/admin/connections/ehr").text
             assert 'id="subscriptions"' in page and page.count("<td>active</td>") == len(WANTED) - 1
+            env.grant_backend_scopes(f"{DEFAULT_BACKEND_SCOPES} system/Subscription.cru")  # Basic.rs forgotten
+            run = subscriptions.ensure(as_deployed, env.connection_id)
+            assert run is not None and run.errors and (run.created, run.switched_off) == (0, 0)
+            with env.ctx.db.session() as session:
+                flagged = session.get(Connection, env.connection_id)
+                assert flagged is not None and "Grant system/Basic.rs" in (flagged.needs_it or "")
+            assert {row.status for row in subscription_rows(env).values()} == {"active", "off"}  # left as they were
         finally:
             app.stop()
             print(f"--- app ---\n{app.log_tail(40)}")
