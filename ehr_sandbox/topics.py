@@ -13,4 +13,3 @@ TOPICS: list[dict[str, Any]] = [
                 "%previous.empty() or %previous.status != %current.status",
                 [("identifier", "Task"), ("patient", "Task")]),
 ]
-

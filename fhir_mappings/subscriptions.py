@@ -2,8 +2,8 @@
 and the notifications an EHR posts to us.
 
 A notification is only a hint that a stream has news: the sync reads the change itself, from the cursor,
-through the checks every page passes. So nothing in a notification is stored but its kind and event number,
-and an `id-only` payload is all we ask for (no clinical data travels to the hook).
+through the checks every page passes. So nothing of a notification is kept but when it came and its event
+numbers, and an `id-only` payload is all we ask for (no clinical data travels to the hook).
 """
 
 from __future__ import annotations
@@ -137,6 +137,8 @@ def parse_notification(body: Any) -> Notification:
                             "events-since-subscription-start")
         elif name in ("notification-event", "notificationEvent"):
             for part in parameter.get("part") or []:
+                if not isinstance(part, dict):
+                    raise ValidationError("a notification-event part must be an object")
                 if part.get("name") in ("event-number", "eventNumber"):
                     numbers.append(_number(part.get("valueString", part.get("valueInteger")), "event-number"))
                 elif part.get("name") == "focus" and (found := _focus_type(part.get("valueReference"))):

@@ -87,6 +87,12 @@ def test_notifications_say_their_kind_event_numbers_and_focus_types() -> None:
     ({"resourceType": "Bundle", "type": "history", "entry": []}, "first entry"),
     (notification("gossip"), "unknown notification type"),
     (notification("event-notification", (-1, None)), "negative"),
+    (notification("heartbeat") | {"entry": [{"resource": {"resourceType": "Parameters", "parameter": [
+        {"name": "type", "valueCode": "heartbeat"},
+        {"name": "events-since-subscription-start", "valueString": "many"}]}}]}, "not a number"),
+    (notification("event-notification", (1, None)) | {"entry": [{"resource": {"resourceType": "Parameters",
+        "parameter": [{"name": "type", "valueCode": "event-notification"},
+                      {"name": "notification-event", "part": ["event-number"]}]}}]}, "must be an object"),
 ])
 def test_anything_else_is_refused_with_the_reason(body: Any, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
