@@ -34,13 +34,17 @@ def of_connection(session: Session, connection_id: int) -> list[EhrSubscription]
                              .order_by(col(EhrSubscription.topic))))
 
 
+def for_topic(session: Session, connection_id: int, topic: str) -> EhrSubscription | None:
+    return session.exec(select(EhrSubscription).where(EhrSubscription.connection_id == connection_id,
+                                                      EhrSubscription.topic == topic)).first()
+
+
 def request(session: Session, clock: Callable[[], datetime], connection_id: int, topic: str,
             resource_types: list[str]) -> tuple[EhrSubscription, str]:
     """The row for (connection, topic), set to `requested` with a fresh secret; returns it and the secret to
     send to the EHR. Its hook key stays, so the EHR's copy keeps its endpoint; the old secret stops working."""
     now = clock()
-    row = session.exec(select(EhrSubscription).where(EhrSubscription.connection_id == connection_id,
-                                                     EhrSubscription.topic == topic)).first()
+    row = for_topic(session, connection_id, topic)
     if row is None:
         row = EhrSubscription(connection_id=connection_id, topic=topic, hook_key=secrets.token_urlsafe(24),
                               secret_hash="", created_at=now)

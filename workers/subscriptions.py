@@ -156,8 +156,7 @@ def _ehr_copy(writer: FhirWriter, row: EhrSubscription | None) -> dict[str, Any]
 
 def _record_error(ctx: WorkerContext, connection_id: int, topic: str, error: str) -> None:
     with ctx.db.session() as session:
-        row = session.exec(select(EhrSubscription).where(EhrSubscription.connection_id == connection_id,
-                                                         EhrSubscription.topic == topic)).first()
+        row = ehr_subscriptions.for_topic(session, connection_id, topic)
         if row is not None:
             ehr_subscriptions.set_state(session, ctx.settings.clock, row, "error", error)
 
