@@ -7,6 +7,7 @@ put in error is re-activated by the next check, with a new secret, and notificat
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import subprocess
 from datetime import timedelta
@@ -16,12 +17,14 @@ from typing import Any
 import requests
 from sqlmodel import col, select, update
 
+from ehr_sandbox.config import SandboxConfig
 from fhir_mappings.written import IDENTIFIER_SYSTEM
 from prm.connections import DEFAULT_BACKEND_SCOPES, SUBSCRIPTION_SCOPES
 from prm.models import Connection, Job
 from prm.snapshot_models import EhrSubscription, SyncStream
-from tests.integration.sync_env import SyncEnv, sync_env
+from tests.integration.sync_env import SyncEnv, sync_database, sync_env
 from tests.integration.test_admin_pages import PASSWORD, Admin
+from tests.support.fault_proxy import FaultyEhr
 from tests.support.ports import free_port
 from tests.support.processes import BIN, prm_process, wait_http_ok, wait_until
 from tests.support.settings import env_for
@@ -168,3 +171,45 @@ def test_notifications_bring_changes_in_within_seconds_and_a_subscription_in_err
         finally:
             app.stop()
             print(f"--- app ---\n{app.log_tail(40)}")
+
+
+def ehr_copies(env: SyncEnv, endpoint: str) -> list[dict[str, Any]]:
+    bundle = requests.get(f"{env.stack.fhir_internal_url}/Subscription", params={"url": endpoint},
+                          timeout=30).json()
+    return [entry["resource"] for entry in bundle.get("entry", [])]
+
+
+def secret_hash_of(copy: dict[str, Any]) -> str:
+    headers = [h for h in copy["channel"].get("header", []) if h.startswith("Authorization: Bearer ")]
+    assert len(headers) == 1, copy["channel"]
+    return hashlib.sha256(headers[0].removeprefix("Authorization: Bearer ").encode()).hexdigest()
+
+
+def test_a_create_whose_answer_was_lost_leaves_one_subscription_with_the_current_secret(tmp_path: Path) -> None:
+    """The EHR made our Subscription but its answer never came (we hold no id for it). The next check must
+    find that copy (If-None-Exist on our endpoint), not make a second one, and give it the current secret:
+    otherwise the EHR would notify twice, or with a secret the hook refuses."""
+    hook_base = f"http://127.0.0.1:{free_port()}"  # nobody listens: handshakes fail, as when the app is down
+    with FaultyEhr(SandboxConfig(port=0, fhir_internal_port=0)) as faulty, \
+            sync_database(faulty.stack, tmp_path, public_url=hook_base) as env:
+        env.grant_backend_scopes(SUBSCRIBING_SCOPES)
+        assert check_connection(env.ctx, env.connection_id)["subscriptions"]["usable"] is True
+        lost = faulty.proxy.add_fault(r"^/fhir/Subscription$", method="POST", lose_answer=True)
+
+        first_run = subscriptions.ensure(env.ctx, env.connection_id)
+        assert lost.times == 0 and faulty.proxy.count("POST", r"^/fhir/Subscription$") == len(WANTED)
+        assert first_run is not None and len(first_run.errors) == 1, first_run.errors
+        unanswered = subscription_rows(env)[first_run.errors[0].split(": ", 1)[0]]
+        assert (unanswered.status, unanswered.ehr_id) == ("error", None)
+        endpoint = f"{hook_base}/fhir/hooks/{unanswered.hook_key}"
+        assert len(ehr_copies(env, endpoint)) == 1  # the EHR did make it
+
+        second_run = subscriptions.ensure(env.ctx, env.connection_id)
+        assert second_run is not None and second_run.errors == []
+        rows = subscription_rows(env)
+        assert set(rows) == set(WANTED)
+        for row in rows.values():  # one copy per topic, the one we hold, carrying the secret we check
+            copies = ehr_copies(env, f"{hook_base}/fhir/hooks/{row.hook_key}")
+            assert [c["id"] for c in copies] == [row.ehr_id], row.topic
+            assert secret_hash_of(copies[0]) == row.secret_hash, row.topic
+        assert rows[unanswered.topic].secret_hash != unanswered.secret_hash  # renewed, not the one sent blind

@@ -2,7 +2,8 @@
 
 FaultProxy forwards every request (method, path, query, headers, body) to a target and streams the answer
 back unchanged, except where a fault added with `add_fault` matches: it can answer a status of its own (with
-Retry-After and a body), wait first, cut the body after N bytes, or drop the connection without answering.
+Retry-After and a body), wait first, cut the body after N bytes, drop the connection without answering, or
+forward and then lose the answer (the EHR acted; the client never hears it).
 Faults match in the order added, each for `times` requests, on a regex searched in the path and query.
 
 To put it in front of the sandbox EHR, let the proxy own the EHR's public port: `FaultyEhr` starts a
@@ -49,6 +50,7 @@ class Fault:
     delay_s: float | None = None
     truncate_body_at: int | None = None
     drop_connection: bool = False
+    lose_answer: bool = False
     body: bytes | None = None
     before: Callable[[], None] | None = None  # run before forwarding (e.g. change the EHR's data mid-sync)
 
@@ -77,13 +79,14 @@ class FaultProxy:
 
     def add_fault(self, path_regex: str, times: int = 1, method: str | None = None, status: int | None = None,
                   retry_after: str | None = None, delay_s: float | None = None, truncate_body_at: int | None = None,
-                  drop_connection: bool = False, body: str | bytes | None = None,
+                  drop_connection: bool = False, lose_answer: bool = False, body: str | bytes | None = None,
                   before: Callable[[], None] | None = None) -> Fault:
         """Status and/or body: answer that instead of forwarding (status 200 when only a body is given).
         Otherwise forward, after `delay_s`, cutting the body at `truncate_body_at` bytes (the Content-Length
-        still promises all of it); `drop_connection` closes the socket without a word."""
+        still promises all of it); `drop_connection` closes the socket without a word; `lose_answer` forwards
+        (the EHR acts) and then closes the socket before a byte of its answer."""
         fault = Fault(re.compile(path_regex), times, method.upper() if method else None, status, retry_after,
-                      delay_s, truncate_body_at, drop_connection,
+                      delay_s, truncate_body_at, drop_connection, lose_answer,
                       body.encode() if isinstance(body, str) else body, before)
         with self._lock:
             self._faults.append(fault)
@@ -172,7 +175,8 @@ class _Handler(BaseHTTPRequestHandler):
             if fault is not None and (fault.status is not None or fault.body is not None):
                 self._answer(proxy, fault)
                 return
-            self._forward(proxy, method, body, fault.truncate_body_at if fault else None)
+            self._forward(proxy, method, body, fault.truncate_body_at if fault else None,
+                          lose_answer=fault is not None and fault.lose_answer)
         except (BrokenPipeError, ConnectionResetError, OSError):
             self.close_connection = True  # the client gave up (a timeout test): nothing to tell it
 
@@ -190,7 +194,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
-    def _forward(self, proxy: FaultProxy, method: str, body: bytes | None, truncate_at: int | None) -> None:
+    def _forward(self, proxy: FaultProxy, method: str, body: bytes | None, truncate_at: int | None,
+                 lose_answer: bool = False) -> None:
         upstream = http.client.HTTPConnection(proxy.target_host, proxy.target_port, timeout=300)
         try:
             upstream.putrequest(method, self.path, skip_host=True, skip_accept_encoding=True)
@@ -200,6 +205,10 @@ class _Handler(BaseHTTPRequestHandler):
             upstream.endheaders(body)
             response = upstream.getresponse()
             proxy.record(method, self.path, response.status)
+            if lose_answer:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
             self.send_response(response.status)
             length = response.getheader("Content-Length")
             for name, value in response.getheaders():
