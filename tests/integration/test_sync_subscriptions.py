@@ -26,7 +26,7 @@ from tests.integration.sync_env import SyncEnv, sync_database, sync_env
 from tests.integration.test_admin_pages import PASSWORD, Admin
 from tests.support.fault_proxy import FaultyEhr
 from tests.support.ports import free_port
-from tests.support.processes import BIN, prm_process, wait_http_ok, wait_until
+from tests.support.processes import BIN, Process, RedisServer, prm_process, wait_http_ok, wait_until
 from tests.support.settings import env_for
 from workers import subscriptions
 from workers.connection_check import check_connection
@@ -213,3 +213,49 @@ def test_a_create_whose_answer_was_lost_leaves_one_subscription_with_the_current
             assert [c["id"] for c in copies] == [row.ehr_id], row.topic
             assert secret_hash_of(copies[0]) == row.secret_hash, row.topic
         assert rows[unanswered.topic].secret_hash != unanswered.secret_hash  # renewed, not the one sent blind
+
+
+def test_with_celery_on_redis_a_notification_reaches_a_worker_through_the_queue(tmp_path: Path) -> None:
+    """As deployed with Redis: `prm serve` hears the EHR, and the stream it wakes is run by a `prm worker`.
+    Beat (the sweeper) is stopped first, so the hook's own enqueue is the only way the woken job reaches the
+    queue; polling is an hour away."""
+    redis = RedisServer(free_port(), tmp_path / "logs").start()
+    processes: list[Process] = []
+    try:
+        with sync_env(tmp_path, patients=70) as env:
+            env.grant_backend_scopes(SUBSCRIBING_SCOPES)
+            assert check_connection(env.ctx, env.connection_id)["subscriptions"]["usable"] is True
+            env.run_all()
+            with env.ctx.db.session() as session:
+                session.execute(update(SyncStream).values(interval_s=3600))
+            port = free_port()
+            settings = env.ctx.settings
+            process_env = env_for(settings.database_url, tmp_path / "instance", PRM_REDIS_URL=redis.url,
+                                  PRM_PUBLIC_URL=f"http://127.0.0.1:{port}", PRM_NOW=settings.now or "",
+                                  PRM_SWEEP_INTERVAL_S="0.5", PRM_HEALTH_CHECK_INTERVAL_S="3600")
+            for name, args in (("app", ["serve", "--port", str(port)]), ("worker", ["worker", "--concurrency", "2"]),
+                               ("beat", ["beat"])):
+                processes.append(prm_process(name, args, tmp_path / "logs", process_env, tmp_path).start())
+            app, worker, beat = processes
+            wait_http_ok(f"http://127.0.0.1:{port}/healthz", process=app)
+            wait_until(lambda: all_active(env), 90, what="a handshake answered for every wanted topic")
+            wait_until(lambda: polling_an_hour_away(env), 90, what="the worker's first runs of every stream")
+            beat.stop()  # no sweeps from here on
+
+            visit = first(env, "Encounter?status=in-progress")
+            env.put(changed(visit, status="finished"))
+            wait_until(lambda: env.snapshot("Encounter") == env.server("Encounter"), 30,
+                       what="the finished Encounter in the snapshot, through the hook, Redis and the worker")
+            assert worker.alive() and app.alive()
+            with env.ctx.db.session() as session:
+                ran = session.exec(select(Job).join(SyncStream, col(SyncStream.id) == Job.subject_id).where(
+                    Job.kind == SYNC_STREAM, SyncStream.resource_type == "Encounter", Job.status == "done")
+                    .order_by(col(Job.finished_at).desc())).first()
+            assert ran is not None and ran.claimed_by is not None
+            assert f":{app.proc.pid if app.proc else 0}:" not in ran.claimed_by  # the worker ran it, not the app
+    finally:
+        for process in processes:
+            process.stop()
+        redis.stop()
+        for process in processes:
+            print(f"--- {process.name} ---\n{process.log_tail(30)}")
