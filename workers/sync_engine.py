@@ -305,7 +305,9 @@ def _window_params(resource_type: str, cursor: datetime | None, page_size: int) 
 
 def _windows(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun, lease: StreamLease,
              deadline: float, progress: Progress | None) -> None:
-    """Re-query from the committed cursor, one page per query, until a page comes back short."""
+    """Re-query from the committed cursor, one page per query, until a page has no `next` link (or holds
+    nothing). Not "until a page comes back short": an EHR may cap `_count` below the page size we ask for
+    (sekmet at 1000, others at 100 or 200), and every page is then "short" while more are waiting."""
     page_size = ctx.settings.sync_page_size
     while time.monotonic() < deadline:
         with ctx.db.session() as session:
@@ -315,14 +317,14 @@ def _windows(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamR
         if run.server_started is None and page.server_time:
             run.server_started = _instant(page.server_time)
         _commit(ctx, access, stream_id, run, page, progress)
-        while _all_ties(page, stream.cursor) and page.next_url and len(page.resources) >= page_size:
+        while _all_ties(page, stream.cursor) and page.next_url:
             # More resources share one lastUpdated than a page holds: walk that instant's run by its links.
             page = access.reader.follow(page.next_url)
             _commit(ctx, access, stream_id, run, page, progress)
         if not lease.renew():
             run.notes.append("lease lost")
             return
-        if len(page.resources) < page_size:
+        if not page.next_url or not page.resources:
             run.caught_up = True
             return
 

@@ -88,6 +88,18 @@ def test_deleted_resources_leave_the_snapshot(env: SyncEnv) -> None:
     assert_in_step(env, ("Appointment",))
 
 
+def test_an_ehr_that_caps_count_below_our_page_size_is_read_to_the_end(env: SyncEnv, tmp_path: Path) -> None:
+    """sekmet answers at most 1000 entries a page whatever `_count` asks (others cap at 100 or 200): each page
+    is shorter than asked while its `next` link says more are waiting. Stopping at the first short page
+    would call the first load done with 1000 of 2294 Encounters, and `_history` would never bring the rest."""
+    with sync_database(env.stack, tmp_path, sync_page_size=1500) as capped:
+        run = capped.run_all(("Encounter",))["Encounter"]
+        assert run.caught_up and run.pages >= 3 and run.stored == len(capped.server("Encounter")) > 1500
+        assert capped.snapshot("Encounter") == capped.server("Encounter")
+        again = capped.run_all(("Encounter",))["Encounter"]
+        assert again.caught_up and again.stored == 0
+
+
 @pytest.mark.parametrize(("feed_pages", "from_history"), [(4, True), (1, False)])
 def test_a_history_over_several_pages_is_read_newest_first(
         env: SyncEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, feed_pages: int, from_history: bool) -> None:
