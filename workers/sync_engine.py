@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from connector.fhir_reader import Page
 from fhir_mappings.written import IDENTIFIER_SYSTEM, WRITTEN_TYPES
@@ -29,15 +29,14 @@ from workers.page_prep import PreparedPage, Target, last_updated, prepare_lines
 from workers.prep_helper import Preparer, preparer
 from workers.runtime import WorkerContext
 from workers.stream_leases import StreamLease, release_together, renew_together
+from workers.sync_deletions import ID_BATCH, PATIENT_PARAM, batches, find_deletions
 from workers.sync_pages import commit_page, commit_prepared
 
 log = logging.getLogger(__name__)
-RECONCILE_EVERY = timedelta(hours=6)
 AFTER_EXPORT_AT_ONCE = 4  # the polite client's default bound on requests in flight
 # Types in the Patient compartment (FHIR R4 CompartmentDefinition): what a Group-level export holds.
 GROUP_EXPORTED = ("Patient", "RelatedPerson", "Encounter", "Appointment")
 Progress = Callable[[str, int], None]
-T = TypeVar("T")
 
 
 @dataclass
@@ -179,7 +178,10 @@ def _sync_after(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, conne
         if first_load:
             _after_first_load(ctx, stream_id, run)
         else:
-            marks = _deletions(ctx, access, stream_id, run, mark_before_run, history)
+            deleted, marks = find_deletions(ctx, access, stream_id, mark_before_run,
+                                            history.deleted if history is not None else None,
+                                            _patient_scoped(stream, connection))
+            run.deleted += deleted
     with ctx.db.session() as session:
         fresh = streams.get(session, stream_id)
         for name, value in marks.items():
@@ -329,10 +331,7 @@ def _windows(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamR
             return
 
 
-PATIENT_PARAM = {"Encounter": "patient", "Appointment": "patient", "RelatedPerson": "patient",
-                 "Task": "patient", "Communication": "patient"}
 OVERLAP = timedelta(minutes=5)
-ID_BATCH = 50
 
 
 def _patient_scoped(stream: SyncStream, connection: Connection) -> bool:
@@ -340,10 +339,6 @@ def _patient_scoped(stream: SyncStream, connection: Connection) -> bool:
     _, incremental = strategy_of(stream, connection)
     return incremental == "patient-by-patient" and (
         stream.resource_type == "Patient" or stream.resource_type in PATIENT_PARAM)
-
-
-def _batches(items: list[T], size: int) -> list[list[T]]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def _patient_windows(ctx: WorkerContext, access: EhrAccess, connection: Connection, stream_id: int, run: StreamRun,
@@ -368,7 +363,7 @@ def _patient_windows(ctx: WorkerContext, access: EhrAccess, connection: Connecti
     started: str | None = None
     if stream.resource_type == "Patient":
         queries = [[("_id", ",".join(batch)), *extra] for ids, extra in ((sorted(read & known), since), (unread, []))
-                   for batch in _batches(ids, ID_BATCH)]
+                   for batch in batches(ids, ID_BATCH)]
     else:
         key = PATIENT_PARAM[stream.resource_type]
         queries = [[(key, f"Patient/{p}"), ("_sort", "_lastUpdated"), *(since if p in read else [])]
@@ -395,33 +390,6 @@ def _patient_windows(ctx: WorkerContext, access: EhrAccess, connection: Connecti
         session.add(fresh)
     run.caught_up = True
     run.notes.append(f"patient by patient ({len(population)} patients)")
-
-
-def _ids_patient_by_patient(ctx: WorkerContext, access: EhrAccess, stream: SyncStream,
-                            params: list[tuple[str, str]]) -> set[str]:
-    """Every id of the type on an EHR that lists only per patient: one listing per known patient."""
-    with ctx.db.session() as session:
-        population = sorted(snapshots.live_ids(session, stream.connection_id, "Patient"))
-    found: set[str] = set()
-    if stream.resource_type == "Patient":
-        for batch in _batches(population, ID_BATCH):
-            found |= _all_ids(access, "Patient", [("_id", ",".join(batch))])
-        return found
-    for patient_id in population:
-        found |= _all_ids(access, stream.resource_type,
-                          [(PATIENT_PARAM[stream.resource_type], f"Patient/{patient_id}"), *params])
-    return found
-
-
-def _all_ids(access: EhrAccess, resource_type: str, params: list[tuple[str, str]] | None) -> set[str]:
-    """Every id of the type on the EHR; a paging link that expired mid-listing restarts it once."""
-    try:
-        return set(access.reader.ids(resource_type, params))
-    except PermanentEhrError as exc:
-        if exc.status not in (404, 410):
-            raise
-        log.info("id listing of %s: a paging link expired (%s); listing again", resource_type, exc.status)
-        return set(access.reader.ids(resource_type, params))
 
 
 def _all_ties(page: Page, cursor: datetime | None) -> bool:
@@ -526,45 +494,8 @@ def _store_history(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: S
     """The news from a short `_history`, stored page by page as windows' pages would be, oldest first: the edge
     checks, and the cursor moved past each page, so a run that stops midway leaves no gap behind its cursor."""
     news = sorted(history.news or [], key=lambda resource: last_updated(resource) or _EARLIEST)
-    for page in _batches(news, ctx.settings.sync_page_size):
+    for page in batches(news, ctx.settings.sync_page_size):
         result = commit_page(ctx, stream_id, page, client=access.client_name)
         _count(run, result.stored, 0, result.quarantined, progress)
     run.caught_up = True
     run.notes.append("changes from _history")
-
-
-def _deletions(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun,
-               mark_before_run: datetime | None, history: _History | None) -> dict[str, datetime | None]:
-    """Deleted resources leave the snapshot: from `_history` (read before the windows) where the EHR keeps
-    it, else by comparing ids. Returns the stream's marks to store with the run's success (one transaction
-    fewer per run).
-
-    `_history` is read since the cursor as it stood before the previous run (server clock), so windows
-    overlap and no deletion falls between them; a first run, or an EHR without `_history`, reconciles ids.
-    """
-    with ctx.db.session() as session:
-        stream = streams.get(session, stream_id)
-    gone = history.deleted if history is not None else None
-    now = ctx.settings.clock()
-    if gone is None:
-        if stream.reconciled_at is not None and now - stream.reconciled_at < RECONCILE_EVERY:
-            return {}  # no _history here: ids are compared every RECONCILE_EVERY, not every run
-        params = [("identifier", f"{IDENTIFIER_SYSTEM}|")] if stream.resource_type in WRITTEN_TYPES else []
-        with ctx.db.session() as session:
-            connection = connections.get(session, stream.connection_id)
-        if connection is not None and _patient_scoped(stream, connection):
-            on_server = _ids_patient_by_patient(ctx, access, stream, params)
-        else:
-            on_server = _all_ids(access, stream.resource_type, params or None)
-        with ctx.db.session() as session:
-            gone = sorted(snapshots.live_ids(session, stream.connection_id, stream.resource_type) - on_server)
-        reconciled = True
-    else:
-        reconciled = False
-    if gone:
-        result = commit_page(ctx, stream_id, [], deleted_ids=gone, move_cursor=False, client=access.client_name)
-        run.deleted += result.deleted
-    marks: dict[str, datetime | None] = {"history_mark": mark_before_run or stream.cursor}
-    if reconciled:
-        marks["reconciled_at"] = now
-    return marks

@@ -218,12 +218,18 @@ def test_an_ehr_that_only_allows_patient_searches_is_read_patient_by_patient(tmp
         resource["status"] = "cancelled"
         fresh.put(resource)
         fresh.delete("Encounter", "enc-000008-001")
+        # A patient deleted, their visits not: no per-patient listing names those visits any more, yet the EHR
+        # still has them (each is asked for by id), so they stay in the snapshot.
+        kept = {(i, v) for i, v in fresh.server("Encounter") if i.startswith("enc-000009-")}
+        fresh.delete("Patient", "pat-000009")
         with fresh.ctx.db.session() as session:  # no _history here: make the (6-hourly) id comparison due
             for stream in session.exec(select(SyncStream)).all():
                 stream.reconciled_at = None
                 session.add(stream)
         again = fresh.run_all(("Patient", "Encounter"))
         assert any(n.startswith("patient by patient") for n in again["Encounter"].notes)
+        assert again["Patient"].deleted == 1 and again["Encounter"].deleted == 1
+        assert kept and kept <= fresh.snapshot("Encounter")
         assert_in_step(fresh, ("Patient", "Encounter"))
 
 

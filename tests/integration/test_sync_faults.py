@@ -134,3 +134,39 @@ def test_records_changed_and_deleted_while_the_sync_pages(env: SyncEnv, faulty: 
     assert changed.is_set()
     env.run_all(TYPES)  # the next run reads the deletion from _history
     in_step(env)
+
+
+def test_a_deletion_while_ids_are_listed_takes_nothing_else_out_of_the_snapshot(tmp_path: Path) -> None:
+    """Without `_history`, deletions are found by listing every id (offset pages) and comparing. A resource
+    deleted while that listing pages moves every later one a place forward, so the first id of the next page
+    is listed on no page: an id missing from the listing is not proof it is gone."""
+    with FaultyEhr(SandboxConfig(profile="no-history", port=0, fhir_internal_port=0)) as ehr, \
+            sync_database(ehr.stack, tmp_path) as env:
+        env.run_all(("Appointment",))
+        listing = requests.get(f"{ehr.stack.fhir_internal_url}/Appointment",
+                               params={"_elements": "id", "_count": "1000"}, timeout=30).json()
+        first_listed = listing["entry"][0]["resource"]["id"]
+        assert any(link["relation"] == "next" for link in listing["link"]), "the listing must span two pages"
+        deleted = threading.Event()
+
+        def delete_first_listed() -> None:
+            env.delete("Appointment", first_listed)
+            deleted.set()
+
+        ehr.proxy.add_fault(r"^/fhir/Appointment\?.*_offset=", before=delete_first_listed)
+        with env.ctx.db.session() as session:  # make the (6-hourly) id comparison due
+            for stream in session.exec(select(SyncStream)).all():
+                stream.reconciled_at = None
+                session.add(stream)
+        run = env.run_all(("Appointment",))["Appointment"]
+        assert deleted.is_set() and run.caught_up
+        on_server = env.server("Appointment")
+        assert on_server < env.snapshot("Appointment"), "a live Appointment was taken out of the snapshot"
+        # The deleted one was listed (page one) before it went: the next comparison takes it out.
+        assert env.snapshot("Appointment") - on_server == {(first_listed, "1")} and run.deleted == 0
+        with env.ctx.db.session() as session:
+            for stream in session.exec(select(SyncStream)).all():
+                stream.reconciled_at = None
+                session.add(stream)
+        assert env.run_all(("Appointment",))["Appointment"].deleted == 1
+        assert env.snapshot("Appointment") == env.server("Appointment")

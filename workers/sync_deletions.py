@@ -1,0 +1,131 @@
+"""Deleted resources leave the snapshot: from `_history` where the EHR keeps it, else by comparing the ids the
+EHR lists with the snapshot's, and then asking the EHR by id about each one the listing missed.
+
+That last step is what makes the comparison safe. An id listing pages by offset, and a resource deleted while
+it pages moves every later one a place forward: the first id of the next page is then listed on no page. A
+live resource taken out of the snapshot that way would never come back (it has not changed, so no window
+finds it). Asked by id, the EHR answers exactly, and the listing's misses are few (the real deletions).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from fhir_mappings.written import IDENTIFIER_SYSTEM, WRITTEN_TYPES
+from prm import snapshots, streams
+from prm.errors import PermanentEhrError
+from prm.snapshot_models import SyncStream
+from workers.ehr_access import EhrAccess
+from workers.runtime import WorkerContext
+from workers.sync_pages import commit_page
+
+log = logging.getLogger(__name__)
+RECONCILE_EVERY = timedelta(hours=6)
+# The search parameter naming a type's patient, where an EHR allows patient-scoped searches only.
+PATIENT_PARAM = {"Encounter": "patient", "Appointment": "patient", "RelatedPerson": "patient",
+                 "Task": "patient", "Communication": "patient"}
+ID_BATCH = 50  # ids per `_id` search (a URL stays well under common 8 KB limits)
+GONE = (404, 410)
+T = TypeVar("T")
+
+
+def batches(items: list[T], size: int) -> list[list[T]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def find_deletions(ctx: WorkerContext, access: EhrAccess, stream_id: int, mark_before_run: datetime | None,
+                   history_deleted: list[str] | None, patient_scoped: bool) -> tuple[int, dict[str, datetime | None]]:
+    """Take what the EHR deleted out of the snapshot: the deletions `_history` showed (read before the
+    windows), or, where there is no `_history`, what an id comparison finds. Returns how many left and the
+    stream's marks to store with the run's success (one transaction fewer per run).
+
+    `_history` is read since the cursor as it stood before the previous run (server clock), so windows
+    overlap and no deletion falls between them; an EHR without `_history` has its ids compared every
+    RECONCILE_EVERY.
+    """
+    with ctx.db.session() as session:
+        stream = streams.get(session, stream_id)
+    gone = history_deleted
+    now = ctx.settings.clock()
+    marks: dict[str, datetime | None] = {"history_mark": mark_before_run or stream.cursor}
+    if gone is None:
+        if stream.reconciled_at is not None and now - stream.reconciled_at < RECONCILE_EVERY:
+            return 0, {}  # no _history here: ids are compared every RECONCILE_EVERY, not every run
+        gone = _reconcile(ctx, access, stream, patient_scoped)
+        marks["reconciled_at"] = now
+    if not gone:
+        return 0, marks
+    result = commit_page(ctx, stream_id, [], deleted_ids=gone, move_cursor=False, client=access.client_name)
+    return result.deleted, marks
+
+
+def _reconcile(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, patient_scoped: bool) -> list[str]:
+    """The snapshot's live ids the EHR no longer has: missing from its listing, and not found when asked."""
+    params = [("identifier", f"{IDENTIFIER_SYSTEM}|")] if stream.resource_type in WRITTEN_TYPES else []
+    if patient_scoped:
+        on_server = _ids_patient_by_patient(ctx, access, stream, params)
+    else:
+        on_server = _all_ids(access, stream.resource_type, params or None)
+    with ctx.db.session() as session:
+        missing = sorted(snapshots.live_ids(session, stream.connection_id, stream.resource_type) - on_server)
+    still_there = _still_there(access, stream.resource_type, missing, params,
+                               by_read=patient_scoped and stream.resource_type != "Patient")
+    if still_there:
+        log.info("stream %s: %d id(s) missing from the listing are still on the EHR (it shifted while it paged)",
+                 stream.id, len(still_there))
+    return [fhir_id for fhir_id in missing if fhir_id not in still_there]
+
+
+def _still_there(access: EhrAccess, resource_type: str, missing: list[str], params: list[tuple[str, str]],
+                 by_read: bool) -> set[str]:
+    """Of the ids a listing missed, those the EHR still has (with our identifier, for the types we write).
+    `_id` searches in batches; one read per id where the EHR allows patient-scoped searches only."""
+    if not by_read:
+        found: set[str] = set()
+        for batch in batches(missing, ID_BATCH):
+            found |= set(access.reader.ids(resource_type, [("_id", ",".join(batch)), *params]))
+        return found
+    alive = set()
+    for fhir_id in missing:
+        try:
+            resource = access.reader.read(resource_type, fhir_id)
+        except PermanentEhrError as exc:
+            if exc.status in GONE:
+                continue
+            raise
+        if not params or _ours(resource):
+            alive.add(fhir_id)
+    return alive
+
+
+def _ours(resource: dict[str, Any]) -> bool:
+    return any(isinstance(i, dict) and i.get("system") == IDENTIFIER_SYSTEM for i in resource.get("identifier") or [])
+
+
+def _ids_patient_by_patient(ctx: WorkerContext, access: EhrAccess, stream: SyncStream,
+                            params: list[tuple[str, str]]) -> set[str]:
+    """Every id of the type on an EHR that lists only per patient: one listing per known patient."""
+    with ctx.db.session() as session:
+        population = sorted(snapshots.live_ids(session, stream.connection_id, "Patient"))
+    found: set[str] = set()
+    if stream.resource_type == "Patient":
+        for batch in batches(population, ID_BATCH):
+            found |= _all_ids(access, "Patient", [("_id", ",".join(batch))])
+        return found
+    for patient_id in population:
+        found |= _all_ids(access, stream.resource_type,
+                          [(PATIENT_PARAM[stream.resource_type], f"Patient/{patient_id}"), *params])
+    return found
+
+
+def _all_ids(access: EhrAccess, resource_type: str, params: list[tuple[str, str]] | None) -> set[str]:
+    """Every id of the type on the EHR; a paging link that expired mid-listing restarts it once."""
+    try:
+        return set(access.reader.ids(resource_type, params))
+    except PermanentEhrError as exc:
+        if exc.status not in GONE:
+            raise
+        log.info("id listing of %s: a paging link expired (%s); listing again", resource_type, exc.status)
+        return set(access.reader.ids(resource_type, params))
