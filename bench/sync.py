@@ -109,7 +109,7 @@ def run_sync_child(args: dict[str, Any]) -> None:
     incremental sync (a second JSON line)."""
     from fhir_mappings import r4_schema
     from workers.sync_connection import sync_connection
-    from workers.sync_engine import StreamRun
+    from workers.sync_run import StreamRun
 
     timeline = Timeline() if args.get("timeline") else None
     ctx = support.build_context(args["database_url"], Path(args["instance_dir"]))

@@ -35,10 +35,11 @@ from connector.capability_rules import (
 )
 from connector.ehr_client import FHIR_JSON, EhrClient
 from connector.errors import outcome_text
-from connector.fhir_reader import group_patient_ids
+from connector.fhir_reader import group_patient_ids, in_last_updated_order
 from prm.errors import EhrError, PrmError
 
 COUNT_PROBE = 1000
+SORT_PROBE = "20"  # enough Encounters to see an order, few enough to be cheap
 PROBE_RESOURCES: dict[str, dict[str, Any]] = {  # minimal, patient-free resources for $validate
     "Task": {"resourceType": "Task", "status": "requested", "intent": "order",
              "description": "fhir-prm connection check ($validate only, never stored)"},
@@ -150,10 +151,15 @@ class _Probe:
         result: dict[str, Any] = {"request": shown, "status": answer.status}
         if answer.status == 200:
             result["allowed"] = True
-            sorted_answer, sorted_shown = self.search(token, "Encounter", {**params, "_sort": "_lastUpdated"})
-            result["sort_last_updated"] = sorted_answer.status == 200
+            sorted_answer, sorted_shown = self.search(token, "Encounter", {**params, "_sort": "_lastUpdated",
+                                                                           "_count": SORT_PROBE})
+            entries = [e.get("resource") or {} for e in (sorted_answer.body or {}).get("entry") or []
+                       if isinstance(e, dict)]
+            result["sort_last_updated"] = sorted_answer.status == 200 and in_last_updated_order(entries)
             if sorted_answer.status != 200:
                 result["sort_detail"] = f"{sorted_shown} -> {sorted_answer.detail}"
+            elif not result["sort_last_updated"]:
+                result["sort_detail"] = f"{sorted_shown} -> {len(entries)} Encounters, not in _lastUpdated order"
         elif answer.status in (400, 403, 422):
             result.update(allowed=False, detail=answer.detail)
         else:
@@ -278,6 +284,9 @@ def check(http: requests.Session, target: CheckTarget, timeout: float, now: date
                 findings.error(f"the backend token could not read {read['request']}: {read.get('detail')}")
         search = sync["type_level_search"]
         sync["sort_last_updated"] = search.get("sort_last_updated")
+        if search.get("allowed") and sync["sort_last_updated"] is False:
+            findings.warn(f"the EHR does not sort by _lastUpdated ({search.get('sort_detail')}): changes are read "
+                          "in _lastUpdated windows halved until each fits a page (more requests)")
         sync["strategy"] = choose_sync(sync["export"], search.get("allowed"),
                                        bool(resources.get("Encounter", {}).get("last_updated", True)), findings,
                                        refused=f"{search['request']} -> {search.get('detail')}",

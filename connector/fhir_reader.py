@@ -11,6 +11,7 @@ import logging
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -73,6 +74,27 @@ def check_id(resource_id: str) -> str:
     if not _ID.match(resource_id):
         raise ValidationError(f"not a FHIR id: {resource_id!r}")
     return resource_id
+
+
+def in_last_updated_order(resources: list[dict[str, Any]]) -> bool:
+    """Whether the resources' `meta.lastUpdated` never goes back: what `_sort=_lastUpdated` promises. Many EHRs
+    ignore `_sort` (FHIR lets a server ignore a parameter it does not support) and answer in their own order;
+    a page's newest instant then says nothing about what the next page holds. Resources without an instant,
+    or with one that does not parse, are passed over."""
+    previous: datetime | None = None
+    for resource in resources:
+        meta = resource.get("meta")
+        stamp = meta.get("lastUpdated") if isinstance(meta, dict) else None
+        try:
+            current = datetime.fromisoformat(str(stamp).replace("Z", "+00:00")) if stamp else None
+        except ValueError:
+            current = None
+        if current is None or current.tzinfo is None:
+            continue
+        if previous is not None and current < previous:
+            return False
+        previous = current
+    return True
 
 
 def _deleted_ref(entry: dict[str, Any]) -> tuple[str, str] | None:

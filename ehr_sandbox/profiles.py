@@ -22,6 +22,9 @@ class Profile:
     history: bool = True  # _history interactions (404 and left out of the CapabilityStatement when False)
     # If-None-Exist done non-atomically, as racing EHRs do: search, wait this many seconds, then create blindly
     conditional_create_race_s: float | None = None
+    # type-level searches ignore `_sort` and answer newest first, as EHRs without `_sort` answer in an order
+    # of their own (the `self` link then names no `_sort`)
+    ignores_sort: bool = False
 
 
 PROFILES: dict[str, Profile] = {p.name: p for p in [
@@ -45,6 +48,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
             id_token_fault="bad-signature"),
     Profile("id-token-wrong-issuer", "id_tokens claiming another issuer", id_token_fault="wrong-issuer"),
     Profile("no-history", "No _history interactions: the sync must find changes by _lastUpdated", history=False),
+    Profile("ignores-sort", "Searches ignore _sort and answer newest first: a page's newest instant says nothing "
+            "about the next page", ignores_sort=True),
     Profile("racy-conditional-create", "If-None-Exist is a search, a pause and a blind create: parallel conditional "
             "creates make duplicates, then every one for that identifier is 412", conditional_create_race_s=0.3),
 ]}

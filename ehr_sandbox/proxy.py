@@ -111,6 +111,8 @@ def build_blueprint(smart: SmartAuth) -> Blueprint:
                 loosened = racy.loosen_bundle(http, upstream, request.get_data(), race)
                 if loosened is not None:
                     return relay(forward(path, args, data=loosened))
+        if smart.profile.ignores_sort and inter.kind == "search" and "/" not in path.strip("/"):
+            args = [(k, v) for k, v in args if k != "_sort"] + [("_sort", "-_lastUpdated")]
         resp = forward(path, args + inter.extra_params)
         if inter.check_result_patient and resp.status_code == 200:
             try:

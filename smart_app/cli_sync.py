@@ -100,7 +100,7 @@ def sync_strategy(name: str, types: tuple[str, ...], strategy: str) -> None:
 def sync_run(name: str, types: tuple[str, ...]) -> None:
     from workers import runtime
     from workers.sync_connection import sync_connection
-    from workers.sync_engine import StreamRun
+    from workers.sync_run import StreamRun
 
     ctx = runtime.build(load_settings())
     ctx.db.ping()

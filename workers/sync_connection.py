@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from prm import connections, streams
 from workers.runtime import WorkerContext
-from workers.sync_engine import Progress, StreamRun, needs_export, run_stream
+from workers.sync_engine import needs_export, run_stream
+from workers.sync_run import Progress, StreamRun
 
 # Every stream on its own thread: the polite client still bounds requests in flight (4), and the threads
 # beyond that store pages and read the database while the others wait for the EHR.

@@ -1,6 +1,6 @@
-"""Run one sync stream: bulk first load where offered, then `_lastUpdated` windows re-queried from the
-committed cursor (never trusting offset `next` links, which shift when data changes mid-sync), then
-deletions from `_history` or, where there is none, a reconciliation of ids.
+"""Run one sync stream: bulk first load where offered, then `_lastUpdated` windows from the committed cursor
+(`workers.sync_windows`; never trusting offset `next` links, which shift when data changes mid-sync) or a
+short `_history`'s changes, then deletions (`workers.sync_deletions`).
 
 A lease per stream, renewed every page, keeps two workers off the same stream; a dead worker's lease
 lapses and another takes over from the last committed cursor, so a crash leaves no gap.
@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,33 +31,17 @@ from workers.runtime import WorkerContext
 from workers.stream_leases import StreamLease, release_together, renew_together
 from workers.sync_deletions import ID_BATCH, PATIENT_PARAM, batches, find_deletions
 from workers.sync_pages import commit_page, commit_prepared
+from workers.sync_run import Progress, StreamRun, count_page, iso, server_instant
+from workers.sync_windows import read_windows
 
 log = logging.getLogger(__name__)
 AFTER_EXPORT_AT_ONCE = 4  # the polite client's default bound on requests in flight
 # Types in the Patient compartment (FHIR R4 CompartmentDefinition): what a Group-level export holds.
 GROUP_EXPORTED = ("Patient", "RelatedPerson", "Encounter", "Appointment")
-Progress = Callable[[str, int], None]
 
-
-@dataclass
-class StreamRun:
-    resource_type: str
-    pages: int = 0
-    stored: int = 0
-    deleted: int = 0
-    quarantined: int = 0
-    caught_up: bool = False
-    busy: bool = False
-    server_started: datetime | None = None  # the EHR's clock when this run first read (search time or export)
-    notes: list[str] = field(default_factory=list)
-    companions: list[StreamRun] = field(default_factory=list)  # streams whose first load shared this export
 
 
 Held = list[tuple[SyncStream, StreamLease, StreamRun]]  # the streams a run holds, each with its lease
-
-
-def iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def strategy_of(stream: SyncStream, connection: Connection) -> tuple[str, str]:
@@ -172,7 +156,7 @@ def _sync_after(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, conne
     elif history is not None and _history_feeds(stream, history):
         _store_history(ctx, access, stream_id, run, history, progress)  # one request, not two
     else:
-        _windows(ctx, access, stream_id, run, lease, deadline, progress)
+        read_windows(ctx, access, stream_id, run, lease, deadline, progress, ehr_sorts=_ehr_sorts(connection))
     marks: dict[str, datetime | None] = {}
     if run.caught_up:
         if first_load:
@@ -191,16 +175,6 @@ def _sync_after(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, conne
             fresh.initial_done_at = ctx.settings.clock()
         streams.record_success(fresh, ctx.settings.clock)
         session.add(fresh)
-
-
-def _count(run: StreamRun, stored: int, deleted: int, quarantined: int, progress: Progress | None) -> None:
-    run.pages += 1
-    run.stored += stored
-    run.deleted += deleted
-    run.quarantined += quarantined
-    if progress:
-        progress(run.resource_type, stored + deleted + quarantined)
-
 
 
 def _bulk_initial(ctx: WorkerContext, access: EhrAccess, connection: Connection,
@@ -241,7 +215,7 @@ def _store_export(ctx: WorkerContext, access: EhrAccess, manifest: dict[str, Any
 
     def store(member: SyncStream, run: StreamRun, page: PreparedPage) -> None:
         result = commit_prepared(ctx, member.id or 0, page, client=access.client_name)
-        _count(run, result.stored, 0, result.quarantined, progress)
+        count_page(run, result.stored, 0, result.quarantined, progress)
         _renew_all(ctx, held)
 
     def store_oldest() -> None:
@@ -279,7 +253,7 @@ def _finish_export(ctx: WorkerContext, connection: Connection, manifest: dict[st
     The patients the export covered (`members` of a Group export, else every patient known now) count as read
     in full, so a patient-by-patient pass asks them only what changed since."""
     transaction_time = manifest.get("transactionTime")
-    started = _instant(str(transaction_time)) if transaction_time else ctx.settings.clock()
+    started = server_instant(str(transaction_time)) if transaction_time else ctx.settings.clock()
     with ctx.db.session() as session:
         scoped = [member for member, _, _ in held if _patient_scoped(member, connection)]
         if scoped:
@@ -296,42 +270,12 @@ def _finish_export(ctx: WorkerContext, connection: Connection, manifest: dict[st
             session.add(fresh)
 
 
-def _window_params(resource_type: str, cursor: datetime | None, page_size: int) -> list[tuple[str, str]]:
-    params = [("_sort", "_lastUpdated"), ("_count", str(page_size))]
-    if cursor is not None:
-        params.append(("_lastUpdated", f"ge{iso(cursor)}"))
-    if resource_type in WRITTEN_TYPES:
-        params.append(("identifier", f"{IDENTIFIER_SYSTEM}|"))
-    return params
-
-
-def _windows(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun, lease: StreamLease,
-             deadline: float, progress: Progress | None) -> None:
-    """Re-query from the committed cursor, one page per query, until a page has no `next` link (or holds
-    nothing). Not "until a page comes back short": an EHR may cap `_count` below the page size we ask for
-    (sekmet at 1000, others at 100 or 200), and every page is then "short" while more are waiting."""
-    page_size = ctx.settings.sync_page_size
-    while time.monotonic() < deadline:
-        with ctx.db.session() as session:
-            stream = streams.get(session, stream_id)
-        page = access.reader.search(stream.resource_type,
-                                    _window_params(stream.resource_type, stream.cursor, page_size))
-        if run.server_started is None and page.server_time:
-            run.server_started = _instant(page.server_time)
-        _commit(ctx, access, stream_id, run, page, progress)
-        while _all_ties(page, stream.cursor) and page.next_url:
-            # More resources share one lastUpdated than a page holds: walk that instant's run by its links.
-            page = access.reader.follow(page.next_url)
-            _commit(ctx, access, stream_id, run, page, progress)
-        if not lease.renew():
-            run.notes.append("lease lost")
-            return
-        if not page.next_url or not page.resources:
-            run.caught_up = True
-            return
-
-
 OVERLAP = timedelta(minutes=5)
+
+
+def _ehr_sorts(connection: Connection) -> bool:
+    """Unless `prm connection check` found the EHR ignoring `_sort=_lastUpdated`; the windows also notice."""
+    return ((connection.capability_profile or {}).get("sync") or {}).get("sort_last_updated") is not False
 
 
 def _patient_scoped(stream: SyncStream, connection: Connection) -> bool:
@@ -378,7 +322,7 @@ def _patient_windows(ctx: WorkerContext, access: EhrAccess, connection: Connecti
         started = started or (page.server_time if page else None)
         while page is not None:
             result = commit_page(ctx, stream_id, page.resources, move_cursor=False, client=access.client_name)
-            _count(run, result.stored, 0, result.quarantined, progress)
+            count_page(run, result.stored, 0, result.quarantined, progress)
             page = access.reader.follow(page.next_url) if page.next_url else None
     with ctx.db.session() as session:
         fresh = streams.get(session, stream_id)
@@ -390,20 +334,6 @@ def _patient_windows(ctx: WorkerContext, access: EhrAccess, connection: Connecti
         session.add(fresh)
     run.caught_up = True
     run.notes.append(f"patient by patient ({len(population)} patients)")
-
-
-def _all_ties(page: Page, cursor: datetime | None) -> bool:
-    return bool(page.resources) and cursor is not None and all(last_updated(r) == cursor for r in page.resources)
-
-
-def _commit(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun, page: Page,
-            progress: Progress | None) -> None:
-    result = commit_page(ctx, stream_id, page.resources, client=access.client_name)
-    _count(run, result.stored, 0, result.quarantined, progress)
-
-
-def _instant(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
 def _after_first_load(ctx: WorkerContext, stream_id: int, run: StreamRun) -> None:
@@ -496,6 +426,6 @@ def _store_history(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: S
     news = sorted(history.news or [], key=lambda resource: last_updated(resource) or _EARLIEST)
     for page in batches(news, ctx.settings.sync_page_size):
         result = commit_page(ctx, stream_id, page, client=access.client_name)
-        _count(run, result.stored, 0, result.quarantined, progress)
+        count_page(run, result.stored, 0, result.quarantined, progress)
     run.caught_up = True
     run.notes.append("changes from _history")

@@ -26,7 +26,8 @@ from tests.support.postgres import fresh_database
 from tests.support.settings import make_settings
 from workers import runtime
 from workers.runtime import WorkerContext
-from workers.sync_engine import StreamRun, run_stream
+from workers.sync_engine import run_stream
+from workers.sync_run import StreamRun
 
 BACKEND_CLIENT = "fhir-prm-backend"
 GENERATOR = Path(__file__).resolve().parents[2] / "ehr_sandbox" / "data" / "generate.py"

@@ -22,6 +22,7 @@ from workers.page_prep import PreparedPage, Target, prepare_lines
 from workers.prep_helper import Helper, Lines
 from workers.sync_connection import sync_connection
 from workers.sync_engine import GROUP_EXPORTED
+from workers.sync_windows import UNSORTED
 
 SYNCED = ("Organization", "Location", "PractitionerRole", "Patient", "RelatedPerson", "Encounter", "Appointment")
 
@@ -98,6 +99,32 @@ def test_an_ehr_that_caps_count_below_our_page_size_is_read_to_the_end(env: Sync
         assert capped.snapshot("Encounter") == capped.server("Encounter")
         again = capped.run_all(("Encounter",))["Encounter"]
         assert again.caught_up and again.stored == 0
+
+
+def test_an_ehr_that_ignores_sort_is_read_in_halved_windows(tmp_path: Path) -> None:
+    """Searches answer newest first whatever `_sort` asks. Moving the cursor to a page's newest instant would
+    skip every other page; windows halved until each fits a page read it all, on the first load (found by
+    its first page out of order) and after the check has named it (then asked without `_sort`)."""
+    config = SandboxConfig(profile="ignores-sort", port=0, fhir_internal_port=0)
+    with SandboxStack(config, dataset=small_dataset(70)) as stack, \
+            sync_database(stack, tmp_path, sync_page_size=40) as env:
+        first = env.run_all(("Patient", "Encounter"))
+        assert UNSORTED in first["Encounter"].notes and first["Encounter"].pages > 10
+        assert_in_step(env, ("Patient", "Encounter"))
+
+        profile = check_connection(env.ctx, env.connection_id)
+        assert profile["sync"]["sort_last_updated"] is False
+        assert any("halved until each fits a page" in warning for warning in profile["warnings"])
+        changed = sorted(i for i, _ in env.server("Encounter"))[::2][:200]  # over four _history pages: windows
+        for resource_id in changed:
+            resource = env.read("Encounter", resource_id)
+            resource["status"] = "cancelled" if resource["status"] != "cancelled" else "finished"
+            env.put(resource)
+        env.delete("Encounter", changed[0])
+        again = env.run_all(("Patient", "Encounter"))["Encounter"]
+        assert UNSORTED in again.notes and again.stored == len(changed) - 1 and again.deleted == 1
+        assert_in_step(env, ("Patient", "Encounter"))
+        assert env.run_all(("Encounter",))["Encounter"].stored == 0
 
 
 @pytest.mark.parametrize(("feed_pages", "from_history"), [(4, True), (1, False)])

@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from connector.bulk import BulkExport
-from connector.fhir_reader import Authed, _keep_since, group_patient_ids, page_of
+from connector.fhir_reader import Authed, _keep_since, group_patient_ids, in_last_updated_order, page_of
 from connector.polite import PoliteClient
 from prm.errors import PermanentEhrError
 from tests.support.fault_proxy import FaultProxy
@@ -94,3 +94,20 @@ def test_ndjson_lines_that_are_not_resources_come_out_marked(proxy: FaultProxy) 
     assert [g.get("id") for g in got] == ["a", None, None, "b"]
     assert [(g["resourceType"], g["line"]) for g in got[1:3]] == [("__invalid__", 3), ("__invalid__", 4)]
     assert "{not json" not in str(got)  # the bad line's content stays out of what gets stored and logged
+
+
+def stamped(*instants: str | None) -> list[dict[str, object]]:
+    return [{"resourceType": "Encounter", "id": f"e{n}", **({"meta": {"lastUpdated": t}} if t else {})}
+            for n, t in enumerate(instants)]
+
+
+def test_in_last_updated_order() -> None:
+    assert in_last_updated_order(stamped("2026-11-20T10:00:00Z", "2026-11-20T10:00:00Z", "2026-11-20T10:00:01Z"))
+    assert not in_last_updated_order(stamped("2026-11-20T10:00:01Z", "2026-11-20T10:00:00.5Z"))
+    # offsets compare as instants, not as text: 11:00+01:00 is 10:00Z
+    assert in_last_updated_order(stamped("2026-11-20T10:00:00.5Z", "2026-11-20T11:00:01+01:00"))
+    assert not in_last_updated_order(stamped("2026-11-20T10:00:02Z", "2026-11-20T11:00:01+01:00"))
+    # no instant, or one that does not parse (or has no zone), is passed over rather than guessed at
+    assert in_last_updated_order(stamped("2026-11-20T10:00:00Z", None, "garbage", "2026-11-20T09:00",
+                                         "2026-11-20T10:00:01Z"))
+    assert in_last_updated_order([]) and in_last_updated_order(stamped(None))

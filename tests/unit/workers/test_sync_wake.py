@@ -16,7 +16,7 @@ from prm.models import Job
 from tests.support.dispatch import RecordingDispatcher
 from workers import sync
 from workers.runtime import WorkerContext, build
-from workers.sync_engine import StreamRun
+from workers.sync_run import StreamRun
 
 
 @pytest.mark.parametrize("woken_mid_run", [True, False])

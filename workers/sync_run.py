@@ -1,0 +1,42 @@
+"""What one run of a stream did (the figures `prm sync run`, the jobs and the benchmark report), and the two
+conversions between the EHR's instants and ours that every part of a run uses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+Progress = Callable[[str, int], None]
+
+
+@dataclass
+class StreamRun:
+    resource_type: str
+    pages: int = 0
+    stored: int = 0
+    deleted: int = 0
+    quarantined: int = 0
+    caught_up: bool = False
+    busy: bool = False
+    server_started: datetime | None = None  # the EHR's clock when this run first read (search time or export)
+    notes: list[str] = field(default_factory=list)
+    companions: list[StreamRun] = field(default_factory=list)  # streams whose first load shared this export
+
+
+def count_page(run: StreamRun, stored: int, deleted: int, quarantined: int, progress: Progress | None) -> None:
+    run.pages += 1
+    run.stored += stored
+    run.deleted += deleted
+    run.quarantined += quarantined
+    if progress:
+        progress(run.resource_type, stored + deleted + quarantined)
+
+
+def iso(value: datetime) -> str:
+    """A search parameter's instant: UTC, milliseconds, `Z`."""
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def server_instant(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)

@@ -1,0 +1,147 @@
+"""Type-level `_lastUpdated` windows: what changed since a stream's committed cursor, read without trusting
+offset `next` links (they shift when data changes mid-sync). The cursor moves only past what is committed.
+
+Where the EHR honours `_sort=_lastUpdated`, each page is asked for again from the cursor the page before it
+moved (`ge`, and the ids at that instant remembered). Many EHRs ignore `_sort` (FHIR lets a server ignore a
+parameter it does not support) and answer in an order of their own; a page's newest instant then says nothing
+about the next page, and moving the cursor to it would skip the rest. There the pass cuts the time since the
+cursor into `ge lo & lt hi` windows, halving any that does not fit in one page, oldest first, and moves the
+cursor to each window's end once the window is stored. `prm connection check` finds such an EHR; the first page
+that comes back out of order finds one the check could not judge.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+
+from connector.fhir_reader import Page, in_last_updated_order
+from fhir_mappings.written import IDENTIFIER_SYSTEM, WRITTEN_TYPES
+from prm import streams
+from workers.ehr_access import EhrAccess
+from workers.page_prep import last_updated
+from workers.runtime import WorkerContext
+from workers.stream_leases import StreamLease
+from workers.sync_pages import commit_page
+from workers.sync_run import Progress, StreamRun, count_page, iso, server_instant
+
+log = logging.getLogger(__name__)
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)  # where a first load's windows start: before any lastUpdated
+NARROWEST = timedelta(milliseconds=2)  # a window this narrow is one instant: its pages are walked instead
+CLOCK_MARGIN = timedelta(minutes=5)  # our clock stands in for the EHR's only when it gives none, less this
+UNSORTED = "the EHR ignores _sort=_lastUpdated: windows halved until each fits a page"
+
+
+def window_params(resource_type: str, since: datetime | None, page_size: int, *, before: datetime | None = None,
+                  sort: bool = True) -> list[tuple[str, str]]:
+    params = [("_sort", "_lastUpdated")] if sort else []
+    params.append(("_count", str(page_size)))
+    if since is not None:
+        params.append(("_lastUpdated", f"ge{iso(since)}"))
+    if before is not None:
+        params.append(("_lastUpdated", f"lt{iso(before)}"))
+    if resource_type in WRITTEN_TYPES:
+        params.append(("identifier", f"{IDENTIFIER_SYSTEM}|"))
+    return params
+
+
+def read_windows(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun, lease: StreamLease,
+                 deadline: float, progress: Progress | None, *, ehr_sorts: bool = True) -> None:
+    """Sorted windows until a page has no `next` link (or holds nothing); halved windows where the EHR does
+    not sort. Not "until a page comes back short": an EHR may cap `_count` below the page size we ask for
+    (sekmet at 1000, others at 100 or 200), and every page is then "short" while more are waiting."""
+    if not ehr_sorts:
+        _halved_windows(ctx, access, stream_id, run, lease, deadline, progress, None)
+        return
+    page_size = ctx.settings.sync_page_size
+    while time.monotonic() < deadline:
+        with ctx.db.session() as session:
+            stream = streams.get(session, stream_id)
+        page = access.reader.search(stream.resource_type, window_params(stream.resource_type, stream.cursor,
+                                                                        page_size))
+        _note_start(run, page)
+        if page.next_url and not in_last_updated_order(page.resources):  # a page with no next holds it all
+            log.warning("stream %s: the EHR answered out of _lastUpdated order; reading by halved windows",
+                        stream_id)
+            _halved_windows(ctx, access, stream_id, run, lease, deadline, progress, page)
+            return
+        _commit(ctx, access, stream_id, run, page, progress)
+        while _all_ties(page, stream.cursor) and page.next_url:
+            # More resources share one lastUpdated than a page holds: walk that instant's run by its links.
+            page = access.reader.follow(page.next_url)
+            _commit(ctx, access, stream_id, run, page, progress)
+        if not lease.renew():
+            run.notes.append("lease lost")
+            return
+        if not page.next_url or not page.resources:
+            run.caught_up = True
+            return
+
+
+def _halved_windows(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun, lease: StreamLease,
+                    deadline: float, progress: Progress | None, first: Page | None) -> None:
+    """Everything from the cursor up to the EHR's clock at the first search, in `ge lo & lt hi` windows that
+    each fit one page (a window that does not is halved; the older half goes first), so no window relies on an
+    order or an offset. The cursor moves to each window's end as it is stored: a run that stops midway resumes
+    from there. Changes made during the pass are newer than its end, so the next pass reads them."""
+    run.notes.append(UNSORTED)
+    page_size = ctx.settings.sync_page_size
+    with ctx.db.session() as session:
+        stream = streams.get(session, stream_id)
+    resource_type, start = stream.resource_type, stream.cursor or EARLIEST
+    if first is None:  # what is there since the cursor, and the EHR's clock
+        first = access.reader.search(resource_type, window_params(resource_type, start, page_size, sort=False))
+        _note_start(run, first)
+    end = server_instant(first.server_time) if first.server_time else ctx.settings.clock() - CLOCK_MARGIN
+    if end <= start:
+        end = start + NARROWEST
+    pending = [(start, end)] if first.next_url else []
+    if not first.next_url:  # it all fit in one page: the pass is that page
+        _store_window(ctx, access, stream_id, run, [first], end, progress)
+    while pending:
+        if time.monotonic() >= deadline or not lease.renew():
+            run.notes.append("time or lease ran out mid-pass")
+            return
+        low, high = pending.pop()
+        page = access.reader.search(resource_type, window_params(resource_type, low, page_size, before=high,
+                                                                 sort=False))
+        if page.next_url and page.resources and high - low > NARROWEST:
+            middle = low + (high - low) / 2
+            middle = middle.replace(microsecond=middle.microsecond // 1000 * 1000)  # searches carry ms
+            pending += [(middle, high), (low, middle)]  # the older half is taken first
+            continue
+        pages = [page]
+        while page.next_url:  # one instant holds more than a page: its own links, nothing else moves in it
+            page = access.reader.follow(page.next_url)
+            pages.append(page)
+        _store_window(ctx, access, stream_id, run, pages, high, progress)
+    run.caught_up = True
+
+
+def _store_window(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun, pages: list[Page],
+                  end: datetime, progress: Progress | None) -> None:
+    """A whole window's pages, then the cursor to its end (its resources are all older than that)."""
+    for page in pages:
+        result = commit_page(ctx, stream_id, page.resources, move_cursor=False, client=access.client_name)
+        count_page(run, result.stored, 0, result.quarantined, progress)
+    with ctx.db.session() as session:
+        fresh = streams.get(session, stream_id)
+        if fresh.cursor is None or end > fresh.cursor:
+            fresh.cursor, fresh.cursor_ids = end, []
+        session.add(fresh)
+
+
+def _note_start(run: StreamRun, page: Page) -> None:
+    if run.server_started is None and page.server_time:
+        run.server_started = server_instant(page.server_time)
+
+
+def _all_ties(page: Page, cursor: datetime | None) -> bool:
+    return bool(page.resources) and cursor is not None and all(last_updated(r) == cursor for r in page.resources)
+
+
+def _commit(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun, page: Page,
+            progress: Progress | None) -> None:
+    result = commit_page(ctx, stream_id, page.resources, client=access.client_name)
+    count_page(run, result.stored, 0, result.quarantined, progress)
