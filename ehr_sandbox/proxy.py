@@ -112,7 +112,8 @@ def build_blueprint(smart: SmartAuth) -> Blueprint:
                 if loosened is not None:
                     return relay(forward(path, args, data=loosened))
         if smart.profile.ignores_sort and inter.kind == "search" and "/" not in path.strip("/"):
-            args = [(k, v) for k, v in args if k != "_sort"] + [("_sort", "-_lastUpdated")]
+            ignored = ("_sort", "_lastUpdated") if smart.profile.ignores_last_updated else ("_sort",)
+            args = [(k, v) for k, v in args if k not in ignored] + [("_sort", "-_lastUpdated")]
         resp = forward(path, args + inter.extra_params)
         if inter.check_result_patient and resp.status_code == 200:
             try:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from connector.fhir_reader import Page, in_last_updated_order
 from fhir_mappings.written import IDENTIFIER_SYSTEM, WRITTEN_TYPES
 from prm import streams
+from prm.errors import PermanentEhrError
 from workers.ehr_access import EhrAccess
 from workers.page_prep import last_updated
 from workers.runtime import WorkerContext
@@ -28,7 +29,9 @@ from workers.sync_run import Progress, StreamRun, count_page, iso, server_instan
 
 log = logging.getLogger(__name__)
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)  # where a first load's windows start: before any lastUpdated
-NARROWEST = timedelta(milliseconds=2)  # a window this narrow is one instant: its pages are walked instead
+# A window this narrow is walked by its own links, not halved: some EHRs compare instants to the second, and a
+# bulk-loaded EHR can hold more than a page in one second.
+NARROWEST = timedelta(seconds=1)
 CLOCK_MARGIN = timedelta(minutes=5)  # our clock stands in for the EHR's only when it gives none, less this
 UNSORTED = "the EHR ignores _sort=_lastUpdated: windows halved until each fits a page"
 
@@ -106,9 +109,9 @@ def _halved_windows(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: 
         low, high = pending.pop()
         page = access.reader.search(resource_type, window_params(resource_type, low, page_size, before=high,
                                                                  sort=False))
+        _check_within(page, low, high, stream_id)
         if page.next_url and page.resources and high - low > NARROWEST:
-            middle = low + (high - low) / 2
-            middle = middle.replace(microsecond=middle.microsecond // 1000 * 1000)  # searches carry ms
+            middle = _middle(low, high)
             pending += [(middle, high), (low, middle)]  # the older half is taken first
             continue
         pages = [page]
@@ -130,6 +133,27 @@ def _store_window(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: St
         if fresh.cursor is None or end > fresh.cursor:
             fresh.cursor, fresh.cursor_ids = end, []
         session.add(fresh)
+
+
+def _middle(low: datetime, high: datetime) -> datetime:
+    """Halfway, on a whole second where one lies strictly between (EHRs that compare to the second then cut
+    where we do), else on the millisecond (searches carry no finer instants)."""
+    middle = low + (high - low) / 2
+    second = middle.replace(microsecond=0)
+    return second if low < second < high else middle.replace(microsecond=middle.microsecond // 1000 * 1000)
+
+
+def _check_within(page: Page, low: datetime, high: datetime, stream_id: int) -> None:
+    """An EHR that ignores `_lastUpdated` answers every window with the same resources, and halving would never
+    end: refuse it with the reason (a second's slack either side, for EHRs that compare to the second)."""
+    for resource in page.resources:
+        stamp = last_updated(resource)
+        if stamp is not None and not low - NARROWEST <= stamp < high + NARROWEST:
+            raise PermanentEhrError(
+                f"the EHR answered _lastUpdated=ge{iso(low)}&_lastUpdated=lt{iso(high)} with "
+                f"{resource.get('resourceType')}/{resource.get('id')} of {iso(stamp)}: it does not filter by "
+                f"_lastUpdated, so its changes cannot be found by windows (stream {stream_id}); "
+                "sync it patient by patient (prm sync strategy ... patient) or ask the EHR vendor")
 
 
 def _note_start(run: StreamRun, page: Page) -> None:

@@ -13,6 +13,7 @@ from sqlmodel import select
 from ehr_sandbox.config import SandboxConfig
 from ehr_sandbox.stack import SandboxStack
 from prm import streams
+from prm.errors import PermanentEhrError
 from prm.models import AuditRecord
 from prm.snapshot_models import SyncStream
 from tests.integration.sync_env import SyncEnv, small_dataset, sync_database, sync_env
@@ -125,6 +126,20 @@ def test_an_ehr_that_ignores_sort_is_read_in_halved_windows(tmp_path: Path) -> N
         assert UNSORTED in again.notes and again.stored == len(changed) - 1 and again.deleted == 1
         assert_in_step(env, ("Patient", "Encounter"))
         assert env.run_all(("Encounter",))["Encounter"].stored == 0
+
+
+def test_an_ehr_that_ignores_last_updated_is_refused_with_the_reason_not_halved_forever(tmp_path: Path) -> None:
+    """Every window answers everything: halving could never make one fit a page. The run stops at the first
+    window that holds resources far outside it, and says why on the stream."""
+    config = SandboxConfig(profile="ignores-last-updated", port=0, fhir_internal_port=0)
+    with SandboxStack(config, dataset=small_dataset(70)) as stack, \
+            sync_database(stack, tmp_path, sync_page_size=40) as env:
+        with pytest.raises(PermanentEhrError, match="does not filter by _lastUpdated"):
+            env.run_all(("Encounter",))
+        with env.ctx.db.session() as session:
+            encounters = session.exec(select(SyncStream).where(SyncStream.resource_type == "Encounter")).one()
+        assert encounters.last_error and "prm sync strategy" in encounters.last_error
+        assert encounters.cursor is None and encounters.phase == "initial"
 
 
 @pytest.mark.parametrize(("feed_pages", "from_history"), [(4, True), (1, False)])
