@@ -51,8 +51,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
     Profile("no-history", "No _history interactions: the sync must find changes by _lastUpdated", history=False),
     Profile("ignores-sort", "Searches ignore _sort and answer newest first: a page's newest instant says nothing "
             "about the next page", ignores_sort=True),
-    Profile("ignores-last-updated", "Searches ignore _lastUpdated and _sort: no window can find what changed",
-            ignores_sort=True, ignores_last_updated=True),
+    Profile("ignores-last-updated", "Searches ignore _lastUpdated and _sort, and the CapabilityStatement lists no "
+            "_lastUpdated search: no window can find what changed", ignores_sort=True, ignores_last_updated=True),
     Profile("racy-conditional-create", "If-None-Exist is a search, a pause and a blind create: parallel conditional "
             "creates make duplicates, then every one for that identifier is 412", conditional_create_race_s=0.3),
 ]}

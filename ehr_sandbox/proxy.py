@@ -42,6 +42,9 @@ def _with_smart_security(cap: dict[str, Any], smart: SmartAuth) -> dict[str, Any
             for res in rest.get("resource", []):
                 res["interaction"] = [i for i in res.get("interaction", [])
                                       if i.get("code") not in ("history-type", "history-instance")]
+        if smart.profile.ignores_last_updated:  # declared, as an EHR without the search would declare it
+            for res in rest.get("resource", []):
+                res["searchParam"] = [p for p in res.get("searchParam", []) if p.get("name") != "_lastUpdated"]
         levels = smart.profile.export_levels
         if "system" not in levels:
             rest["operation"] = [op for op in rest.get("operation", []) if op.get("name") != "export"]

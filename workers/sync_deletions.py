@@ -36,14 +36,16 @@ def batches(items: list[T], size: int) -> list[list[T]]:
 
 
 def find_deletions(ctx: WorkerContext, access: EhrAccess, stream_id: int, mark_before_run: datetime | None,
-                   history_deleted: list[str] | None, patient_scoped: bool) -> tuple[int, dict[str, datetime | None]]:
+                   history_deleted: list[str] | None, patient_scoped: bool,
+                   listed: set[str] | None = None) -> tuple[int, dict[str, datetime | None]]:
     """Take what the EHR deleted out of the snapshot: the deletions `_history` showed (read before the
-    windows), or, where there is no `_history`, what an id comparison finds. Returns how many left and the
-    stream's marks to store with the run's success (one transaction fewer per run).
+    windows), or, where there is no `_history`, what an id comparison finds (against `listed`, the ids a
+    run that read everything saw, else a listing). Returns how many left and the stream's marks to store with
+    the run's success (one transaction fewer per run).
 
     `_history` is read since the cursor as it stood before the previous run (server clock), so windows
     overlap and no deletion falls between them; an EHR without `_history` has its ids compared every
-    RECONCILE_EVERY.
+    RECONCILE_EVERY, or every run that read them all anyway.
     """
     with ctx.db.session() as session:
         stream = streams.get(session, stream_id)
@@ -51,9 +53,9 @@ def find_deletions(ctx: WorkerContext, access: EhrAccess, stream_id: int, mark_b
     now = ctx.settings.clock()
     marks: dict[str, datetime | None] = {"history_mark": mark_before_run or stream.cursor}
     if gone is None:
-        if stream.reconciled_at is not None and now - stream.reconciled_at < RECONCILE_EVERY:
+        if listed is None and stream.reconciled_at is not None and now - stream.reconciled_at < RECONCILE_EVERY:
             return 0, {}  # no _history here: ids are compared every RECONCILE_EVERY, not every run
-        gone = _reconcile(ctx, access, stream, patient_scoped)
+        gone = _reconcile(ctx, access, stream, patient_scoped, listed)
         marks["reconciled_at"] = now
     if not gone:
         return 0, marks
@@ -61,10 +63,13 @@ def find_deletions(ctx: WorkerContext, access: EhrAccess, stream_id: int, mark_b
     return result.deleted, marks
 
 
-def _reconcile(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, patient_scoped: bool) -> list[str]:
+def _reconcile(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, patient_scoped: bool,
+               listed: set[str] | None) -> list[str]:
     """The snapshot's live ids the EHR no longer has: missing from its listing, and not found when asked."""
     params = [("identifier", f"{IDENTIFIER_SYSTEM}|")] if stream.resource_type in WRITTEN_TYPES else []
-    if patient_scoped:
+    if listed is not None:
+        on_server = listed
+    elif patient_scoped:
         on_server = _ids_patient_by_patient(ctx, access, stream, params)
     else:
         on_server = _all_ids(access, stream.resource_type, params or None)

@@ -32,13 +32,12 @@ from workers.stream_leases import StreamLease, release_together, renew_together
 from workers.sync_deletions import ID_BATCH, PATIENT_PARAM, batches, find_deletions
 from workers.sync_pages import commit_page, commit_prepared
 from workers.sync_run import Progress, StreamRun, count_page, iso, server_instant
-from workers.sync_windows import read_windows
+from workers.sync_windows import read_windows, reread_all
 
 log = logging.getLogger(__name__)
 AFTER_EXPORT_AT_ONCE = 4  # the polite client's default bound on requests in flight
 # Types in the Patient compartment (FHIR R4 CompartmentDefinition): what a Group-level export holds.
 GROUP_EXPORTED = ("Patient", "RelatedPerson", "Encounter", "Appointment")
-
 
 
 Held = list[tuple[SyncStream, StreamLease, StreamRun]]  # the streams a run holds, each with its lease
@@ -148,6 +147,7 @@ def _sync_after(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, conne
     mark_before_run = stream.cursor if stream.phase != "initial" else None
     first_load = stream.phase == "initial"
     history = None if first_load else _read_history(ctx, access, stream)
+    listed: set[str] | None = None  # every id the EHR has, where this run read them all
     if history is not None and history.quiet:  # nothing changed since the mark: no window can find anything
         run.caught_up = True
         run.notes.append("unchanged (_history)")
@@ -155,6 +155,8 @@ def _sync_after(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, conne
         _patient_windows(ctx, access, connection, stream_id, run, lease, deadline, progress)
     elif history is not None and _history_feeds(stream, history):
         _store_history(ctx, access, stream_id, run, history, progress)  # one request, not two
+    elif strategy_of(stream, connection)[1] == "full-reread":  # no window can find what changed
+        listed = reread_all(ctx, access, stream_id, run, lease, deadline, progress)
     else:
         read_windows(ctx, access, stream_id, run, lease, deadline, progress, ehr_sorts=_ehr_sorts(connection))
     marks: dict[str, datetime | None] = {}
@@ -164,7 +166,7 @@ def _sync_after(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, conne
         else:
             deleted, marks = find_deletions(ctx, access, stream_id, mark_before_run,
                                             history.deleted if history is not None else None,
-                                            _patient_scoped(stream, connection))
+                                            _patient_scoped(stream, connection), listed)
             run.deleted += deleted
     with ctx.db.session() as session:
         fresh = streams.get(session, stream_id)

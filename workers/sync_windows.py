@@ -34,6 +34,7 @@ EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)  # where a first load's windows star
 NARROWEST = timedelta(seconds=1)
 CLOCK_MARGIN = timedelta(minutes=5)  # our clock stands in for the EHR's only when it gives none, less this
 UNSORTED = "the EHR ignores _sort=_lastUpdated: windows halved until each fits a page"
+REREAD = "no _lastUpdated search: every resource read again"
 
 
 def window_params(resource_type: str, since: datetime | None, page_size: int, *, before: datetime | None = None,
@@ -64,6 +65,8 @@ def read_windows(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: Str
         page = access.reader.search(stream.resource_type, window_params(stream.resource_type, stream.cursor,
                                                                         page_size))
         _note_start(run, page)
+        if stream.cursor is not None:
+            _check_within(page, stream.cursor, None, stream_id)
         if page.next_url and not in_last_updated_order(page.resources):  # a page with no next holds it all
             log.warning("stream %s: the EHR answered out of _lastUpdated order; reading by halved windows",
                         stream_id)
@@ -135,6 +138,39 @@ def _store_window(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: St
         session.add(fresh)
 
 
+def reread_all(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun, lease: StreamLease,
+               deadline: float, progress: Progress | None) -> set[str] | None:
+    """Every resource of the type, page by page by the EHR's own links: for an EHR whose searches cannot
+    filter by `_lastUpdated` (`prm connection check` found none in its CapabilityStatement), where no window
+    can find what changed. Versions already held change nothing (upserts are version-aware). An offset link
+    may skip a resource when data changes mid-pass: the next pass reads it, and the deletion check asks for a
+    missed id before taking it out. Returns the ids read when the pass went through, else None."""
+    with ctx.db.session() as session:
+        resource_type = streams.get(session, stream_id).resource_type
+    page = access.reader.search(resource_type, window_params(resource_type, None, ctx.settings.sync_page_size,
+                                                             sort=False))
+    _note_start(run, page)
+    listed: set[str] = set()
+    while True:
+        result = commit_page(ctx, stream_id, page.resources, move_cursor=False, client=access.client_name)
+        count_page(run, result.stored, 0, result.quarantined, progress)
+        listed.update(str(resource.get("id")) for resource in page.resources)
+        if not page.next_url:
+            break
+        if time.monotonic() >= deadline or not lease.renew():
+            run.notes.append("time or lease ran out mid-pass")
+            return None
+        page = access.reader.follow(page.next_url)
+    if run.server_started is not None:  # what the snapshot holds is as of then: shown as the stream's lag
+        with ctx.db.session() as session:
+            fresh = streams.get(session, stream_id)
+            fresh.cursor, fresh.cursor_ids = run.server_started, []
+            session.add(fresh)
+    run.caught_up = True
+    run.notes.append(REREAD)
+    return listed
+
+
 def _middle(low: datetime, high: datetime) -> datetime:
     """Halfway, on a whole second where one lies strictly between (EHRs that compare to the second then cut
     where we do), else on the millisecond (searches carry no finer instants)."""
@@ -143,17 +179,20 @@ def _middle(low: datetime, high: datetime) -> datetime:
     return second if low < second < high else middle.replace(microsecond=middle.microsecond // 1000 * 1000)
 
 
-def _check_within(page: Page, low: datetime, high: datetime, stream_id: int) -> None:
-    """An EHR that ignores `_lastUpdated` answers every window with the same resources, and halving would never
-    end: refuse it with the reason (a second's slack either side, for EHRs that compare to the second)."""
+def _check_within(page: Page, low: datetime, high: datetime | None, stream_id: int) -> None:
+    """An EHR that ignores `_lastUpdated` answers every window with the same resources: halving would never end,
+    and re-asking from a cursor would read the same pages until the time ran out. Refuse it with the reason (a
+    second's slack either side, for EHRs that compare instants to the second)."""
     for resource in page.resources:
         stamp = last_updated(resource)
-        if stamp is not None and not low - NARROWEST <= stamp < high + NARROWEST:
+        if stamp is not None and not (low - NARROWEST <= stamp and (high is None or stamp < high + NARROWEST)):
+            asked = f"_lastUpdated=ge{iso(low)}" + (f"&_lastUpdated=lt{iso(high)}" if high is not None else "")
             raise PermanentEhrError(
-                f"the EHR answered _lastUpdated=ge{iso(low)}&_lastUpdated=lt{iso(high)} with "
+                f"the EHR answered {asked} with "
                 f"{resource.get('resourceType')}/{resource.get('id')} of {iso(stamp)}: it does not filter by "
-                f"_lastUpdated, so its changes cannot be found by windows (stream {stream_id}); "
-                "sync it patient by patient (prm sync strategy ... patient) or ask the EHR vendor")
+                f"_lastUpdated, so its changes cannot be found by windows (stream {stream_id}); where its "
+                "CapabilityStatement lists no _lastUpdated search, `prm connection check` has every pass read "
+                "everything; else sync it patient by patient (prm sync strategy ... patient)")
 
 
 def _note_start(run: StreamRun, page: Page) -> None:

@@ -23,7 +23,7 @@ from workers.page_prep import PreparedPage, Target, prepare_lines
 from workers.prep_helper import Helper, Lines
 from workers.sync_connection import sync_connection
 from workers.sync_engine import GROUP_EXPORTED
-from workers.sync_windows import UNSORTED
+from workers.sync_windows import REREAD, UNSORTED
 
 SYNCED = ("Organization", "Location", "PractitionerRole", "Patient", "RelatedPerson", "Encounter", "Appointment")
 
@@ -128,9 +128,11 @@ def test_an_ehr_that_ignores_sort_is_read_in_halved_windows(tmp_path: Path) -> N
         assert env.run_all(("Encounter",))["Encounter"].stored == 0
 
 
-def test_an_ehr_that_ignores_last_updated_is_refused_with_the_reason_not_halved_forever(tmp_path: Path) -> None:
-    """Every window answers everything: halving could never make one fit a page. The run stops at the first
-    window that holds resources far outside it, and says why on the stream."""
+def test_an_ehr_without_last_updated_searches_is_read_whole_each_pass_once_checked(tmp_path: Path) -> None:
+    """Its searches ignore `_lastUpdated` (and `_sort`), and its CapabilityStatement says it has no such search.
+    Unchecked, every window answers everything: halving could never make one fit a page, so the run stops at
+    the first window holding resources far outside it and says why on the stream. Checked, every pass reads
+    every resource (changes and deletions both found), since no window can."""
     config = SandboxConfig(profile="ignores-last-updated", port=0, fhir_internal_port=0)
     with SandboxStack(config, dataset=small_dataset(70)) as stack, \
             sync_database(stack, tmp_path, sync_page_size=40) as env:
@@ -138,8 +140,27 @@ def test_an_ehr_that_ignores_last_updated_is_refused_with_the_reason_not_halved_
             env.run_all(("Encounter",))
         with env.ctx.db.session() as session:
             encounters = session.exec(select(SyncStream).where(SyncStream.resource_type == "Encounter")).one()
-        assert encounters.last_error and "prm sync strategy" in encounters.last_error
+        assert encounters.last_error and "prm connection check" in encounters.last_error
         assert encounters.cursor is None and encounters.phase == "initial"
+
+        profile = check_connection(env.ctx, env.connection_id)
+        assert profile["sync"]["strategy"]["incremental"] == "full-reread"
+        first = env.run_all(("Encounter",))["Encounter"]
+        assert first.caught_up and REREAD in first.notes
+        assert env.snapshot("Encounter") == env.server("Encounter")
+        on_server = sorted(i for i, _ in env.server("Encounter"))
+        for resource_id in on_server[1:4]:
+            resource = env.read("Encounter", resource_id)
+            resource["status"] = "cancelled" if resource["status"] != "cancelled" else "finished"
+            env.put(resource)
+        env.delete("Encounter", on_server[0])
+        with env.ctx.db.session() as session:  # as on an EHR that keeps no _history either
+            for stream in session.exec(select(SyncStream)).all():
+                stream.history_mark = None
+                session.add(stream)
+        again = env.run_all(("Encounter",))["Encounter"]
+        assert again.caught_up and REREAD in again.notes and again.deleted == 1
+        assert env.snapshot("Encounter") == env.server("Encounter")
 
 
 @pytest.mark.parametrize(("feed_pages", "from_history"), [(4, True), (1, False)])
