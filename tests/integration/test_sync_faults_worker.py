@@ -31,7 +31,7 @@ from prm import streams
 from tests.integration.sync_env import SyncEnv, small_dataset, sync_database
 from tests.support.fault_proxy import Fault, FaultProxy, FaultyEhr
 from tests.support.ports import free_port
-from tests.support.processes import Process, RedisServer, prm_process, wait_until
+from tests.support.processes import Process, RedisServer, prm_process, stop_all, wait_until
 from tests.support.settings import env_for
 from workers.connection_check import check_connection
 
@@ -139,11 +139,7 @@ def worker_and_beat(env: SyncEnv, tmp_path: Path) -> Iterator[None]:
             processes.append(prm_process(name, args, tmp_path / "logs", process_env, tmp_path).start())
         yield
     finally:
-        for process in processes:
-            process.stop()
-        redis.stop()
-        for process in processes:
-            print(f"--- {process.name} ---\n{process.log_tail(10 if process.name == 'beat' else 50)}")
+        stop_all(processes, redis, {"beat": 10, "worker": 50})
 
 
 def first_loads_done(env: SyncEnv) -> bool:

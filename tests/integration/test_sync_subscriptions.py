@@ -26,7 +26,7 @@ from tests.integration.sync_env import SyncEnv, sync_database, sync_env
 from tests.integration.test_admin_pages import PASSWORD, Admin
 from tests.support.fault_proxy import FaultyEhr
 from tests.support.ports import free_port
-from tests.support.processes import BIN, Process, RedisServer, prm_process, wait_http_ok, wait_until
+from tests.support.processes import BIN, Process, RedisServer, prm_process, stop_all, wait_http_ok, wait_until
 from tests.support.settings import env_for
 from workers import subscriptions
 from workers.connection_check import check_connection
@@ -254,8 +254,4 @@ def test_with_celery_on_redis_a_notification_reaches_a_worker_through_the_queue(
             assert ran is not None and ran.claimed_by is not None
             assert f":{app.proc.pid if app.proc else 0}:" not in ran.claimed_by  # the worker ran it, not the app
     finally:
-        for process in processes:
-            process.stop()
-        redis.stop()
-        for process in processes:
-            print(f"--- {process.name} ---\n{process.log_tail(30)}")
+        stop_all(processes, redis)

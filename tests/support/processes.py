@@ -73,6 +73,18 @@ class RedisServer(Process):
         return self
 
 
+def stop_all(processes: list[Process], redis: RedisServer | None = None,
+             tails: dict[str, int] | None = None) -> None:
+    """Stop the processes, then Redis; then print each one's log tail (30 lines unless `tails` names it), so a
+    failing test shows what they said."""
+    for process in processes:
+        process.stop()
+    if redis is not None:
+        redis.stop()
+    for process in processes:
+        print(f"--- {process.name} ---\n{process.log_tail((tails or {}).get(process.name, 30))}")
+
+
 def prm_process(name: str, args: list[str], log_dir: Path, env: dict[str, str], cwd: Path) -> Process:
     return Process(name, [str(BIN / "prm"), *args], log_dir, env=env, cwd=cwd)
 
