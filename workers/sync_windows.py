@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from connector.fhir_reader import Page, in_last_updated_order
@@ -54,35 +55,66 @@ def read_windows(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: Str
                  deadline: float, progress: Progress | None, *, ehr_sorts: bool = True) -> None:
     """Sorted windows until a page has no `next` link (or holds nothing); halved windows where the EHR does
     not sort. Not "until a page comes back short": an EHR may cap `_count` below the page size we ask for
-    (sekmet at 1000, others at 100 or 200), and every page is then "short" while more are waiting."""
+    (sekmet at 1000, others at 100 or 200), and every page is then "short" while more are waiting.
+
+    Each sorted window is asked for while the page before it is stored, from the cursor that page will leave
+    (its newest instant), and used only if the committed cursor is that one: the EHR and the worker are busy
+    at once, and a search first load ran ~20% faster (bench/sync.py --strategies search)."""
     if not ehr_sorts:
         _halved_windows(ctx, access, stream_id, run, lease, deadline, progress, None)
         return
     page_size = ctx.settings.sync_page_size
-    while time.monotonic() < deadline:
-        with ctx.db.session() as session:
-            stream = streams.get(session, stream_id)
-        page = access.reader.search(stream.resource_type, window_params(stream.resource_type, stream.cursor,
-                                                                        page_size))
-        _note_start(run, page)
-        if stream.cursor is not None:
-            _check_within(page, stream.cursor, None, stream_id)
-        if page.next_url and not in_last_updated_order(page.resources):  # a page with no next holds it all
-            log.warning("stream %s: the EHR answered out of _lastUpdated order; reading by halved windows",
-                        stream_id)
-            _halved_windows(ctx, access, stream_id, run, lease, deadline, progress, page)
-            return
-        _commit(ctx, access, stream_id, run, page, progress)
-        while _all_ties(page, stream.cursor) and page.next_url:
-            # More resources share one lastUpdated than a page holds: walk that instant's run by its links.
-            page = access.reader.follow(page.next_url)
-            _commit(ctx, access, stream_id, run, page, progress)
-        if not lease.renew():
-            run.notes.append("lease lost")
-            return
-        if not page.next_url or not page.resources:
-            run.caught_up = True
-            return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"window-ahead-{stream_id}") as ahead:
+        asked: tuple[datetime | None, Future[Page]] | None = None  # the next window, asked from this cursor
+        try:
+            while time.monotonic() < deadline:
+                with ctx.db.session() as session:
+                    stream = streams.get(session, stream_id)
+                if asked is not None and asked[0] == stream.cursor:
+                    page = asked[1].result()
+                else:
+                    if asked is not None:
+                        asked[1].result()  # asked from another cursor: its answer is dropped, an error raised
+                    page = access.reader.search(stream.resource_type,
+                                                window_params(stream.resource_type, stream.cursor, page_size))
+                asked = None
+                _note_start(run, page)
+                if stream.cursor is not None:
+                    _check_within(page, stream.cursor, None, stream_id)
+                if page.next_url and not in_last_updated_order(page.resources):  # with no next, it is all there
+                    log.warning("stream %s: the EHR answered out of _lastUpdated order; reading by halved windows",
+                                stream_id)
+                    _halved_windows(ctx, access, stream_id, run, lease, deadline, progress, page)
+                    return
+                if page.next_url and page.resources and not _all_ties(page, stream.cursor):
+                    # The next window starts where this page will move the cursor: asked for now, it comes back
+                    # while this page is checked, mapped and stored (the EHR and the worker busy at once).
+                    following = _cursor_after(page, stream.cursor)
+                    asked = (following, ahead.submit(access.reader.search, stream.resource_type,
+                                                     window_params(stream.resource_type, following, page_size)))
+                _commit(ctx, access, stream_id, run, page, progress)
+                while _all_ties(page, stream.cursor) and page.next_url:
+                    # More resources share one lastUpdated than a page holds: walk that instant's run by its links.
+                    page = access.reader.follow(page.next_url)
+                    _commit(ctx, access, stream_id, run, page, progress)
+                if not lease.renew():
+                    run.notes.append("lease lost")
+                    return
+                if not page.next_url or not page.resources:
+                    run.caught_up = True
+                    return
+        finally:
+            if asked is not None and not asked[1].cancel() and asked[1].exception() is not None:
+                log.info("stream %s: a window asked ahead and not needed failed: %s", stream_id,
+                         asked[1].exception())
+
+
+def _cursor_after(page: Page, cursor: datetime | None) -> datetime | None:
+    """Where committing `page` moves the cursor (as prm.streams.advance moves it): to its newest instant."""
+    stamps = [stamp for stamp in (last_updated(resource) for resource in page.resources) if stamp is not None]
+    if not stamps:
+        return cursor
+    return max(stamps) if cursor is None else max(max(stamps), cursor)
 
 
 def _halved_windows(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun, lease: StreamLease,

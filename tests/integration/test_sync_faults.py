@@ -64,6 +64,15 @@ def test_transient_faults_mid_sync_leave_no_gap(name: str, fault: dict[str, obje
     in_step(env)
 
 
+def test_each_window_is_asked_for_once_though_the_next_is_asked_ahead(env: SyncEnv, faulty: FaultyEhr) -> None:
+    """The next window is asked for while a page is stored, from the cursor that page will leave: used, not
+    asked for again (a request per page), and the snapshot whole."""
+    run = env.run_all(("Encounter",))["Encounter"]
+    assert run.caught_up and run.pages > 5
+    assert faulty.proxy.count("GET", r"^/fhir/Encounter$") == run.pages  # searches (the path, no query)
+    assert env.snapshot("Encounter") == env.server("Encounter")
+
+
 def test_invalid_resources_are_quarantined_and_the_rest_synced(env: SyncEnv, faulty: FaultyEhr) -> None:
     bundle = requests.get(f"{faulty.stack.fhir_internal_url}/Patient?_sort=_lastUpdated&_count=200", timeout=30).json()
     broken = copy.deepcopy(bundle)
