@@ -7,7 +7,9 @@ parameter it does not support) and answer in an order of their own; a page's new
 about the next page, and moving the cursor to it would skip the rest. There the pass cuts the time since the
 cursor into `ge lo & lt hi` windows, halving any that does not fit in one page, oldest first, and moves the
 cursor to each window's end once the window is stored. `prm connection check` finds such an EHR; the first page
-that comes back out of order finds one the check could not judge.
+that comes back out of order finds one the check could not judge. Where the EHR has no `_lastUpdated` search at
+all (the check finds none in its CapabilityStatement), every pass reads every page, and the ids it read tell
+what was deleted.
 """
 
 from __future__ import annotations
