@@ -26,6 +26,7 @@ class Profile:
     # of their own (the `self` link then names no `_sort`)
     ignores_sort: bool = False
     ignores_last_updated: bool = False  # type-level searches ignore `_lastUpdated` (every window answers it all)
+    last_updated_to_the_second: bool = False  # `_lastUpdated` search values lose their fraction of a second
 
 
 PROFILES: dict[str, Profile] = {p.name: p for p in [
@@ -51,6 +52,10 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
     Profile("no-history", "No _history interactions: the sync must find changes by _lastUpdated", history=False),
     Profile("ignores-sort", "Searches ignore _sort and answer newest first: a page's newest instant says nothing "
             "about the next page", ignores_sort=True),
+    Profile("second-precision", "_lastUpdated searches compare to the second (ge12:00:00.9 answers from 12:00:00)",
+            last_updated_to_the_second=True),
+    Profile("unsorted-second-precision", "Searches ignore _sort (newest first) and compare _lastUpdated to the "
+            "second", ignores_sort=True, last_updated_to_the_second=True),
     Profile("ignores-last-updated", "Searches ignore _lastUpdated and _sort, and the CapabilityStatement lists no "
             "_lastUpdated search: no window can find what changed", ignores_sort=True, ignores_last_updated=True),
     Profile("racy-conditional-create", "If-None-Exist is a search, a pause and a blind create: parallel conditional "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import requests
@@ -17,6 +18,7 @@ RESPONSE_HEADERS = ("Location", "ETag", "Content-Location", "Retry-After", "X-Pr
                     "Last-Modified", "Expires")
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+WHOLE_SECOND = re.compile(r"(T\d\d:\d\d:\d\d)\.\d+")  # an instant's fraction of a second, to drop
 
 
 def outcome(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -114,6 +116,8 @@ def build_blueprint(smart: SmartAuth) -> Blueprint:
                 loosened = racy.loosen_bundle(http, upstream, request.get_data(), race)
                 if loosened is not None:
                     return relay(forward(path, args, data=loosened))
+        if smart.profile.last_updated_to_the_second and inter.kind == "search":
+            args = [(k, WHOLE_SECOND.sub(r"\1", v)) if k == "_lastUpdated" else (k, v) for k, v in args]
         if smart.profile.ignores_sort and inter.kind == "search" and "/" not in path.strip("/"):
             ignored = ("_sort", "_lastUpdated") if smart.profile.ignores_last_updated else ("_sort",)
             args = [(k, v) for k, v in args if k not in ignored] + [("_sort", "-_lastUpdated")]

@@ -32,9 +32,9 @@ from workers.sync_run import Progress, StreamRun, count_page, iso, server_instan
 
 log = logging.getLogger(__name__)
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)  # where a first load's windows start: before any lastUpdated
-# A window this narrow is walked by its own links, not halved: some EHRs compare instants to the second, and a
-# bulk-loaded EHR can hold more than a page in one second.
-NARROWEST = timedelta(seconds=1)
+# Windows are cut on whole seconds only, and one with no whole second inside it is walked by its own links:
+# some EHRs compare instants to the second, and a bulk-loaded EHR can hold more than a page in one second.
+SECOND = timedelta(seconds=1)
 CLOCK_MARGIN = timedelta(minutes=5)  # our clock stands in for the EHR's only when it gives none, less this
 UNSORTED = "the EHR ignores _sort=_lastUpdated: windows halved until each fits a page"
 REREAD = "no _lastUpdated search: every resource read again"
@@ -88,15 +88,17 @@ def read_windows(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: Str
                                 stream_id)
                     _halved_windows(ctx, access, stream_id, run, lease, deadline, progress, page)
                     return
-                if page.next_url and page.resources and not _all_ties(page, stream.cursor):
+                if page.next_url and _moves(page, stream.cursor):
                     # The next window starts where this page will move the cursor: asked for now, it comes back
                     # while this page is checked, mapped and stored (the EHR and the worker busy at once).
                     following = _cursor_after(page, stream.cursor)
                     asked = (following, ahead.submit(access.reader.search, stream.resource_type,
                                                      window_params(stream.resource_type, following, page_size)))
                 _commit(ctx, access, stream_id, run, page, progress)
-                while _all_ties(page, stream.cursor) and page.next_url:
-                    # More resources share one lastUpdated than a page holds: walk that instant's run by its links.
+                while page.next_url and not _moves(page, stream.cursor):
+                    # The page leaves the cursor where it was (more resources share its instant than a page holds,
+                    # or the EHR compares instants to the second and answers from the start of it): asking again
+                    # would bring the same page, so that run is walked by its links until a page moves it.
                     page = access.reader.follow(page.next_url)
                     _commit(ctx, access, stream_id, run, page, progress)
                 if not lease.renew():
@@ -121,24 +123,31 @@ def _cursor_after(page: Page, cursor: datetime | None) -> datetime | None:
 
 def _halved_windows(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun, lease: StreamLease,
                     deadline: float, progress: Progress | None, first: Page | None) -> None:
-    """Everything from the cursor up to the EHR's clock at the first search, in `ge lo & lt hi` windows that
-    each fit one page (a window that does not is halved; the older half goes first), so no window relies on an
-    order or an offset. The cursor moves to each window's end as it is stored: a run that stops midway resumes
-    from there. Changes made during the pass are newer than its end, so the next pass reads them."""
+    """Everything from the cursor up to the last whole second of the EHR's clock at the first search, in
+    `ge lo & lt hi` windows that each fit one page (a window that does not is halved on a whole second; the
+    older half goes first), so no window relies on an order or an offset. The cursor moves to each window's end
+    as it is stored: a run that stops midway resumes from there. Then the rest (that last second, and what
+    changed during the pass), which cannot be cut: by its links, the cursor left at its start, so whatever an
+    offset skipped there is read again next pass."""
     run.notes.append(UNSORTED)
     page_size = ctx.settings.sync_page_size
     with ctx.db.session() as session:
         stream = streams.get(session, stream_id)
     resource_type, start = stream.resource_type, stream.cursor or EARLIEST
+
+    def since(moment: datetime) -> Page:
+        return access.reader.search(resource_type, window_params(resource_type, moment, page_size, sort=False))
+
     if first is None:  # what is there since the cursor, and the EHR's clock
-        first = access.reader.search(resource_type, window_params(resource_type, start, page_size, sort=False))
+        first = since(start)
         _note_start(run, first)
-    end = server_instant(first.server_time) if first.server_time else ctx.settings.clock() - CLOCK_MARGIN
-    if end <= start:
-        end = start + NARROWEST
-    pending = [(start, end)] if first.next_url else []
-    if not first.next_url:  # it all fit in one page: the pass is that page
+    clock = server_instant(first.server_time) if first.server_time else ctx.settings.clock() - CLOCK_MARGIN
+    end = max(clock.replace(microsecond=0), start)  # a whole second: where any EHR cuts as we do
+    if not first.next_url:  # all of it in one page, as of the EHR's clock: nothing before `end` is missing
         _store_window(ctx, access, stream_id, run, [first], end, progress)
+        run.caught_up = True
+        return
+    pending = [(start, end)] if end > start else []
     while pending:
         if time.monotonic() >= deadline or not lease.renew():
             run.notes.append("time or lease ran out mid-pass")
@@ -147,16 +156,23 @@ def _halved_windows(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: 
         page = access.reader.search(resource_type, window_params(resource_type, low, page_size, before=high,
                                                                  sort=False))
         _check_within(page, low, high, stream_id)
-        if page.next_url and page.resources and high - low > NARROWEST:
-            middle = _middle(low, high)
+        middle = _middle(low, high) if page.next_url and page.resources else None
+        if middle is not None:
             pending += [(middle, high), (low, middle)]  # the older half is taken first
             continue
-        pages = [page]
-        while page.next_url:  # one instant holds more than a page: its own links, nothing else moves in it
-            page = access.reader.follow(page.next_url)
-            pages.append(page)
-        _store_window(ctx, access, stream_id, run, pages, high, progress)
+        _store_window(ctx, access, stream_id, run, _with_following(access, page), high, progress)
+    rest = first if end == start else since(end)
+    _store_window(ctx, access, stream_id, run, _with_following(access, rest), end, progress)
     run.caught_up = True
+
+
+def _with_following(access: EhrAccess, page: Page) -> list[Page]:
+    """The page and every page its `next` links lead to (a window that cannot be cut further)."""
+    pages = [page]
+    while page.next_url:
+        page = access.reader.follow(page.next_url)
+        pages.append(page)
+    return pages
 
 
 def _store_window(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun, pages: list[Page],
@@ -205,12 +221,15 @@ def reread_all(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: Strea
     return listed
 
 
-def _middle(low: datetime, high: datetime) -> datetime:
-    """Halfway, on a whole second where one lies strictly between (EHRs that compare to the second then cut
-    where we do), else on the millisecond (searches carry no finer instants)."""
-    middle = low + (high - low) / 2
-    second = middle.replace(microsecond=0)
-    return second if low < second < high else middle.replace(microsecond=middle.microsecond // 1000 * 1000)
+def _middle(low: datetime, high: datetime) -> datetime | None:
+    """The whole second nearest halfway, strictly inside the window; None where there is none. An EHR that
+    compares instants to the second then cuts exactly where we do (an `lt` on a fraction of a second would
+    lose the rest of that second there)."""
+    half = low + (high - low) / 2
+    for second in (half.replace(microsecond=0), half.replace(microsecond=0) + SECOND):
+        if low < second < high:
+            return second
+    return None
 
 
 def _check_within(page: Page, low: datetime, high: datetime | None, stream_id: int) -> None:
@@ -219,7 +238,7 @@ def _check_within(page: Page, low: datetime, high: datetime | None, stream_id: i
     second's slack either side, for EHRs that compare instants to the second)."""
     for resource in page.resources:
         stamp = last_updated(resource)
-        if stamp is not None and not (low - NARROWEST <= stamp and (high is None or stamp < high + NARROWEST)):
+        if stamp is not None and not (low - SECOND <= stamp and (high is None or stamp < high + SECOND)):
             asked = f"_lastUpdated=ge{iso(low)}" + (f"&_lastUpdated=lt{iso(high)}" if high is not None else "")
             raise PermanentEhrError(
                 f"the EHR answered {asked} with "
@@ -234,8 +253,10 @@ def _note_start(run: StreamRun, page: Page) -> None:
         run.server_started = server_instant(page.server_time)
 
 
-def _all_ties(page: Page, cursor: datetime | None) -> bool:
-    return bool(page.resources) and cursor is not None and all(last_updated(r) == cursor for r in page.resources)
+def _moves(page: Page, cursor: datetime | None) -> bool:
+    """Whether committing the page moves the cursor: a resource newer than it (any, where there is none yet)."""
+    return any(stamp is not None and (cursor is None or stamp > cursor)
+               for stamp in (last_updated(resource) for resource in page.resources))
 
 
 def _commit(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun, page: Page,

@@ -19,12 +19,13 @@ def page_of_instants(*instants: datetime) -> Page:
                 None, None)
 
 
-def test_a_window_is_halved_on_a_whole_second_where_one_lies_inside() -> None:
+def test_a_window_is_halved_on_a_whole_second_strictly_inside_it_or_not_at_all() -> None:
     assert _middle(T0, T0 + timedelta(hours=2)) == T0 + timedelta(hours=1)
     assert _middle(T0, T0 + timedelta(seconds=3)) == T0 + timedelta(seconds=1)  # 1.5 s down to a whole second
     low = T0 + timedelta(milliseconds=200)
-    middle = _middle(low, low + timedelta(milliseconds=1200))  # no whole second strictly inside: milliseconds
-    assert middle == T0 + timedelta(milliseconds=800) and middle.microsecond % 1000 == 0
+    assert _middle(low, low + timedelta(milliseconds=1200)) == T0 + timedelta(seconds=1)  # up, to stay inside
+    assert _middle(low, low + timedelta(milliseconds=700)) is None  # no whole second inside: walked, not cut
+    assert _middle(T0, T0 + timedelta(seconds=1)) is None  # its ends are not inside it
 
 
 def test_resources_far_outside_the_window_show_an_ehr_that_ignores_last_updated() -> None:
