@@ -22,8 +22,9 @@ SYNC_TYPES = ("Organization", "Location", "PractitionerRole", "Patient", "Relate
               "Appointment", "Task", "Communication")
 LEASE_PREFIX = "sync-stream:"
 # IT's choice per stream: auto (what `prm connection check` found), bulk (first load by Bulk export), search
-# (type-level searches throughout), patient (patient by patient over the known population).
-STRATEGIES = ("auto", "bulk", "search", "patient")
+# (type-level searches throughout), patient (patient by patient over the known population), reread (every
+# resource read again each pass: for an EHR whose searches ignore `_lastUpdated` though it lists the search).
+STRATEGIES = ("auto", "bulk", "search", "patient", "reread")
 
 
 def lease_name(stream: SyncStream) -> str:

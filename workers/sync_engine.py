@@ -55,6 +55,9 @@ def strategy_of(stream: SyncStream, connection: Connection) -> tuple[str, str]:
     elif stream.strategy == "patient":
         incremental = "patient-by-patient"
         initial = initial if initial.startswith("bulk-export") else "patient-by-patient"
+    elif stream.strategy == "reread":
+        incremental = "full-reread"
+        initial = initial if initial.startswith("bulk-export") else "search"
     if stream.resource_type in WRITTEN_TYPES:
         initial = "search"  # ours are found by our identifier system, not exported wholesale
     if initial == "bulk-export-group" and (not connection.export_group or stream.resource_type not in GROUP_EXPORTED):

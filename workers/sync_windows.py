@@ -243,9 +243,9 @@ def _check_within(page: Page, low: datetime, high: datetime | None, stream_id: i
             raise PermanentEhrError(
                 f"the EHR answered {asked} with "
                 f"{resource.get('resourceType')}/{resource.get('id')} of {iso(stamp)}: it does not filter by "
-                f"_lastUpdated, so its changes cannot be found by windows (stream {stream_id}); where its "
-                "CapabilityStatement lists no _lastUpdated search, `prm connection check` has every pass read "
-                "everything; else sync it patient by patient (prm sync strategy ... patient)")
+                f"_lastUpdated, so its changes cannot be found by windows (stream {stream_id}): `prm sync strategy "
+                "... reread` reads everything each pass (as `prm connection check` chooses where the "
+                "CapabilityStatement lists no _lastUpdated search), `... patient` reads patient by patient")
 
 
 def _note_start(run: StreamRun, page: Page) -> None:

@@ -12,7 +12,7 @@ from sqlmodel import select
 
 from ehr_sandbox.config import SandboxConfig
 from ehr_sandbox.stack import SandboxStack
-from prm import streams
+from prm import audit, streams
 from prm.errors import PermanentEhrError
 from prm.models import AuditRecord
 from prm.snapshot_models import SyncStream
@@ -153,7 +153,7 @@ def test_an_ehr_without_last_updated_searches_is_read_whole_each_pass_once_check
     """Its searches ignore `_lastUpdated` (and `_sort`), and its CapabilityStatement says it has no such search.
     Unchecked, every window answers everything: halving could never make one fit a page, so the run stops at
     the first window holding resources far outside it and says why on the stream. Checked, every pass reads
-    every resource (changes and deletions both found), since no window can."""
+    every resource (changes and deletions both found), since no window can; so does IT's `reread`."""
     config = SandboxConfig(profile="ignores-last-updated", port=0, fhir_internal_port=0)
     with SandboxStack(config, dataset=small_dataset(70)) as stack, \
             sync_database(stack, tmp_path, sync_page_size=40) as env:
@@ -161,7 +161,7 @@ def test_an_ehr_without_last_updated_searches_is_read_whole_each_pass_once_check
             env.run_all(("Encounter",))
         with env.ctx.db.session() as session:
             encounters = session.exec(select(SyncStream).where(SyncStream.resource_type == "Encounter")).one()
-        assert encounters.last_error and "prm connection check" in encounters.last_error
+        assert encounters.last_error and "prm sync strategy ... reread" in encounters.last_error
         assert encounters.cursor is None and encounters.phase == "initial"
 
         profile = check_connection(env.ctx, env.connection_id)
@@ -182,6 +182,15 @@ def test_an_ehr_without_last_updated_searches_is_read_whole_each_pass_once_check
         again = env.run_all(("Encounter",))["Encounter"]
         assert again.caught_up and REREAD in again.notes and again.deleted == 1
         assert env.snapshot("Encounter") == env.server("Encounter")
+
+        # IT's way out where no check can tell (another database registers the backend client anew: last)
+        with sync_database(stack, tmp_path / "it-chose", sync_page_size=40) as chosen:
+            with chosen.ctx.db.session() as session:
+                streams.set_strategy(session, chosen.ctx.settings.clock, audit.command_line_actor(
+                    chosen.connection_id), chosen.connection_id, "reread", ["Appointment"])
+            run = chosen.run_all(("Appointment",))["Appointment"]
+            assert run.caught_up and REREAD in run.notes
+            assert chosen.snapshot("Appointment") == chosen.server("Appointment")
 
 
 @pytest.mark.parametrize(("feed_pages", "from_history"), [(4, True), (1, False)])

@@ -48,6 +48,16 @@ def test_it_can_ask_for_patient_by_patient_keeping_an_offered_export() -> None:
     assert strategy_of(stream("Encounter", "patient"), exported) == ("bulk-export-system", "patient-by-patient")
 
 
+def test_it_can_ask_for_every_resource_each_pass_keeping_an_offered_export() -> None:
+    """For an EHR whose searches ignore `_lastUpdated` though its CapabilityStatement lists it."""
+    searched = connection("search", incremental="search-last-updated")
+    assert strategy_of(stream("Encounter", "reread"), searched) == ("search", "full-reread")
+    exported = connection("bulk-export-system", incremental="search-last-updated")
+    assert strategy_of(stream("Encounter", "reread"), exported) == ("bulk-export-system", "full-reread")
+    scoped = connection("patient-by-patient")
+    assert strategy_of(stream("Patient", "reread"), scoped) == ("search", "full-reread")
+
+
 def test_streams_of_one_connection_can_need_different_exports() -> None:
     """A stream IT set to `bulk` exports the Group, one left on a system-export profile the system: why a shared
     export takes as companions only the streams whose first load is the same export."""
