@@ -65,6 +65,17 @@ def polling_an_hour_away(env: SyncEnv) -> bool:
         job.status == "pending" and job.due_at is not None and job.due_at > later for job in open_jobs)
 
 
+def stream_polls_an_hour_away(env: SyncEnv, resource_type: str) -> bool:
+    """That stream has run since the app started, none of its jobs is running, and its next is an hour away."""
+    with env.ctx.db.session() as session:
+        open_jobs = list(session.exec(select(Job).join(SyncStream, col(SyncStream.id) == Job.subject_id).where(
+            Job.kind == SYNC_STREAM, SyncStream.resource_type == resource_type,
+            col(Job.status).in_(("pending", "running")))))
+    later = env.ctx.settings.clock() + timedelta(minutes=30)
+    return bool(open_jobs) and all(
+        job.status == "pending" and job.due_at is not None and job.due_at > later for job in open_jobs)
+
+
 def prm_cli(env: dict[str, str], cwd: Path, *args: str, stdin: str | None = None) -> str:
     done = subprocess.run([str(BIN / "prm"), *args], env=env, cwd=cwd, capture_output=True, text=True, input=stdin,
                           timeout=60, check=False)
@@ -223,35 +234,44 @@ def test_with_celery_on_redis_a_notification_reaches_a_worker_through_the_queue(
     processes: list[Process] = []
     try:
         with sync_env(tmp_path, patients=70) as env:
-            env.grant_backend_scopes(SUBSCRIBING_SCOPES)
-            assert check_connection(env.ctx, env.connection_id)["subscriptions"]["usable"] is True
-            env.run_all()
-            with env.ctx.db.session() as session:
-                session.execute(update(SyncStream).values(interval_s=3600))
-            port = free_port()
-            settings = env.ctx.settings
-            process_env = env_for(settings.database_url, tmp_path / "instance", PRM_REDIS_URL=redis.url,
-                                  PRM_PUBLIC_URL=f"http://127.0.0.1:{port}", PRM_NOW=settings.now or "",
-                                  PRM_SWEEP_INTERVAL_S="0.5", PRM_HEALTH_CHECK_INTERVAL_S="3600")
-            for name, args in (("app", ["serve", "--port", str(port)]), ("worker", ["worker", "--concurrency", "2"]),
-                               ("beat", ["beat"])):
-                processes.append(prm_process(name, args, tmp_path / "logs", process_env, tmp_path).start())
-            app, worker, beat = processes
-            wait_http_ok(f"http://127.0.0.1:{port}/healthz", process=app)
-            wait_until(lambda: all_active(env), 90, what="a handshake answered for every wanted topic")
-            wait_until(lambda: polling_an_hour_away(env), 90, what="the worker's first runs of every stream")
-            beat.stop()  # no sweeps from here on
-
-            visit = first(env, "Encounter?status=in-progress")
-            env.put(changed(visit, status="finished"))
-            wait_until(lambda: env.snapshot("Encounter") == env.server("Encounter"), 30,
-                       what="the finished Encounter in the snapshot, through the hook, Redis and the worker")
-            assert worker.alive() and app.alive()
-            with env.ctx.db.session() as session:
-                ran = session.exec(select(Job).join(SyncStream, col(SyncStream.id) == Job.subject_id).where(
-                    Job.kind == SYNC_STREAM, SyncStream.resource_type == "Encounter", Job.status == "done")
-                    .order_by(col(Job.finished_at).desc())).first()
-            assert ran is not None and ran.claimed_by is not None
-            assert f":{app.proc.pid if app.proc else 0}:" not in ran.claimed_by  # the worker ran it, not the app
+            try:
+                env.grant_backend_scopes(SUBSCRIBING_SCOPES)
+                assert check_connection(env.ctx, env.connection_id)["subscriptions"]["usable"] is True
+                env.run_all()
+                with env.ctx.db.session() as session:
+                    session.execute(update(SyncStream).values(interval_s=3600))
+                port = free_port()
+                settings = env.ctx.settings
+                process_env = env_for(settings.database_url, tmp_path / "instance", PRM_REDIS_URL=redis.url,
+                                      PRM_PUBLIC_URL=f"http://127.0.0.1:{port}", PRM_NOW=settings.now or "",
+                                      PRM_SWEEP_INTERVAL_S="0.5", PRM_JOB_LEASE_S="10",
+                                      PRM_HEALTH_CHECK_INTERVAL_S="3600")
+                for name, args in (("app", ["serve", "--port", str(port)]),
+                                   ("worker", ["worker", "--concurrency", "2"]), ("beat", ["beat"])):
+                    processes.append(prm_process(name, args, tmp_path / "logs", process_env, tmp_path).start())
+                _notified_through_redis(env, port, *processes)
+            finally:  # before the database goes
+                stop_all(processes, redis)
     finally:
-        stop_all(processes, redis)
+        redis.stop()
+
+
+def _notified_through_redis(env: SyncEnv, port: int, app: Process, worker: Process, beat: Process) -> None:
+    wait_http_ok(f"http://127.0.0.1:{port}/healthz", process=app)
+    wait_until(lambda: all_active(env), 90, what="a handshake answered for every wanted topic")
+    # Only the Encounter stream matters here; a stream whose two runs met is tried again a job lease later.
+    wait_until(lambda: stream_polls_an_hour_away(env, "Encounter"), 90,
+               what="the worker's first Encounter run, the next an hour away")
+    beat.stop()  # no sweeps from here on
+
+    visit = first(env, "Encounter?status=in-progress")
+    env.put(changed(visit, status="finished"))
+    wait_until(lambda: env.snapshot("Encounter") == env.server("Encounter"), 30,
+               what="the finished Encounter in the snapshot, through the hook, Redis and the worker")
+    assert worker.alive() and app.alive()
+    with env.ctx.db.session() as session:
+        ran = session.exec(select(Job).join(SyncStream, col(SyncStream.id) == Job.subject_id).where(
+            Job.kind == SYNC_STREAM, SyncStream.resource_type == "Encounter", Job.status == "done")
+            .order_by(col(Job.finished_at).desc())).first()
+    assert ran is not None and ran.claimed_by is not None
+    assert f":{app.proc.pid if app.proc else 0}:" not in ran.claimed_by  # the worker ran it, not the app
