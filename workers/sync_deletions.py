@@ -90,7 +90,7 @@ def _still_there(access: EhrAccess, resource_type: str, missing: list[str], para
     if not by_read:
         found: set[str] = set()
         for batch in batches(missing, ID_BATCH):
-            found |= set(access.reader.ids(resource_type, [("_id", ",".join(batch)), *params]))
+            found |= _all_ids(access, resource_type, [("_id", ",".join(batch)), *params])
         return found
     alive = set()
     for fhir_id in missing:

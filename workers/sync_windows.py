@@ -179,8 +179,7 @@ def _store_window(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: St
                   end: datetime, progress: Progress | None) -> None:
     """A whole window's pages, then the cursor to its end (its resources are all older than that)."""
     for page in pages:
-        result = commit_page(ctx, stream_id, page.resources, move_cursor=False, client=access.client_name)
-        count_page(run, result.stored, 0, result.quarantined, progress)
+        _commit(ctx, access, stream_id, run, page, progress, move_cursor=False)
     with ctx.db.session() as session:
         fresh = streams.get(session, stream_id)
         if fresh.cursor is None or end > fresh.cursor:
@@ -202,8 +201,7 @@ def reread_all(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: Strea
     _note_start(run, page)
     listed: set[str] = set()
     while True:
-        result = commit_page(ctx, stream_id, page.resources, move_cursor=False, client=access.client_name)
-        count_page(run, result.stored, 0, result.quarantined, progress)
+        _commit(ctx, access, stream_id, run, page, progress, move_cursor=False)
         listed.update(str(resource.get("id")) for resource in page.resources)
         if not page.next_url:
             break
@@ -260,6 +258,7 @@ def _moves(page: Page, cursor: datetime | None) -> bool:
 
 
 def _commit(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun, page: Page,
-            progress: Progress | None) -> None:
-    result = commit_page(ctx, stream_id, page.resources, client=access.client_name)
+            progress: Progress | None, *, move_cursor: bool = True) -> None:
+    """One page stored and counted; `move_cursor=False` where the caller moves the cursor past a whole window."""
+    result = commit_page(ctx, stream_id, page.resources, move_cursor=move_cursor, client=access.client_name)
     count_page(run, result.stored, 0, result.quarantined, progress)
