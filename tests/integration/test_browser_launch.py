@@ -69,6 +69,9 @@ def test_launch_works_with_every_app_cookie_stripped(page: Page, live_app: LiveA
     ended.wait_for(timeout=20_000)
     assert ended.get_attribute("data-reason") == "ended_by_user"
     assert page.context.cookies(live_app.url) == []
+    # A late request (the stylesheet) can still be in the handler when the context closes; its failure then
+    # surfaced in the next test. Playwright's way to let in-flight handlers go: unroute, ignoring their errors.
+    page.unroute_all(behavior="ignoreErrors")
 
 
 def test_two_frames_two_patients_stay_apart(browser: Browser, live_app: LiveApp, sandbox: SandboxStack) -> None:
