@@ -177,8 +177,9 @@ def enqueue_after_commit(session: Session, hook: Callable[[], None]) -> None:
     session.info.setdefault(_AFTER_COMMIT_KEY, []).append(hook)
 
 
-def _insert_ignoring(session: Session, table: Any, conflict: list[str]) -> Any:
-    """INSERT ... ON CONFLICT (conflict) DO NOTHING, in the session's dialect."""
+def _insert_ignoring(session: Session, table: Any, conflict: list[str] | None) -> Any:
+    """INSERT ... ON CONFLICT (conflict) DO NOTHING, in the session's dialect; `None` ignores a conflict with
+    any unique index (a partial one included), not just the one named."""
     if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -188,7 +189,7 @@ def _insert_ignoring(session: Session, table: Any, conflict: list[str]) -> Any:
     return sqlite_insert(table).on_conflict_do_nothing(index_elements=conflict)
 
 
-def insert_ignore(session: Session, table: Any, values: dict[str, Any], conflict: list[str]) -> bool:
+def insert_ignore(session: Session, table: Any, values: dict[str, Any], conflict: list[str] | None) -> bool:
     """INSERT ... ON CONFLICT DO NOTHING on either backend; True when a row was inserted.
 
     This is how idempotent writes are made without savepoints or read-then-write races.

@@ -8,8 +8,10 @@ the job becomes claimable again. Losing Redis therefore loses nothing: the sweep
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, case, delete, exists, or_, update
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from prm.db import insert_ignore
@@ -20,10 +22,11 @@ WRITEBACK_DRAIN = "writeback.drain"
 
 
 def plan(session: Session, kind: str, subject_id: int, due_at: datetime) -> bool:
-    """Plan one slot; planning the same (kind, subject, due_at) again is a no-op."""
+    """Plan one slot; a no-op when the slot is planned already, or when another job of the subject is pending
+    (it runs first and plans the one after itself). True when this call planned it."""
     values = {"kind": kind, "subject_id": subject_id, "due_at": due_at, "status": "pending",
               "attempts": 0, "runs": 0}
-    return insert_ignore(session, Job.__table__, values, ["kind", "subject_id", "due_at"])  # type: ignore[attr-defined]
+    return insert_ignore(session, Job.__table__, values, None)  # type: ignore[attr-defined]
 
 
 def ensure_planned(session: Session, kind: str, subject_ids: list[int], now: datetime) -> int:
@@ -44,38 +47,55 @@ def wake(session: Session, kind: str, subject_id: int, now: datetime) -> int | N
     """Have a job of `kind` for the subject due now; returns its id (None while one is running: whatever it
     misses, its next run or the sweeper picks up).
 
-    A pending job due later is brought forward. A slot at exactly `now` that already ran (a frozen clock,
-    or two wake-ups in one microsecond) is opened again rather than planned beside, since the slot is unique.
+    The pending job due later is brought forward. Where the slot at exactly `now` already ran (a frozen clock,
+    or two wake-ups in one microsecond), that slot is opened again instead, and the later job gives way to it:
+    slots are unique, and so is the subject's pending job.
     """
     open_jobs = list(session.exec(select(Job).where(Job.kind == kind, Job.subject_id == subject_id,
                                                     col(Job.status).in_(("pending", "running")))))
     if any(job.status == "running" for job in open_jobs):
         return None
-    due_now = [job for job in open_jobs if job.due_at is not None and job.due_at <= now]
-    if due_now:
-        return due_now[0].id
-    taken = session.exec(select(Job).where(Job.kind == kind, Job.subject_id == subject_id, Job.due_at == now)).first()
-    if taken is None:
-        for job in open_jobs:  # one pending job due later: bring it forward
-            job.due_at, job.enqueued_at = now, None
-            session.add(job)
-            return job.id
+    waiting = open_jobs[0] if open_jobs else None
+    if waiting is not None and waiting.due_at is not None and waiting.due_at <= now:
+        return waiting.id
+    if waiting is not None:
+        if _slot(session, kind, subject_id, now) is None:
+            waiting.due_at, waiting.enqueued_at = now, None
+            session.add(waiting)
+            return waiting.id
+        session.execute(delete(Job).where(col(Job.id) == waiting.id, col(Job.status) == "pending"))
     return plan_now(session, kind, subject_id, now)
 
 
 def plan_now(session: Session, kind: str, subject_id: int, now: datetime) -> int | None:
-    """A slot due at `now`: planned, or the finished one already there opened again; returns its id."""
-    taken = session.exec(select(Job).where(Job.kind == kind, Job.subject_id == subject_id, Job.due_at == now)).first()
+    """A slot due at `now`: planned, or the finished one already there opened again. Returns the subject's
+    pending job (due later where another planner came first; None where the slot at `now` is running)."""
+    taken = _slot(session, kind, subject_id, now)
     if taken is None:
         plan(session, kind, subject_id, now)
-        session.flush()
-        return session.exec(select(Job.id).where(Job.kind == kind, Job.subject_id == subject_id,
-                                                 Job.due_at == now)).first()
-    if taken.status in ("done", "failed"):
-        taken.status, taken.attempts, taken.enqueued_at, taken.lease_until = "pending", 0, None, None
-        taken.claimed_by, taken.last_error = None, None
-        session.add(taken)
-    return taken.id
+    elif taken.status in ("done", "failed"):
+        session.execute(
+            update(Job)
+            .where(col(Job.id) == taken.id, col(Job.status).in_(("done", "failed")), ~_other_pending(Job))
+            .values(status="pending", attempts=0, enqueued_at=None, lease_until=None, claimed_by=None,
+                    last_error=None)
+            .execution_options(synchronize_session=False))
+    session.flush()
+    return session.exec(select(Job.id).where(Job.kind == kind, Job.subject_id == subject_id,
+                                             col(Job.status) == "pending")).first()
+
+
+def _slot(session: Session, kind: str, subject_id: int, due_at: datetime) -> Job | None:
+    return session.exec(select(Job).where(Job.kind == kind, Job.subject_id == subject_id,
+                                          Job.due_at == due_at)).first()
+
+
+def _other_pending(job: Any) -> Any:
+    """True where another job of the same (kind, subject) as `job`'s row is pending; for statements that
+    would make that row pending (one statement, so SQLite's writer lock makes the check and the change one)."""
+    other = aliased(Job)
+    return exists().where(other.kind == job.kind, other.subject_id == job.subject_id, col(other.status) == "pending",
+                          other.id != job.id)
 
 
 def due(session: Session, now: datetime, resend_after_s: float, limit: int = 500) -> list[Job]:
@@ -132,14 +152,18 @@ def finish(session: Session, job: Job, worker: str, now: datetime) -> bool:
 
 def fail(session: Session, job: Job, worker: str, now: datetime, error: str, retry_in_s: float,
          max_attempts: int) -> None:
-    """Give the job back for a later retry, or mark it failed after `max_attempts`."""
+    """Give the job back for a later retry, or mark it failed after `max_attempts`, or when another job of the
+    subject is pending already (a worker whose lease lapsed planned it): that one runs instead of a retry."""
     final = job.attempts >= max_attempts
+    retry_due = now + timedelta(seconds=retry_in_s)
+    gives_way = _other_pending(Job)
     session.execute(
         update(Job)
         .where(col(Job.id) == job.id, col(Job.claimed_by) == worker)
-        .values(status="failed" if final else "pending", last_error=error[:2000], finished_at=now,
-                due_at=job.due_at if final else now + timedelta(seconds=retry_in_s),
-                enqueued_at=None)
+        .values(status="failed" if final else case((gives_way, "failed"), else_="pending"),
+                due_at=job.due_at if final else case((gives_way, job.due_at), else_=retry_due),
+                last_error=error[:2000], finished_at=now, enqueued_at=None)
+        .execution_options(synchronize_session=False)
     )
 
 

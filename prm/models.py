@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from prm.db import UTCDateTime
@@ -156,11 +156,15 @@ class Job(SQLModel, table=True):
     """A unit of due background work; the database, not the queue, is the source of truth.
 
     (kind, subject_id, due_at) is unique, so a periodic slot is planned once however often the
-    scheduler runs, and a claimed job is run by one worker however often it is enqueued.
+    scheduler runs, and a claimed job is run by one worker however often it is enqueued. At most one job
+    per (kind, subject) is pending: each run plans its own next slot, so a second pending job would be a
+    second periodic chain for ever. The database holds that line, whichever planners meet.
     """
 
     __table_args__ = (
         UniqueConstraint("kind", "subject_id", "due_at", name="uq_job_slot"),
+        Index("uq_job_one_pending", "kind", "subject_id", unique=True,
+              sqlite_where=text("status = 'pending'"), postgresql_where=text("status = 'pending'")),
         Index("ix_job_due", "status", "due_at"),
     )
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from prm.db import Database
 from prm.migrate import pending_revisions, upgrade
@@ -24,4 +26,27 @@ def test_0002_upgrades_a_database_with_connections_and_launches(db_url: str, tmp
     with database.engine.connect() as conn:
         row = conn.execute(text("SELECT signing_alg, backend_scopes FROM connection")).one()
     assert tuple(row) == ("RS384", "")
+    database.dispose()
+
+
+def test_0007_keeps_the_soonest_of_a_subjects_pending_jobs(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Planners that met before 0007 could leave a stream two pending jobs; the soonest is kept, finished jobs
+    and other subjects' are untouched, and a third pending job is then refused by the database."""
+    database = Database(make_settings(db_url, tmp_path).database_url)
+    upgrade(database, "0006")
+    rows = [("sync.stream", 1, "12:05", "pending"), ("sync.stream", 1, "12:00", "pending"),
+            ("sync.stream", 1, "11:55", "done"), ("sync.stream", 2, "12:09", "pending"),
+            ("connection.health", 1, "12:07", "pending")]
+    with database.engine.begin() as conn:
+        for kind, subject, due, status in rows:
+            conn.execute(text("INSERT INTO job (kind, subject_id, due_at, status, attempts, runs) VALUES "
+                              "(:kind, :subject, :due, :status, 0, 0)"),
+                         {"kind": kind, "subject": subject, "due": f"2026-11-20 {due}:00+00", "status": status})
+    upgrade(database)
+    with database.engine.connect() as conn:
+        kept = conn.execute(text("SELECT id FROM job ORDER BY id")).scalars().all()
+    assert kept == [2, 3, 4, 5]  # the stream's 12:05 job (id 1) went; its 12:00 one stays
+    with pytest.raises(IntegrityError), database.engine.begin() as conn:
+        conn.execute(text("INSERT INTO job (kind, subject_id, due_at, status, attempts, runs) VALUES "
+                          "('sync.stream', 2, '2026-11-20 13:00:00+00', 'pending', 0, 0)"))
     database.dispose()
