@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Index, UniqueConstraint
+from sqlalchemy import JSON, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from prm.db import UTCDateTime
@@ -262,6 +262,10 @@ class SyncStream(SQLModel, table=True):
     reconciled_at: datetime | None = _dt()  # last full id reconciliation (product clock)
     history_mark: datetime | None = _dt()  # deletions are read from `_history` since here (server clock)
     woken_at: datetime | None = _dt()  # an EHR notification asked for a run (a run started before it goes again)
+    # A full re-read longer than one run: the EHR's link to the page where the next run goes on, and the EHR's
+    # clock when the pass began (what the snapshot is as of once the pass ends). None between passes.
+    reread_next: str | None = Field(default=None, sa_type=Text)
+    reread_started: datetime | None = _dt()
 
 
 class EhrSubscription(SQLModel, table=True):

@@ -178,6 +178,8 @@ def _sync_after(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, conne
         if run.caught_up and fresh.phase == "initial":
             fresh.phase = "incremental"
             fresh.initial_done_at = ctx.settings.clock()
+        if run.caught_up:  # another strategy caught up: a re-read left unfinished before is not gone on with
+            fresh.reread_next = fresh.reread_started = None
         streams.record_success(fresh, ctx.settings.clock)
         session.add(fresh)
 

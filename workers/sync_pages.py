@@ -4,6 +4,7 @@ upsert the rest, tombstone deletions, move the cursor, and write one audit recor
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,16 +29,20 @@ class PageResult:
 
 
 def commit_page(ctx: WorkerContext, stream_id: int, resources: list[dict[str, Any]], *,
-                deleted_ids: list[str] | None = None, move_cursor: bool = True, client: str = "sync") -> PageResult:
-    """Store one page in one transaction; the cursor only moves with the page it covers. An empty page
+                deleted_ids: list[str] | None = None, move_cursor: bool = True, client: str = "sync",
+                then: Callable[[SyncStream], None] | None = None) -> PageResult:
+    """Store one page in one transaction; the cursor only moves with the page it covers, and `then` marks
+    the stream with what else the page settles (a re-read's place). An empty page with nothing to mark
     changes nothing, so it costs no transaction."""
-    if not resources and not deleted_ids:
+    if not resources and not deleted_ids and then is None:
         return PageResult()
     with ctx.db.session() as session:
         stream: SyncStream = streams.get(session, stream_id)
         seen = (lambda fhir_id, stamp: streams.already_seen(stream, fhir_id, stamp)) if move_cursor else None
         prepared = prepare_page(stream.resource_type, resources, seen)
         result = _store(ctx, session, stream, prepared, deleted_ids or [], move_cursor, client)
+        if then is not None:
+            then(stream)
         if stream.resource_type in WRITTEN_TYPES:  # status back: the PRM item follows the EHR
             follow_written(session, ctx.settings.clock, stream.connection_id, resources)
     _warn(stream_id, result)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -23,10 +24,12 @@ from connector.fhir_reader import Page, in_last_updated_order
 from fhir_mappings.written import IDENTIFIER_SYSTEM, WRITTEN_TYPES
 from prm import streams
 from prm.errors import PermanentEhrError
+from prm.snapshot_models import SyncStream
 from workers.ehr_access import EhrAccess
 from workers.page_prep import last_updated
 from workers.runtime import WorkerContext
 from workers.stream_leases import StreamLease
+from workers.sync_deletions import GONE
 from workers.sync_pages import commit_page
 from workers.sync_run import Progress, StreamRun, count_page, iso, server_instant
 
@@ -193,30 +196,61 @@ def reread_all(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: Strea
     filter by `_lastUpdated` (`prm connection check` found none in its CapabilityStatement), where no window
     can find what changed. Versions already held change nothing (upserts are version-aware). An offset link
     may skip a resource when data changes mid-pass: the next pass reads it, and the deletion check asks for a
-    missed id before taking it out. Returns the ids read when the pass went through, else None."""
+    missed id before taking it out.
+
+    A pass longer than a run goes on where the run stopped (ran out of time, lost its lease, failed or was
+    killed): each page is committed with the link to the next one, kept on the stream. Starting over each
+    run would never finish a large EHR, its first load included. A kept link the EHR no longer knows starts
+    the pass again. Returns the ids read when the whole pass was read in this run, else None (the deletion
+    check then lists the ids itself, on its own schedule)."""
     with ctx.db.session() as session:
-        resource_type = streams.get(session, stream_id).resource_type
-    page = access.reader.search(resource_type, window_params(resource_type, None, ctx.settings.sync_page_size,
-                                                             sort=False))
+        stream = streams.get(session, stream_id)
+        resource_type, kept, began = stream.resource_type, stream.reread_next, stream.reread_started
+    page = _reread_from(access, resource_type, kept)
+    if page is None:
+        kept = None
+        page = access.reader.search(resource_type, window_params(resource_type, None, ctx.settings.sync_page_size,
+                                                                 sort=False))
+    else:
+        run.server_started = began
     _note_start(run, page)
     listed: set[str] = set()
     while True:
-        _commit(ctx, access, stream_id, run, page, progress, move_cursor=False)
+        _commit(ctx, access, stream_id, run, page, progress, move_cursor=False,
+                then=_place(page.next_url, run.server_started))
         listed.update(str(resource.get("id")) for resource in page.resources)
         if not page.next_url:
             break
         if time.monotonic() >= deadline or not lease.renew():
-            run.notes.append("time or lease ran out mid-pass")
+            run.notes.append("time or lease ran out mid-pass: the next run goes on from here")
             return None
         page = access.reader.follow(page.next_url)
-    if run.server_started is not None:  # what the snapshot holds is as of then: shown as the stream's lag
-        with ctx.db.session() as session:
-            fresh = streams.get(session, stream_id)
-            fresh.cursor, fresh.cursor_ids = run.server_started, []
-            session.add(fresh)
     run.caught_up = True
     run.notes.append(REREAD)
-    return listed
+    return None if kept is not None else listed
+
+
+def _reread_from(access: EhrAccess, resource_type: str, link: str | None) -> Page | None:
+    """The page a kept link names; None where there is none, or the EHR has forgotten it (404, 410)."""
+    if link is None:
+        return None
+    try:
+        return access.reader.follow(link)
+    except PermanentEhrError as exc:
+        if exc.status not in GONE:
+            raise
+        log.info("a kept re-read link of %s expired (%s): the pass starts again", resource_type, exc.status)
+        return None
+
+
+def _place(next_url: str | None, began: datetime | None) -> Callable[[SyncStream], None]:
+    """What a re-read page settles on the stream: where the pass goes on, or, on its last page, that it
+    ended (the snapshot is as of the pass's start then: shown as the stream's lag)."""
+    def mark(stream: SyncStream) -> None:
+        stream.reread_next, stream.reread_started = next_url, began if next_url else None
+        if next_url is None and began is not None:
+            stream.cursor, stream.cursor_ids = began, []
+    return mark
 
 
 def _middle(low: datetime, high: datetime) -> datetime | None:
@@ -258,7 +292,9 @@ def _moves(page: Page, cursor: datetime | None) -> bool:
 
 
 def _commit(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun, page: Page,
-            progress: Progress | None, *, move_cursor: bool = True) -> None:
+            progress: Progress | None, *, move_cursor: bool = True,
+            then: Callable[[SyncStream], None] | None = None) -> None:
     """One page stored and counted; `move_cursor=False` where the caller moves the cursor past a whole window."""
-    result = commit_page(ctx, stream_id, page.resources, move_cursor=move_cursor, client=access.client_name)
+    result = commit_page(ctx, stream_id, page.resources, move_cursor=move_cursor, client=access.client_name,
+                         then=then)
     count_page(run, result.stored, 0, result.quarantined, progress)

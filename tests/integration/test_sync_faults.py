@@ -18,12 +18,15 @@ import requests
 from sqlmodel import select
 
 from ehr_sandbox.config import SandboxConfig
-from prm import connections, streams
+from prm import audit, connections, streams
 from prm.errors import AuthExpiredError
 from prm.snapshot_models import SyncStream
 from tests.integration.sync_env import SyncEnv, sync_database
 from tests.support.fault_proxy import FaultyEhr
 from workers.connection_check import check_connection
+from workers.sync_engine import run_stream
+from workers.sync_run import StreamRun
+from workers.sync_windows import REREAD
 
 TYPES = ("Patient", "Encounter")
 
@@ -100,6 +103,45 @@ def test_an_expired_paging_link_restarts_the_listing(env: SyncEnv, faulty: Fault
     env.run_all(TYPES)
     assert expired.times == 0
     in_step(env)
+
+
+def reread_passes(env: SyncEnv, stream_id: int, most: int) -> list[StreamRun]:
+    """Runs with no time to spare (each stops after its first page) until one ends its pass."""
+    runs: list[StreamRun] = []
+    while not (runs and runs[-1].caught_up) and len(runs) < most:
+        runs.append(run_stream(env.ctx, stream_id, time_budget_s=0))
+    return runs
+
+
+def test_a_reread_longer_than_a_run_goes_on_where_the_run_stopped(env: SyncEnv, faulty: FaultyEhr) -> None:
+    """IT's `reread` on an EHR without a usable `_history`, where a pass takes longer than a job may: each page
+    is committed with the link to the next, and the next run follows it, so the pass ends. (Starting over each
+    run, it never did: a large EHR's passes, first load included, went on for ever.) A kept link the EHR has
+    forgotten starts the pass again."""
+    with env.ctx.db.session() as session:
+        [stream] = streams.set_strategy(session, env.ctx.settings.clock, audit.command_line_actor(env.connection_id),
+                                        env.connection_id, "reread", ["Encounter"])
+    env.run_all(("Encounter",))  # the first load (a bulk export, which this EHR offers)
+    faulty.proxy.add_fault(r"/_history", status=404, times=1000)
+    changed = env.read("Encounter", "enc-000002-001")
+    changed["status"] = "cancelled" if changed["status"] != "cancelled" else "finished"
+    env.put(changed)
+    pages = -(-len(env.server("Encounter")) // 200)
+    assert pages > 3
+
+    runs = reread_passes(env, stream.id or 0, most=pages + 2)
+    assert [run.pages for run in runs] == [1] * pages, "each run read one page, the next page on"
+    assert runs[-1].caught_up and REREAD in runs[-1].notes
+    assert env.snapshot("Encounter") == env.server("Encounter")
+    with env.ctx.db.session() as session:
+        ended = streams.get(session, stream.id or 0)
+    assert ended.reread_next is None and ended.reread_started is None and ended.cursor is not None
+
+    assert not run_stream(env.ctx, stream.id or 0, time_budget_s=0).caught_up
+    forgotten = faulty.proxy.add_fault(r"^/fhir/Encounter\?.*_offset=", status=410)
+    runs = reread_passes(env, stream.id or 0, most=pages + 2)
+    assert forgotten.times == 0 and len(runs) == pages, "the forgotten link's run read the first page again"
+    assert runs[-1].caught_up and env.snapshot("Encounter") == env.server("Encounter")
 
 
 def test_token_expiry_mid_sync_costs_one_reauthentication(env: SyncEnv, faulty: FaultyEhr) -> None:
