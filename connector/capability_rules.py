@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from connector import smart_scopes
 from connector.discovery import SmartConfiguration
+from prm.fhir_names import BACKPORT, BACKPORT_SUBSCRIPTION
 
 READ_TYPES = ("Patient", "RelatedPerson", "Encounter", "Appointment", "Organization", "Location", "PractitionerRole")
 WRITE_TYPES = ("Communication", "Task")
@@ -203,9 +204,7 @@ def export_levels(statement: dict[str, Any]) -> dict[str, bool]:
     }
 
 
-BACKPORT_SUBSCRIPTION = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription"
-TOPIC_CANONICAL = ("http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
-                   "capabilitystatement-subscriptiontopic-canonical")
+TOPIC_CANONICAL = f"{BACKPORT}/capabilitystatement-subscriptiontopic-canonical"
 
 
 def subscription_support(statement: dict[str, Any] | None, granted: str | None) -> dict[str, Any]:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import requests
 
 from connector.errors import raise_for_status, transport_error
 from prm.errors import PermanentEhrError, ValidationError
+from prm.fhir_names import is_id, is_type
 
-_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
-_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 FHIR_JSON = "application/fhir+json"
 
 
@@ -40,7 +38,7 @@ class EhrClient:
 
     def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
         """GET [base]/Type/id, checking both parts so no caller can smuggle a path or query in."""
-        if not _TYPE.match(resource_type) or not _ID.match(resource_id):
+        if not is_type(resource_type) or not is_id(resource_id):
             raise ValidationError(f"not a FHIR reference: {resource_type}/{resource_id}")
         body = self._get(f"{self.base}/{resource_type}/{resource_id}")
         if body.get("resourceType") != resource_type:

@@ -8,7 +8,6 @@ mid-sync; a second 401 is the caller's to handle.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,13 +16,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from connector.polite import PoliteClient
 from prm.errors import AuthExpiredError, PermanentEhrError, ValidationError
+from prm.fhir_names import is_id, is_type
 
 log = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
 ID_PAGE = "1000"
-_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
-_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 T = TypeVar("T")
 
 
@@ -65,13 +63,13 @@ class Authed:
 
 def check_type(resource_type: str) -> str:
     """The type, if it is one: a caller's value never becomes an arbitrary path."""
-    if not _TYPE.match(resource_type):
+    if not is_type(resource_type):
         raise ValidationError(f"not a FHIR resource type: {resource_type!r}")
     return resource_type
 
 
 def check_id(resource_id: str) -> str:
-    if not _ID.match(resource_id):
+    if not is_id(resource_id):
         raise ValidationError(f"not a FHIR id: {resource_id!r}")
     return resource_id
 
@@ -104,7 +102,7 @@ def _deleted_ref(entry: dict[str, Any]) -> tuple[str, str] | None:
     parts = str(request.get("url") or entry.get("fullUrl") or "").split("?")[0].split("/")
     if "_history" in parts:
         parts = parts[:parts.index("_history")]
-    if len(parts) >= 2 and _TYPE.match(parts[-2]) and _ID.match(parts[-1]):
+    if len(parts) >= 2 and is_type(parts[-2]) and is_id(parts[-1]):
         return parts[-2], parts[-1]
     return None
 
@@ -154,7 +152,7 @@ def group_patient_ids(group: dict[str, Any]) -> list[str]:
         if not isinstance(member, dict) or member.get("inactive") is True:
             continue
         parts = str((member.get("entity") or {}).get("reference", "")).split("/")
-        if len(parts) >= 2 and parts[-2] == "Patient" and _ID.match(parts[-1]) and parts[-1] not in found:
+        if len(parts) >= 2 and parts[-2] == "Patient" and is_id(parts[-1]) and parts[-1] not in found:
             found.append(parts[-1])
     return found
 

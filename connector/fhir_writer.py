@@ -22,14 +22,13 @@ import requests
 from connector.fhir_reader import FHIR_JSON, Authed, FhirReader, check_id, check_type
 from connector.polite import PoliteClient
 from prm.errors import EhrError, PermanentEhrError, TransientEhrError, ValidationError
+from prm.fhir_names import is_id, is_type
 
 log = logging.getLogger(__name__)
 
 MAX_URL = 1800  # many EHRs, proxies and load balancers refuse request lines much past 2 KB
 SEARCH_PAGE = "1000"
 REFUSING_CODES = frozenset({"not-supported", "forbidden"})
-_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
-_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _UNSAFE_HEADER = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -113,7 +112,7 @@ def parse_etag(etag: str | None) -> str | None:
     value = etag.strip()
     value = value[2:] if value[:2] in ('W/', 'w/') else value
     value = value.strip('"')
-    return value if _ID.match(value) else None
+    return value if is_id(value) else None
 
 
 def parse_location(location: str | None) -> tuple[str, str, str | None] | None:
@@ -124,9 +123,9 @@ def parse_location(location: str | None) -> tuple[str, str, str | None] | None:
     vid = None
     if "_history" in parts:
         at = len(parts) - 1 - parts[::-1].index("_history")
-        vid = parts[at + 1] if at + 1 < len(parts) and _ID.match(parts[at + 1]) else None
+        vid = parts[at + 1] if at + 1 < len(parts) and is_id(parts[at + 1]) else None
         parts = parts[:at]
-    if len(parts) >= 2 and _TYPE.match(parts[-2]) and _ID.match(parts[-1]):
+    if len(parts) >= 2 and is_type(parts[-2]) and is_id(parts[-1]):
         return parts[-2], parts[-1], vid
     return None
 
@@ -190,7 +189,7 @@ def _criteria(if_none_exist: str) -> str:
 def _meta_version(resource: dict[str, Any]) -> str | None:
     meta = resource.get("meta")
     version = meta.get("versionId") if isinstance(meta, dict) else None
-    return str(version) if isinstance(version, str | int) and _ID.match(str(version)) else None
+    return str(version) if isinstance(version, str | int) and is_id(str(version)) else None
 
 
 def _version(version_id: str | None) -> str | None:

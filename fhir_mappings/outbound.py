@@ -6,7 +6,6 @@ So the code tables and reference checks live here, and an EHR never sees a resou
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,14 +14,13 @@ from pydantic import BaseModel
 from fhir_mappings.common import check_r4
 from fhir_mappings.written import IDENTIFIER_SYSTEM
 from prm.errors import ValidationError
+from prm.fhir_names import REFERENCE, is_id
 
 # R4 target types, so a bad reference fails here rather than as a 422 from the EHR in a worker at 3 a.m.
 RECIPIENT_TYPES = frozenset({"Device", "Organization", "Patient", "Practitioner", "PractitionerRole",
                              "RelatedPerson", "Group", "CareTeam", "HealthcareService"})
 SENDER_TYPES = frozenset({"Device", "Organization", "Patient", "Practitioner", "PractitionerRole", "RelatedPerson",
                           "HealthcareService"})
-_REFERENCE = re.compile(r"(?P<type>[A-Z][A-Za-z]{1,63})/(?P<id>[A-Za-z0-9\-.]{1,64})")
-_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
 def fhir_instant(value: datetime | None, what: str) -> str:
@@ -36,7 +34,7 @@ def fhir_instant(value: datetime | None, what: str) -> str:
 
 def reference(value: str, what: str, allowed: frozenset[str] | None = None) -> dict[str, str]:
     """A relative `Type/id` reference, checked for shape and (where R4 restricts it) target type."""
-    match = _REFERENCE.fullmatch(value or "")
+    match = REFERENCE.fullmatch(value or "")
     if match is None:
         raise ValidationError(f"{what} {value!r} is not a Type/id reference")
     if allowed is not None and match["type"] not in allowed:
@@ -45,7 +43,7 @@ def reference(value: str, what: str, allowed: frozenset[str] | None = None) -> d
 
 
 def typed_reference(resource_type: str, fhir_id: str | None, what: str) -> dict[str, str]:
-    if not fhir_id or _ID.fullmatch(fhir_id) is None:
+    if not fhir_id or not is_id(fhir_id):
         raise ValidationError(f"{what} {fhir_id!r} is not a FHIR id")
     return {"reference": f"{resource_type}/{fhir_id}"}
 

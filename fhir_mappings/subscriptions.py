@@ -15,9 +15,8 @@ from fhir.resources.R4B.subscription import Subscription
 
 from fhir_mappings.common import check_r4
 from prm.errors import ValidationError
+from prm.fhir_names import BACKPORT, BACKPORT_SUBSCRIPTION
 
-BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
-BACKPORT_PROFILE = f"{BACKPORT}/backport-subscription"
 PAYLOAD_CONTENT = f"{BACKPORT}/backport-payload-content"
 HEARTBEAT_PERIOD = f"{BACKPORT}/backport-heartbeat-period"
 # R4 has no SubscriptionTopic: the backport IG carries R5's as a Basic with cross-version extensions
@@ -73,7 +72,7 @@ def backport_subscription(topic: str, endpoint: str, secret: str, heartbeat_s: i
         raise ValidationError(f"a rest-hook endpoint must be an http(s) URL, got {endpoint!r}")
     subscription: dict[str, Any] = {
         "resourceType": "Subscription",
-        "meta": {"profile": [BACKPORT_PROFILE]},
+        "meta": {"profile": [BACKPORT_SUBSCRIPTION]},
         "status": "requested",
         "reason": "fhir-prm: wake the sync of what changed, so follow-ups start within seconds",
         "criteria": topic,

@@ -18,21 +18,20 @@ from prm.audit import Actor
 from prm.clock import Clock
 from prm.db import insert_once
 from prm.errors import NotFoundError, ValidationError
+from prm.fhir_names import is_id, is_reference
 from prm.followup_models import TICKET_PRIORITIES, TICKET_REASONS, TICKET_STATUSES, CareTicket, CareTicketCreate
 from prm.models import Connection
 
 # Service level: how long staff have to act, by priority (a detractor's ticket is urgent).
 SLA = {"urgent": timedelta(hours=24), "routine": timedelta(days=3)}
 TASK = "Task"
-_REFERENCE = re.compile(r"^[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}$")
-_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _KEY = re.compile(r"^[A-Za-z0-9\-._:/]{1,200}$")
 
 
 def check_reference(value: str | None, what: str) -> str | None:
     if value is None or value == "":
         return None
-    if not _REFERENCE.match(value):
+    if not is_reference(value):
         raise ValidationError(f"{what} must be a FHIR reference such as PractitionerRole/abc, got {value!r}")
     return value
 
@@ -40,7 +39,7 @@ def check_reference(value: str | None, what: str) -> str | None:
 def check_fhir_id(value: str | None, what: str) -> str | None:
     if value is None or value == "":
         return None
-    if not _ID.match(value):
+    if not is_id(value):
         raise ValidationError(f"{what} must be a FHIR id (letters, digits, '-' and '.'), got {value!r}")
     return value
 
@@ -81,7 +80,7 @@ def open_ticket(session: Session, clock: Clock, connection: Connection, spec: Ca
         raise ValidationError("due date needs a time zone")
     key = check_business_key(spec.business_key, "care-ticket")
     requester = check_reference(spec.requester, "requester") or (
-        actor.name if actor.kind == "user" and _REFERENCE.match(actor.name) else clinic_organization(connection))
+        actor.name if actor.kind == "user" and is_reference(actor.name) else clinic_organization(connection))
     values = {
         "connection_id": connection.id, "business_key": key, "patient_id": patient_id, "reason": spec.reason,
         "description": description, "priority": spec.priority,

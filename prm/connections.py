@@ -16,6 +16,7 @@ from sqlmodel import Session, select
 from prm.clock import Clock
 from prm.crypto import SecretBox
 from prm.errors import NotFoundError, ValidationError
+from prm.fhir_names import is_id, is_reference
 from prm.followup_models import TICKET_REASONS
 from prm.models import Connection
 from prm.permissions import parse_role
@@ -36,7 +37,7 @@ DEFAULT_BACKEND_SCOPES = (
 SUBSCRIPTION_SCOPES = "system/Subscription.cru system/Basic.rs"
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # FHIR R4 id
+TICKET_OWNER_TYPES = ("Practitioner", "PractitionerRole", "Organization", "CareTeam", "HealthcareService")
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,7 @@ def _routing(routes: dict[str, str]) -> dict[str, str]:
         if reason != "default" and reason not in TICKET_REASONS:
             raise ValidationError(f"ticket route for unknown reason {reason!r} (one of default, "
                                   f"{', '.join(TICKET_REASONS)})")
-        if not re.match(r"^(Practitioner|PractitionerRole|Organization|CareTeam|HealthcareService)/"
-                        r"[A-Za-z0-9\-.]{1,64}$", owner):
+        if not is_reference(owner, TICKET_OWNER_TYPES):
             raise ValidationError(f"ticket owner must be a Practitioner, PractitionerRole, Organization, CareTeam "
                                   f"or HealthcareService reference, got {owner!r}")
     return dict(routes)
@@ -78,7 +78,7 @@ def _routing(routes: dict[str, str]) -> dict[str, str]:
 
 def _clinic(value: dict[str, str]) -> dict[str, str]:
     organization = (value.get("organization") or "").strip()
-    if not re.match(r"^Organization/[A-Za-z0-9\-.]{1,64}$", organization):
+    if not is_reference(organization, ("Organization",)):
         raise ValidationError(f"clinic organization must be Organization/<id>, got {organization!r}")
     zone = (value.get("timezone") or "").strip()
     try:
@@ -129,7 +129,7 @@ def validate(spec: ConnectionSpec) -> ConnectionSpec:
     if any(not scope.startswith("system/") for scope in spec.backend_scopes.split()):
         raise ValidationError("backend scopes must all be system/ scopes")
     export_group = (spec.export_group or "").strip().removeprefix("Group/") or None
-    if export_group is not None and not _FHIR_ID.match(export_group):
+    if export_group is not None and not is_id(export_group):
         raise ValidationError(f"export group must be a Group id (letters, digits, '-', '.'; max 64), got "
                               f"{spec.export_group!r}")
     if export_group is not None and not _reads_groups(spec.backend_scopes):

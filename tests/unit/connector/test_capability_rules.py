@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from connector.capability_rules import (
-    BACKPORT_SUBSCRIPTION,
     NO_SCOPES_SUPPORTED,
     TOPIC_CANONICAL,
     Findings,
@@ -25,6 +24,7 @@ from connector.capability_rules import (
 )
 from connector.discovery import SmartConfiguration, _from_capability_statement, _from_well_known
 from prm.connections import DEFAULT_BACKEND_SCOPES, DEFAULT_USER_SCOPES
+from prm.fhir_names import BACKPORT_SUBSCRIPTION
 
 FULL = {
     "authorization_endpoint": "https://ehr.example/authorize", "token_endpoint": "https://ehr.example/token",

@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 
 from fhir_mappings.subscriptions import (
-    BACKPORT_PROFILE,
     HEARTBEAT_PERIOD,
     PAYLOAD_CONTENT,
     TOPIC_EXTENSION,
@@ -16,6 +15,7 @@ from fhir_mappings.subscriptions import (
     topic_of,
 )
 from prm.errors import ValidationError
+from prm.fhir_names import BACKPORT_SUBSCRIPTION
 
 TOPIC = "http://ehr.example/fhir/SubscriptionTopic/encounter-complete"
 
@@ -60,7 +60,7 @@ def test_a_topic_names_the_types_that_trigger_it_and_other_basics_are_not_topics
 
 def test_our_subscription_asks_for_id_only_notifications_with_our_secret_and_a_heartbeat() -> None:
     sub = backport_subscription(TOPIC, "https://prm.example/fhir/hooks/k", "s3cret", 300)
-    assert sub["meta"]["profile"] == [BACKPORT_PROFILE] and sub["criteria"] == TOPIC
+    assert sub["meta"]["profile"] == [BACKPORT_SUBSCRIPTION] and sub["criteria"] == TOPIC
     channel = sub["channel"]
     assert (channel["type"], channel["endpoint"], channel["header"]) == (
         "rest-hook", "https://prm.example/fhir/hooks/k", ["Authorization: Bearer s3cret"])

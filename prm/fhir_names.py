@@ -1,0 +1,35 @@
+"""FHIR's names as every layer checks them: ids, resource type names, references, and the canonical URLs of
+the implementation guides we speak. One copy, which the connector may import too (it has no imports of ours).
+
+Checks match the whole value (`fullmatch`): a pattern anchored with `$` under `re.match` also accepts a
+trailing newline, which an id must not carry into a URL or a reference.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+
+ID = r"[A-Za-z0-9\-.]{1,64}"  # FHIR R4 `id`
+TYPE = r"[A-Z][A-Za-z]{1,63}"  # a resource type name
+REFERENCE = re.compile(rf"(?P<type>{TYPE})/(?P<id>{ID})")  # a relative literal reference, Type/id
+_ID = re.compile(ID)
+_TYPE = re.compile(TYPE)
+
+# R4 Subscriptions Backport IG (topic-based Subscriptions in R4)
+BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
+BACKPORT_SUBSCRIPTION = f"{BACKPORT}/backport-subscription"
+
+
+def is_id(value: str) -> bool:
+    return _ID.fullmatch(value) is not None
+
+
+def is_type(value: str) -> bool:
+    return _TYPE.fullmatch(value) is not None
+
+
+def is_reference(value: str, types: Collection[str] | None = None) -> bool:
+    """Whether `value` is `Type/id` (of one of `types`, when given)."""
+    match = REFERENCE.fullmatch(value)
+    return match is not None and (types is None or match["type"] in types)
