@@ -14,7 +14,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, TypeVar
 
 import orjson
 import requests
@@ -59,13 +60,40 @@ class TokenBucket:
             return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
 
+class Gate(Protocol):
+    """Where one connection's limits are kept: in this process (LocalGate), or shared by every worker of the
+    deployment (workers.shared_gate), since the EHR counts what our client id sends, not what one process does."""
+
+    def reserve(self) -> float:
+        """Take one request's share of the budget; how long to wait before sending it."""
+        ...
+
+    def slot(self) -> AbstractContextManager[object]:
+        """Held while the request is in flight."""
+        ...
+
+
+class LocalGate:
+    """This process's bound on requests in flight and its per-minute budget."""
+
+    def __init__(self, max_in_flight: int = 4, requests_per_minute: int = 1200) -> None:
+        self._in_flight = threading.BoundedSemaphore(max(1, max_in_flight))
+        self._budget = TokenBucket(requests_per_minute)
+
+    def reserve(self) -> float:
+        return self._budget.reserve()
+
+    def slot(self) -> AbstractContextManager[object]:
+        return self._in_flight
+
+
 class PoliteClient:
     """HTTP for one connection: bounded requests in flight, a per-minute request budget, retries that never spin."""
 
     def __init__(self, session: requests.Session, *, max_in_flight: int = 4, requests_per_minute: int = 1200,
                  max_attempts: int = 6, backoff_base_s: float = 0.5, backoff_cap_s: float = 30.0,
                  retry_after_cap_s: float = 120.0, timeout_s: float = 30.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, gate: Gate | None = None) -> None:
         adapter = HTTPAdapter(max_retries=0, pool_maxsize=max(10, max_in_flight))
         session.mount("http://", adapter)  # our retries, not urllib3's: every wait must pass through `sleep`
         session.mount("https://", adapter)
@@ -76,8 +104,7 @@ class PoliteClient:
         self.retry_after_cap_s = retry_after_cap_s
         self.timeout_s = timeout_s
         self.sleep = sleep
-        self._in_flight = threading.BoundedSemaphore(max(1, max_in_flight))
-        self._budget = TokenBucket(requests_per_minute)
+        self.gate = gate or LocalGate(max_in_flight, requests_per_minute)
 
     def backoff_delay(self, attempt: int) -> float:
         """Full jitter (AWS architecture blog): uniform in [0, min(cap, base * 2^(attempt-1))]."""
@@ -138,11 +165,11 @@ class PoliteClient:
     def _send(self, method: str, url: str, headers: dict[str, str] | None,
               params: dict[str, str] | list[tuple[str, str]] | None, json_body: Any,
               stream: bool) -> requests.Response:
-        wait = self._budget.reserve()
+        wait = self.gate.reserve()
         if wait > 0:
             log.debug("EHR request budget: waiting %.2f s", wait)
             self.sleep(wait)
-        with self._in_flight:  # held until the headers (and, unless streaming, the body) have arrived
+        with self.gate.slot():  # held until the headers (and, unless streaming, the body) have arrived
             return self.session.request(method, url, headers=headers, params=params, json=json_body,
                                         stream=stream, timeout=self.timeout_s)
 

@@ -1,13 +1,16 @@
 """Unattended access to one connection's EHR: backend-services token, polite HTTP client, FHIR reader, bulk.
 
 Built per task from the connection row; the polite client is shared per connection within a process, so
-its in-flight bound and request budget hold across the threads syncing that connection.
+its in-flight bound and request budget hold across the threads syncing that connection, and with Redis
+across every worker process too.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+
+import redis
 
 from connector.bulk import BulkExport
 from connector.fhir_reader import FhirReader
@@ -18,6 +21,7 @@ from prm.errors import ValidationError
 from prm.models import Connection
 from workers.backend_auth import backend_credentials
 from workers.runtime import WorkerContext
+from workers.shared_gate import RedisGate
 
 _clients_lock = threading.Lock()
 
@@ -32,13 +36,26 @@ class EhrAccess:
 
 
 def polite_client(ctx: WorkerContext, connection_id: int) -> PoliteClient:
+    """The connection's client in this process. With Redis its limits are the deployment's, shared with every
+    worker (`workers.shared_gate`); without, one process runs the jobs and keeps them itself."""
     with _clients_lock:
         key = f"polite:{connection_id}"
         client = ctx.shared.get(key)
         if not isinstance(client, PoliteClient):
-            client = PoliteClient(make_session(read_retries=0), timeout_s=ctx.settings.http_timeout_s)
+            timeout = ctx.settings.http_timeout_s
+            gate = RedisGate(_redis(ctx), connection_id, timeout_s=timeout) if ctx.settings.redis_url else None
+            client = PoliteClient(make_session(read_retries=0), timeout_s=timeout, gate=gate)
             ctx.shared[key] = client
         return client
+
+
+def _redis(ctx: WorkerContext) -> redis.Redis:
+    """One Redis client per process for the shared gates (its pool serves every thread)."""
+    client = ctx.shared.get("redis")
+    if not isinstance(client, redis.Redis):
+        client = redis.Redis.from_url(ctx.settings.redis_url or "", socket_timeout=5, socket_connect_timeout=2)
+        ctx.shared["redis"] = client
+    return client
 
 
 def access_for(ctx: WorkerContext, row: Connection) -> EhrAccess:
