@@ -37,6 +37,8 @@ DEFAULT_BACKEND_SCOPES = (
 SUBSCRIPTION_SCOPES = "system/Subscription.cru system/Basic.rs"
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+MAX_IN_FLIGHT = 32
+MAX_REQUESTS_PER_MINUTE = 100_000
 TICKET_OWNER_TYPES = ("Practitioner", "PractitionerRole", "Organization", "CareTeam", "HealthcareService")
 
 
@@ -61,6 +63,8 @@ class ConnectionSpec:
     backend_client_secret: str | None = None
     backend_scopes: str = DEFAULT_BACKEND_SCOPES
     export_group: str | None = None  # the Group a Group-level $export reads (its id on the EHR)
+    ehr_max_in_flight: int = 4  # requests at the EHR at once, across every worker
+    ehr_requests_per_minute: int = 1200  # across every worker
     # care ticket owner by reason, and "default" ({"negative-feedback": "PractitionerRole/x"})
     ticket_routing: dict[str, str] = field(default_factory=dict)
 
@@ -135,6 +139,8 @@ def validate(spec: ConnectionSpec) -> ConnectionSpec:
     if export_group is not None and not _reads_groups(spec.backend_scopes):
         raise ValidationError("an export Group is read by the backend client: add system/Group.rs to the backend "
                               "scopes")
+    _within("requests in flight", spec.ehr_max_in_flight, MAX_IN_FLIGHT)
+    _within("requests a minute", spec.ehr_requests_per_minute, MAX_REQUESTS_PER_MINUTE)
     return ConnectionSpec(
         name=spec.name,
         iss=spec.iss.strip().rstrip("/"),
@@ -153,8 +159,15 @@ def validate(spec: ConnectionSpec) -> ConnectionSpec:
         backend_client_secret=spec.backend_client_secret,
         backend_scopes=" ".join(spec.backend_scopes.split()),
         export_group=export_group,
+        ehr_max_in_flight=spec.ehr_max_in_flight,
+        ehr_requests_per_minute=spec.ehr_requests_per_minute,
         ticket_routing=_routing(spec.ticket_routing),
     )
+
+
+def _within(what: str, value: object, most: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        raise ValidationError(f"{what} must be a whole number from 1 to {most}, got {value!r}")
 
 
 def _kept_secret(box: SecretBox, auth: str | None, given: str | None, stored: str | None,
@@ -198,6 +211,8 @@ def upsert(session: Session, clock: Clock, box: SecretBox, spec: ConnectionSpec)
         "backend auth 'client_secret' needs a backend client secret")
     row.backend_scopes = spec.backend_scopes
     row.export_group = spec.export_group
+    row.ehr_max_in_flight = spec.ehr_max_in_flight
+    row.ehr_requests_per_minute = spec.ehr_requests_per_minute
     row.ticket_routing = dict(spec.ticket_routing)
     row.updated_at = now
     session.add(row)

@@ -51,6 +51,9 @@ class Connection(ConnectionBase, table=True):
     # The Group whose patients a Group-level Bulk $export reads (EHRs that offer no system export, or a clinic
     # that is one part of a large EHR): also the population a patient-by-patient sync covers.
     export_group: str | None = Field(default=None, max_length=64)
+    # What the EHR lets our client id do, across every worker: requests in flight, requests a minute
+    ehr_max_in_flight: int = 4
+    ehr_requests_per_minute: int = 1200
     # care ticket owner by reason ({"negative-feedback": "PractitionerRole/x", "default": "Organization/y"})
     ticket_routing: dict[str, str] = _json({})
     capability_profile: dict[str, Any] = _json({})

@@ -18,11 +18,12 @@ from prm.models import Connection
 SECRET_FIELDS = ("client_secret", "backend_client_secret")
 TEXT_FIELDS = ("name", "iss", "client_id", "client_auth", "scopes", "frame_origins", "role_mapping", "default_role",
                "clinics", "signing_alg", "backend_client_id", "backend_auth", "backend_scopes", "export_group",
-               "ticket_routing")
+               "ehr_max_in_flight", "ehr_requests_per_minute", "ticket_routing")
 # What an update audit record names when it changed (values are never written to the audit).
 AUDITED_COLUMNS = ("iss", "client_id", "client_auth", "client_secret_enc", "scopes", "frame_origins", "role_mapping",
                    "default_role", "enabled", "clinics", "signing_alg", "backend_client_id", "backend_auth",
-                   "backend_client_secret_enc", "backend_scopes", "export_group", "ticket_routing")
+                   "backend_client_secret_enc", "backend_scopes", "export_group", "ehr_max_in_flight",
+                   "ehr_requests_per_minute", "ticket_routing")
 
 
 def _lines(text: str) -> list[str]:
@@ -49,6 +50,16 @@ def _clinics(text: str) -> tuple[dict[str, str], ...]:
     return tuple(clinics)
 
 
+def _whole(text: str, what: str, default: int) -> int:
+    """A whole-number field; empty means the default (the range is checked with the rest of the spec)."""
+    if not text.strip():
+        return default
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValidationError(f"{what} must be a whole number, got {text.strip()!r}") from None
+
+
 def spec_from_form(form: MultiDict[str, str], *, name: str | None = None,
                    enabled: bool | None = None) -> ConnectionSpec:
     """Read the posted form; `name`/`enabled` come from the row on edit (the name is the key, enabling has buttons)."""
@@ -72,6 +83,8 @@ def spec_from_form(form: MultiDict[str, str], *, name: str | None = None,
         backend_client_secret=form.get("backend_client_secret") or None,
         backend_scopes=form.get("backend_scopes", ""),
         export_group=form.get("export_group", "").strip() or None,
+        ehr_max_in_flight=_whole(form.get("ehr_max_in_flight", ""), "requests in flight", 4),
+        ehr_requests_per_minute=_whole(form.get("ehr_requests_per_minute", ""), "requests a minute", 1200),
         ticket_routing=_key_values(form.get("ticket_routing", ""), "ticket routing",
                                    "REASON=OWNER (e.g. default=Organization/org-1)"),
     )
@@ -86,7 +99,8 @@ def values_from_form(form: MultiDict[str, str]) -> dict[str, Any]:
 
 def values_for_new() -> dict[str, Any]:
     return {"client_auth": "public", "scopes": DEFAULT_USER_SCOPES, "default_role": "clinician", "enabled": True,
-            "signing_alg": "RS384", "backend_auth": "", "backend_scopes": DEFAULT_BACKEND_SCOPES}
+            "signing_alg": "RS384", "backend_auth": "", "backend_scopes": DEFAULT_BACKEND_SCOPES,
+            "ehr_max_in_flight": 4, "ehr_requests_per_minute": 1200}
 
 
 def values_from_row(row: Connection) -> dict[str, Any]:
@@ -99,6 +113,7 @@ def values_from_row(row: Connection) -> dict[str, Any]:
         "signing_alg": row.signing_alg, "backend_client_id": row.backend_client_id or "",
         "backend_auth": row.backend_auth or "", "backend_scopes": row.backend_scopes,
         "export_group": row.export_group or "",
+        "ehr_max_in_flight": row.ehr_max_in_flight, "ehr_requests_per_minute": row.ehr_requests_per_minute,
         "ticket_routing": "\n".join(f"{reason}={owner}" for reason, owner in row.ticket_routing.items()),
     }
 

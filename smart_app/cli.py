@@ -164,6 +164,10 @@ def _clinics(values: tuple[str, ...]) -> tuple[dict[str, str], ...]:
 @click.option("--export-group", default=None,
               help="The EHR's Group of this clinic's patients (its id): a Group-level $export for the first sync, "
                    "and the population of a patient-by-patient sync.")
+@click.option("--max-in-flight", type=int, default=4, show_default=True,
+              help="Requests at the EHR at once, across every worker (the EHR's limit for our client).")
+@click.option("--requests-per-minute", type=int, default=1200, show_default=True,
+              help="Requests a minute to the EHR, across every worker.")
 @click.option("--ticket-route", "ticket_routes", multiple=True,
               help="REASON=OWNER: who gets care tickets for a reason (or `default`), e.g. default=Organization/x.")
 @click.option("--disabled", is_flag=True, default=False)
@@ -171,7 +175,8 @@ def connection_add(name: str, iss: str, client_id: str, client_auth: str, client
                    frame_origins: tuple[str, ...], role_map: tuple[str, ...], default_role: str,
                    clinics: tuple[str, ...], signing_alg: str, backend_client_id: str | None,
                    backend_auth: str | None, backend_client_secret: str | None, backend_scopes: str,
-                   export_group: str | None, ticket_routes: tuple[str, ...], disabled: bool) -> None:
+                   export_group: str | None, max_in_flight: int, requests_per_minute: int,
+                   ticket_routes: tuple[str, ...], disabled: bool) -> None:
     settings = _settings()
     if backend_client_id and backend_auth is None:
         backend_auth = "private_key_jwt"
@@ -181,6 +186,7 @@ def connection_add(name: str, iss: str, client_id: str, client_auth: str, client
         enabled=not disabled, clinics=_clinics(clinics), signing_alg=signing_alg,
         backend_client_id=backend_client_id, backend_auth=backend_auth,
         backend_client_secret=backend_client_secret, backend_scopes=backend_scopes, export_group=export_group,
+        ehr_max_in_flight=max_in_flight, ehr_requests_per_minute=requests_per_minute,
         ticket_routing=_pairs(ticket_routes, "--ticket-route", "default=Organization/org-1"),
     )
     box = SecretBox(settings.encryption_keys)
@@ -203,6 +209,7 @@ def _public(row: Any) -> dict[str, Any]:
         "backend_client_id": row.backend_client_id, "backend_auth": row.backend_auth,
         "backend_client_secret": "(set)" if row.backend_client_secret_enc else None,
         "backend_scopes": row.backend_scopes, "export_group": row.export_group,
+        "max_in_flight": row.ehr_max_in_flight, "requests_per_minute": row.ehr_requests_per_minute,
         "capability_checked_at": row.capability_checked_at.isoformat() if row.capability_checked_at else None,
         "capability_ok": row.capability_profile.get("ok") if row.capability_profile else None,
         "ticket_routing": row.ticket_routing, "needs_it": row.needs_it,

@@ -35,16 +35,20 @@ class EhrAccess:
     client_name: str
 
 
-def polite_client(ctx: WorkerContext, connection_id: int) -> PoliteClient:
-    """The connection's client in this process. With Redis its limits are the deployment's, shared with every
-    worker (`workers.shared_gate`); without, one process runs the jobs and keeps them itself."""
+def polite_client(ctx: WorkerContext, row: Connection) -> PoliteClient:
+    """The connection's client in this process, with the limits IT set on it. With Redis they are the
+    deployment's, shared with every worker (`workers.shared_gate`); without, one process runs the jobs and
+    keeps them itself. Changed limits make a new client."""
+    in_flight, per_minute = row.ehr_max_in_flight, row.ehr_requests_per_minute
     with _clients_lock:
-        key = f"polite:{connection_id}"
+        key = f"polite:{row.id}:{in_flight}:{per_minute}"
         client = ctx.shared.get(key)
         if not isinstance(client, PoliteClient):
             timeout = ctx.settings.http_timeout_s
-            gate = RedisGate(_redis(ctx), connection_id, timeout_s=timeout) if ctx.settings.redis_url else None
-            client = PoliteClient(make_session(read_retries=0), timeout_s=timeout, gate=gate)
+            gate = RedisGate(_redis(ctx), row.id or 0, max_in_flight=in_flight, requests_per_minute=per_minute,
+                             timeout_s=timeout) if ctx.settings.redis_url else None
+            client = PoliteClient(make_session(read_retries=0), max_in_flight=in_flight,
+                                  requests_per_minute=per_minute, timeout_s=timeout, gate=gate)
             ctx.shared[key] = client
         return client
 
@@ -74,7 +78,7 @@ def access_for(ctx: WorkerContext, row: Connection) -> EhrAccess:
     def reauthenticate() -> None:
         ctx.backend_tokens.invalidate(creds, scope)
 
-    client = polite_client(ctx, row.id or 0)
+    client = polite_client(ctx, row)
     return EhrAccess(connection_id=row.id or 0, reader=FhirReader(row.iss, client, token, reauthenticate),
                      bulk=BulkExport(row.iss, client, token, reauthenticate),
                      writer=FhirWriter(row.iss, client, token, reauthenticate), client_name=creds.client_id)

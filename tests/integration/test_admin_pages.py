@@ -226,6 +226,27 @@ def test_edit_keeps_the_stored_secret(live_app: LiveApp, accounts: dict[str, str
     assert record.detail == "changed: scopes"
 
 
+def test_it_sets_the_limits_at_the_ehr(live_app: LiveApp, accounts: dict[str, str]) -> None:
+    admin = signed_in(live_app, accounts["it_admin"])
+    assert add(admin, form("lakeside", "https://lakeside.example/fhir")).status_code == 303
+    edit = admin.get("/admin/connections/lakeside/edit")
+    assert 'id="ehr_max_in_flight" type="number" min="1" max="32" value="4"' in edit.text
+    values = form("lakeside", "https://lakeside.example/fhir")
+    bad = admin.post("/admin/connections/lakeside/edit",
+                     {**values, "ehr_max_in_flight": "four", "csrf_token": _CSRF.findall(edit.text)[-1]})
+    assert bad.status_code == 400 and "requests in flight must be a whole number" in bad.text
+    response = admin.post("/admin/connections/lakeside/edit", {**values, "ehr_max_in_flight": "2",
+                                                               "ehr_requests_per_minute": "300",
+                                                               "csrf_token": _CSRF.findall(bad.text)[-1]})
+    assert response.status_code == 303, response.text[:500]
+    row = connection(live_app, "lakeside")
+    assert row is not None and (row.ehr_max_in_flight, row.ehr_requests_per_minute) == (2, 300)
+    assert "2 requests in flight, 300 a minute" in admin.get("/admin/connections/lakeside").text
+    [record] = rows(live_app, AuditRecord, AuditRecord.action == "connection.update",
+                    AuditRecord.connection_id == row.id)
+    assert record.detail == "changed: ehr_max_in_flight, ehr_requests_per_minute"
+
+
 def test_disabled_connection_refuses_launches(live_app: LiveApp, accounts: dict[str, str]) -> None:
     admin = signed_in(live_app, accounts["it_admin"])
     iss = f"{live_app.url}/not-a-fhir-server"

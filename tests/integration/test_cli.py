@@ -51,16 +51,20 @@ def test_connections_on_postgresql(tmp_path: Path) -> None:
         args = ["connection", "add", "--name", "hudson", "--iss", "https://hudson.example/fhir",
                 "--client-id", "prm", "--client-auth", "client_secret", "--frame-origin", "https://ehr.hudson.example"]
         first = prm(*args, env=env, cwd=tmp_path)
-        again = prm(*args, "--default-role", "front_desk", env=env, cwd=tmp_path)
+        again = prm(*args, "--default-role", "front_desk", "--max-in-flight", "2", "--requests-per-minute", "300",
+                    env=env, cwd=tmp_path)
         assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
         assert first.stdout.split("(id")[1] == again.stdout.split("(id")[1]
         shown = json.loads(prm("connection", "show", "hudson", env=env, cwd=tmp_path).stdout)
         assert shown["default_role"] == "front_desk" and shown["client_secret"] == "(set)"
+        assert (shown["max_in_flight"], shown["requests_per_minute"]) == (2, 300)
         assert shown["frame_origins"] == ["https://ehr.hudson.example"]
         listed = prm("connection", "list", env=env, cwd=tmp_path).stdout
         assert "hudson" in listed and "very-secret-value" not in listed
         bad = prm("connection", "add", "--name", "x", "--iss", "not a url", "--client-id", "c", env=env, cwd=tmp_path)
         assert bad.returncode == 2 and "iss must be" in bad.stderr
+        greedy = prm(*args, "--max-in-flight", "50", env=env, cwd=tmp_path)
+        assert greedy.returncode == 2 and "requests in flight must be a whole number from 1 to 32" in greedy.stderr
         missing = prm("connection", "show", "nope", env=env, cwd=tmp_path)
         assert missing.returncode == 2 and "no connection named 'nope'" in missing.stderr
         admin = prm("admin", "add", "it.lead", env=env, cwd=tmp_path, stdin="correct horse battery\n")

@@ -14,6 +14,7 @@ import redis
 import requests
 
 from connector.polite import LocalGate, PoliteClient
+from prm.models import Connection
 from tests.support.counting_server import Target, counting_server
 from tests.support.ports import free_port
 from tests.support.processes import RedisServer
@@ -106,14 +107,21 @@ def test_without_redis_each_worker_keeps_its_own_limits_and_says_so(
 
 
 @pytest.mark.parametrize("with_redis", [True, False])
-def test_a_worker_with_redis_keeps_its_limits_there(with_redis: bool, redis_server: RedisServer,
-                                                    tmp_path: Path) -> None:
+def test_a_worker_keeps_the_limits_it_set_on_the_connection(with_redis: bool, redis_server: RedisServer,
+                                                            tmp_path: Path) -> None:
+    """In Redis for every worker when there is Redis; a changed limit takes effect with the next job."""
     settings = make_settings(f"sqlite:///{tmp_path / 'prm.db'}", tmp_path,
                              redis_url=redis_server.url if with_redis else None)
     ctx = runtime.build(settings)
+    row = Connection(id=CONNECTION, name="c", iss="https://c.example/fhir", client_id="c", ehr_max_in_flight=2,
+                     ehr_requests_per_minute=600)
     try:
-        client = polite_client(ctx, CONNECTION)
-        assert polite_client(ctx, CONNECTION) is client, "one client a connection per process"
+        client = polite_client(ctx, row)
+        assert polite_client(ctx, row) is client, "one client a connection per process"
         assert isinstance(client.gate, RedisGate if with_redis else LocalGate)
+        if isinstance(client.gate, RedisGate):
+            assert (client.gate.slots, client.gate.interval_s) == (2, 0.1)
+        row.ehr_max_in_flight = 6
+        assert polite_client(ctx, row) is not client
     finally:
         ctx.db.dispose()

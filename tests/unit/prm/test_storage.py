@@ -82,6 +82,10 @@ def test_connection_upsert_is_idempotent_and_keeps_secrets_sealed(database: Data
         ({"default_role": "surgeon"}, "unknown role"),
         ({"export_group": "dental patients"}, "Group id"),
         ({"export_group": "dental-patients"}, "system/Group.rs"),  # the default scopes cannot read the Group
+        ({"ehr_max_in_flight": 0}, "requests in flight must be a whole number from 1 to 32"),
+        ({"ehr_max_in_flight": 33}, "requests in flight"),
+        ({"ehr_requests_per_minute": "1200"}, "requests a minute"),
+        ({"ehr_requests_per_minute": 100_001}, "requests a minute"),
     ],
 )
 def test_bad_connection_input_is_refused_with_a_reason(changes: dict[str, object], message: str) -> None:
