@@ -262,10 +262,12 @@ class SyncStream(SQLModel, table=True):
     reconciled_at: datetime | None = _dt()  # last full id reconciliation (product clock)
     history_mark: datetime | None = _dt()  # deletions are read from `_history` since here (server clock)
     woken_at: datetime | None = _dt()  # an EHR notification asked for a run (a run started before it goes again)
-    # A full re-read longer than one run: the EHR's link to the page where the next run goes on, and the EHR's
-    # clock when the pass began (what the snapshot is as of once the pass ends). None between passes.
-    reread_next: str | None = Field(default=None, sa_type=Text)
-    reread_started: datetime | None = _dt()
+    # A pass longer than one run goes on where the last run stopped: which kind of pass (`reread`, `patient`), where
+    # it goes on (the EHR's link to the next page; the last patient done), and the EHR's clock when the pass began
+    # (what the snapshot is as of once it ends). None between passes; another kind of pass starts afresh.
+    pass_kind: str | None = Field(default=None, max_length=20)
+    pass_position: str | None = Field(default=None, sa_type=Text)
+    pass_started: datetime | None = _dt()
 
 
 class EhrSubscription(SQLModel, table=True):

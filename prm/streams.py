@@ -96,6 +96,20 @@ def already_seen(stream: SyncStream, fhir_id: str, last_updated: datetime | None
     return last_updated is not None and last_updated == stream.cursor and fhir_id in stream.cursor_ids
 
 
+def pass_place(stream: SyncStream, kind: str) -> tuple[str | None, datetime | None]:
+    """Where an unfinished pass of this kind goes on, and when (EHR clock) it began; (None, None) when none is
+    under way, or the one under way is of another kind (a strategy changed mid-pass: it starts afresh)."""
+    return (stream.pass_position, stream.pass_started) if stream.pass_kind == kind else (None, None)
+
+
+def keep_place(stream: SyncStream, kind: str, position: str | None, started: datetime | None) -> None:
+    """Keep where a pass of this kind goes on; a None position says it ended."""
+    if position is None:
+        stream.pass_kind = stream.pass_position = stream.pass_started = None
+    else:
+        stream.pass_kind, stream.pass_position, stream.pass_started = kind, position, started
+
+
 def patients_read(session: Session, stream_id: int) -> set[str]:
     """The patients whose whole record this (patient-by-patient) stream has read."""
     return set(session.exec(select(StreamPatient.patient_id).where(StreamPatient.stream_id == stream_id)))

@@ -14,11 +14,11 @@ from collections import deque
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from connector.fhir_reader import Page
-from fhir_mappings.written import IDENTIFIER_SYSTEM, WRITTEN_TYPES
+from fhir_mappings.written import WRITTEN_TYPES
 from prm import connections, snapshots, streams
 from prm.errors import AuthExpiredError, PermanentEhrError
 from prm.models import Connection
@@ -29,9 +29,10 @@ from workers.page_prep import PreparedPage, Target, last_updated, prepare_lines
 from workers.prep_helper import Preparer, preparer
 from workers.runtime import WorkerContext
 from workers.stream_leases import StreamLease, release_together, renew_together
-from workers.sync_deletions import ID_BATCH, PATIENT_PARAM, batches, find_deletions
+from workers.sync_deletions import PATIENT_PARAM, batches, find_deletions
 from workers.sync_pages import commit_page, commit_prepared
-from workers.sync_run import Progress, StreamRun, count_page, iso, server_instant
+from workers.sync_patients import patient_windows
+from workers.sync_run import OVERLAP, Progress, StreamRun, count_page, iso, server_instant
 from workers.sync_windows import read_windows, reread_all
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ def _sync_after(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, conne
         run.caught_up = True
         run.notes.append("unchanged (_history)")
     elif _patient_scoped(stream, connection):  # after the bulk first load, or on a known population
-        _patient_windows(ctx, access, connection, stream_id, run, lease, deadline, progress)
+        patient_windows(ctx, access, connection, stream_id, run, lease, deadline, progress)
     elif history is not None and _history_feeds(stream, history):
         _store_history(ctx, access, stream_id, run, history, progress)  # one request, not two
     elif strategy_of(stream, connection)[1] == "full-reread":  # no window can find what changed
@@ -178,8 +179,8 @@ def _sync_after(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, conne
         if run.caught_up and fresh.phase == "initial":
             fresh.phase = "incremental"
             fresh.initial_done_at = ctx.settings.clock()
-        if run.caught_up:  # another strategy caught up: a re-read left unfinished before is not gone on with
-            fresh.reread_next = fresh.reread_started = None
+        if run.caught_up:  # a pass left unfinished by another strategy is not gone on with
+            fresh.pass_kind = fresh.pass_position = fresh.pass_started = None
         streams.record_success(fresh, ctx.settings.clock)
         session.add(fresh)
 
@@ -277,8 +278,6 @@ def _finish_export(ctx: WorkerContext, connection: Connection, manifest: dict[st
             session.add(fresh)
 
 
-OVERLAP = timedelta(minutes=5)
-
 
 def _ehr_sorts(connection: Connection) -> bool:
     """Unless `prm connection check` found the EHR ignoring `_sort=_lastUpdated`; the windows also notice."""
@@ -290,57 +289,6 @@ def _patient_scoped(stream: SyncStream, connection: Connection) -> bool:
     _, incremental = strategy_of(stream, connection)
     return incremental == "patient-by-patient" and (
         stream.resource_type == "Patient" or stream.resource_type in PATIENT_PARAM)
-
-
-def _patient_windows(ctx: WorkerContext, access: EhrAccess, connection: Connection, stream_id: int, run: StreamRun,
-                     lease: StreamLease, deadline: float, progress: Progress | None) -> None:
-    """One `_lastUpdated` window per known patient (or batch of patient ids), all from the same cursor; a
-    patient this stream has not read in full yet (new to the population: the export Group's new members, or
-    someone another stream found) has no window: their whole record is read once.
-
-    The next cursor is the server's own clock when the first search ran, less an overlap: a resource
-    changed for a patient already read in this pass is read again next time, never lost. Upserts are
-    version-aware, so reading twice changes nothing.
-    """
-    with ctx.db.session() as session:
-        stream = streams.get(session, stream_id)
-        known = snapshots.live_ids(session, stream.connection_id, "Patient")
-        read = streams.patients_read(session, stream_id)
-    if stream.resource_type == "Patient" and connection.export_group:  # the Group's new members join
-        known |= set(access.reader.group_patients(connection.export_group))
-    population = sorted(known)
-    unread = [p for p in population if p not in read]  # new to the population: their whole record, once
-    since = [("_lastUpdated", f"ge{iso(stream.cursor)}")] if stream.cursor else []
-    started: str | None = None
-    if stream.resource_type == "Patient":
-        queries = [[("_id", ",".join(batch)), *extra] for ids, extra in ((sorted(read & known), since), (unread, []))
-                   for batch in batches(ids, ID_BATCH)]
-    else:
-        key = PATIENT_PARAM[stream.resource_type]
-        queries = [[(key, f"Patient/{p}"), ("_sort", "_lastUpdated"), *(since if p in read else [])]
-                   for p in population]
-        if stream.resource_type in WRITTEN_TYPES:
-            queries = [[*q, ("identifier", f"{IDENTIFIER_SYSTEM}|")] for q in queries]
-    for params in queries:
-        if time.monotonic() > deadline or not lease.renew():
-            run.notes.append("time or lease ran out mid-pass")
-            return
-        page: Page | None = access.reader.search(stream.resource_type, params)
-        started = started or (page.server_time if page else None)
-        while page is not None:
-            result = commit_page(ctx, stream_id, page.resources, move_cursor=False, client=access.client_name)
-            count_page(run, result.stored, 0, result.quarantined, progress)
-            page = access.reader.follow(page.next_url) if page.next_url else None
-    with ctx.db.session() as session:
-        fresh = streams.get(session, stream_id)
-        if started:
-            mark = datetime.fromisoformat(started.replace("Z", "+00:00")).astimezone(UTC) - OVERLAP
-            if fresh.cursor is None or mark > fresh.cursor:
-                fresh.cursor, fresh.cursor_ids = mark, []
-        streams.note_patients_read(session, stream_id, unread)
-        session.add(fresh)
-    run.caught_up = True
-    run.notes.append(f"patient by patient ({len(population)} patients)")
 
 
 def _after_first_load(ctx: WorkerContext, stream_id: int, run: StreamRun) -> None:

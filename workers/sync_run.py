@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 Progress = Callable[[str, int], None]
+# A cursor or mark taken from the EHR's clock is set this far back: a change the EHR committed with an earlier
+# stamp after we read (long transactions, clocks of several nodes) is read again next time, never lost.
+OVERLAP = timedelta(minutes=5)
 
 
 @dataclass

@@ -41,6 +41,7 @@ SECOND = timedelta(seconds=1)
 CLOCK_MARGIN = timedelta(minutes=5)  # our clock stands in for the EHR's only when it gives none, less this
 UNSORTED = "the EHR ignores _sort=_lastUpdated: windows halved until each fits a page"
 REREAD = "no _lastUpdated search: every resource read again"
+REREAD_KIND = "reread"  # the kind of pass a stream keeps the place of
 
 
 def window_params(resource_type: str, since: datetime | None, page_size: int, *, before: datetime | None = None,
@@ -205,7 +206,8 @@ def reread_all(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: Strea
     check then lists the ids itself, on its own schedule)."""
     with ctx.db.session() as session:
         stream = streams.get(session, stream_id)
-        resource_type, kept, began = stream.resource_type, stream.reread_next, stream.reread_started
+        resource_type = stream.resource_type
+        kept, began = streams.pass_place(stream, REREAD_KIND)
     page = _reread_from(access, resource_type, kept)
     if page is None:
         kept = None
@@ -247,7 +249,7 @@ def _place(next_url: str | None, began: datetime | None) -> Callable[[SyncStream
     """What a re-read page settles on the stream: where the pass goes on, or, on its last page, that it
     ended (the snapshot is as of the pass's start then: shown as the stream's lag)."""
     def mark(stream: SyncStream) -> None:
-        stream.reread_next, stream.reread_started = next_url, began if next_url else None
+        streams.keep_place(stream, REREAD_KIND, next_url, began)
         if next_url is None and began is not None:
             stream.cursor, stream.cursor_ids = began, []
     return mark

@@ -22,7 +22,8 @@ from workers.connection_check import check_connection
 from workers.page_prep import PreparedPage, Target, prepare_lines
 from workers.prep_helper import Helper, Lines
 from workers.sync_connection import sync_connection
-from workers.sync_engine import GROUP_EXPORTED
+from workers.sync_engine import GROUP_EXPORTED, run_stream
+from workers.sync_run import StreamRun
 from workers.sync_windows import REREAD, UNSORTED
 
 SYNCED = ("Organization", "Location", "PractitionerRole", "Patient", "RelatedPerson", "Encounter", "Appointment")
@@ -324,6 +325,33 @@ def test_an_ehr_that_only_allows_patient_searches_is_read_patient_by_patient(tmp
         assert again["Patient"].deleted == 1 and again["Encounter"].deleted == 1
         assert kept and kept <= fresh.snapshot("Encounter")
         assert_in_step(fresh, ("Patient", "Encounter"))
+
+
+def test_a_patient_by_patient_pass_longer_than_a_run_goes_on_where_the_run_stopped(tmp_path: Path) -> None:
+    """A large population outlasts a job's time: each run goes on from the last patient the run before it
+    finished (one patient a run here, with no time to spare), and the pass ends with the snapshot equal to the
+    EHR's. Started afresh each run, as it was, the pass never ended and the last patients were never read."""
+    with sync_env(tmp_path, profile="patient-scoped-only", patients=70) as fresh:
+        check_connection(fresh.ctx, fresh.connection_id)
+        fresh.run_all(("Patient", "Encounter"))
+        patients = sorted(i for i, _ in fresh.server("Patient"))
+        encounters = sorted(i for i, _ in fresh.server("Encounter"))
+        for number in ("000002", "000035", patients[-1].removeprefix("pat-")):  # early, midway, last
+            resource = fresh.read("Encounter", next(i for i in encounters if i.startswith(f"enc-{number}-")))
+            resource["status"] = "cancelled" if resource["status"] != "cancelled" else "finished"
+            fresh.put(resource)
+        with fresh.ctx.db.session() as session:
+            [stream] = [s for s in streams.of_connection(session, fresh.connection_id)
+                        if s.resource_type == "Encounter"]
+        runs: list[StreamRun] = []
+        while not (runs and runs[-1].caught_up) and len(runs) < len(patients) + 2:
+            runs.append(run_stream(fresh.ctx, stream.id or 0, time_budget_s=0))
+        assert len(runs) == len(patients), "one patient a run, each run on from the one before"
+        assert runs[-1].caught_up and sum(run.stored for run in runs) == 3
+        assert_in_step(fresh, ("Encounter",))
+        with fresh.ctx.db.session() as session:
+            ended = streams.get(session, stream.id or 0)
+        assert (ended.pass_kind, ended.pass_position, ended.pass_started) == (None, None, None)
 
 
 def group_of(group_id: str, patients: list[str]) -> dict[str, object]:

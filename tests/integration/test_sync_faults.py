@@ -135,7 +135,7 @@ def test_a_reread_longer_than_a_run_goes_on_where_the_run_stopped(env: SyncEnv, 
     assert env.snapshot("Encounter") == env.server("Encounter")
     with env.ctx.db.session() as session:
         ended = streams.get(session, stream.id or 0)
-    assert ended.reread_next is None and ended.reread_started is None and ended.cursor is not None
+    assert (ended.pass_kind, ended.pass_position, ended.pass_started) == (None, None, None) and ended.cursor
 
     assert not run_stream(env.ctx, stream.id or 0, time_budget_s=0).caught_up
     forgotten = faulty.proxy.add_fault(r"^/fhir/Encounter\?.*_offset=", status=410)

@@ -1,0 +1,110 @@
+"""Patient by patient: how a stream syncs on an EHR that allows patient-scoped searches only (common in
+production). One `_lastUpdated` window per known patient (or batch of patient ids, for Patient itself), all
+from the same cursor; a patient this stream has not read in full yet (new to the population: the export
+Group's new members, or someone another stream found) has no window: their whole record is read once.
+
+A population is large and a run is short (a job's time budget), so a pass goes on where the last run stopped:
+the population is walked in id order, and the stream keeps the last patient done, and who among the new ones
+was read whole, every few seconds and when the run stops. Each run asks for at least one patient, so a pass
+always ends. (Started afresh each run, a pass over more patients than one run reaches never ended: the rest
+were never read, and the first ones were read again every run.)
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+from connector.fhir_reader import Page
+from fhir_mappings.written import IDENTIFIER_SYSTEM, WRITTEN_TYPES
+from prm import snapshots, streams
+from prm.models import Connection
+from workers.ehr_access import EhrAccess
+from workers.runtime import WorkerContext
+from workers.stream_leases import StreamLease
+from workers.sync_deletions import ID_BATCH, PATIENT_PARAM, batches
+from workers.sync_pages import commit_page
+from workers.sync_run import OVERLAP, Progress, StreamRun, count_page, iso, server_instant
+
+PATIENT_KIND = "patient"  # the kind of pass a stream keeps the place of
+KEEP_PLACE_EVERY_S = 5.0  # a run killed mid-pass redoes at most this much of it
+# One search: the last patient it completes (None where another search of the same patients follows), its
+# parameters, and the patients it reads whole.
+Query = tuple[str | None, list[tuple[str, str]], list[str]]
+
+
+def patient_windows(ctx: WorkerContext, access: EhrAccess, connection: Connection, stream_id: int, run: StreamRun,
+                    lease: StreamLease, deadline: float, progress: Progress | None) -> None:
+    """One pass, or the part of it this run has time for (see the module docstring).
+
+    The next cursor is the server's own clock when the pass's first search ran, less an overlap: a resource
+    changed for a patient already read in this pass is read again next time, never lost. Upserts are
+    version-aware, so reading twice changes nothing.
+    """
+    with ctx.db.session() as session:
+        stream = streams.get(session, stream_id)
+        known = snapshots.live_ids(session, stream.connection_id, "Patient")
+        read = streams.patients_read(session, stream_id)
+        position, began = streams.pass_place(stream, PATIENT_KIND)
+    if stream.resource_type == "Patient" and connection.export_group:  # the Group's new members join
+        known |= set(access.reader.group_patients(connection.export_group))
+    rest = [p for p in sorted(known) if position is None or p > position]
+    since = [("_lastUpdated", f"ge{iso(stream.cursor)}")] if stream.cursor else []
+    queries = _queries(stream.resource_type, rest, read, since)
+    done_through, read_whole = position, []
+    kept_at = time.monotonic()
+    for index, (last, params, whole) in enumerate(queries):
+        page: Page | None = access.reader.search(stream.resource_type, params)
+        if began is None and page is not None and page.server_time:
+            began = server_instant(page.server_time)
+        while page is not None:
+            result = commit_page(ctx, stream_id, page.resources, move_cursor=False, client=access.client_name)
+            count_page(run, result.stored, 0, result.quarantined, progress)
+            page = access.reader.follow(page.next_url) if page.next_url else None
+        read_whole += whole
+        done_through = last or done_through
+        if index + 1 == len(queries):
+            break
+        if time.monotonic() > deadline or not lease.renew():
+            _keep_place(ctx, stream_id, done_through, began, read_whole)
+            run.notes.append("time or lease ran out mid-pass: the next run goes on from here")
+            return
+        if time.monotonic() - kept_at >= KEEP_PLACE_EVERY_S:
+            _keep_place(ctx, stream_id, done_through, began, read_whole)
+            read_whole, kept_at = [], time.monotonic()
+    with ctx.db.session() as session:
+        fresh = streams.get(session, stream_id)
+        if began is not None and (fresh.cursor is None or began - OVERLAP > fresh.cursor):
+            fresh.cursor, fresh.cursor_ids = began - OVERLAP, []
+        streams.note_patients_read(session, stream_id, read_whole)
+        streams.keep_place(fresh, PATIENT_KIND, None, None)
+        session.add(fresh)
+    run.caught_up = True
+    run.notes.append(f"patient by patient ({len(known)} patients)")
+
+
+def _queries(resource_type: str, patients: list[str], read: set[str], since: list[tuple[str, str]]) -> list[Query]:
+    """The searches over these patients, in id order: Patients by `_id` in batches (those read before since the
+    cursor, the new ones whole), other types one patient each."""
+    if resource_type == "Patient":
+        queries: list[Query] = []
+        for batch in batches(patients, ID_BATCH):
+            known, new = [p for p in batch if p in read], [p for p in batch if p not in read]
+            parts = [([("_id", ",".join(ids)), *extra], whole) for ids, extra, whole in
+                     ((known, since, []), (new, [], new)) if ids]
+            for number, (params, whole) in enumerate(parts, start=1):  # the batch is done with its last search
+                queries.append((batch[-1] if number == len(parts) else None, params, whole))
+        return queries
+    key = PATIENT_PARAM[resource_type]
+    ours = [("identifier", f"{IDENTIFIER_SYSTEM}|")] if resource_type in WRITTEN_TYPES else []
+    return [(p, [(key, f"Patient/{p}"), ("_sort", "_lastUpdated"), *(since if p in read else []), *ours],
+             [] if p in read else [p]) for p in patients]
+
+
+def _keep_place(ctx: WorkerContext, stream_id: int, done_through: str | None, began: datetime | None,
+                read_whole: list[str]) -> None:
+    with ctx.db.session() as session:
+        fresh = streams.get(session, stream_id)
+        streams.keep_place(fresh, PATIENT_KIND, done_through, began)
+        streams.note_patients_read(session, stream_id, read_whole)
+        session.add(fresh)
