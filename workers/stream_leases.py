@@ -18,6 +18,10 @@ from workers.runtime import WorkerContext
 LEASE_RENEW_S = 5.0
 
 
+class LeaseLost(Exception):
+    """Another worker took the stream mid-run (ours lapsed): this run stops where its last commit left it."""
+
+
 class StreamLease:
     """One stream's lease for this worker: renewed at most every few seconds (a quarter of the lease at most),
     so a dead holder's lapses within one lease period while a live one pays few transactions."""
@@ -33,6 +37,16 @@ class StreamLease:
     def renew(self) -> bool:
         """Take or extend the lease for one job lease period; False when another worker holds it."""
         return renew_together(self.ctx, [self])[0]
+
+    def keep(self) -> None:
+        """Renew where due, for a step that cannot stop halfway and go on later; LeaseLost when it is gone."""
+        if not self.renew():
+            raise LeaseLost(self.name)
+
+    @property
+    def held(self) -> bool:
+        """Whether the last renewal kept it (it lapses one lease period after that)."""
+        return self._renewed_at is not None
 
     def release(self) -> None:
         release_together(self.ctx, [self])

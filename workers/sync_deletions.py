@@ -10,6 +10,7 @@ finds it). Asked by id, the EHR answers exactly, and the listing's misses are fe
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ from prm.errors import PermanentEhrError
 from prm.snapshot_models import SyncStream
 from workers.ehr_access import EhrAccess
 from workers.runtime import WorkerContext
+from workers.stream_leases import StreamLease
 from workers.sync_pages import commit_page
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,7 @@ RECONCILE_EVERY = timedelta(hours=6)
 # The search parameter naming a type's patient, where an EHR allows patient-scoped searches only.
 PATIENT_PARAM = {"Encounter": "patient", "Appointment": "patient", "RelatedPerson": "patient",
                  "Task": "patient", "Communication": "patient"}
+LEASE_CHECK_IDS = 500  # ids listed between looks at whether the lease is due for renewal
 ID_BATCH = 50  # ids per `_id` search (a URL stays well under common 8 KB limits)
 GONE = (404, 410)
 T = TypeVar("T")
@@ -36,7 +39,7 @@ def batches(items: list[T], size: int) -> list[list[T]]:
 
 
 def find_deletions(ctx: WorkerContext, access: EhrAccess, stream_id: int, mark_before_run: datetime | None,
-                   history_deleted: list[str] | None, patient_scoped: bool,
+                   history_deleted: list[str] | None, patient_scoped: bool, lease: StreamLease,
                    listed: set[str] | None = None) -> tuple[int, dict[str, datetime | None]]:
     """Take what the EHR deleted out of the snapshot: the deletions `_history` showed (read before the
     windows), or, where there is no `_history`, what an id comparison finds (against `listed`, the ids a
@@ -45,7 +48,8 @@ def find_deletions(ctx: WorkerContext, access: EhrAccess, stream_id: int, mark_b
 
     `_history` is read since the cursor as it stood before the previous run (server clock), so windows
     overlap and no deletion falls between them; an EHR without `_history` has its ids compared every
-    RECONCILE_EVERY, or every run that read them all anyway.
+    RECONCILE_EVERY, or every run that read them all anyway. A listing takes as long as the EHR is large: the
+    stream's lease is renewed as it goes (LeaseLost if another worker took the stream meanwhile).
     """
     with ctx.db.session() as session:
         stream = streams.get(session, stream_id)
@@ -55,7 +59,7 @@ def find_deletions(ctx: WorkerContext, access: EhrAccess, stream_id: int, mark_b
     if gone is None:
         if listed is None and stream.reconciled_at is not None and now - stream.reconciled_at < RECONCILE_EVERY:
             return 0, {}  # no _history here: ids are compared every RECONCILE_EVERY, not every run
-        gone = _reconcile(ctx, access, stream, patient_scoped, listed)
+        gone = _reconcile(ctx, access, stream, patient_scoped, lease, listed)
         marks["reconciled_at"] = now
     if not gone:
         return 0, marks
@@ -63,19 +67,19 @@ def find_deletions(ctx: WorkerContext, access: EhrAccess, stream_id: int, mark_b
     return result.deleted, marks
 
 
-def _reconcile(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, patient_scoped: bool,
+def _reconcile(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, patient_scoped: bool, lease: StreamLease,
                listed: set[str] | None) -> list[str]:
     """The snapshot's live ids the EHR no longer has: missing from its listing, and not found when asked."""
     params = [("identifier", f"{IDENTIFIER_SYSTEM}|")] if stream.resource_type in WRITTEN_TYPES else []
     if listed is not None:
         on_server = listed
     elif patient_scoped:
-        on_server = _ids_patient_by_patient(ctx, access, stream, params)
+        on_server = _ids_patient_by_patient(ctx, access, stream, params, lease)
     else:
-        on_server = _all_ids(access, stream.resource_type, params or None)
+        on_server = _all_ids(access, stream.resource_type, params or None, lease)
     with ctx.db.session() as session:
         missing = sorted(snapshots.live_ids(session, stream.connection_id, stream.resource_type) - on_server)
-    still_there = _still_there(access, stream.resource_type, missing, params,
+    still_there = _still_there(access, stream.resource_type, missing, params, lease,
                                by_read=patient_scoped and stream.resource_type != "Patient")
     if still_there:
         log.info("stream %s: %d id(s) missing from the listing are still on the EHR (it shifted while it paged)",
@@ -84,16 +88,17 @@ def _reconcile(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, patien
 
 
 def _still_there(access: EhrAccess, resource_type: str, missing: list[str], params: list[tuple[str, str]],
-                 by_read: bool) -> set[str]:
+                 lease: StreamLease, by_read: bool) -> set[str]:
     """Of the ids a listing missed, those the EHR still has (with our identifier, for the types we write).
     `_id` searches in batches; one read per id where the EHR allows patient-scoped searches only."""
     if not by_read:
         found: set[str] = set()
         for batch in batches(missing, ID_BATCH):
-            found |= _all_ids(access, resource_type, [("_id", ",".join(batch)), *params])
+            found |= _all_ids(access, resource_type, [("_id", ",".join(batch)), *params], lease)
         return found
     alive = set()
     for fhir_id in missing:
+        lease.keep()
         try:
             resource = access.reader.read(resource_type, fhir_id)
         except PermanentEhrError as exc:
@@ -110,27 +115,39 @@ def _ours(resource: dict[str, Any]) -> bool:
 
 
 def _ids_patient_by_patient(ctx: WorkerContext, access: EhrAccess, stream: SyncStream,
-                            params: list[tuple[str, str]]) -> set[str]:
+                            params: list[tuple[str, str]], lease: StreamLease) -> set[str]:
     """Every id of the type on an EHR that lists only per patient: one listing per known patient."""
     with ctx.db.session() as session:
         population = sorted(snapshots.live_ids(session, stream.connection_id, "Patient"))
     found: set[str] = set()
     if stream.resource_type == "Patient":
         for batch in batches(population, ID_BATCH):
-            found |= _all_ids(access, "Patient", [("_id", ",".join(batch))])
+            found |= _all_ids(access, "Patient", [("_id", ",".join(batch))], lease)
         return found
     for patient_id in population:
         found |= _all_ids(access, stream.resource_type,
-                          [(PATIENT_PARAM[stream.resource_type], f"Patient/{patient_id}"), *params])
+                          [(PATIENT_PARAM[stream.resource_type], f"Patient/{patient_id}"), *params], lease)
     return found
 
 
-def _all_ids(access: EhrAccess, resource_type: str, params: list[tuple[str, str]] | None) -> set[str]:
+def _all_ids(access: EhrAccess, resource_type: str, params: list[tuple[str, str]] | None,
+             lease: StreamLease) -> set[str]:
     """Every id of the type on the EHR; a paging link that expired mid-listing restarts it once."""
     try:
-        return set(access.reader.ids(resource_type, params))
+        return _kept_listing(access.reader.ids(resource_type, params), lease)
     except PermanentEhrError as exc:
         if exc.status not in GONE:
             raise
         log.info("id listing of %s: a paging link expired (%s); listing again", resource_type, exc.status)
-        return set(access.reader.ids(resource_type, params))
+        return _kept_listing(access.reader.ids(resource_type, params), lease)
+
+
+def _kept_listing(ids: Iterator[str], lease: StreamLease) -> set[str]:
+    """The ids, the lease renewed while they come (it is due every few seconds; looking costs nothing)."""
+    found: set[str] = set()
+    lease.keep()
+    for fhir_id in ids:
+        found.add(fhir_id)
+        if len(found) % LEASE_CHECK_IDS == 0:
+            lease.keep()
+    return found

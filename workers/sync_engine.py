@@ -28,7 +28,7 @@ from workers.gc_quiet import quiet_gc
 from workers.page_prep import PreparedPage, Target, last_updated, prepare_lines
 from workers.prep_helper import Preparer, preparer
 from workers.runtime import WorkerContext
-from workers.stream_leases import StreamLease, release_together, renew_together
+from workers.stream_leases import LeaseLost, StreamLease, release_together, renew_together
 from workers.sync_deletions import PATIENT_PARAM, batches, find_deletions
 from workers.sync_pages import commit_page, commit_prepared
 from workers.sync_patients import patient_windows
@@ -146,11 +146,22 @@ def _companions(ctx: WorkerContext, stream: SyncStream, connection: Connection,
 def _sync_after(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, connection: Connection, run: StreamRun,
                 lease: StreamLease, deadline: float, progress: Progress | None) -> None:
     """What changed since the cursor (after an export: since it), from a short `_history` or else windows;
-    then deletions, then success."""
+    then deletions, then success. A step that cannot stop halfway (the history, the deletion check) renews the
+    lease as it goes, and ends the run as busy if another worker took the stream meanwhile."""
+    try:
+        _sync_steps(ctx, access, stream, connection, run, lease, deadline, progress)
+    except LeaseLost:  # another worker has the stream now: it goes on from what this run committed
+        run.busy = True
+        run.notes.append("lease lost mid-run: another worker has the stream")
+
+
+def _sync_steps(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, connection: Connection, run: StreamRun,
+                lease: StreamLease, deadline: float, progress: Progress | None) -> None:
+    """`_sync_after`'s steps."""
     stream_id = stream.id or 0
     mark_before_run = stream.cursor if stream.phase != "initial" else None
     first_load = stream.phase == "initial"
-    history = None if first_load else _read_history(ctx, access, stream)
+    history = None if first_load else _read_history(ctx, access, stream, lease)
     listed: set[str] | None = None  # every id the EHR has, where this run read them all
     if history is not None and history.quiet:  # nothing changed since the mark: no window can find anything
         run.caught_up = True
@@ -170,7 +181,7 @@ def _sync_after(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, conne
         else:
             deleted, marks = find_deletions(ctx, access, stream_id, mark_before_run,
                                             history.deleted if history is not None else None,
-                                            _patient_scoped(stream, connection), listed)
+                                            _patient_scoped(stream, connection), lease, listed)
             run.deleted += deleted
     with ctx.db.session() as session:
         fresh = streams.get(session, stream_id)
@@ -315,7 +326,7 @@ class _History:
     news: list[dict[str, Any]] | None  # those versions, where the history was short enough to keep (else None)
 
 
-def _read_history(ctx: WorkerContext, access: EhrAccess, stream: SyncStream) -> _History | None:
+def _read_history(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, lease: StreamLease) -> _History | None:
     """`_history` since the stream's mark, read before the windows, so a type nothing new happened to costs
     one request a run, not two. The mark overlaps the previous run, so the versions that run stored come
     back too: only a version newer than the snapshot's row (or of a resource it lacks) is news. History is
@@ -333,6 +344,7 @@ def _read_history(ctx: WorkerContext, access: EhrAccess, stream: SyncStream) -> 
         pages = 1
         _note_newest(page, stream.resource_type, stamps, gone, bodies)
         while page.next_url:
+            lease.keep()  # a long history outlasts a lease: renewed page by page, like windows
             page = access.reader.follow(page.next_url)
             pages += 1
             bodies = bodies if pages <= HISTORY_FEED_PAGES else None

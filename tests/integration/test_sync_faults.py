@@ -11,6 +11,7 @@ import copy
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,12 @@ import requests
 from sqlmodel import select
 
 from ehr_sandbox.config import SandboxConfig
-from prm import audit, connections, streams
+from prm import audit, connections, leases, streams
 from prm.errors import AuthExpiredError
 from prm.snapshot_models import SyncStream
 from tests.integration.sync_env import SyncEnv, sync_database
 from tests.support.fault_proxy import FaultyEhr
+from workers import stream_leases
 from workers.connection_check import check_connection
 from workers.sync_engine import run_stream
 from workers.sync_run import StreamRun
@@ -142,6 +144,81 @@ def test_a_reread_longer_than_a_run_goes_on_where_the_run_stopped(env: SyncEnv, 
     runs = reread_passes(env, stream.id or 0, most=pages + 2)
     assert forgotten.times == 0 and len(runs) == pages, "the forgotten link's run read the first page again"
     assert runs[-1].caught_up and env.snapshot("Encounter") == env.server("Encounter")
+
+
+@contextmanager
+def a_rival_worker(env: SyncEnv, resource_type: str) -> Iterator[list[str]]:
+    """Another worker trying to take the stream all the while; yields the times it did."""
+    with env.ctx.db.session() as session:
+        [stream] = [s for s in streams.of_connection(session, env.connection_id) if s.resource_type == resource_type]
+    name, taken, done = streams.lease_name(stream), [], threading.Event()
+
+    def try_to_take() -> None:
+        while not done.wait(0.1):
+            with env.ctx.db.session() as session:
+                if leases.acquire(session, name, "another-worker", env.ctx.settings.clock(), 1.0):
+                    taken.append("taken")
+                    leases.release(session, name, "another-worker")
+
+    rival = threading.Thread(target=try_to_take)
+    rival.start()
+    try:
+        yield taken
+    finally:
+        done.set()
+        rival.join()
+
+
+@pytest.fixture
+def short_leases(monkeypatch: pytest.MonkeyPatch) -> float:
+    """A one-second lease, renewed when due (every 0.2 s at most)."""
+    monkeypatch.setattr(stream_leases, "LEASE_RENEW_S", 0.2)
+    return 1.0
+
+
+def test_a_long_history_read_keeps_the_streams_lease(faulty: FaultyEhr, tmp_path: Path, short_leases: float) -> None:
+    """A `_history` that takes longer to read than a lease lasts (a slow EHR, a busy week) is read with the lease
+    renewed page by page, as windows are: no other worker takes the stream mid-read. (It lapsed after one lease
+    period, and a second worker could sync the stream beside the first.)"""
+    faulty.proxy.clear()
+    with sync_database(faulty.stack, tmp_path, sync_page_size=3, job_lease_s=short_leases) as env:
+        env.run_all(("Location",))
+        env.run_all(("Location",))  # the history mark moves past the sandbox's load
+        for location_id in sorted(i for i, _ in env.server("Location"))[:9]:
+            changed = env.read("Location", location_id)
+            changed["name"] = f"{changed['name']} (renamed)"
+            env.put(changed)
+        slow = faulty.proxy.add_fault(r"^/fhir/Location/_history", delay_s=0.6, times=10)
+        with a_rival_worker(env, "Location") as taken:
+            run = env.run_all(("Location",))["Location"]
+        assert slow.times <= 10 - 3, "the history took several slow pages"
+        assert taken == [], "the lease lapsed mid-read"
+        assert run.caught_up and run.stored == 9
+        assert env.snapshot("Location") == env.server("Location")
+    faulty.proxy.clear()
+
+
+def test_a_long_id_comparison_keeps_the_streams_lease(faulty: FaultyEhr, tmp_path: Path, short_leases: float) -> None:
+    """The deletion check's id listing (no `_history` here) over a slow EHR outlasts a lease: renewed as the ids
+    come, the stream stays this worker's, and the deleted Encounter leaves the snapshot."""
+    faulty.proxy.clear()
+    with sync_database(faulty.stack, tmp_path, job_lease_s=short_leases) as env:
+        env.run_all(("Encounter",))
+        faulty.proxy.add_fault(r"/_history", status=404, times=1000)
+        gone = sorted(i for i, _ in env.server("Encounter"))[5]
+        env.delete("Encounter", gone)
+        with env.ctx.db.session() as session:
+            for stream in streams.of_connection(session, env.connection_id):
+                stream.reconciled_at = None  # the (6-hourly) id comparison is due
+                session.add(stream)
+        slow = faulty.proxy.add_fault(r"^/fhir/Encounter\?.*_elements=id", delay_s=0.6, times=10)
+        with a_rival_worker(env, "Encounter") as taken:
+            run = env.run_all(("Encounter",))["Encounter"]
+        assert slow.times <= 10 - 3, "the listing took several slow pages"
+        assert taken == [], "the lease lapsed mid-listing"
+        assert run.caught_up and run.deleted == 1
+        assert env.snapshot("Encounter") == env.server("Encounter")
+    faulty.proxy.clear()
 
 
 def test_token_expiry_mid_sync_costs_one_reauthentication(env: SyncEnv, faulty: FaultyEhr) -> None:
