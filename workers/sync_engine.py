@@ -289,7 +289,6 @@ def _finish_export(ctx: WorkerContext, connection: Connection, manifest: dict[st
             session.add(fresh)
 
 
-
 def _ehr_sorts(connection: Connection) -> bool:
     """Unless `prm connection check` found the EHR ignoring `_sort=_lastUpdated`; the windows also notice."""
     return ((connection.capability_profile or {}).get("sync") or {}).get("sort_last_updated") is not False
