@@ -19,8 +19,9 @@ import requests
 from sqlmodel import select
 
 from ehr_sandbox.config import SandboxConfig
-from prm import audit, connections, leases, streams
+from prm import audit, connections, streams
 from prm.errors import AuthExpiredError
+from prm.models import Lease
 from prm.snapshot_models import SyncStream
 from tests.integration.sync_env import SyncEnv, sync_database
 from tests.support.fault_proxy import FaultyEhr
@@ -147,26 +148,40 @@ def test_a_reread_longer_than_a_run_goes_on_where_the_run_stopped(env: SyncEnv, 
 
 
 @contextmanager
-def a_rival_worker(env: SyncEnv, resource_type: str) -> Iterator[list[str]]:
-    """Another worker trying to take the stream all the while; yields the times it did."""
+def a_lease_watch(env: SyncEnv, resource_type: str) -> Iterator[list[str]]:
+    """Looks at the stream's lease all the while: yields each moment it found it lapsed while still held (the
+    row there, its time up), when any other worker could have taken the stream. (A lease released at the run's
+    end has no row: that is not a lapse.)"""
     with env.ctx.db.session() as session:
         [stream] = [s for s in streams.of_connection(session, env.connection_id) if s.resource_type == resource_type]
-    name, taken, done = streams.lease_name(stream), [], threading.Event()
+    name, lapsed, done = streams.lease_name(stream), [], threading.Event()
 
-    def try_to_take() -> None:
-        while not done.wait(0.1):
+    def watch() -> None:
+        while not done.wait(0.05):
             with env.ctx.db.session() as session:
-                if leases.acquire(session, name, "another-worker", env.ctx.settings.clock(), 1.0):
-                    taken.append("taken")
-                    leases.release(session, name, "another-worker")
+                row = session.get(Lease, name)
+                now = env.ctx.settings.clock()
+                if row is not None and row.expires_at is not None and row.expires_at < now:
+                    lapsed.append(f"{row.holder}'s lease ended {row.expires_at.isoformat()}, seen {now.isoformat()}")
 
-    rival = threading.Thread(target=try_to_take)
-    rival.start()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
     try:
-        yield taken
+        yield lapsed
     finally:
         done.set()
-        rival.join()
+        watcher.join()
+
+
+def slowly_under_watch(env: SyncEnv, faulty: FaultyEhr, resource_type: str, slow_path: str) -> StreamRun:
+    """Run the stream with each request to `slow_path` held 0.6 s (several of them: longer than a one-second
+    lease), the stream's lease watched all the while: it must never lapse."""
+    slow = faulty.proxy.add_fault(slow_path, delay_s=0.6, times=10)
+    with a_lease_watch(env, resource_type) as lapsed:
+        run = env.run_all((resource_type,))[resource_type]
+    assert slow.times <= 10 - 3, "several slow pages"
+    assert lapsed == [], "the lease lapsed mid-step: another worker could have taken the stream"
+    return run
 
 
 @pytest.fixture
@@ -178,8 +193,8 @@ def short_leases(monkeypatch: pytest.MonkeyPatch) -> float:
 
 def test_a_long_history_read_keeps_the_streams_lease(faulty: FaultyEhr, tmp_path: Path, short_leases: float) -> None:
     """A `_history` that takes longer to read than a lease lasts (a slow EHR, a busy week) is read with the lease
-    renewed page by page, as windows are: no other worker takes the stream mid-read. (It lapsed after one lease
-    period, and a second worker could sync the stream beside the first.)"""
+    renewed page by page, as windows are: it never lapses mid-read. (It lapsed after one lease period, and a second
+    worker could take the stream and sync it beside the first.)"""
     faulty.proxy.clear()
     with sync_database(faulty.stack, tmp_path, sync_page_size=3, job_lease_s=short_leases) as env:
         env.run_all(("Location",))
@@ -188,11 +203,7 @@ def test_a_long_history_read_keeps_the_streams_lease(faulty: FaultyEhr, tmp_path
             changed = env.read("Location", location_id)
             changed["name"] = f"{changed['name']} (renamed)"
             env.put(changed)
-        slow = faulty.proxy.add_fault(r"^/fhir/Location/_history", delay_s=0.6, times=10)
-        with a_rival_worker(env, "Location") as taken:
-            run = env.run_all(("Location",))["Location"]
-        assert slow.times <= 10 - 3, "the history took several slow pages"
-        assert taken == [], "the lease lapsed mid-read"
+        run = slowly_under_watch(env, faulty, "Location", r"^/fhir/Location/_history")
         assert run.caught_up and run.stored == 9
         assert env.snapshot("Location") == env.server("Location")
     faulty.proxy.clear()
@@ -200,7 +211,7 @@ def test_a_long_history_read_keeps_the_streams_lease(faulty: FaultyEhr, tmp_path
 
 def test_a_long_id_comparison_keeps_the_streams_lease(faulty: FaultyEhr, tmp_path: Path, short_leases: float) -> None:
     """The deletion check's id listing (no `_history` here) over a slow EHR outlasts a lease: renewed as the ids
-    come, the stream stays this worker's, and the deleted Encounter leaves the snapshot."""
+    come, it never lapses, and the deleted Encounter leaves the snapshot."""
     faulty.proxy.clear()
     with sync_database(faulty.stack, tmp_path, job_lease_s=short_leases) as env:
         env.run_all(("Encounter",))
@@ -211,11 +222,7 @@ def test_a_long_id_comparison_keeps_the_streams_lease(faulty: FaultyEhr, tmp_pat
             for stream in streams.of_connection(session, env.connection_id):
                 stream.reconciled_at = None  # the (6-hourly) id comparison is due
                 session.add(stream)
-        slow = faulty.proxy.add_fault(r"^/fhir/Encounter\?.*_elements=id", delay_s=0.6, times=10)
-        with a_rival_worker(env, "Encounter") as taken:
-            run = env.run_all(("Encounter",))["Encounter"]
-        assert slow.times <= 10 - 3, "the listing took several slow pages"
-        assert taken == [], "the lease lapsed mid-listing"
+        run = slowly_under_watch(env, faulty, "Encounter", r"^/fhir/Encounter\?.*_elements=id")
         assert run.caught_up and run.deleted == 1
         assert env.snapshot("Encounter") == env.server("Encounter")
     faulty.proxy.clear()
