@@ -31,7 +31,15 @@ def _status_row(name: str, stream: SyncStream, now: datetime) -> dict[str, Any]:
             "last_success": stream.last_success_at.isoformat() if stream.last_success_at else None,
             "lag_s": round(lag) if lag is not None else None, "pages": stream.pages,
             "resources": stream.resources_synced, "deleted": stream.deleted_synced,
-            "quarantined": stream.quarantined, "error": stream.last_error}
+            "quarantined": stream.quarantined, "error": stream.last_error,
+            "pass": _pass_row(stream)}
+
+
+def _pass_row(stream: SyncStream) -> dict[str, Any] | None:
+    """A pass longer than a run, under way: its kind and since when (the snapshot is as of its start)."""
+    if not stream.pass_kind:
+        return None
+    return {"kind": stream.pass_kind, "since": stream.pass_started.isoformat() if stream.pass_started else None}
 
 
 def _subscription_row(name: str, row: EhrSubscription) -> dict[str, Any]:
@@ -73,8 +81,9 @@ def sync_status(name: str | None, as_json: bool) -> None:
                        f"{'':>5} {heard:19} {row['subscription']} -> {','.join(row['types'])} {row['error'] or ''}")
             continue
         success = (row["last_success"] or "never")[:19].replace("T", " ")
+        under_way = f"[{row['pass']['kind']} pass under way] " if row["pass"] else ""
         click.echo(f"{row['connection']:14} {row['type']:17} {row['phase']:11} {row['resources']:>9} "
-                   f"{row['quarantined']:>5} {success:19} {row['error'] or ''}")
+                   f"{row['quarantined']:>5} {success:19} {under_way}{row['error'] or ''}")
 
 
 @sync.command("strategy", help="How a connection's streams sync: auto (what `prm connection check` found), bulk "

@@ -386,6 +386,15 @@ def test_sync_health_is_shown_after_prm_sync_run(live_app: LiveApp, sandbox: San
     assert page.status_code == 200 and 'id="sync-streams"' in page.text
     assert re.search(r'<tr data-type="Location">.*?<td>incremental</td>', page.text, re.S)
     assert re.search(r'<tr data-type="Organization">.*?<td class="lag">\d+ (s|min)</td>', page.text, re.S)
+    database = Database(live_app.database_url)
+    with database.session() as session:  # a re-read longer than a run, under way
+        [location] = [s for s in streams.of_connection(session, connection_id) if s.resource_type == "Location"]
+        streams.keep_place(location, "reread", "https://ehr.example/fhir/Location?_offset=500",
+                           datetime(2026, 11, 20, 11, 55, tzinfo=UTC))
+        session.add(location)
+    database.dispose()
+    page = signed_in(live_app, accounts["it_admin"]).get("/admin/connections/sandbox")
+    assert re.search(r'<tr data-type="Location">.*?reread pass under way since 2026-11-20 11:55 UTC', page.text, re.S)
 
 
 _STRATEGY_FORM = re.compile(r'action="/admin/connections/sandbox/streams/Encounter/strategy">\s*'

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
-import subprocess
 from pathlib import Path
 
 import requests
@@ -14,13 +12,8 @@ import requests
 from tests.support.ports import free_port
 from tests.support.postgres import fresh_database
 from tests.support.processes import BIN, Process, wait_until
+from tests.support.processes import run_prm as prm
 from tests.support.settings import TEST_KEY, TEST_SECRET, env_for
-
-
-def prm(*args: str, env: dict[str, str], cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("PRM_")}
-    return subprocess.run([str(BIN / "prm"), *args], env={**clean, **env}, cwd=cwd, capture_output=True, text=True,
-                          input=stdin, timeout=60, check=False)
 
 
 def test_a_missing_setting_stops_with_one_line(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ first load by search or bulk export, after changes, and after deletions (with `_
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,13 +18,14 @@ from prm.errors import PermanentEhrError
 from prm.models import AuditRecord
 from prm.snapshot_models import SyncStream
 from tests.integration.sync_env import SyncEnv, small_dataset, sync_database, sync_env
+from tests.support.processes import run_prm
+from tests.support.settings import env_for
 from workers import sync_engine
 from workers.connection_check import check_connection
 from workers.page_prep import PreparedPage, Target, prepare_lines
 from workers.prep_helper import Helper, Lines
 from workers.sync_connection import sync_connection
 from workers.sync_engine import GROUP_EXPORTED, run_stream
-from workers.sync_run import StreamRun
 from workers.sync_windows import REREAD, UNSORTED
 
 SYNCED = ("Organization", "Location", "PractitionerRole", "Patient", "RelatedPerson", "Encounter", "Appointment")
@@ -343,8 +345,12 @@ def test_a_patient_by_patient_pass_longer_than_a_run_goes_on_where_the_run_stopp
         with fresh.ctx.db.session() as session:
             [stream] = [s for s in streams.of_connection(session, fresh.connection_id)
                         if s.resource_type == "Encounter"]
-        runs: list[StreamRun] = []
-        while not (runs and runs[-1].caught_up) and len(runs) < len(patients) + 2:
+        runs = [run_stream(fresh.ctx, stream.id or 0, time_budget_s=0)]
+        status = run_prm("sync", "status", "--json", cwd=tmp_path,
+                         env=env_for(fresh.ctx.settings.database_url, fresh.ctx.settings.instance_dir))
+        [shown] = [row for row in json.loads(status.stdout) if row.get("type") == "Encounter" and "phase" in row]
+        assert shown["pass"]["kind"] == "patient" and shown["pass"]["since"], "IT sees the pass under way"
+        while not runs[-1].caught_up and len(runs) < len(patients) + 2:
             runs.append(run_stream(fresh.ctx, stream.id or 0, time_budget_s=0))
         assert len(runs) == len(patients), "one patient a run, each run on from the one before"
         assert runs[-1].caught_up and sum(run.stored for run in runs) == 3

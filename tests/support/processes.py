@@ -85,6 +85,13 @@ def stop_all(processes: list[Process], redis: RedisServer | None = None,
         print(f"--- {process.name} ---\n{process.log_tail((tails or {}).get(process.name, 30))}")
 
 
+def run_prm(*args: str, env: dict[str, str], cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`prm ARGS` to its end, with only the PRM_* settings given (none inherited from this process)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PRM_")}
+    return subprocess.run([str(BIN / "prm"), *args], env={**clean, **env}, cwd=cwd, capture_output=True, text=True,
+                          input=stdin, timeout=60, check=False)
+
+
 def prm_process(name: str, args: list[str], log_dir: Path, env: dict[str, str], cwd: Path) -> Process:
     return Process(name, [str(BIN / "prm"), *args], log_dir, env=env, cwd=cwd)
 
