@@ -30,6 +30,7 @@ from workers.prep_helper import Preparer, preparer
 from workers.runtime import WorkerContext
 from workers.stream_leases import LeaseLost, StreamLease, release_together, renew_together
 from workers.sync_deletions import PATIENT_PARAM, batches, find_deletions
+from workers.sync_export_place import EXPORT_KIND, export_manifest
 from workers.sync_pages import commit_page, commit_prepared
 from workers.sync_patients import patient_windows
 from workers.sync_run import OVERLAP, Progress, StreamRun, count_page, iso, server_instant
@@ -199,15 +200,16 @@ def _sync_steps(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, conne
 def _bulk_initial(ctx: WorkerContext, access: EhrAccess, connection: Connection,
                   held: Held, progress: Progress | None) -> None:
     """One Bulk `$export` of every held stream's type (of the connection's export Group where the strategy says
-    so, else system-level), streamed page by page into each stream; afterwards each cursor starts at the
-    export's transactionTime (deletions are read from there on, less an overlap)."""
+    so, else system-level; the one these streams kept, where a run before this one was cut off), streamed page
+    by page into each stream; afterwards each cursor starts at the export's transactionTime (deletions are read
+    from there on, less an overlap)."""
     by_type = {member.resource_type: (member, run) for member, _, run in held}
     group = _export_group(held[0][0], connection)
     members = access.reader.group_patients(group) if group else None  # whose records the export holds
-    status_url = access.bulk.kick_off(list(by_type), group_id=group)
     target = Target(ctx.db.engine.dialect.name, connection.id or 0)  # pages come back ready for the driver
     with preparer(ctx.settings.sync_prep_helper == "on", by_type, target) as prep:  # it starts while the EHR writes
-        manifest = access.bulk.wait(status_url, progress=lambda _: _renew_all(ctx, held))  # waits can be long
+        status_url, manifest = export_manifest(ctx, access, [member for member, _, _ in held], group,
+                                               progress=lambda _: _renew_all(ctx, held))  # waits can be long
         with quiet_gc():
             _store_export(ctx, access, manifest, held, by_type, prep, progress)
     access.bulk.delete(status_url)
@@ -286,6 +288,7 @@ def _finish_export(ctx: WorkerContext, connection: Connection, manifest: dict[st
             if fresh.cursor is None or started > fresh.cursor:
                 fresh.cursor, fresh.cursor_ids = started, []
             fresh.history_mark = started - OVERLAP
+            streams.keep_place(fresh, EXPORT_KIND, None, None)  # the export is stored: nothing to go on with
             session.add(fresh)
 
 

@@ -20,7 +20,7 @@ from sqlmodel import select
 
 from ehr_sandbox.config import SandboxConfig
 from prm import audit, connections, streams
-from prm.errors import AuthExpiredError
+from prm.errors import AuthExpiredError, PermanentEhrError
 from prm.models import Lease
 from prm.snapshot_models import SyncStream
 from tests.integration.sync_env import SyncEnv, sync_database
@@ -77,6 +77,35 @@ def test_each_window_is_asked_for_once_though_the_next_is_asked_ahead(env: SyncE
     assert run.caught_up and run.pages > 5
     assert faulty.proxy.count("GET", r"^/fhir/Encounter$") == run.pages  # searches (the path, no query)
     assert env.snapshot("Encounter") == env.server("Encounter")
+
+
+def test_an_export_cut_off_midway_is_waited_for_again_not_started_again(env: SyncEnv, faulty: FaultyEhr) -> None:
+    """A run that fails (or a worker killed) while the EHR writes the export leaves its status URL on the streams:
+    the next run polls that export rather than start another, which many EHRs would refuse while the first
+    runs (one export per client), and which doubles the EHR's work where they do not."""
+    check_connection(env.ctx, env.connection_id)  # it offers $export: the first load takes it
+    refused = faulty.proxy.add_fault(r"^/fhir/bulk-status/", method="GET", status=400)
+    with pytest.raises(PermanentEhrError):
+        env.run_all(TYPES)
+    assert refused.times == 0
+    runs = env.run_all(TYPES)
+    assert all(run.caught_up for run in runs.values())
+    assert faulty.proxy.count("GET", r"^/fhir/\$export$") == 1, "one kick-off"
+    in_step(env)
+    with env.ctx.db.session() as session:
+        assert all(s.pass_kind is None for s in streams.of_connection(session, env.connection_id))
+
+
+def test_a_kept_export_the_ehr_has_forgotten_is_replaced_once(env: SyncEnv, faulty: FaultyEhr) -> None:
+    check_connection(env.ctx, env.connection_id)
+    faulty.proxy.add_fault(r"^/fhir/bulk-status/", method="GET", status=400)
+    with pytest.raises(PermanentEhrError):
+        env.run_all(TYPES)
+    forgotten = faulty.proxy.add_fault(r"^/fhir/bulk-status/", method="GET", status=404)
+    runs = env.run_all(TYPES)
+    assert forgotten.times == 0 and all(run.caught_up for run in runs.values())
+    assert faulty.proxy.count("GET", r"^/fhir/\$export$") == 2, "the first, and one in place of the forgotten one"
+    in_step(env)
 
 
 def test_invalid_resources_are_quarantined_and_the_rest_synced(env: SyncEnv, faulty: FaultyEhr) -> None:
