@@ -253,6 +253,9 @@ class SyncStream(SQLModel, table=True):
     initial_done_at: datetime | None = _dt()
     last_run_at: datetime | None = _dt()
     last_success_at: datetime | None = _dt()
+    # The last run that read all there was (product clock): the snapshot trails the EHR by no more than the time
+    # since. A run that ends well midway through a long pass or first load does not move it.
+    caught_up_at: datetime | None = _dt()
     last_error: str | None = Field(default=None, max_length=2000)
     last_error_at: datetime | None = _dt()
     pages: int = 0

@@ -122,11 +122,14 @@ def note_patients_read(session: Session, stream_id: int, patient_ids: Collection
                        ["stream_id", "patient_id"])
 
 
-def record_success(stream: SyncStream, clock: Clock) -> None:
-    """A run ended well; the counters already moved with each committed page (workers.sync_pages)."""
+def record_success(stream: SyncStream, clock: Clock, caught_up: bool) -> None:
+    """A run ended well (and read all there was, when `caught_up`); the counters already moved with each
+    committed page (workers.sync_pages)."""
     now = clock()
     stream.last_run_at = now
     stream.last_success_at = now
+    if caught_up:
+        stream.caught_up_at = now
     stream.last_error = None
 
 

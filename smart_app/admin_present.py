@@ -53,11 +53,11 @@ def capability(profile: dict[str, Any] | None) -> CapabilitySummary:
     return CapabilitySummary("errors" if failing else "ok", errors, warnings)
 
 
-def lag(last_success: datetime | None, now: datetime) -> str:
-    """How far a stream's picture trails the EHR: the time since its last successful run, coarsely."""
-    if last_success is None:
+def lag(caught_up: datetime | None, now: datetime) -> str:
+    """How far a stream's picture trails the EHR: the time since a run last read all there was, coarsely."""
+    if caught_up is None:
         return "never synced"
-    seconds = max(0, round((now - last_success).total_seconds()))
+    seconds = max(0, round((now - caught_up).total_seconds()))
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size:
             return f"{seconds // size} {unit}"

@@ -24,11 +24,12 @@ def _when(value: datetime | None) -> str:
 
 
 def _status_row(name: str, stream: SyncStream, now: datetime) -> dict[str, Any]:
-    lag = (now - stream.last_success_at).total_seconds() if stream.last_success_at else None
+    lag = (now - stream.caught_up_at).total_seconds() if stream.caught_up_at else None
     return {"connection": name, "type": stream.resource_type, "phase": stream.phase, "enabled": stream.enabled,
             "strategy": stream.strategy,
             "cursor": stream.cursor.isoformat() if stream.cursor else None,
             "last_success": stream.last_success_at.isoformat() if stream.last_success_at else None,
+            "caught_up": stream.caught_up_at.isoformat() if stream.caught_up_at else None,
             "lag_s": round(lag) if lag is not None else None, "pages": stream.pages,
             "resources": stream.resources_synced, "deleted": stream.deleted_synced,
             "quarantined": stream.quarantined, "error": stream.last_error,

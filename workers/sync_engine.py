@@ -193,7 +193,7 @@ def _sync_steps(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, conne
             fresh.initial_done_at = ctx.settings.clock()
         if run.caught_up:  # a pass left unfinished by another strategy is not gone on with
             fresh.pass_kind = fresh.pass_position = fresh.pass_started = None
-        streams.record_success(fresh, ctx.settings.clock)
+        streams.record_success(fresh, ctx.settings.clock, run.caught_up)
         session.add(fresh)
 
 

@@ -350,6 +350,7 @@ def test_a_patient_by_patient_pass_longer_than_a_run_goes_on_where_the_run_stopp
                          env=env_for(fresh.ctx.settings.database_url, fresh.ctx.settings.instance_dir))
         [shown] = [row for row in json.loads(status.stdout) if row.get("type") == "Encounter" and "phase" in row]
         assert shown["pass"]["kind"] == "patient" and shown["pass"]["since"], "IT sees the pass under way"
+        assert shown["caught_up"] < shown["last_success"], "the lag runs from the last run that read it all"
         while not runs[-1].caught_up and len(runs) < len(patients) + 2:
             runs.append(run_stream(fresh.ctx, stream.id or 0, time_budget_s=0))
         assert len(runs) == len(patients), "one patient a run, each run on from the one before"

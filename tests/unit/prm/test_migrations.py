@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import SQLModel
+from sqlmodel import SQLModel, select
 
+from prm import connections
+from prm.crypto import SecretBox
 from prm.db import Database
 from prm.migrate import pending_revisions, upgrade
+from prm.snapshot_models import SyncStream
 from tests.support.settings import make_settings
 from workers.runtime import MODEL_MODULES  # noqa: F401 - imports every model module: the metadata is whole
 
@@ -54,6 +59,28 @@ def test_0007_keeps_the_soonest_of_a_subjects_pending_jobs(db_url: str, tmp_path
         conn.execute(text("INSERT INTO job (kind, subject_id, due_at, status, attempts, runs) VALUES "
                           "('sync.stream', 2, '2026-11-20 13:00:00+00', 'pending', 0, 0)"))
     database.dispose()
+
+
+def test_0010_takes_a_synced_streams_last_success_as_its_caught_up_time(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(db_url, tmp_path)
+    database = Database(settings.database_url)
+    upgrade(database, "0009")
+    with database.session() as session:  # the connection table is as at head already
+        connection_id = connections.upsert(session, settings.clock, SecretBox(settings.encryption_keys),
+                                           connections.ConnectionSpec(name="c", iss="https://c.example/fhir",
+                                                                      client_id="c")).id
+    with database.engine.begin() as conn:
+        for resource_type, phase, success in (("Patient", "incremental", "2026-11-20 11:00:00+00"),
+                                              ("Encounter", "initial", "2026-11-20 11:30:00+00")):
+            conn.execute(text("INSERT INTO sync_stream (connection_id, resource_type, enabled, strategy, phase, "
+                              "interval_s, cursor_ids, pages, resources_synced, deleted_synced, quarantined, "
+                              "last_success_at) VALUES (:c, :t, true, 'auto', :p, 300, '[]', 0, 0, 0, 0, :s)"),
+                         {"c": connection_id, "t": resource_type, "p": phase, "s": success})
+    upgrade(database)
+    with database.session() as session:
+        caught_up = {s.resource_type: s.caught_up_at for s in session.exec(select(SyncStream))}
+    database.dispose()
+    assert caught_up == {"Patient": datetime(2026, 11, 20, 11, tzinfo=UTC), "Encounter": None}
 
 
 def test_the_migrations_build_what_the_models_declare(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
