@@ -247,7 +247,7 @@ def _reread_from(access: EhrAccess, resource_type: str, link: str | None) -> Pag
 
 def _place(next_url: str | None, began: datetime | None) -> Callable[[SyncStream], None]:
     """What a re-read page settles on the stream: where the pass goes on, or, on its last page, that it
-    ended (the snapshot is as of the pass's start then: shown as the stream's lag)."""
+    ended (the cursor then says the snapshot is as of the pass's start)."""
     def mark(stream: SyncStream) -> None:
         streams.keep_place(stream, REREAD_KIND, next_url, began)
         if next_url is None and began is not None:
