@@ -7,6 +7,8 @@ kick-off after a crash would be refused until the first expired (hours), or woul
 Pages an interrupted run stored are stored again: upserts are version-aware, so that changes nothing.
 A kept export that no longer answers as it should (forgotten, failed, its files gone) is replaced once by a
 fresh one; an export of other types or another Group (the streams that joined this time differ) is not used.
+Either way the kept one is cancelled first (DELETE on its status URL), so it neither blocks the new one nor
+holds the EHR's files.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ def export_manifest(ctx: WorkerContext, access: EhrAccess, members: Sequence[Syn
             raise
         except EhrError as exc:
             log.info("the kept bulk export no longer answers (%s): starting a new one", type(exc).__name__)
+    for stale in _statuses(members):
+        _cancel(access, stale)
     status_url = access.bulk.kick_off(types, group_id=group)
     _keep(ctx, members, json.dumps({"status": status_url, "types": types, "group": group}))
     return status_url, access.bulk.wait(status_url, progress=progress)
@@ -49,14 +53,35 @@ def _kept(members: Sequence[SyncStream], types: list[str], group: str | None) ->
     places = {streams.pass_place(member, EXPORT_KIND)[0] for member in members}
     if len(places) != 1 or None in places:
         return None
-    try:
-        place = json.loads(places.pop() or "")
-    except ValueError:
-        return None
-    if not isinstance(place, dict) or place.get("types") != types or place.get("group") != group:
+    place = _parsed(places.pop())
+    if place is None or place.get("types") != types or place.get("group") != group:
         return None
     status = place.get("status")
     return status if isinstance(status, str) else None
+
+
+def _statuses(members: Sequence[SyncStream]) -> list[str]:
+    """Every export status URL these streams kept (one, or several where different runs cut off differ)."""
+    places = [_parsed(streams.pass_place(member, EXPORT_KIND)[0]) for member in members]
+    return sorted({p["status"] for p in places if p is not None and isinstance(p.get("status"), str)})
+
+
+def _parsed(place: str | None) -> dict[str, Any] | None:
+    try:
+        value = json.loads(place or "")
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _cancel(access: EhrAccess, status_url: str) -> None:
+    """Cancel a kept export we will not use. Best effort: if the EHR will not, its new kick-off says so."""
+    try:
+        access.bulk.delete(status_url)
+    except AuthExpiredError:
+        raise
+    except EhrError as exc:
+        log.warning("could not cancel a kept bulk export (%s); starting the new one regardless", exc)
 
 
 def _keep(ctx: WorkerContext, members: Sequence[SyncStream], place: str) -> None:

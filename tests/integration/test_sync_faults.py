@@ -105,7 +105,23 @@ def test_a_kept_export_the_ehr_has_forgotten_is_replaced_once(env: SyncEnv, faul
     runs = env.run_all(TYPES)
     assert forgotten.times == 0 and all(run.caught_up for run in runs.values())
     assert faulty.proxy.count("GET", r"^/fhir/\$export$") == 2, "the first, and one in place of the forgotten one"
+    assert faulty.proxy.count("DELETE", r"^/fhir/bulk-status/") == 2, "the forgotten one cancelled, the new released"
     in_step(env)
+
+
+def test_a_kept_export_of_other_types_is_cancelled_before_a_new_one(env: SyncEnv, faulty: FaultyEhr) -> None:
+    """Patient and Encounter were exported together and cut off; this time only Patient joins (a worker holds
+    Encounter, say): the kept export is not Patient's alone, so it is cancelled (an EHR that allows one export
+    per client would refuse the new one while it runs) and a new one started."""
+    check_connection(env.ctx, env.connection_id)
+    faulty.proxy.add_fault(r"^/fhir/bulk-status/", method="GET", status=400)
+    with pytest.raises(PermanentEhrError):
+        env.run_all(TYPES)
+    runs = env.run_all(("Patient",))
+    assert runs["Patient"].caught_up and "Encounter" not in runs
+    assert faulty.proxy.count("GET", r"^/fhir/\$export$") == 2
+    assert faulty.proxy.count("DELETE", r"^/fhir/bulk-status/") == 2, "the kept one cancelled, the new released"
+    assert env.snapshot("Patient") == env.server("Patient")
 
 
 def test_invalid_resources_are_quarantined_and_the_rest_synced(env: SyncEnv, faulty: FaultyEhr) -> None:
