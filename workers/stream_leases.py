@@ -43,11 +43,6 @@ class StreamLease:
         if not self.renew():
             raise LeaseLost(self.name)
 
-    @property
-    def held(self) -> bool:
-        """Whether the last renewal kept it (it lapses one lease period after that)."""
-        return self._renewed_at is not None
-
     def release(self) -> None:
         release_together(self.ctx, [self])
 
