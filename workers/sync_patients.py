@@ -28,9 +28,10 @@ from workers.sync_run import OVERLAP, Progress, StreamRun, count_page, iso, serv
 
 PATIENT_KIND = "patient"  # the kind of pass a stream keeps the place of
 KEEP_PLACE_EVERY_S = 5.0  # a run killed mid-pass redoes at most this much of it
-# One search: the last patient it completes (None where another search of the same patients follows), its
-# parameters, and the patients it reads whole.
-Query = tuple[str | None, list[tuple[str, str]], list[str]]
+# One step of a pass: the last patient it completes, and its searches (parameters, and the patients each reads
+# whole). A step is done only when all its searches are: the place kept is always a step's end.
+Search = tuple[list[tuple[str, str]], list[str]]
+Step = tuple[str, list[Search]]
 
 
 def patient_windows(ctx: WorkerContext, access: EhrAccess, connection: Connection, stream_id: int, run: StreamRun,
@@ -50,20 +51,21 @@ def patient_windows(ctx: WorkerContext, access: EhrAccess, connection: Connectio
         known |= set(access.reader.group_patients(connection.export_group))
     rest = [p for p in sorted(known) if position is None or p > position]
     since = [("_lastUpdated", f"ge{iso(stream.cursor)}")] if stream.cursor else []
-    queries = _queries(stream.resource_type, rest, read, since)
+    steps = _steps(stream.resource_type, rest, read, since)
     done_through, read_whole = position, []
     kept_at = time.monotonic()
-    for index, (last, params, whole) in enumerate(queries):
-        page: Page | None = access.reader.search(stream.resource_type, params)
-        if began is None and page is not None and page.server_time:
-            began = server_instant(page.server_time)
-        while page is not None:
-            result = commit_page(ctx, stream_id, page.resources, move_cursor=False, client=access.client_name)
-            count_page(run, result.stored, 0, result.quarantined, progress)
-            page = access.reader.follow(page.next_url) if page.next_url else None
-        read_whole += whole
-        done_through = last or done_through
-        if index + 1 == len(queries):
+    for index, (last, searches) in enumerate(steps):
+        for params, whole in searches:
+            page: Page | None = access.reader.search(stream.resource_type, params)
+            if began is None and page is not None and page.server_time:
+                began = server_instant(page.server_time)
+            while page is not None:
+                result = commit_page(ctx, stream_id, page.resources, move_cursor=False, client=access.client_name)
+                count_page(run, result.stored, 0, result.quarantined, progress)
+                page = access.reader.follow(page.next_url) if page.next_url else None
+            read_whole += whole
+        done_through = last
+        if index + 1 == len(steps):
             break
         if time.monotonic() > deadline or not lease.renew():
             _keep_place(ctx, stream_id, done_through, began, read_whole)
@@ -83,22 +85,20 @@ def patient_windows(ctx: WorkerContext, access: EhrAccess, connection: Connectio
     run.notes.append(f"patient by patient ({len(known)} patients)")
 
 
-def _queries(resource_type: str, patients: list[str], read: set[str], since: list[tuple[str, str]]) -> list[Query]:
-    """The searches over these patients, in id order: Patients by `_id` in batches (those read before since the
-    cursor, the new ones whole), other types one patient each."""
+def _steps(resource_type: str, patients: list[str], read: set[str], since: list[tuple[str, str]]) -> list[Step]:
+    """The pass over these patients, in id order: Patients by `_id` in batches (those read before since the
+    cursor, the new ones whole: up to two searches a batch), other types one search a patient."""
     if resource_type == "Patient":
-        queries: list[Query] = []
+        steps: list[Step] = []
         for batch in batches(patients, ID_BATCH):
             known, new = [p for p in batch if p in read], [p for p in batch if p not in read]
-            parts = [([("_id", ",".join(ids)), *extra], whole) for ids, extra, whole in
-                     ((known, since, []), (new, [], new)) if ids]
-            for number, (params, whole) in enumerate(parts, start=1):  # the batch is done with its last search
-                queries.append((batch[-1] if number == len(parts) else None, params, whole))
-        return queries
+            steps.append((batch[-1], [([("_id", ",".join(ids)), *extra], whole)
+                                      for ids, extra, whole in ((known, since, []), (new, [], new)) if ids]))
+        return steps
     key = PATIENT_PARAM[resource_type]
     ours = [("identifier", f"{IDENTIFIER_SYSTEM}|")] if resource_type in WRITTEN_TYPES else []
-    return [(p, [(key, f"Patient/{p}"), ("_sort", "_lastUpdated"), *(since if p in read else []), *ours],
-             [] if p in read else [p]) for p in patients]
+    return [(p, [([(key, f"Patient/{p}"), ("_sort", "_lastUpdated"), *(since if p in read else []), *ours],
+                  [] if p in read else [p])]) for p in patients]
 
 
 def _keep_place(ctx: WorkerContext, stream_id: int, done_through: str | None, began: datetime | None,

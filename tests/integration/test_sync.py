@@ -9,14 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlmodel import select
+from sqlmodel import col, select
 
 from ehr_sandbox.config import SandboxConfig
 from ehr_sandbox.stack import SandboxStack
 from prm import audit, streams
 from prm.errors import PermanentEhrError
 from prm.models import AuditRecord
-from prm.snapshot_models import SyncStream
+from prm.snapshot_models import StreamPatient, SyncStream
 from tests.integration.sync_env import SyncEnv, small_dataset, sync_database, sync_env
 from tests.support.processes import run_prm
 from tests.support.settings import env_for
@@ -359,6 +359,27 @@ def test_a_patient_by_patient_pass_longer_than_a_run_goes_on_where_the_run_stopp
         with fresh.ctx.db.session() as session:
             ended = streams.get(session, stream.id or 0)
         assert (ended.pass_kind, ended.pass_position, ended.pass_started) == (None, None, None)
+
+
+def test_a_patient_pass_goes_on_by_whole_batches(tmp_path: Path) -> None:
+    """Patients are asked for by `_id` in batches, and a batch holding patients new to the stream takes two
+    searches (the known ones since the cursor, the new ones whole). A run that stopped between the two kept no
+    place, so the next began again with the same batch and a pass never ended: the place is a batch's end."""
+    with sync_env(tmp_path, profile="patient-scoped-only", patients=70) as fresh:
+        check_connection(fresh.ctx, fresh.connection_id)
+        fresh.run_all(("Patient",))
+        with fresh.ctx.db.session() as session:
+            [stream] = [s for s in streams.of_connection(session, fresh.connection_id) if s.resource_type == "Patient"]
+            newcomers = sorted(streams.patients_read(session, stream.id or 0))[10:20]  # as if new to the population
+            for row in session.exec(select(StreamPatient).where(col(StreamPatient.patient_id).in_(newcomers))):
+                session.delete(row)
+        runs = [run_stream(fresh.ctx, stream.id or 0, time_budget_s=0)]
+        while not runs[-1].caught_up and len(runs) < 5:
+            runs.append(run_stream(fresh.ctx, stream.id or 0, time_budget_s=0))
+        assert len(runs) == 2, "two batches of 50, one a run"
+        with fresh.ctx.db.session() as session:
+            assert set(newcomers) <= streams.patients_read(session, stream.id or 0)
+        assert_in_step(fresh, ("Patient",))
 
 
 def group_of(group_id: str, patients: list[str]) -> dict[str, object]:
