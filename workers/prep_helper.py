@@ -48,6 +48,9 @@ class Preparer(Protocol):
     def ready(self) -> bool:
         """`result()` would not wait: the oldest page is prepared (or preparing it is this process's job)."""
 
+    def warm(self) -> None:
+        """Compile this process's edge checks now, in the background (once; later calls do nothing)."""
+
     def __enter__(self) -> Preparer: ...
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
@@ -57,9 +60,10 @@ class Preparer(Protocol):
 class Inline:
     """Prepare in this process (no helper): for small loads and where a second process is not wanted."""
 
-    def __init__(self, target: Target | None = None) -> None:
+    def __init__(self, resource_types: Collection[str] = (), target: Target | None = None) -> None:
         self.target = target
         self._waiting: deque[tuple[str, Lines]] = deque()
+        self._warmup = Warmup(resource_types)
 
     def submit(self, resource_type: str, lines: Lines) -> None:
         self._waiting.append((resource_type, lines))
@@ -69,6 +73,9 @@ class Inline:
 
     def ready(self) -> bool:
         return True
+
+    def warm(self) -> None:
+        self._warmup.start()
 
     def __enter__(self) -> Inline:
         return self
@@ -85,6 +92,7 @@ class Helper:
         """`resource_types`: the helper compiles their edge checks as it starts (while the EHR still writes the
         export), not on the first page of each. `target`: pages come back encoded for it."""
         self.target = target
+        self._warmup = Warmup(resource_types)  # this process prepares pages too, whenever the helper is behind
         self._process = subprocess.Popen([sys.executable, "-m", "workers.prep_helper", *resource_types],  # noqa: S603 (our streams' type names)
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         if self._process.stdin is None or self._process.stdout is None:
@@ -122,6 +130,9 @@ class Helper:
     def ready(self) -> bool:
         return not self._results.empty()
 
+    def warm(self) -> None:
+        self._warmup.start()
+
     def result(self) -> PreparedPage:
         frame = self._results.get()
         if frame is None:
@@ -151,16 +162,30 @@ class Helper:
 
 
 def preparer(use_helper: bool, resource_types: Collection[str], target: Target | None = None) -> Preparer:
-    """A helper process, or this process; either way the edge checks of `resource_types` are compiled first by
-    the processes that will run them. With a helper, this process compiles them on a background thread (while
-    the EHR writes the export) too: it prepares pages itself whenever the helper is behind. Pages come back
-    encoded for `target` when one is given."""
+    """A helper process, or this process. The helper compiles the edge checks of `resource_types` as it starts;
+    this process compiles them when `warm()` is called (a bulk load calls it once the EHR is writing the
+    export), else on each type's first page. Pages come back encoded for `target` when one is given."""
     if use_helper:
-        threading.Thread(target=r4_schema.prepare, args=(list(resource_types),), name="prep-compile",
-                         daemon=True).start()
         return Helper(resource_types, target)
-    r4_schema.prepare(resource_types)
-    return Inline(target)
+    return Inline(resource_types, target)
+
+
+class Warmup:
+    """Compiles this process's edge checks on a background thread, once, when started.
+
+    Why not at once: compiling holds the GIL for a few hundred milliseconds (the R4 schema is parsed), and a
+    worker that compiled while it kicked off an export sent its first status poll ~0.6 s late; every later
+    poll, and so the manifest, came as late. Started between polls, it takes time from a thread that sleeps."""
+
+    def __init__(self, resource_types: Collection[str]) -> None:
+        self._resource_types = list(resource_types)
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=r4_schema.prepare, args=(self._resource_types,),
+                                           name="prep-compile", daemon=True)
+            self.thread.start()
 
 
 def write_frame(stream: IO[bytes], payload: bytes) -> None:

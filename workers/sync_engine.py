@@ -208,8 +208,12 @@ def _bulk_initial(ctx: WorkerContext, access: EhrAccess, connection: Connection,
     members = access.reader.group_patients(group) if group else None  # whose records the export holds
     target = Target(ctx.db.engine.dialect.name, connection.id or 0)  # pages come back ready for the driver
     with preparer(ctx.settings.sync_prep_helper == "on", by_type, target) as prep:  # it starts while the EHR writes
-        status_url, manifest = export_manifest(ctx, access, [member for member, _, _ in held], group,
-                                               progress=lambda _: _renew_all(ctx, held))  # waits can be long
+
+        def waiting(_: str) -> None:  # between status polls: compile here too, and keep the leases (waits are long)
+            prep.warm()
+            _renew_all(ctx, held)
+
+        status_url, manifest = export_manifest(ctx, access, [member for member, _, _ in held], group, waiting)
         with quiet_gc():
             _store_export(ctx, access, manifest, held, by_type, prep, progress)
     access.bulk.delete(status_url)

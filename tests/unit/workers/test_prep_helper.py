@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from fhir_mappings import r4_schema
 from prm.errors import TransientEhrError
-from workers.prep_helper import Helper, Inline, Lines
+from workers.prep_helper import Helper, Inline, Lines, preparer
 
 SANDBOX = Path(__file__).resolve().parents[3] / "ehr_sandbox" / "data" / "sandbox"
 
@@ -65,3 +66,19 @@ def test_ready_says_whether_a_result_is_in_without_waiting_for_one() -> None:
         assert len(helper.result().rows) == 5
         assert not helper.ready()
     assert Inline().ready()  # preparing in this process never waits for another
+
+
+def test_this_process_compiles_its_checks_only_when_warmed_and_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compiling holds the GIL: a worker that compiled as it kicked off an export polled its status late. So the
+    worker's own compile waits for `warm()` (called between status polls), and runs once however often asked."""
+    compiled: list[list[str]] = []
+    monkeypatch.setattr(r4_schema, "prepare", lambda types: compiled.append(list(types)))
+    with preparer(False, ("Patient",)) as inline, preparer(True, ("Encounter",)) as helper:
+        assert compiled == []
+        for prep in (inline, helper, inline, helper):
+            prep.warm()
+        for prep in (inline, helper):
+            thread = prep._warmup.thread  # type: ignore[attr-defined]
+            assert thread is not None
+            thread.join(timeout=30)
+    assert sorted(compiled) == [["Encounter"], ["Patient"]]
