@@ -11,7 +11,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+from sqlmodel import Session
+
 from prm import leases, streams
+from prm.db import enqueue_after_commit
 from prm.snapshot_models import SyncStream
 from workers.runtime import WorkerContext
 
@@ -29,6 +32,7 @@ class StreamLease:
     def __init__(self, ctx: WorkerContext, stream: SyncStream) -> None:
         self.ctx, self.name = ctx, streams.lease_name(stream)
         self._renewed_at: float | None = None
+        self._released = False
 
     def due(self, now: float) -> bool:
         every = min(LEASE_RENEW_S, self.ctx.settings.job_lease_s / 4)
@@ -37,6 +41,23 @@ class StreamLease:
     def renew(self) -> bool:
         """Take or extend the lease for one job lease period; False when another worker holds it."""
         return renew_together(self.ctx, [self])[0]
+
+    def take_in(self, session: Session) -> bool:
+        """Take or extend the lease within the caller's transaction (a run's first, which reads the stream):
+        one commit fewer a run. False when another worker holds it."""
+        taken = leases.acquire(session, self.name, self.ctx.name, self.ctx.settings.clock(),
+                               self.ctx.settings.job_lease_s)
+        self._renewed_at, self._released = (time.monotonic() if taken else None), False
+        return taken
+
+    def release_in(self, session: Session) -> None:
+        """Give the lease up within the caller's transaction (a run's last, which records its success): one
+        commit fewer a run. Once that commits, `release_together` has nothing left to do for it."""
+        leases.release(session, self.name, self.ctx.name)
+        enqueue_after_commit(session, self._forget)
+
+    def _forget(self) -> None:
+        self._renewed_at, self._released = None, True
 
     def keep(self) -> None:
         """Renew where due, for a step that cannot stop halfway and go on later; LeaseLost when it is gone."""
@@ -61,9 +82,12 @@ def renew_together(ctx: WorkerContext, held: Sequence[StreamLease]) -> list[bool
 
 
 def release_together(ctx: WorkerContext, held: Sequence[StreamLease]) -> None:
-    """Give each lease up (only where this worker holds it), in one transaction."""
-    with ctx.db.session() as session:
-        for lease in sorted(held, key=lambda lease: lease.name):
-            leases.release(session, lease.name, ctx.name)
+    """Give each lease up (only where this worker holds it), in one transaction; none for leases already
+    given up with their run's success."""
+    left = sorted((lease for lease in held if not lease._released), key=lambda lease: lease.name)
+    if left:
+        with ctx.db.session() as session:
+            for lease in left:
+                leases.release(session, lease.name, ctx.name)
     for lease in held:
         lease._renewed_at = None

@@ -10,11 +10,14 @@ lease ends when that worker finishes, or lapses if it died), then run here.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 
 from prm import connections, streams
+from prm.models import Connection
+from workers.ehr_access import EhrAccess, access_for
 from workers.runtime import WorkerContext
 from workers.sync_engine import needs_export, run_stream
 from workers.sync_run import Progress, StreamRun
@@ -36,12 +39,16 @@ def sync_connection(ctx: WorkerContext, connection_id: int, *, types: Collection
     runs: dict[str, StreamRun] = {}
     busy_wait_s = max(60.0, 2 * ctx.settings.job_lease_s)
 
+    access_of = shared_access(ctx)
+
     def one(stream_id: int) -> StreamRun:
-        run = run_stream(ctx, stream_id, time_budget_s=time_budget_s, progress=progress, together=types)
+        run = run_stream(ctx, stream_id, time_budget_s=time_budget_s, progress=progress, together=types,
+                         access_of=access_of)
         waited_until = time.monotonic() + busy_wait_s
         while run.busy and time.monotonic() < waited_until:
             time.sleep(BUSY_POLL_S)
-            run = run_stream(ctx, stream_id, time_budget_s=time_budget_s, progress=progress, together=types)
+            run = run_stream(ctx, stream_id, time_budget_s=time_budget_s, progress=progress, together=types,
+                             access_of=access_of)
         return run
 
     def record(run: StreamRun) -> None:
@@ -62,3 +69,19 @@ def sync_connection(ctx: WorkerContext, connection_id: int, *, types: Collection
         for run in pool.map(one, left):  # exportable streams the export could not take (a worker held them)
             record(run)
     return runs
+
+
+def shared_access(ctx: WorkerContext) -> Callable[[Connection], EhrAccess]:
+    """One EHR access for every stream of this sync (they share the connection), built by the first stream to
+    ask: the others skip reading and decrypting the signing key again. A build that failed is not kept, so
+    each stream fails, and records why, as it would alone."""
+    lock = threading.Lock()
+    built: list[EhrAccess] = []
+
+    def access_of(connection: Connection) -> EhrAccess:
+        with lock:
+            if not built:
+                built.append(access_for(ctx, connection))
+            return built[0]
+
+    return access_of

@@ -51,16 +51,20 @@ def find_deletions(ctx: WorkerContext, access: EhrAccess, stream_id: int, mark_b
     RECONCILE_EVERY, or every run that read them all anyway. A listing takes as long as the EHR is large: the
     stream's lease is renewed as it goes (LeaseLost if another worker took the stream meanwhile).
     """
-    with ctx.db.session() as session:
-        stream = streams.get(session, stream_id)
-    gone = history_deleted
-    now = ctx.settings.clock()
-    marks: dict[str, datetime | None] = {"history_mark": mark_before_run or stream.cursor}
-    if gone is None:
-        if listed is None and stream.reconciled_at is not None and now - stream.reconciled_at < RECONCILE_EVERY:
-            return 0, {}  # no _history here: ids are compared every RECONCILE_EVERY, not every run
-        gone = _reconcile(ctx, access, stream, patient_scoped, lease, listed)
-        marks["reconciled_at"] = now
+    marks: dict[str, datetime | None]
+    gone: list[str] | None
+    if history_deleted is not None and mark_before_run is not None:  # the history said it all: no row to read
+        gone, marks = history_deleted, {"history_mark": mark_before_run}
+    else:
+        with ctx.db.session() as session:
+            stream = streams.get(session, stream_id)
+        now = ctx.settings.clock()
+        gone, marks = history_deleted, {"history_mark": mark_before_run or stream.cursor}
+        if gone is None:
+            if listed is None and stream.reconciled_at is not None and now - stream.reconciled_at < RECONCILE_EVERY:
+                return 0, {}  # no _history here: ids are compared every RECONCILE_EVERY, not every run
+            gone = _reconcile(ctx, access, stream, patient_scoped, lease, listed)
+            marks["reconciled_at"] = now
     if not gone:
         return 0, marks
     result = commit_page(ctx, stream_id, [], deleted_ids=gone, move_cursor=False, client=access.client_name)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -68,27 +68,31 @@ def strategy_of(stream: SyncStream, connection: Connection) -> tuple[str, str]:
 
 
 def run_stream(ctx: WorkerContext, stream_id: int, *, time_budget_s: float = 120.0,
-               progress: Progress | None = None, together: Collection[str] | None = None) -> StreamRun:
+               progress: Progress | None = None, together: Collection[str] | None = None,
+               access_of: Callable[[Connection], EhrAccess] | None = None) -> StreamRun:
     """Sync one stream until caught up or out of time; safe to call from any number of workers.
 
     A bulk first load exports this stream's type together with every other first-loading bulk stream of the
     connection whose lease it can take (`together` limits which types may join): one `$export` instead of one
     per type. Those streams finish their first load in this run too; their results are in `run.companions`.
+    `access_of` builds the EHR access (default `access_for`; a sync of a whole connection shares one).
     """
     with ctx.db.session() as session:
         stream = streams.get(session, stream_id)
         connection = connections.get(session, stream.connection_id)
+        enabled = connection is not None and connection.enabled and stream.enabled
+        lease = StreamLease(ctx, stream)
+        taken = enabled and lease.take_in(session)
     run = StreamRun(stream.resource_type)
-    if connection is None or not connection.enabled or not stream.enabled:
+    if connection is None or not enabled:
         run.notes.append("connection or stream disabled")
         return run
-    lease = StreamLease(ctx, stream)
-    if not lease.renew():
+    if not taken:
         run.busy = True
         return run
     held: Held = [(stream, lease, run)]
     try:
-        access = access_for(ctx, connection)
+        access = access_of(connection) if access_of is not None else access_for(ctx, connection)
         deadline = time.monotonic() + time_budget_s
         if needs_export(stream, connection):
             held += _companions(ctx, stream, connection, together)
@@ -195,6 +199,7 @@ def _sync_steps(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, conne
             fresh.pass_kind = fresh.pass_position = fresh.pass_started = None
         streams.record_success(fresh, ctx.settings.clock, run.caught_up)
         session.add(fresh)
+        lease.release_in(session)  # the run is over: let the next one in, with its success
 
 
 def _bulk_initial(ctx: WorkerContext, access: EhrAccess, connection: Connection,
@@ -358,8 +363,10 @@ def _read_history(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, lea
     except PermanentEhrError as exc:
         log.info("stream %s: no usable _history (%s); reconciling ids", stream.id, type(exc).__name__)
         return None
-    with ctx.db.session() as session:
-        held = snapshots.stamps_of(session, stream.connection_id, stream.resource_type, sorted(stamps))
+    held: dict[str, datetime | None] = {}
+    if stamps:  # most runs of most types: nothing in the history, nothing to look up
+        with ctx.db.session() as session:
+            held = snapshots.stamps_of(session, stream.connection_id, stream.resource_type, sorted(stamps))
     news = [i for i, stamp in stamps.items() if stamp is None or (held.get(i) or _EARLIEST) < stamp]
     return _History(gone, not news, [bodies[i] for i in news] if bodies is not None else None)
 
