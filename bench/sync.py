@@ -3,6 +3,8 @@
 For each size, on one loaded sandbox EHR and through its token-checking proxy, in one run:
   (a) the server's fastest read path: one Bulk `$export` of the synced types, every file read to the end;
   (b) naive paging: `Type?_count=100` and its `next` links, every page read, type after type;
+  (ceiling) for scale, not a target: the most the server's searches hand over (`_count=1000`, four types at
+      once, pages only parsed), which no sync through searches can beat;
   (c) fhir-prm's full first sync (`workers.sync_connection`, as `prm sync run`) into a fresh SQLite file and
       a fresh PostgreSQL database, each in a child process so its peak RSS is its own;
 then 1% of the Encounters change on the server and each database syncs again (incremental), in the same
@@ -32,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +101,36 @@ def naive_paging(iss: str, token: str, types: tuple[str, ...] = SYNCED, count: i
                 url = next((link["url"] for link in bundle.get("link", []) if link.get("relation") == "next"), None)
         elapsed = time.monotonic() - started
     return total, elapsed
+
+
+CEILING_COUNT = 1000
+CEILING_AT_ONCE = 4
+
+
+def search_ceiling(iss: str, token: str, types: tuple[str, ...] = SYNCED) -> tuple[int, float]:
+    """The most the server's searches hand over, for scale (not a target): every type by
+    `_sort=_lastUpdated&_count=1000` and its `next` links, four types at once, each page only parsed. Nothing a
+    sync does (checks, mapping, storing) is in it, so no sync through searches can be faster; against (b) it
+    shows how far above naive paging any sync could reach on this server. (resources, seconds)"""
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
+
+    def read(resource_type: str) -> int:
+        total = 0
+        with requests.Session() as http:
+            url: str | None = f"{iss}/{resource_type}?_sort=_lastUpdated&_count={CEILING_COUNT}"
+            while url:
+                response = http.get(url, headers=headers, timeout=300)
+                response.raise_for_status()
+                bundle = response.json()
+                total += sum(1 for e in bundle.get("entry", [])
+                             if (e.get("search") or {}).get("mode", "match") == "match")
+                url = next((link["url"] for link in bundle.get("link", []) if link.get("relation") == "next"), None)
+        return total
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=CEILING_AT_ONCE) as pool:
+        total = sum(pool.map(read, types))
+    return total, time.monotonic() - started
 
 
 # ---------------------------------------------------------------- (c): fhir-prm's sync, in a child process
@@ -321,8 +354,16 @@ def bench_size(encounters: int, backends: list[str], strategies: list[str], prof
         count, naive_s = naive_paging(stack.iss, token)
         naive_rps = count / naive_s
         support.say(f"(b) naive paging _count={NAIVE_COUNT}: {count} resources in {naive_s:.1f} s = {naive_rps:.0f}/s")
+        ceiling_s = float("inf")
+        for _ in range(repeats):
+            ceiling_count, seconds = search_ceiling(stack.iss, token)
+            ceiling_s = min(ceiling_s, seconds)
+        support.say(f"(ceiling) searches at _count={CEILING_COUNT}, {CEILING_AT_ONCE} types at once, parsed only: "
+                    f"{ceiling_count} resources in {ceiling_s:.1f} s = {ceiling_count / ceiling_s:.0f}/s")
         figures[f"bulk_export_resources_per_s_{label}"] = bulk_rps
         figures[f"naive_paging_resources_per_s_{label}"] = naive_rps
+        figures[f"search_ceiling_resources_per_s_{label}"] = ceiling_count / ceiling_s
+        figures[f"search_ceiling_ratio_to_naive_paging_{label}"] = ceiling_count / ceiling_s / naive_rps
         figures[f"resources_{label}"] = count
 
         full: dict[tuple[str, str], float] = {}
