@@ -3,8 +3,9 @@
 For each size, on one loaded sandbox EHR and through its token-checking proxy, in one run:
   (a) the server's fastest read path: one Bulk `$export` of the synced types, every file read to the end;
   (b) naive paging: `Type?_count=100` and its `next` links, every page read, type after type;
-  (ceiling) for scale, not a target: the most the server's searches hand over (`_count=1000`, four types at
-      once, pages only parsed), which no sync through searches can beat;
+  (ceiling) for scale, not a target: the most the server's searches hand over (`_lastUpdated` windows as the
+      search strategy reads, `_count=1000`, four types at once, pages only parsed); no sync through searches
+      can beat it;
   (c) fhir-prm's full first sync (`workers.sync_connection`, as `prm sync run`) into a fresh SQLite file and
       a fresh PostgreSQL database, each in a child process so its peak RSS is its own;
 then 1% of the Encounters change on the server and each database syncs again (incremental), in the same
@@ -108,24 +109,33 @@ CEILING_AT_ONCE = 4
 
 
 def search_ceiling(iss: str, token: str, types: tuple[str, ...] = SYNCED) -> tuple[int, float]:
-    """The most the server's searches hand over, for scale (not a target): every type by
-    `_sort=_lastUpdated&_count=1000` and its `next` links, four types at once, each page only parsed. Nothing a
-    sync does (checks, mapping, storing) is in it, so no sync through searches can be faster; against (b) it
-    shows how far above naive paging any sync could reach on this server. (resources, seconds)"""
+    """The most the server's searches hand over, for scale (not a target): every type read in `_lastUpdated`
+    order by windows from the newest instant seen (`ge`, repeats dropped, as fhir-prm's search strategy reads,
+    so no offset grows), at `_count=1000` (sekmet's largest page), four types at once, each page only parsed.
+    Nothing a sync does (checks, mapping, storing) is in it, so no sync through searches can be faster; against
+    (b) it shows how far above naive paging any sync could reach on this server. (resources, seconds)"""
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
 
     def read(resource_type: str) -> int:
-        total = 0
+        seen: set[str] = set()
+        since: str | None = None
         with requests.Session() as http:
-            url: str | None = f"{iss}/{resource_type}?_sort=_lastUpdated&_count={CEILING_COUNT}"
-            while url:
-                response = http.get(url, headers=headers, timeout=300)
+            while True:
+                params = [("_sort", "_lastUpdated"), ("_count", str(CEILING_COUNT))]
+                if since:
+                    params.append(("_lastUpdated", f"ge{since}"))
+                response = http.get(f"{iss}/{resource_type}", params=params, headers=headers, timeout=300)
                 response.raise_for_status()
-                bundle = response.json()
-                total += sum(1 for e in bundle.get("entry", [])
-                             if (e.get("search") or {}).get("mode", "match") == "match")
-                url = next((link["url"] for link in bundle.get("link", []) if link.get("relation") == "next"), None)
-        return total
+                found = [e["resource"] for e in response.json().get("entry", [])
+                         if (e.get("search") or {}).get("mode", "match") == "match"]
+                fresh = [r["id"] for r in found if r["id"] not in seen]
+                seen.update(fresh)
+                if len(found) < CEILING_COUNT:
+                    return len(seen)
+                if not fresh:
+                    raise RuntimeError(f"over {CEILING_COUNT} {resource_type} resources share one lastUpdated: "
+                                       "windows cannot read past them")
+                since = found[-1]["meta"]["lastUpdated"]
 
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=CEILING_AT_ONCE) as pool:
@@ -358,8 +368,10 @@ def bench_size(encounters: int, backends: list[str], strategies: list[str], prof
         for _ in range(repeats):
             ceiling_count, seconds = search_ceiling(stack.iss, token)
             ceiling_s = min(ceiling_s, seconds)
-        support.say(f"(ceiling) searches at _count={CEILING_COUNT}, {CEILING_AT_ONCE} types at once, parsed only: "
-                    f"{ceiling_count} resources in {ceiling_s:.1f} s = {ceiling_count / ceiling_s:.0f}/s")
+        support.say(f"(ceiling) searches by windows at _count={CEILING_COUNT}, {CEILING_AT_ONCE} types at once, "
+                    f"parsed only: {ceiling_count} resources in {ceiling_s:.1f} s = {ceiling_count / ceiling_s:.0f}/s")
+        if ceiling_count != count:
+            raise RuntimeError(f"the ceiling's windows read {ceiling_count} resources, the server holds {count}")
         figures[f"bulk_export_resources_per_s_{label}"] = bulk_rps
         figures[f"naive_paging_resources_per_s_{label}"] = naive_rps
         figures[f"search_ceiling_resources_per_s_{label}"] = ceiling_count / ceiling_s
