@@ -16,7 +16,8 @@ from typing import Any
 
 import requests
 
-from connector import backend, discovery, smart_scopes
+import prm.smart_scopes as smart_scopes
+from connector import backend, discovery
 from connector.capability_rules import (
     RESOURCE_TYPES,
     WITHOUT_WRITE,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from connector import smart_scopes
+import prm.smart_scopes as smart_scopes
 from connector.discovery import SmartConfiguration
 from prm.fhir_names import BACKPORT, BACKPORT_SUBSCRIPTION
 

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlmodel import Session, select
 
+from prm import smart_scopes
 from prm.clock import Clock
 from prm.crypto import SecretBox
 from prm.errors import NotFoundError, ValidationError
@@ -99,15 +100,6 @@ def _origin(value: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _reads_groups(scopes: str) -> bool:
-    """Whether the backend scopes let the client read Group (SMART v2 `.rs`-style, or v1 `.read`/`.*`)."""
-    for scope in scopes.split():
-        target, _, perms = scope.removeprefix("system/").partition(".")
-        if target in ("Group", "*") and (perms in ("read", "*") or ("r" in perms and set(perms) <= set("cruds"))):
-            return True
-    return False
-
-
 def validate(spec: ConnectionSpec) -> ConnectionSpec:
     """Return a normalised spec or raise ValidationError saying what is wrong."""
     if not _NAME.match(spec.name):
@@ -136,7 +128,7 @@ def validate(spec: ConnectionSpec) -> ConnectionSpec:
     if export_group is not None and not is_id(export_group):
         raise ValidationError(f"export group must be a Group id (letters, digits, '-', '.'; max 64), got "
                               f"{spec.export_group!r}")
-    if export_group is not None and not _reads_groups(spec.backend_scopes):
+    if export_group is not None and not smart_scopes.allows(spec.backend_scopes, "Group", "r"):
         raise ValidationError("an export Group is read by the backend client: add system/Group.rs to the backend "
                               "scopes")
     _within("requests in flight", spec.ehr_max_in_flight, MAX_IN_FLIGHT)

@@ -13,9 +13,9 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
-from connector import oauth, smart_scopes
+from connector import oauth
 from connector.discovery import SmartConfiguration, openid_jwks_uri
-from prm import audit, connections, launches
+from prm import audit, connections, launches, smart_scopes
 from prm.audit import Actor
 from prm.errors import EhrError, LaunchError, NotFoundError
 from prm.models import Connection, Launch

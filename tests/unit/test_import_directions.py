@@ -10,7 +10,7 @@ OURS = {"prm", "fhir_mappings", "connector", "smart_app", "workers", "ehr_sandbo
 ALLOWED: dict[str, set[str]] = {
     "prm": set(),
     "fhir_mappings": {"prm"},
-    "connector": {"prm.config", "prm.errors", "prm.fhir_names"},
+    "connector": {"prm.config", "prm.errors", "prm.fhir_names", "prm.smart_scopes"},
     "workers": {"prm", "connector", "fhir_mappings"},
     "smart_app": {"prm", "connector", "fhir_mappings", "workers"},
     "ehr_sandbox": {"prm", "connector", "fhir_mappings", "smart_app", "workers"},

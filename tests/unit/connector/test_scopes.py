@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from connector.oauth import standalone_scopes
-from connector.smart_scopes import to_v1 as v1_scopes
 from prm.connections import DEFAULT_USER_SCOPES
+from prm.smart_scopes import to_v1 as v1_scopes
 
 
 def test_v2_scopes_become_their_v1_equivalents() -> None:

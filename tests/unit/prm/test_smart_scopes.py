@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from connector import smart_scopes
+from prm import smart_scopes
 from prm.connections import DEFAULT_BACKEND_SCOPES
 
 
