@@ -8,16 +8,19 @@ numbers, and an `id-only` payload is all we ask for (no clinical data travels to
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from fhir.resources.R4B.subscription import Subscription
 
 from fhir_mappings.common import check_r4
+from fhir_mappings.written import IDENTIFIER_SYSTEM, WRITTEN_TYPES
 from prm.errors import ValidationError
 from prm.fhir_names import BACKPORT, BACKPORT_SUBSCRIPTION
 
 PAYLOAD_CONTENT = f"{BACKPORT}/backport-payload-content"
+FILTER_CRITERIA = f"{BACKPORT}/backport-filter-criteria"
 HEARTBEAT_PERIOD = f"{BACKPORT}/backport-heartbeat-period"
 # R4 has no SubscriptionTopic: the backport IG carries R5's as a Basic with cross-version extensions
 TOPIC_EXTENSION = "http://hl7.org/fhir/5.0/StructureDefinition/extension-SubscriptionTopic"
@@ -30,6 +33,7 @@ class Topic:
 
     url: str
     resource_types: tuple[str, ...]
+    filter_parameters: tuple[str, ...] = ()  # what a subscriber may filter its notifications by (canFilterBy)
 
 
 @dataclass(frozen=True)
@@ -62,12 +66,32 @@ def topic_of(basic: dict[str, Any]) -> Topic | None:
             resource = _value(part)
             if isinstance(resource, str) and resource:
                 types.append(resource.rsplit("/", 1)[-1])  # a StructureDefinition canonical or a bare type
-    return Topic(urls[0], tuple(dict.fromkeys(types))) if types else None
+    parameters = [_value(part) for can in _extensions(basic, f"{TOPIC_EXTENSION}.canFilterBy")
+                  for part in _extensions(can, "filterParameter")]
+    return Topic(urls[0], tuple(dict.fromkeys(types)),
+                 tuple(dict.fromkeys(p for p in parameters if isinstance(p, str) and p))) if types else None
 
 
-def backport_subscription(topic: str, endpoint: str, secret: str, heartbeat_s: int) -> dict[str, Any]:
+def ours_only(topic: Topic) -> tuple[str, ...]:
+    """Filters that keep a topic's Task and Communication notifications to those fhir-prm wrote (our identifier
+    system), where the topic lets us filter by identifier: we sync only ours, so the EHR's other work items
+    would wake those streams for nothing. Filters name their type, so they leave a topic's other types alone."""
+    if "identifier" not in topic.filter_parameters:
+        return ()
+    return tuple(f"{t}?identifier={IDENTIFIER_SYSTEM}|" for t in topic.resource_types if t in WRITTEN_TYPES)
+
+
+def filters_of(subscription: dict[str, Any]) -> tuple[str, ...]:
+    """The filter criteria a (backport) Subscription carries, as the EHR holds it."""
+    criteria = subscription.get("_criteria")
+    return tuple(str(_value(e)) for e in _extensions(criteria, FILTER_CRITERIA)) if isinstance(criteria, dict) else ()
+
+
+def backport_subscription(topic: str, endpoint: str, secret: str, heartbeat_s: int,
+                          filters: Sequence[str] = ()) -> dict[str, Any]:
     """Our rest-hook Subscription to `topic`: id-only notifications to `endpoint`, authenticated by `secret`
-    in the Authorization header, with a heartbeat so a silent hook shows as silent."""
+    in the Authorization header, with a heartbeat so a silent hook shows as silent; `filters` (backport filter
+    criteria, `Type?param=value`) narrow what it notifies of."""
     if not endpoint.startswith(("https://", "http://")):
         raise ValidationError(f"a rest-hook endpoint must be an http(s) URL, got {endpoint!r}")
     subscription: dict[str, Any] = {
@@ -85,6 +109,8 @@ def backport_subscription(topic: str, endpoint: str, secret: str, heartbeat_s: i
             "extension": [{"url": HEARTBEAT_PERIOD, "valueUnsignedInt": heartbeat_s}],
         },
     }
+    if filters:
+        subscription["_criteria"] = {"extension": [{"url": FILTER_CRITERIA, "valueString": f} for f in filters]}
     check_r4(Subscription, subscription, f"the Subscription to {topic}")
     return subscription
 

@@ -20,7 +20,7 @@ from sqlmodel import Session, col, select
 
 from connector.fhir_reader import FhirReader
 from connector.fhir_writer import FhirWriter
-from fhir_mappings.subscriptions import Topic, backport_subscription, topic_of
+from fhir_mappings.subscriptions import Topic, backport_subscription, filters_of, ours_only, topic_of
 from prm import connections, ehr_subscriptions, jobs, streams
 from prm.errors import EhrError, PermanentEhrError
 from prm.models import Connection, Job
@@ -73,7 +73,7 @@ def wanted_topics(reader: FhirReader, advertised: list[str]) -> list[Topic]:
                 continue
             types = tuple(t for t in topic.resource_types if t in synced)
             if types:
-                found[topic.url] = Topic(topic.url, types)
+                found[topic.url] = Topic(topic.url, types, topic.filter_parameters)
         if not page.next_url:
             return [found[url] for url in sorted(found)]
         page = reader.follow(page.next_url)
@@ -118,14 +118,17 @@ def ensure(ctx: WorkerContext, connection_id: int) -> EnsureRun | None:
 def _ensure_one(ctx: WorkerContext, writer: FhirWriter, connection_id: int, topic: Topic,
                 row: EhrSubscription | None, run: EnsureRun) -> None:
     copy = _ehr_copy(writer, row)
+    filters = ours_only(topic)
     if row is not None and copy is not None and row.status != "error" and copy.get("status") in LIVE and (
-            (copy.get("channel") or {}).get("endpoint") == hook_url(ctx, row.hook_key)):
-        return  # a moved PRM_PUBLIC_URL, like an error, makes it ask again
+            (copy.get("channel") or {}).get("endpoint") == hook_url(ctx, row.hook_key)) and (
+            filters_of(copy) == filters):
+        return  # a moved PRM_PUBLIC_URL or other filters, like an error, make it ask again
     with ctx.db.session() as session:  # committed before the EHR hears of it: its handshake may come at once
         fresh, secret = ehr_subscriptions.request(session, ctx.settings.clock, connection_id, topic.url,
                                                   list(topic.resource_types))
         hook_key, row_id = fresh.hook_key, fresh.id
-    body = backport_subscription(topic.url, hook_url(ctx, hook_key), secret, ctx.settings.subscription_heartbeat_s)
+    body = backport_subscription(topic.url, hook_url(ctx, hook_key), secret, ctx.settings.subscription_heartbeat_s,
+                                 filters)
     if copy is not None:
         outcome = writer.update({**body, "id": copy["id"]}, (copy.get("meta") or {}).get("versionId"))
         run.reactivated += 1

@@ -18,6 +18,7 @@ import requests
 from sqlmodel import col, select, update
 
 from ehr_sandbox.config import SandboxConfig
+from fhir_mappings.subscriptions import filters_of
 from fhir_mappings.written import IDENTIFIER_SYSTEM
 from prm.connections import DEFAULT_BACKEND_SCOPES, SUBSCRIPTION_SCOPES
 from prm.models import Connection, Job
@@ -39,6 +40,8 @@ TOPIC_BASE = "http://sekmet.dev/fhir/SubscriptionTopic"
 WANTED = {f"{TOPIC_BASE}/{name}": types for name, types in (
     ("encounter-start", ["Encounter"]), ("encounter-complete", ["Encounter"]),
     ("appointment-booked", ["Appointment"]), ("patient-change", ["Patient"]), ("task-status", ["Task"]))}
+TASK_TOPIC = f"{TOPIC_BASE}/task-status"
+OUR_TASKS = f"Task?identifier={IDENTIFIER_SYSTEM}|"
 
 
 def subscription_rows(env: SyncEnv) -> dict[str, EhrSubscription]:
@@ -133,11 +136,22 @@ def test_notifications_bring_changes_in_within_seconds_and_a_subscription_in_err
             task = {"resourceType": "Task", "id": "prm-ticket-hook", "status": "requested", "intent": "order",
                     "identifier": [{"system": IDENTIFIER_SYSTEM, "value": "ticket-hook"}],
                     "for": {"reference": f"Patient/{patient['id']}"}, "description": "Call back about the bill"}
+            tasks = rows[TASK_TOPIC]  # it asks to hear only of the Tasks we wrote (the topic filters by identifier)
+            assert filters_of(env.read("Subscription", tasks.ehr_id or "")) == (OUR_TASKS,)
+            env.put({**task, "id": "ehr-own-task", "identifier": [{"system": "urn:ehr:tasks", "value": "t1"}]})
             for status in ("requested", "completed"):  # ours, then closed by the care team in the EHR
                 env.put({**task, "status": status})
                 version = env.read("Task", task["id"])["meta"]["versionId"]
                 wait_until(lambda version=version: (task["id"], version) in env.snapshot("Task"), 30,
                            what=f"the {status} Task in the snapshot")
+            assert subscription_rows(env)[TASK_TOPIC].events_seen == 2  # ours twice; the EHR's own Task, never
+
+            copy = env.read("Subscription", tasks.ehr_id or "")  # as an older fhir-prm asked: no filter
+            env.put(changed(copy, _criteria=None))
+            run = subscriptions.ensure(as_deployed, env.connection_id)
+            assert run is not None and (run.reactivated, run.created, run.errors) == (1, 0, [])
+            assert filters_of(env.read("Subscription", tasks.ehr_id or "")) == (OUR_TASKS,)
+            wait_until(lambda: all_active(env), 30, what="the re-filtered subscription's handshake")
 
             complete = rows[f"{TOPIC_BASE}/encounter-complete"]
             copy = env.read("Subscription", complete.ehr_id or "")

@@ -7,29 +7,37 @@ from typing import Any
 import pytest
 
 from fhir_mappings.subscriptions import (
+    FILTER_CRITERIA,
     HEARTBEAT_PERIOD,
     PAYLOAD_CONTENT,
     TOPIC_EXTENSION,
+    Topic,
     backport_subscription,
+    filters_of,
+    ours_only,
     parse_notification,
     topic_of,
 )
+from fhir_mappings.written import IDENTIFIER_SYSTEM
 from prm.errors import ValidationError
 from prm.fhir_names import BACKPORT_SUBSCRIPTION
 
 TOPIC = "http://ehr.example/fhir/SubscriptionTopic/encounter-complete"
 
 
-def topic_basic(url: str, *resources: str) -> dict[str, Any]:
+def topic_basic(url: str, *resources: str, filters: tuple[str, ...] = ()) -> dict[str, Any]:
     """A topic as the R4 Backport IG carries one: a Basic with R5's SubscriptionTopic as extensions."""
     triggers = [{"url": f"{TOPIC_EXTENSION}.resourceTrigger", "extension": [
         {"url": "description", "valueMarkdown": "status changed"},
         {"url": "resource", "valueUri": f"http://hl7.org/fhir/StructureDefinition/{r}"},
         {"url": "supportedInteraction", "valueCode": "update"}]} for r in resources]
+    can_filter = [{"url": f"{TOPIC_EXTENSION}.canFilterBy", "extension": [
+        {"url": "resource", "valueUri": resources[0] if resources else "Task"},
+        {"url": "filterParameter", "valueString": f}]} for f in filters]
     return {"resourceType": "Basic", "id": "topic", "code": {"coding": [
         {"system": "http://hl7.org/fhir/fhir-types", "code": "SubscriptionTopic"}]},
         "extension": [{"url": f"{TOPIC_EXTENSION}.url", "valueUri": url},
-                      {"url": f"{TOPIC_EXTENSION}.title", "valueString": "t"}, *triggers]}
+                      {"url": f"{TOPIC_EXTENSION}.title", "valueString": "t"}, *triggers, *can_filter]}
 
 
 def notification(kind: str, *events: tuple[int, str | None], since: int = 0) -> dict[str, Any]:
@@ -68,6 +76,20 @@ def test_our_subscription_asks_for_id_only_notifications_with_our_secret_and_a_h
     assert channel["extension"] == [{"url": HEARTBEAT_PERIOD, "valueUnsignedInt": 300}]
     with pytest.raises(ValidationError, match="http"):
         backport_subscription(TOPIC, "ftp://prm.example/hook", "s", 300)
+
+
+def test_where_a_topic_filters_by_identifier_our_subscription_hears_only_of_the_work_items_we_wrote() -> None:
+    tasks = topic_of(topic_basic(TOPIC, "Task", "Encounter", filters=("identifier", "patient", "identifier")))
+    assert tasks is not None and tasks.filter_parameters == ("identifier", "patient")
+    ours = f"Task?identifier={IDENTIFIER_SYSTEM}|"
+    assert ours_only(tasks) == (ours,)  # named by type: the topic's Encounters still all notify
+    assert ours_only(Topic(TOPIC, ("Task", "Communication"), ("patient",))) == ()  # cannot filter: hear them all
+    assert ours_only(Topic(TOPIC, ("Encounter",), ("identifier",))) == ()  # we sync every Encounter
+
+    sub = backport_subscription(TOPIC, "https://prm.example/fhir/hooks/k", "s3cret", 300, ours_only(tasks))
+    assert sub["_criteria"] == {"extension": [{"url": FILTER_CRITERIA, "valueString": ours}]}
+    assert filters_of(sub) == (ours,)
+    assert filters_of(backport_subscription(TOPIC, "https://prm.example/fhir/hooks/k", "s", 300)) == ()
 
 
 def test_notifications_say_their_kind_event_numbers_and_focus_types() -> None:
