@@ -208,16 +208,19 @@ TOPIC_CANONICAL = f"{BACKPORT}/capabilitystatement-subscriptiontopic-canonical"
 
 
 def subscription_support(statement: dict[str, Any] | None, granted: str | None) -> dict[str, Any]:
-    """Topic-based rest-hook Subscriptions (R4 Backport IG): offered when the statement lists the backport
-    profile on Subscription; the topics are the canonicals it lists there. `usable` also needs the backend
-    token to be allowed to create and read Subscriptions (IT opts in by granting system/Subscription.cru)."""
+    """Rest-hook Subscriptions, and of which kind (`mode`): topic-based (R4 Backport IG) where the statement
+    lists the backport profile on Subscription, its topics the canonicals it lists there; else criteria-based
+    (plain R4: a search as criteria) where Subscription can be created. `usable` also needs the backend token
+    to be allowed to create and read Subscriptions (IT opts in by granting system/Subscription.cru)."""
     entry = _resource_entries(statement or {}).get("Subscription") or {}
     offered = BACKPORT_SUBSCRIPTION in [*(entry.get("supportedProfile") or []), entry.get("profile")]
+    criteria = not offered and "create" in {i.get("code") for i in entry.get("interaction") or []}
     topics = sorted({str(e.get("valueCanonical") or e.get("valueUri")) for e in entry.get("extension") or []
                      if e.get("url") == TOPIC_CANONICAL and (e.get("valueCanonical") or e.get("valueUri"))})
     allowed = granted is not None and all(smart_scopes.allows(granted, "Subscription", p) for p in "cru")
-    return {"backport": offered, "topics": topics if offered else [], "scope_granted": allowed,
-            "usable": offered and allowed}
+    mode = "backport" if offered else "criteria" if criteria else None
+    return {"backport": offered, "criteria": criteria, "mode": mode, "topics": topics if offered else [],
+            "scope_granted": allowed, "usable": mode is not None and allowed}
 
 
 def bundle_support(statement: dict[str, Any] | None) -> dict[str, bool | None]:

@@ -27,6 +27,9 @@ class Profile:
     ignores_sort: bool = False
     ignores_last_updated: bool = False  # type-level searches ignore `_lastUpdated` (every window answers it all)
     last_updated_to_the_second: bool = False  # `_lastUpdated` search values lose their fraction of a second
+    # Subscriptions as the CapabilityStatement lists them: "backport" (topic-based, R4 Backport IG) or "criteria"
+    # (plain R4 only: a search as criteria, empty rest-hook notifications; the backport is not listed)
+    subscriptions: str = "backport"
 
 
 PROFILES: dict[str, Profile] = {p.name: p for p in [
@@ -58,6 +61,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
             "second", ignores_sort=True, last_updated_to_the_second=True),
     Profile("ignores-last-updated", "Searches ignore _lastUpdated and _sort, and the CapabilityStatement lists no "
             "_lastUpdated search: no window can find what changed", ignores_sort=True, ignores_last_updated=True),
+    Profile("criteria-subscriptions", "Plain R4 Subscriptions only (a search as criteria, empty notifications), "
+            "no topic-based ones", subscriptions="criteria"),
     Profile("racy-conditional-create", "If-None-Exist is a search, a pause and a blind create: parallel conditional "
             "creates make duplicates, then every one for that identifier is 412", conditional_create_race_s=0.3),
 ]}

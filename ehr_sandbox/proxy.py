@@ -47,6 +47,13 @@ def _with_smart_security(cap: dict[str, Any], smart: SmartAuth) -> dict[str, Any
         if smart.profile.ignores_last_updated:  # declared, as an EHR without the search would declare it
             for res in rest.get("resource", []):
                 res["searchParam"] = [p for p in res.get("searchParam", []) if p.get("name") != "_lastUpdated"]
+        if smart.profile.subscriptions == "criteria":  # as an EHR without the Backport IG lists Subscription
+            for res in rest.get("resource", []):
+                if res.get("type") == "Subscription":
+                    res["supportedProfile"] = [p for p in res.get("supportedProfile", []) if "backport" not in p]
+                    res["extension"] = [e for e in res.get("extension", []) if "backport" not in e.get("url", "")]
+                    res["operation"] = [op for op in res.get("operation", [])
+                                        if op.get("name") not in ("status", "$status")]
         levels = smart.profile.export_levels
         if "system" not in levels:
             rest["operation"] = [op for op in rest.get("operation", []) if op.get("name") != "export"]

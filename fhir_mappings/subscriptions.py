@@ -1,5 +1,6 @@
 """FHIR R4 Subscriptions Backport (topic-based, rest-hook) <-> the PRM's words: topics, our Subscription,
-and the notifications an EHR posts to us.
+and the notifications an EHR posts to us; and plain R4 Subscriptions (a search as criteria) for EHRs without
+the backport, whose notifications are empty.
 
 A notification is only a hint that a stream has news: the sync reads the change itself, from the cursor,
 through the checks every page passes. So nothing of a notification is kept but when it came and its event
@@ -112,6 +113,29 @@ def backport_subscription(topic: str, endpoint: str, secret: str, heartbeat_s: i
     if filters:
         subscription["_criteria"] = {"extension": [{"url": FILTER_CRITERIA, "valueString": f} for f in filters]}
     check_r4(Subscription, subscription, f"the Subscription to {topic}")
+    return subscription
+
+
+# Plain R4 Subscriptions (no topics): one search per type whose changes should wake its stream at once, as the
+# topics do where the EHR offers them; of Tasks only ours (we sync no others)
+CRITERIA = {"Patient": "Patient?", "Encounter": "Encounter?", "Appointment": "Appointment?",
+            "Task": f"Task?identifier={IDENTIFIER_SYSTEM}|"}
+
+
+def criteria_subscription(criteria: str, endpoint: str, secret: str) -> dict[str, Any]:
+    """Our plain R4 rest-hook Subscription to changes matching `criteria` (a search): no payload, so each
+    notification is an empty POST to `endpoint` (no clinical data travels to the hook), authenticated by
+    `secret` in the Authorization header."""
+    if not endpoint.startswith(("https://", "http://")):
+        raise ValidationError(f"a rest-hook endpoint must be an http(s) URL, got {endpoint!r}")
+    subscription: dict[str, Any] = {
+        "resourceType": "Subscription",
+        "status": "requested",
+        "reason": "fhir-prm: wake the sync of what changed, so follow-ups start within seconds",
+        "criteria": criteria,
+        "channel": {"type": "rest-hook", "endpoint": endpoint, "header": [f"Authorization: Bearer {secret}"]},
+    }
+    check_r4(Subscription, subscription, f"the Subscription to {criteria}")
     return subscription
 
 

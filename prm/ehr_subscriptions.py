@@ -19,6 +19,8 @@ from prm.errors import NotFoundError, PrmError
 from prm.snapshot_models import EhrSubscription
 
 STATUSES = ("requested", "active", "error", "off")
+BACKPORT, CRITERIA = "backport", "criteria"  # topic-based (R4 Backport IG) | plain R4, a search as criteria
+KINDS = (BACKPORT, CRITERIA)
 
 
 class HookRefused(PrmError):
@@ -40,17 +42,19 @@ def for_topic(session: Session, connection_id: int, topic: str) -> EhrSubscripti
 
 
 def request(session: Session, clock: Callable[[], datetime], connection_id: int, topic: str,
-            resource_types: list[str]) -> tuple[EhrSubscription, str]:
+            resource_types: list[str], kind: str = BACKPORT) -> tuple[EhrSubscription, str]:
     """The row for (connection, topic), set to `requested` with a fresh secret; returns it and the secret to
     send to the EHR. Its hook key stays, so the EHR's copy keeps its endpoint; the old secret stops working."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown subscription kind {kind!r}")
     now = clock()
     row = for_topic(session, connection_id, topic)
     if row is None:
         row = EhrSubscription(connection_id=connection_id, topic=topic, hook_key=secrets.token_urlsafe(24),
                               secret_hash="", created_at=now)
     secret = secrets.token_urlsafe(32)
-    row.secret_hash, row.resource_types, row.status, row.error, row.updated_at = (
-        _hash(secret), list(resource_types), "requested", None, now)
+    row.kind, row.secret_hash, row.resource_types, row.status, row.error, row.updated_at = (
+        kind, _hash(secret), list(resource_types), "requested", None, now)
     session.add(row)
     session.flush()
     return row, secret

@@ -274,7 +274,8 @@ class SyncStream(SQLModel, table=True):
 
 
 class EhrSubscription(SQLModel, table=True):
-    """Our rest-hook Subscription to one topic on one EHR (R4 Backport IG), which wakes the streams it covers.
+    """Our rest-hook Subscription to one topic on one EHR (R4 Backport IG), or to one search where the EHR has
+    only plain R4 Subscriptions (`kind` criteria), which wakes the streams it covers.
 
     The EHR posts to `/fhir/hooks/<hook_key>` with `Authorization: Bearer <secret>`; only the secret's SHA-256
     is kept, and a new secret is made whenever the EHR's copy is (re)activated. Polling goes on regardless:
@@ -286,7 +287,8 @@ class EhrSubscription(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     connection_id: int = Field(foreign_key="connection.id", index=True)
-    topic: str = Field(max_length=500)
+    kind: str = Field(default="backport", max_length=20)  # backport (topic-based) | criteria (plain R4)
+    topic: str = Field(max_length=500)  # the topic's canonical URL, or the search a criteria one is for
     resource_types: list[str] = _json_list()  # the streams its notifications wake
     hook_key: str = Field(max_length=64, unique=True)
     secret_hash: str = Field(max_length=64)

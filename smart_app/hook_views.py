@@ -1,4 +1,5 @@
-"""POST /fhir/hooks/<key>: where EHRs deliver our Subscriptions' notifications (R4 Backport IG, rest-hook).
+"""POST /fhir/hooks/<key>: where EHRs deliver our Subscriptions' notifications (R4 Backport IG, rest-hook; or
+plain R4, whose notification is the POST itself, its body empty).
 
 Server to server, no user and no cookie: the key in the path finds the subscription, its secret in the
 Authorization header proves the caller is the EHR we gave it to. A notification only wakes the streams of
@@ -15,7 +16,7 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 from werkzeug.wrappers import Response
 
-from fhir_mappings.subscriptions import parse_notification
+from fhir_mappings.subscriptions import Notification, parse_notification
 from prm import ehr_subscriptions
 from prm.ehr_subscriptions import HookRefused
 from prm.errors import NotFoundError, ValidationError
@@ -41,7 +42,10 @@ def notification(key: str) -> tuple[Response, int]:
     try:
         with ctx.db.session() as session:
             row = ehr_subscriptions.authenticate(session, key, request.headers.get("Authorization"))
-            note = parse_notification(request.get_json(force=True, silent=True))
+            if row.kind == ehr_subscriptions.CRITERIA:  # plain R4: the POST itself says something matched
+                note = Notification("event-notification", row.topic, None, (), ())
+            else:
+                note = parse_notification(request.get_json(force=True, silent=True))
             missed = ehr_subscriptions.heard(session, ctx.settings.clock, row, note.kind, note.event_numbers,
                                              note.events_since_start)
             woken = 0

@@ -70,12 +70,15 @@ def _sync_line(sync: dict[str, Any], count_limit: int | None) -> str:
 
 def _subscriptions_line(subscriptions: dict[str, Any]) -> str:
     """Whether changes can arrive by notification, and what IT would have to grant where they cannot."""
-    if not subscriptions.get("backport"):
-        return "none offered (topic-based rest-hook, R4 Backport IG): changes arrive by polling"
-    topics = _n(len(subscriptions.get("topics") or []), "topic")
+    if subscriptions.get("backport"):
+        offered = f"rest-hook, {_n(len(subscriptions.get('topics') or []), 'topic')}"
+    elif subscriptions.get("criteria"):
+        offered = "rest-hook, plain R4 (by search criteria)"
+    else:
+        return "none offered (rest-hook Subscriptions, topic-based or plain R4): changes arrive by polling"
     if subscriptions.get("usable"):
-        return f"rest-hook, {topics}: in use (changes arrive within seconds)"
-    return f"rest-hook, {topics}: not in use until the backend client is granted system/Subscription.cru"
+        return f"{offered}: in use (changes arrive within seconds)"
+    return f"{offered}: not in use until the backend client is granted system/Subscription.cru"
 
 
 def render(name: str, profile: dict[str, Any]) -> list[tuple[str, str | None]]:

@@ -1,5 +1,6 @@
 """Near-real-time sync: keep a rest-hook Subscription (R4 Backport IG) on each EHR that offers them, for every
-topic that fires on a type we sync, and let its notifications wake those streams.
+topic that fires on a type we sync, and let its notifications wake those streams. An EHR with only plain R4
+Subscriptions gets one per search in `CRITERIA` instead (no handshake: the EHR's copy says when it is active).
 
 Polling goes on at each stream's interval whatever happens here: a notification lost, a hook unreachable or an
 EHR that drops our Subscription costs only latency. So a notification is never trusted for data, only as a
@@ -20,7 +21,15 @@ from sqlmodel import Session, col, select
 
 from connector.fhir_reader import FhirReader
 from connector.fhir_writer import FhirWriter
-from fhir_mappings.subscriptions import Topic, backport_subscription, filters_of, ours_only, topic_of
+from fhir_mappings.subscriptions import (
+    CRITERIA,
+    Topic,
+    backport_subscription,
+    criteria_subscription,
+    filters_of,
+    ours_only,
+    topic_of,
+)
 from prm import connections, ehr_subscriptions, jobs, streams
 from prm.errors import EhrError, PermanentEhrError
 from prm.models import Connection, Job
@@ -49,8 +58,21 @@ def hook_url(ctx: WorkerContext, hook_key: str) -> str:
 
 
 def usable(connection: Connection) -> bool:
-    """The last `prm connection check` found the backport offered and the Subscription scope granted."""
+    """The last `prm connection check` found rest-hook Subscriptions offered and the Subscription scope granted."""
     return bool((connection.capability_profile or {}).get("subscriptions", {}).get("usable"))
+
+
+def kind_of(connection: Connection) -> str:
+    """Topic-based where the EHR offers the backport (and for profiles checked before plain R4 was known),
+    else criteria-based."""
+    mode = (connection.capability_profile or {}).get("subscriptions", {}).get("mode")
+    return ehr_subscriptions.CRITERIA if mode == ehr_subscriptions.CRITERIA else ehr_subscriptions.BACKPORT
+
+
+def criteria_topics() -> list[Topic]:
+    """Where the EHR has only plain R4 Subscriptions: one search per type whose changes should wake its stream."""
+    return [Topic(criteria, (resource_type,)) for resource_type, criteria in CRITERIA.items()
+            if resource_type in streams.SYNC_TYPES]
 
 
 def plan(ctx: WorkerContext, session: Session) -> None:
@@ -92,19 +114,23 @@ def ensure(ctx: WorkerContext, connection_id: int) -> EnsureRun | None:
             session.expunge(row)
     access = access_for(ctx, connection)
     run = EnsureRun()
-    try:
-        topics = wanted_topics(access.reader, connection.capability_profile["subscriptions"].get("topics") or [])
-    except PermanentEhrError as exc:  # refused, not down: asking again will not help until IT acts
-        run.errors.append(f"topics: {exc}")
-        with ctx.db.session() as session:
-            connections.flag_for_it(session, ctx.settings.clock, connection_id, (
-                f"EHR notifications: the EHR refused to list its topics (Basic?code=SubscriptionTopic): {exc}. "
-                f"Grant system/Basic.rs and check the connection, or drop system/Subscription.cru to poll only"))
-        return run
+    kind = kind_of(connection)
+    if kind == ehr_subscriptions.CRITERIA:
+        topics = criteria_topics()
+    else:
+        try:
+            topics = wanted_topics(access.reader, connection.capability_profile["subscriptions"].get("topics") or [])
+        except PermanentEhrError as exc:  # refused, not down: asking again will not help until IT acts
+            run.errors.append(f"topics: {exc}")
+            with ctx.db.session() as session:
+                connections.flag_for_it(session, ctx.settings.clock, connection_id, (
+                    f"EHR notifications: the EHR refused to list its topics (Basic?code=SubscriptionTopic): {exc}. "
+                    f"Grant system/Basic.rs and check the connection, or drop system/Subscription.cru to poll only"))
+            return run
     run.topics = [t.url for t in topics]
     for topic in topics:
         try:
-            _ensure_one(ctx, access.writer, connection_id, topic, rows.get(topic.url), run)
+            _ensure_one(ctx, access.writer, connection_id, topic, rows.get(topic.url), run, kind)
         except EhrError as exc:
             run.errors.append(f"{topic.url}: {exc}")
             _record_error(ctx, connection_id, topic.url, str(exc))
@@ -116,19 +142,24 @@ def ensure(ctx: WorkerContext, connection_id: int) -> EnsureRun | None:
 
 
 def _ensure_one(ctx: WorkerContext, writer: FhirWriter, connection_id: int, topic: Topic,
-                row: EhrSubscription | None, run: EnsureRun) -> None:
+                row: EhrSubscription | None, run: EnsureRun, kind: str) -> None:
     copy = _ehr_copy(writer, row)
-    filters = ours_only(topic)
+    filters = ours_only(topic) if kind == ehr_subscriptions.BACKPORT else ()
     if row is not None and copy is not None and row.status != "error" and copy.get("status") in LIVE and (
             (copy.get("channel") or {}).get("endpoint") == hook_url(ctx, row.hook_key)) and (
             filters_of(copy) == filters):
+        if kind == ehr_subscriptions.CRITERIA:
+            _note_ehr_state(ctx, row.id, copy)
         return  # a moved PRM_PUBLIC_URL or other filters, like an error, make it ask again
     with ctx.db.session() as session:  # committed before the EHR hears of it: its handshake may come at once
         fresh, secret = ehr_subscriptions.request(session, ctx.settings.clock, connection_id, topic.url,
-                                                  list(topic.resource_types))
+                                                  list(topic.resource_types), kind)
         hook_key, row_id = fresh.hook_key, fresh.id
-    body = backport_subscription(topic.url, hook_url(ctx, hook_key), secret, ctx.settings.subscription_heartbeat_s,
-                                 filters)
+    if kind == ehr_subscriptions.CRITERIA:
+        body = criteria_subscription(topic.url, hook_url(ctx, hook_key), secret)
+    else:
+        body = backport_subscription(topic.url, hook_url(ctx, hook_key), secret,
+                                     ctx.settings.subscription_heartbeat_s, filters)
     if copy is not None:
         outcome = writer.update({**body, "id": copy["id"]}, (copy.get("meta") or {}).get("versionId"))
         run.reactivated += 1
@@ -142,8 +173,23 @@ def _ensure_one(ctx: WorkerContext, writer: FhirWriter, connection_id: int, topi
         if current is not None:  # the status is the handshake's to set; only the EHR's id is ours to add
             current.ehr_id = outcome.id
             session.add(current)
+    if kind == ehr_subscriptions.CRITERIA and outcome.id:  # no handshake: the EHR's copy says how it stands
+        _note_ehr_state(ctx, row_id, writer.read("Subscription", outcome.id))
     log.info("subscription to %s on connection %s: %s as %s", topic.url, connection_id,
              "re-activated" if copy is not None else "created", outcome.id)
+
+
+def _note_ehr_state(ctx: WorkerContext, row_id: int | None, copy: dict[str, Any]) -> None:
+    """A plain R4 Subscription has no handshake: it is active, or in error, when the EHR's copy says so."""
+    status = copy.get("status")
+    if status not in ("active", "error"):
+        return  # still requested: the next check looks again
+    with ctx.db.session() as session:
+        current = session.get(EhrSubscription, row_id)
+        if current is not None and current.status != status:
+            ehr_subscriptions.set_state(session, ctx.settings.clock, current, str(status),
+                                        str(copy.get("error") or "the EHR put it in error") if status == "error"
+                                        else None)
 
 
 def _ehr_copy(writer: FhirWriter, row: EhrSubscription | None) -> dict[str, Any] | None:

@@ -18,7 +18,7 @@ import requests
 from sqlmodel import col, select, update
 
 from ehr_sandbox.config import SandboxConfig
-from fhir_mappings.subscriptions import filters_of
+from fhir_mappings.subscriptions import CRITERIA, filters_of
 from fhir_mappings.written import IDENTIFIER_SYSTEM
 from prm.connections import DEFAULT_BACKEND_SCOPES, SUBSCRIPTION_SCOPES
 from prm.models import Connection, Job
@@ -31,6 +31,7 @@ from tests.support.processes import BIN, Process, RedisServer, prm_process, stop
 from tests.support.settings import env_for
 from workers import subscriptions
 from workers.connection_check import check_connection
+from workers.runtime import WorkerContext
 from workers.sync import SYNC_STREAM
 
 SUBSCRIBING_SCOPES = f"{DEFAULT_BACKEND_SCOPES} {SUBSCRIPTION_SCOPES}"
@@ -95,6 +96,19 @@ def first(env: SyncEnv, search: str) -> dict[str, Any]:
     return dict(bundle["entry"][0]["resource"])
 
 
+def serving(env: SyncEnv, tmp_path: Path) -> tuple[int, WorkerContext, dict[str, str], Process]:
+    """`prm serve` on the env's database, its hooks at its own port: (port, a context as deployed there, its
+    environment, the process)."""
+    port = free_port()
+    settings = env.ctx.settings
+    as_deployed = dataclasses.replace(env.ctx, settings=dataclasses.replace(
+        settings, public_url=f"http://127.0.0.1:{port}"))
+    app_env = env_for(settings.database_url, tmp_path / "instance", PRM_PUBLIC_URL=f"http://127.0.0.1:{port}",
+                      PRM_NOW=settings.now or "", PRM_SWEEP_INTERVAL_S="0.5", PRM_HEALTH_CHECK_INTERVAL_S="3600")
+    return port, as_deployed, app_env, prm_process("app", ["serve", "--port", str(port)], tmp_path / "logs",
+                                                   app_env, tmp_path).start()
+
+
 def test_notifications_bring_changes_in_within_seconds_and_a_subscription_in_error_is_renewed(
         tmp_path: Path) -> None:
     with sync_env(tmp_path, patients=70) as env:
@@ -106,13 +120,7 @@ def test_notifications_bring_changes_in_within_seconds_and_a_subscription_in_err
         with env.ctx.db.session() as session:  # polling every hour: only a notification can be quick
             session.execute(update(SyncStream).values(interval_s=3600))
 
-        port = free_port()
-        settings = env.ctx.settings
-        as_deployed = dataclasses.replace(env.ctx, settings=dataclasses.replace(
-            settings, public_url=f"http://127.0.0.1:{port}"))
-        app_env = env_for(settings.database_url, tmp_path / "instance", PRM_PUBLIC_URL=f"http://127.0.0.1:{port}",
-                          PRM_NOW=settings.now or "", PRM_SWEEP_INTERVAL_S="0.5", PRM_HEALTH_CHECK_INTERVAL_S="3600")
-        app = prm_process("app", ["serve", "--port", str(port)], tmp_path / "logs", app_env, tmp_path).start()
+        port, as_deployed, app_env, app = serving(env, tmp_path)
         try:
             wait_http_ok(f"http://127.0.0.1:{port}/healthz", process=app)
             wait_until(lambda: all_active(env), 60, what="a handshake answered for every wanted topic")
@@ -193,6 +201,50 @@ def test_notifications_bring_changes_in_within_seconds_and_a_subscription_in_err
                 flagged = session.get(Connection, env.connection_id)
                 assert flagged is not None and "Grant system/Basic.rs" in (flagged.needs_it or "")
             assert {row.status for row in subscription_rows(env).values()} == {"active", "off"}  # left as they were
+        finally:
+            app.stop()
+            print(f"--- app ---\n{app.log_tail(40)}")
+
+
+def test_an_ehr_with_plain_r4_subscriptions_only_wakes_streams_by_search(tmp_path: Path) -> None:
+    """No topics: one plain R4 Subscription per search in CRITERIA, active when the EHR's copy says so (there is
+    no handshake), and its empty notifications wake the streams; the EHR's own Tasks match no search of ours."""
+    with sync_env(tmp_path, profile="criteria-subscriptions", patients=70) as env:
+        env.grant_backend_scopes(f"{DEFAULT_BACKEND_SCOPES} system/Subscription.cru")  # no topics to read
+        support = check_connection(env.ctx, env.connection_id)["subscriptions"]
+        assert (support["mode"], support["backport"], support["usable"]) == ("criteria", False, True)
+        env.run_all()
+        with env.ctx.db.session() as session:  # polling every hour: only a notification can be quick
+            session.execute(update(SyncStream).values(interval_s=3600))
+        port, _, _, app = serving(env, tmp_path)
+        try:
+            wait_http_ok(f"http://127.0.0.1:{port}/healthz", process=app)
+            wanted = {criteria: "active" for criteria in CRITERIA.values()}
+            wait_until(lambda: {t: r.status for t, r in subscription_rows(env).items()} == wanted, 60,
+                       what="an active plain R4 Subscription for every search")
+            for row in subscription_rows(env).values():
+                copy = env.read("Subscription", row.ehr_id or "")
+                assert (row.kind, copy["criteria"], copy["status"]) == ("criteria", row.topic, "active")
+                assert copy["channel"]["endpoint"] == f"http://127.0.0.1:{port}/fhir/hooks/{row.hook_key}"
+                assert "payload" not in copy["channel"]  # empty notifications: no data to the hook
+            wait_until(lambda: polling_an_hour_away(env), 60, what="the app's first runs of every stream")
+
+            visit = first(env, "Encounter?status=in-progress")
+            env.put(changed(visit, status="finished"))
+            wait_until(lambda: env.snapshot("Encounter") == env.server("Encounter"), 30,
+                       what="the finished Encounter in the snapshot")
+            patient = first(env, "Patient?active=true")
+            task = {"resourceType": "Task", "id": "prm-ticket-plain", "status": "requested", "intent": "order",
+                    "identifier": [{"system": IDENTIFIER_SYSTEM, "value": "ticket-plain"}],
+                    "for": {"reference": f"Patient/{patient['id']}"}, "description": "Call back about the bill"}
+            env.put({**task, "id": "ehr-own-task", "identifier": [{"system": "urn:ehr:tasks", "value": "t1"}]})
+            for status in ("requested", "completed"):
+                env.put({**task, "status": status})
+                version = env.read("Task", task["id"])["meta"]["versionId"]
+                wait_until(lambda version=version: (task["id"], version) in env.snapshot("Task"), 30,
+                           what=f"the {status} Task in the snapshot")
+            assert subscription_rows(env)[CRITERIA["Task"]].notifications == 2  # ours; the EHR's own, none
+            assert subscription_rows(env)[CRITERIA["Encounter"]].notifications >= 1
         finally:
             app.stop()
             print(f"--- app ---\n{app.log_tail(40)}")

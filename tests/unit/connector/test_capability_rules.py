@@ -214,17 +214,23 @@ def test_a_named_export_group_is_preferred_and_a_missing_one_is_asked_for() -> N
                                        "sync exports at system level"]
 
 
-def test_subscriptions_are_usable_where_the_backport_is_offered_and_the_scope_granted() -> None:
+def test_subscriptions_are_usable_where_offered_topic_based_or_by_criteria_and_the_scope_granted() -> None:
     topics = ["http://ehr.example/topic/encounter-complete", "http://ehr.example/topic/appointment-booked"]
+    creatable = [{"code": c} for c in ("create", "read", "update")]
     statement = {"fhirVersion": "4.0.1", "rest": [{"mode": "server", "resource": [
-        {"type": "Subscription", "supportedProfile": [BACKPORT_SUBSCRIPTION],
+        {"type": "Subscription", "supportedProfile": [BACKPORT_SUBSCRIPTION], "interaction": creatable,
          "extension": [{"url": TOPIC_CANONICAL, "valueCanonical": t} for t in topics]}]}]}
     granted = f"{DEFAULT_BACKEND_SCOPES} system/Subscription.cru"
     assert subscription_support(statement, granted) == {
-        "backport": True, "topics": sorted(topics), "scope_granted": True, "usable": True}
+        "backport": True, "criteria": False, "mode": "backport", "topics": sorted(topics), "scope_granted": True,
+        "usable": True}
     assert subscription_support(statement, DEFAULT_BACKEND_SCOPES)["usable"] is False  # IT has not opted in
     assert subscription_support(statement, None)["usable"] is False  # no backend token at all
-    classic = {"rest": [{"mode": "server", "resource": [{"type": "Subscription"}]}]}  # R4 criteria-based only
-    assert subscription_support(classic, granted) == {
-        "backport": False, "topics": [], "scope_granted": True, "usable": False}
+    classic = {"rest": [{"mode": "server", "resource": [{"type": "Subscription", "interaction": creatable}]}]}
+    assert subscription_support(classic, granted) == {  # plain R4: a search as criteria
+        "backport": False, "criteria": True, "mode": "criteria", "topics": [], "scope_granted": True,
+        "usable": True}
+    listed_only = {"rest": [{"mode": "server", "resource": [{"type": "Subscription"}]}]}  # nothing we may create
+    assert subscription_support(listed_only, granted)["mode"] is None
+    assert subscription_support(listed_only, granted)["usable"] is False
     assert subscription_support(None, granted)["backport"] is False

@@ -7,12 +7,14 @@ from typing import Any
 import pytest
 
 from fhir_mappings.subscriptions import (
+    CRITERIA,
     FILTER_CRITERIA,
     HEARTBEAT_PERIOD,
     PAYLOAD_CONTENT,
     TOPIC_EXTENSION,
     Topic,
     backport_subscription,
+    criteria_subscription,
     filters_of,
     ours_only,
     parse_notification,
@@ -90,6 +92,19 @@ def test_where_a_topic_filters_by_identifier_our_subscription_hears_only_of_the_
     assert sub["_criteria"] == {"extension": [{"url": FILTER_CRITERIA, "valueString": ours}]}
     assert filters_of(sub) == (ours,)
     assert filters_of(backport_subscription(TOPIC, "https://prm.example/fhir/hooks/k", "s", 300)) == ()
+
+
+def test_a_plain_r4_subscription_asks_for_empty_notifications_with_our_secret() -> None:
+    """No payload: each notification is an empty POST, so no clinical data travels to the hook; of Tasks, only
+    ours match."""
+    sub = criteria_subscription(CRITERIA["Task"], "https://prm.example/fhir/hooks/k", "s3cret")
+    assert (sub["status"], sub["criteria"]) == ("requested", f"Task?identifier={IDENTIFIER_SYSTEM}|")
+    assert "meta" not in sub and "_criteria" not in sub  # not the backport: no profile, no filters
+    assert sub["channel"] == {"type": "rest-hook", "endpoint": "https://prm.example/fhir/hooks/k",
+                              "header": ["Authorization: Bearer s3cret"]}  # no payload
+    assert set(CRITERIA) == {"Patient", "Encounter", "Appointment", "Task"}
+    with pytest.raises(ValidationError, match="http"):
+        criteria_subscription(CRITERIA["Patient"], "ftp://prm.example/hook", "s")
 
 
 def test_notifications_say_their_kind_event_numbers_and_focus_types() -> None:

@@ -80,3 +80,5 @@ def test_notifications_say_whether_they_are_in_use_and_what_to_grant() -> None:
     assert line({"backport": True, "topics": ["a"], "usable": False}).endswith(
         "rest-hook, 1 topic: not in use until the backend client is granted system/Subscription.cru")
     assert "changes arrive by polling" in line({"backport": False, "topics": [], "usable": False})
+    assert line({"backport": False, "criteria": True, "topics": [], "usable": True}).endswith(
+        "rest-hook, plain R4 (by search criteria): in use (changes arrive within seconds)")
