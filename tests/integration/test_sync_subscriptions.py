@@ -96,6 +96,27 @@ def first(env: SyncEnv, search: str) -> dict[str, Any]:
     return dict(bundle["entry"][0]["resource"])
 
 
+def a_visit_finishes(env: SyncEnv, how: str = "") -> None:
+    """An Encounter in progress finishes in the EHR; the snapshot has it within seconds."""
+    env.put(changed(first(env, "Encounter?status=in-progress"), status="finished"))
+    wait_until(lambda: env.snapshot("Encounter") == env.server("Encounter"), 30,
+               what=f"the finished Encounter in the snapshot{how}")
+
+
+def the_ehrs_task_then_ours_opened_and_closed(env: SyncEnv, patient_id: str) -> None:
+    """A Task of the EHR's own, then one of ours, opened and then closed by the care team in the EHR; each
+    version of ours reaches the snapshot within seconds."""
+    task = {"resourceType": "Task", "id": "prm-ticket-hook", "status": "requested", "intent": "order",
+            "identifier": [{"system": IDENTIFIER_SYSTEM, "value": "ticket-hook"}],
+            "for": {"reference": f"Patient/{patient_id}"}, "description": "Call back about the bill"}
+    env.put({**task, "id": "ehr-own-task", "identifier": [{"system": "urn:ehr:tasks", "value": "t1"}]})
+    for status in ("requested", "completed"):
+        env.put({**task, "status": status})
+        version = env.read("Task", task["id"])["meta"]["versionId"]
+        wait_until(lambda version=version: (task["id"], version) in env.snapshot("Task"), 30,
+                   what=f"the {status} Task in the snapshot")
+
+
 def serving(env: SyncEnv, tmp_path: Path) -> tuple[int, WorkerContext, dict[str, str], Process]:
     """`prm serve` on the env's database, its hooks at its own port: (port, a context as deployed there, its
     environment, the process)."""
@@ -132,26 +153,15 @@ def test_notifications_bring_changes_in_within_seconds_and_a_subscription_in_err
                 assert copy["channel"]["endpoint"] == f"http://127.0.0.1:{port}/fhir/hooks/{row.hook_key}"
             wait_until(lambda: polling_an_hour_away(env), 60, what="the app's first runs of every stream")
 
-            visit = first(env, "Encounter?status=in-progress")
-            env.put(changed(visit, status="finished"))
-            wait_until(lambda: env.snapshot("Encounter") == env.server("Encounter"), 30,
-                       what="the finished Encounter in the snapshot")
+            a_visit_finishes(env)
             patient = first(env, "Patient?active=true")
             env.put(changed(patient, gender="other" if patient.get("gender") != "other" else "unknown"))
             wait_until(lambda: env.snapshot("Patient") == env.server("Patient"), 30,
                        what="the changed Patient in the snapshot")
             assert subscription_rows(env)[f"{TOPIC_BASE}/encounter-complete"].notifications >= 1
-            task = {"resourceType": "Task", "id": "prm-ticket-hook", "status": "requested", "intent": "order",
-                    "identifier": [{"system": IDENTIFIER_SYSTEM, "value": "ticket-hook"}],
-                    "for": {"reference": f"Patient/{patient['id']}"}, "description": "Call back about the bill"}
             tasks = rows[TASK_TOPIC]  # it asks to hear only of the Tasks we wrote (the topic filters by identifier)
             assert filters_of(env.read("Subscription", tasks.ehr_id or "")) == (OUR_TASKS,)
-            env.put({**task, "id": "ehr-own-task", "identifier": [{"system": "urn:ehr:tasks", "value": "t1"}]})
-            for status in ("requested", "completed"):  # ours, then closed by the care team in the EHR
-                env.put({**task, "status": status})
-                version = env.read("Task", task["id"])["meta"]["versionId"]
-                wait_until(lambda version=version: (task["id"], version) in env.snapshot("Task"), 30,
-                           what=f"the {status} Task in the snapshot")
+            the_ehrs_task_then_ours_opened_and_closed(env, patient["id"])
             assert subscription_rows(env)[TASK_TOPIC].events_seen == 2  # ours twice; the EHR's own Task, never
 
             copy = env.read("Subscription", tasks.ehr_id or "")  # as an older fhir-prm asked: no filter
@@ -170,10 +180,7 @@ def test_notifications_bring_changes_in_within_seconds_and_a_subscription_in_err
             assert subscription_rows(env)[complete.topic].secret_hash != complete.secret_hash
             assert env.read("Subscription", complete.ehr_id or "")["status"] == "active"
 
-            visit = first(env, "Encounter?status=in-progress")
-            env.put(changed(visit, status="finished"))
-            wait_until(lambda: env.snapshot("Encounter") == env.server("Encounter"), 30,
-                       what="the next finished Encounter, through the renewed subscription")
+            a_visit_finishes(env, ", through the renewed subscription")
             wait_until(lambda: polling_an_hour_away(env), 30, what="the woken streams' next polls an hour away")
 
             booked = rows[f"{TOPIC_BASE}/appointment-booked"]  # the EHR withdraws a topic: ours goes off too
@@ -229,20 +236,8 @@ def test_an_ehr_with_plain_r4_subscriptions_only_wakes_streams_by_search(tmp_pat
                 assert "payload" not in copy["channel"]  # empty notifications: no data to the hook
             wait_until(lambda: polling_an_hour_away(env), 60, what="the app's first runs of every stream")
 
-            visit = first(env, "Encounter?status=in-progress")
-            env.put(changed(visit, status="finished"))
-            wait_until(lambda: env.snapshot("Encounter") == env.server("Encounter"), 30,
-                       what="the finished Encounter in the snapshot")
-            patient = first(env, "Patient?active=true")
-            task = {"resourceType": "Task", "id": "prm-ticket-plain", "status": "requested", "intent": "order",
-                    "identifier": [{"system": IDENTIFIER_SYSTEM, "value": "ticket-plain"}],
-                    "for": {"reference": f"Patient/{patient['id']}"}, "description": "Call back about the bill"}
-            env.put({**task, "id": "ehr-own-task", "identifier": [{"system": "urn:ehr:tasks", "value": "t1"}]})
-            for status in ("requested", "completed"):
-                env.put({**task, "status": status})
-                version = env.read("Task", task["id"])["meta"]["versionId"]
-                wait_until(lambda version=version: (task["id"], version) in env.snapshot("Task"), 30,
-                           what=f"the {status} Task in the snapshot")
+            a_visit_finishes(env)
+            the_ehrs_task_then_ours_opened_and_closed(env, first(env, "Patient?active=true")["id"])
             assert subscription_rows(env)[CRITERIA["Task"]].notifications == 2  # ours; the EHR's own, none
             assert subscription_rows(env)[CRITERIA["Encounter"]].notifications >= 1
         finally:
@@ -330,10 +325,7 @@ def _notified_through_redis(env: SyncEnv, port: int, app: Process, worker: Proce
                what="the worker's first Encounter run, the next an hour away")
     beat.stop()  # no sweeps from here on
 
-    visit = first(env, "Encounter?status=in-progress")
-    env.put(changed(visit, status="finished"))
-    wait_until(lambda: env.snapshot("Encounter") == env.server("Encounter"), 30,
-               what="the finished Encounter in the snapshot, through the hook, Redis and the worker")
+    a_visit_finishes(env, ", through the hook, Redis and the worker")
     assert worker.alive() and app.alive()
     with env.ctx.db.session() as session:
         ran = session.exec(select(Job).join(SyncStream, col(SyncStream.id) == Job.subject_id).where(
