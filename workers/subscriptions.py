@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 from sqlmodel import Session, col, select
 
 from connector.fhir_reader import FhirReader
-from connector.fhir_writer import FhirWriter
+from connector.fhir_writer import FhirWriter, PreconditionFailed, WriteOutcome
 from fhir_mappings.subscriptions import (
     CRITERIA,
     Topic,
@@ -161,7 +161,7 @@ def _ensure_one(ctx: WorkerContext, writer: FhirWriter, connection_id: int, topi
         body = backport_subscription(topic.url, hook_url(ctx, hook_key), secret,
                                      ctx.settings.subscription_heartbeat_s, filters)
     if copy is not None:
-        outcome = writer.update({**body, "id": copy["id"]}, (copy.get("meta") or {}).get("versionId"))
+        outcome = _replace_copy(writer, body, copy)
         run.reactivated += 1
     else:
         outcome = writer.create(body, urlencode([("url", body["channel"]["endpoint"])]))
@@ -192,6 +192,24 @@ def _note_ehr_state(ctx: WorkerContext, row_id: int | None, copy: dict[str, Any]
                                         else None)
 
 
+def _replace_copy(writer: FhirWriter, body: dict[str, Any], copy: dict[str, Any]) -> WriteOutcome:
+    """Our new version of the EHR's copy, sent against the version we read. The EHR changes its copy on its own
+    (the status after a handshake, or after deliveries failed), so a copy that moved on meanwhile is read again
+    and sent once more; a second conflict waits for the next check."""
+    try:
+        return writer.update({**body, "id": copy["id"]}, _version(copy))
+    except PreconditionFailed:
+        moved = writer.read("Subscription", str(copy["id"]))
+        log.info("subscription %s moved on at the EHR (version %s) while we replaced it; sending ours again",
+                 copy["id"], _version(moved))
+        return writer.update({**body, "id": copy["id"]}, _version(moved))
+
+
+def _version(copy: dict[str, Any]) -> str | None:
+    version = (copy.get("meta") or {}).get("versionId")
+    return str(version) if version is not None else None
+
+
 def _ehr_copy(writer: FhirWriter, row: EhrSubscription | None) -> dict[str, Any] | None:
     if row is None or not row.ehr_id:
         return None
@@ -214,7 +232,7 @@ def _switch_off(ctx: WorkerContext, writer: FhirWriter, row: EhrSubscription) ->
     """A topic the EHR no longer offers (or no longer fires on a type we sync): off on both sides."""
     copy = _ehr_copy(writer, row)
     if copy is not None and copy.get("status") != "off":
-        writer.update({**copy, "status": "off"}, (copy.get("meta") or {}).get("versionId"))
+        _replace_copy(writer, {**copy, "status": "off"}, copy)
     with ctx.db.session() as session:
         current = session.get(EhrSubscription, row.id)
         if current is not None:
