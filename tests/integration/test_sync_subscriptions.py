@@ -122,16 +122,25 @@ def the_ehrs_task_then_ours_opened_and_closed(env: SyncEnv, patient_id: str) -> 
 
 
 def serving(env: SyncEnv, tmp_path: Path) -> tuple[int, WorkerContext, dict[str, str], Process]:
-    """`prm serve` on the env's database, its hooks at its own port: (port, a context as deployed there, its
+    """Every stream synced once and polling an hour away (so only a notification can be quick), then `prm serve`
+    on the env's database, its hooks at its own port, answering: (port, a context as deployed there, its
     environment, the process)."""
+    env.run_all()
+    with env.ctx.db.session() as session:
+        session.execute(update(SyncStream).values(interval_s=3600))
     port = free_port()
     settings = env.ctx.settings
     as_deployed = dataclasses.replace(env.ctx, settings=dataclasses.replace(
         settings, public_url=f"http://127.0.0.1:{port}"))
     app_env = env_for(settings.database_url, tmp_path / "instance", PRM_PUBLIC_URL=f"http://127.0.0.1:{port}",
                       PRM_NOW=settings.now or "", PRM_SWEEP_INTERVAL_S="0.5", PRM_HEALTH_CHECK_INTERVAL_S="3600")
-    return port, as_deployed, app_env, prm_process("app", ["serve", "--port", str(port)], tmp_path / "logs",
-                                                   app_env, tmp_path).start()
+    app = prm_process("app", ["serve", "--port", str(port)], tmp_path / "logs", app_env, tmp_path).start()
+    try:
+        wait_http_ok(f"http://127.0.0.1:{port}/healthz", process=app)
+    except BaseException:
+        app.stop()
+        raise
+    return port, as_deployed, app_env, app
 
 
 def test_notifications_bring_changes_in_within_seconds_and_a_subscription_in_error_is_renewed(
@@ -141,13 +150,8 @@ def test_notifications_bring_changes_in_within_seconds_and_a_subscription_in_err
         profile = check_connection(env.ctx, env.connection_id)
         assert profile["subscriptions"]["usable"] is True
         assert set(WANTED) <= set(profile["subscriptions"]["topics"])
-        env.run_all()
-        with env.ctx.db.session() as session:  # polling every hour: only a notification can be quick
-            session.execute(update(SyncStream).values(interval_s=3600))
-
         port, as_deployed, app_env, app = serving(env, tmp_path)
         try:
-            wait_http_ok(f"http://127.0.0.1:{port}/healthz", process=app)
             wait_until(lambda: all_active(env), 60, what="a handshake answered for every wanted topic")
             rows = subscription_rows(env)
             assert {topic: row.resource_types for topic, row in rows.items()} == WANTED
@@ -227,12 +231,8 @@ def test_an_ehr_with_plain_r4_subscriptions_only_wakes_streams_by_search(tmp_pat
         env.grant_backend_scopes(f"{DEFAULT_BACKEND_SCOPES} system/Subscription.cru")  # no topics to read
         support = check_connection(env.ctx, env.connection_id)["subscriptions"]
         assert (support["mode"], support["backport"], support["usable"]) == ("criteria", False, True)
-        env.run_all()
-        with env.ctx.db.session() as session:  # polling every hour: only a notification can be quick
-            session.execute(update(SyncStream).values(interval_s=3600))
         port, _, _, app = serving(env, tmp_path)
         try:
-            wait_http_ok(f"http://127.0.0.1:{port}/healthz", process=app)
             wanted = {criteria: "active" for criteria in CRITERIA.values()}
             wait_until(lambda: {t: r.status for t, r in subscription_rows(env).items()} == wanted, 60,
                        what="an active plain R4 Subscription for every search")
