@@ -49,6 +49,14 @@ def of_connection(session: Session, connection_id: int) -> list[SyncStream]:
     return sorted(rows, key=lambda s: order.get(s.resource_type, 99))
 
 
+def by_connection(session: Session) -> dict[int, list[SyncStream]]:
+    """Every connection's streams in one query, for pages that list connections."""
+    grouped: dict[int, list[SyncStream]] = {}
+    for row in session.exec(select(SyncStream)):
+        grouped.setdefault(row.connection_id, []).append(row)
+    return grouped
+
+
 def set_strategy(session: Session, clock: Clock, actor: audit.Actor, connection_id: int, strategy: str,
                  resource_types: Collection[str] | None = None) -> list[SyncStream]:
     """IT's override of how the connection's streams (these types, else all) sync, audited per stream changed in

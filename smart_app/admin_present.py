@@ -14,6 +14,7 @@ from typing import Any
 
 from prm import outbox
 from prm.models import OutboxRow
+from prm.snapshot_models import SyncStream
 
 OUTBOX_STATUSES = (*outbox.OPEN_STATUSES, *outbox.SETTLED_STATUSES)
 ACTIONABLE = ("dead", "kept")  # what IT may retry or discard (prm.outbox.retry / discard)
@@ -62,6 +63,76 @@ def lag(caught_up: datetime | None, now: datetime) -> str:
         if seconds >= size:
             return f"{seconds // size} {unit}"
     return f"{seconds} s"
+
+
+@dataclass(frozen=True)
+class HealthLine:
+    label: str
+    ok: bool | None  # None: a figure, neither good nor bad
+    text: str
+
+
+_DISCOVERY_SOURCES = {"well-known": "from .well-known/smart-configuration",
+                      "capability-statement": "from the CapabilityStatement's security extension"}
+
+
+def health_lines(detail: dict[str, Any]) -> tuple[HealthLine, ...]:
+    """The periodic health check's report (`connector.health`) in words, a line per probe; a key this version does
+    not know (a newer worker wrote it) is shown as it is rather than dropped."""
+    lines = []
+    for key, value in detail.items():
+        if key == "discovery" and isinstance(value, dict):
+            text = _DISCOVERY_SOURCES.get(str(value.get("source")), "found") if value.get("ok") else value.get("error")
+            lines.append(HealthLine("SMART discovery", bool(value.get("ok")), str(text)))
+        elif key == "metadata" and isinstance(value, dict):
+            ok = bool(value.get("ok")) and not value.get("error")
+            text = value.get("error") or f"FHIR {value.get('fhirVersion')}"
+            lines.append(HealthLine("CapabilityStatement", ok, str(text)))
+        elif key == "elapsed_ms":
+            lines.append(HealthLine("Took", None, f"{value} ms"))
+        elif isinstance(value, dict):
+            lines.append(HealthLine(key, value.get("ok") if isinstance(value.get("ok"), bool) else None,
+                                    ", ".join(f"{k}: {v}" for k, v in value.items() if k != "ok")))
+        else:
+            lines.append(HealthLine(key, None, str(value)))
+    return tuple(lines)
+
+
+@dataclass(frozen=True)
+class SyncSummary:
+    """A connection's sync at a glance, for the connection list: are its streams erring, and how far behind is
+    the worst of them."""
+
+    streams: int
+    failing: int
+    quarantined: int
+    worst_lag: str
+
+    @property
+    def status(self) -> str:
+        if not self.streams:
+            return "not-synced"
+        return "failing" if self.failing else "ok"
+
+    @property
+    def label(self) -> str:
+        if not self.streams:
+            return "no streams"
+        parts = [f"{self.failing} of {self.streams} streams failing" if self.failing else f"{self.streams} streams"]
+        if self.quarantined:
+            parts.append(f"{self.quarantined} quarantined")
+        parts.append(f"lag {self.worst_lag}" if self.worst_lag != "never synced" else "not caught up yet")
+        return " · ".join(parts)
+
+
+def sync_summary(sync_streams: Iterable[SyncStream], now: datetime) -> SyncSummary:
+    """Over the enabled streams: how many end in an error, what is quarantined, and the largest lag (a stream
+    never caught up makes the whole connection "never synced")."""
+    enabled = [s for s in sync_streams if s.enabled]
+    caught_up = [s.caught_up_at for s in enabled]
+    oldest = None if not caught_up or None in caught_up else min(c for c in caught_up if c is not None)
+    return SyncSummary(streams=len(enabled), failing=sum(1 for s in enabled if s.last_error),
+                       quarantined=sum(s.quarantined for s in enabled), worst_lag=lag(oldest, now))
 
 
 def secret_state(sealed: str | None) -> str:

@@ -128,8 +128,12 @@ def home() -> Response:
 def connection_list() -> str:
     with prm().db.session() as session:
         rows = connections.list_all(session)
+        grouped = streams.by_connection(session)
+    now = prm().settings.clock()
     return render_template("admin_connections.html", connections=rows,
-                           capability={row.name: admin_present.capability(row.capability_profile) for row in rows})
+                           capability={row.name: admin_present.capability(row.capability_profile) for row in rows},
+                           sync={row.name: admin_present.sync_summary(grouped.get(row.id or 0, []), now)
+                                 for row in rows})
 
 
 @bp.get("/connections/<name>")
@@ -145,6 +149,7 @@ def connection_detail(name: str) -> str:
                            strategies=streams.STRATEGIES, subscriptions=subscribed,
                            subscription_support=(row.capability_profile or {}).get("subscriptions") or {},
                            subscription_scopes=connections.SUBSCRIPTION_SCOPES, lag=admin_present.lag,
+                           health=admin_present.health_lines(row.health_detail or {}),
                            now=prm().settings.clock())
 
 

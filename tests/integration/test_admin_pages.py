@@ -25,6 +25,7 @@ from prm.models import AuditRecord, Connection
 from prm.snapshot_models import SyncStream
 from smart_app import csrf
 from tests.integration.conftest import LiveApp
+from tests.support.processes import wait_until
 from tests.support.settings import TEST_KEY, TEST_SECRET
 
 PASSWORD = "correct horse battery staple"
@@ -386,15 +387,25 @@ def test_sync_health_is_shown_after_prm_sync_run(live_app: LiveApp, sandbox: San
     assert page.status_code == 200 and 'id="sync-streams"' in page.text
     assert re.search(r'<tr data-type="Location">.*?<td>incremental</td>', page.text, re.S)
     assert re.search(r'<tr data-type="Organization">.*?<td class="lag">\d+ (s|min)</td>', page.text, re.S)
+    wait_until(lambda: all(c.health_checked_at for c in rows(live_app, Connection, Connection.name == "sandbox")), 30,
+               what="the embedded worker's first health check")
+    page = signed_in(live_app, accounts["it_admin"]).get("/admin/connections/sandbox")
+    assert 'SMART discovery</dt><dd class="status-ok">ok · from .well-known/smart-configuration' in page.text
+    assert 'CapabilityStatement</dt><dd class="status-ok">ok · FHIR 4.0.1' in page.text
+    listed = signed_in(live_app, accounts["it_admin"]).get("/admin/connections").text
+    assert re.search(r'<tr data-name="sandbox">.*?<td class="sync-ok">9 streams · lag \d+ (s|min)</td>', listed, re.S)
     database = Database(live_app.database_url)
     with database.session() as session:  # a re-read longer than a run, under way
         [location] = [s for s in streams.of_connection(session, connection_id) if s.resource_type == "Location"]
         streams.keep_place(location, "reread", "https://ehr.example/fhir/Location?_offset=500",
                            datetime(2026, 11, 20, 11, 55, tzinfo=UTC))
+        streams.record_error(location, lambda: datetime(2026, 11, 20, 11, 58, tzinfo=UTC), "HTTP 503 from the EHR")
         session.add(location)
     database.dispose()
     page = signed_in(live_app, accounts["it_admin"]).get("/admin/connections/sandbox")
     assert re.search(r'<tr data-type="Location">.*?reread pass under way since 2026-11-20 11:55 UTC', page.text, re.S)
+    listed = signed_in(live_app, accounts["it_admin"]).get("/admin/connections").text
+    assert re.search(r'<td class="sync-failing">1 of 9 streams failing · lag \d+ (s|min)</td>', listed)
 
 
 _STRATEGY_FORM = re.compile(r'action="/admin/connections/sandbox/streams/Encounter/strategy">\s*'
