@@ -22,7 +22,7 @@ import requests
 from connector.fhir_reader import FHIR_JSON, Authed, FhirReader, check_id, check_type
 from connector.polite import PoliteClient
 from prm.errors import EhrError, PermanentEhrError, TransientEhrError, ValidationError
-from prm.fhir_names import is_id, is_type
+from prm.fhir_names import is_id, is_type, version_of
 
 log = logging.getLogger(__name__)
 
@@ -187,9 +187,8 @@ def _criteria(if_none_exist: str) -> str:
 
 
 def _meta_version(resource: dict[str, Any]) -> str | None:
-    meta = resource.get("meta")
-    version = meta.get("versionId") if isinstance(meta, dict) else None
-    return str(version) if isinstance(version, str | int) and is_id(str(version)) else None
+    version = version_of(resource)
+    return version if version is not None and is_id(version) else None
 
 
 def _version(version_id: str | None) -> str | None:

@@ -8,7 +8,8 @@ trailing newline, which an id must not carry into a URL or a reference.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+from typing import Any
 
 ID = r"[A-Za-z0-9\-.]{1,64}"  # FHIR R4 `id`
 TYPE = r"[A-Z][A-Za-z]{1,63}"  # a resource type name
@@ -19,6 +20,14 @@ _TYPE = re.compile(TYPE)
 # R4 Subscriptions Backport IG (topic-based Subscriptions in R4)
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
 BACKPORT_SUBSCRIPTION = f"{BACKPORT}/backport-subscription"
+
+
+def version_of(resource: Mapping[str, Any]) -> str | None:
+    """`meta.versionId` as text (servers send a string, a few a number), None when the resource carries none.
+    Not checked here: a writer checks it as an id before it goes into an If-Match."""
+    meta = resource.get("meta")
+    version = meta.get("versionId") if isinstance(meta, Mapping) else None
+    return str(version) if isinstance(version, str | int) and not isinstance(version, bool) else None
 
 
 def is_id(value: str) -> bool:

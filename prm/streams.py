@@ -16,6 +16,7 @@ from prm import audit
 from prm.clock import Clock
 from prm.db import insert_ignore, insert_ignore_many
 from prm.errors import NotFoundError, ValidationError
+from prm.fhir_names import version_of
 from prm.snapshot_models import QuarantinedResource, StreamPatient, SyncStream
 
 SYNC_TYPES = ("Organization", "Location", "PractitionerRole", "Patient", "RelatedPerson", "Encounter",
@@ -150,8 +151,7 @@ def record_error(stream: SyncStream, clock: Clock, error: str) -> None:
 def quarantine(session: Session, clock: Clock, connection_id: int, resource_type: str, payload: dict[str, object],
                error: str) -> bool:
     """Keep an invalid resource for IT with its error; True when it was not quarantined before."""
-    meta = payload.get("meta")
-    version = meta.get("versionId", "") if isinstance(meta, dict) else ""
+    version = version_of(payload) or ""
     return insert_ignore(
         session, QuarantinedResource.__table__,  # type: ignore[attr-defined]
         {"connection_id": connection_id, "resource_type": resource_type, "fhir_id": str(payload.get("id", ""))[:64],

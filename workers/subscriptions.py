@@ -32,6 +32,7 @@ from fhir_mappings.subscriptions import (
 )
 from prm import connections, ehr_subscriptions, jobs, streams
 from prm.errors import EhrError, PermanentEhrError
+from prm.fhir_names import version_of
 from prm.models import Connection, Job
 from prm.snapshot_models import EhrSubscription
 from workers.ehr_access import access_for
@@ -197,17 +198,12 @@ def _replace_copy(writer: FhirWriter, body: dict[str, Any], copy: dict[str, Any]
     (the status after a handshake, or after deliveries failed), so a copy that moved on meanwhile is read again
     and sent once more; a second conflict waits for the next check."""
     try:
-        return writer.update({**body, "id": copy["id"]}, _version(copy))
+        return writer.update({**body, "id": copy["id"]}, version_of(copy))
     except PreconditionFailed:
         moved = writer.read("Subscription", str(copy["id"]))
         log.info("subscription %s moved on at the EHR (version %s) while we replaced it; sending ours again",
-                 copy["id"], _version(moved))
-        return writer.update({**body, "id": copy["id"]}, _version(moved))
-
-
-def _version(copy: dict[str, Any]) -> str | None:
-    version = (copy.get("meta") or {}).get("versionId")
-    return str(version) if version is not None else None
+                 copy["id"], version_of(moved))
+        return writer.update({**body, "id": copy["id"]}, version_of(moved))
 
 
 def _ehr_copy(writer: FhirWriter, row: EhrSubscription | None) -> dict[str, Any] | None:

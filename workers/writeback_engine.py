@@ -24,6 +24,7 @@ from connector.capability_rules import bundle_type_for_writes
 from connector.fhir_writer import BundleWrite, FhirWriter, PreconditionFailed, WriteOutcome, WriteRefused
 from prm import audit, connections, outbox
 from prm.errors import AuthExpiredError, EhrError, PermanentEhrError, TransientEhrError, ValidationError
+from prm.fhir_names import version_of
 from prm.followup_models import CareTicket
 from prm.models import Connection, OutboxRow
 from workers.runtime import WorkerContext
@@ -225,7 +226,7 @@ class Drain:
         """The EHR has it already (one copy, or several to reconcile): turn the create into an update."""
         keep = self._reconcile(attempt, copies) if len(copies) > 1 else copies[0]
         attempt.rendered.resource["id"] = keep["id"]
-        attempt.version_id = (keep.get("meta") or {}).get("versionId")
+        attempt.version_id = version_of(keep)
         attempt.notes.append(f"found {keep['resourceType']}/{keep['id']} by identifier")
 
     def _reconcile(self, attempt: Attempt, copies: list[dict[str, Any]]) -> dict[str, Any]:
@@ -237,7 +238,7 @@ class Drain:
         for extra in extras:
             retired = dict(extra, status="entered-in-error")
             try:
-                self.writer.update(retired, (extra.get("meta") or {}).get("versionId"))
+                self.writer.update(retired, version_of(extra))
                 marked.append(f"{extra['resourceType']}/{extra['id']}")
             except EhrError as exc:
                 attempt.notes.append(f"could not mark {extra['resourceType']}/{extra['id']} entered-in-error: {exc}")
@@ -333,7 +334,7 @@ class Drain:
             merged = merge(current, fresh.resource)
             attempt.rendered = Rendered(rendered.row_id, rendered.resource_type, merged, fresh.revision,
                                         rendered.identifier_value)
-            attempt.version_id = (current.get("meta") or {}).get("versionId")
+            attempt.version_id = version_of(current)
             attempt.outcome = self.writer.update(merged, attempt.version_id)
             attempt.error = None
             attempt.notes.append("merged with the EHR's newer copy")

@@ -13,6 +13,7 @@ from sqlmodel import Session, col, select
 from fhir_mappings.task import care_ticket_status_from_task
 from prm import care_tickets, outbox
 from prm.clock import Clock
+from prm.fhir_names import version_of
 from prm.followup_models import CareTicket, OutreachMessage
 from prm.models import OutboxRow
 from workers.writeback_render import item_of
@@ -45,7 +46,7 @@ def follow_written(session: Session, clock: Clock, connection_id: int, resources
     moved = 0
     for row in rows:
         resource = by_key[row.identifier_value]
-        version = (resource.get("meta") or {}).get("versionId")
+        version = version_of(resource)
         if resource.get("id") != row.fhir_id or resource.get("resourceType") != row.written_type \
                 or not newer(version, row.version_id):
             continue

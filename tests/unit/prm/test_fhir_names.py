@@ -6,7 +6,7 @@ import pytest
 
 from prm.care_tickets import check_fhir_id, check_reference
 from prm.errors import ValidationError
-from prm.fhir_names import is_id, is_reference, is_type
+from prm.fhir_names import is_id, is_reference, is_type, version_of
 
 
 @pytest.mark.parametrize("value", ["pat-000001", "a.b-C9", "x" * 64])
@@ -34,3 +34,10 @@ def test_a_care_ticket_owner_with_a_trailing_newline_is_refused() -> None:
         check_reference("PractitionerRole/prr-1\n", "owner")
     with pytest.raises(ValidationError, match="patient must be a FHIR id"):
         check_fhir_id("pat-000001\n", "patient")
+
+
+def test_version_of_reads_meta_version_id_as_text() -> None:
+    assert version_of({"meta": {"versionId": "3"}}) == "3"
+    assert version_of({"meta": {"versionId": 4}}) == "4"  # a few servers send a number
+    assert [version_of(r) for r in ({}, {"meta": None}, {"meta": "3"}, {"meta": {"versionId": True}},
+                                    {"meta": {"versionId": ["3"]}})] == [None] * 5
