@@ -13,6 +13,7 @@ from typing import Any
 import requests
 
 from connector.errors import raise_for_status, transport_error
+from connector.json_get import get_json
 from prm.errors import EhrError, PermanentEhrError
 
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
@@ -79,26 +80,14 @@ def fetch(session: requests.Session, iss: str, timeout: float) -> SmartConfigura
             raise PermanentEhrError(f"{url} is not JSON") from exc
     if response.status_code not in (404, 410, 403, 401):
         raise_for_status(response)
-    return _from_capability_statement(_get_json(session, f"{base}/metadata", "application/fhir+json", timeout))
-
-
-def _get_json(session: requests.Session, url: str, accept: str, timeout: float) -> dict[str, Any]:
-    try:
-        response = session.get(url, headers={"Accept": accept}, timeout=timeout)
-    except requests.RequestException as exc:
-        raise transport_error(exc, url) from exc
-    raise_for_status(response)
-    try:
-        body: dict[str, Any] = response.json()
-    except ValueError as exc:
-        raise PermanentEhrError(f"{url} is not JSON") from exc
-    return body
+    statement = get_json(session, f"{base}/metadata", {"Accept": "application/fhir+json"}, timeout)
+    return _from_capability_statement(statement)
 
 
 def openid_jwks_uri(session: requests.Session, issuer: str, timeout: float) -> str:
     """The jwks_uri from OpenID Connect discovery, for EHRs whose SMART discovery names none."""
     url = f"{issuer.rstrip('/')}/.well-known/openid-configuration"
-    body = _get_json(session, url, "application/json", timeout)
+    body = get_json(session, url, {"Accept": "application/json"}, timeout)
     if body.get("issuer", "").rstrip("/") != issuer.rstrip("/") or not body.get("jwks_uri"):
         raise PermanentEhrError(f"{url} does not describe issuer {issuer} with a jwks_uri")
     return str(body["jwks_uri"])

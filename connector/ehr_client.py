@@ -6,7 +6,7 @@ from typing import Any
 
 import requests
 
-from connector.errors import raise_for_status, transport_error
+from connector.json_get import get_json
 from prm.errors import PermanentEhrError, ValidationError
 from prm.fhir_names import is_id, is_type
 
@@ -25,16 +25,7 @@ class EhrClient:
             self._headers["Authorization"] = f"Bearer {access_token}"
 
     def _get(self, url: str, params: dict[str, str] | None = None) -> dict[str, Any]:
-        try:
-            response = self._session.get(url, params=params, headers=self._headers, timeout=self._timeout)
-        except requests.RequestException as exc:
-            raise transport_error(exc, url) from exc
-        raise_for_status(response)
-        try:
-            body: dict[str, Any] = response.json()
-        except ValueError as exc:
-            raise PermanentEhrError(f"{url.split('?')[0]} answered with a body that is not JSON") from exc
-        return body
+        return get_json(self._session, url, self._headers, self._timeout, params)
 
     def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
         """GET [base]/Type/id, checking both parts so no caller can smuggle a path or query in."""
