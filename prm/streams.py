@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime
 
+from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
 from prm import audit
 from prm.clock import Clock
 from prm.db import insert_ignore, insert_ignore_many
 from prm.errors import NotFoundError, ValidationError
-from prm.fhir_names import version_of
+from prm.fhir_names import is_id, version_of
 from prm.snapshot_models import QuarantinedResource, StreamPatient, SyncStream
 
 SYNC_TYPES = ("Organization", "Location", "PractitionerRole", "Patient", "RelatedPerson", "Encounter",
@@ -161,7 +162,43 @@ def quarantine(session: Session, clock: Clock, connection_id: int, resource_type
     )
 
 
+RESOLVE_CHUNK = 500  # ids per UPDATE: far below any driver's limit on bound parameters
+
+
+def resolve_quarantined(session: Session, clock: Clock, connection_id: int, resource_type: str,
+                        fhir_ids: Collection[str]) -> int:
+    """Quarantined resources the EHR has since sent again, valid, or deleted: nothing is left for IT to mend.
+    The rows stay (with `resolved_at`) as the record of what was refused. Returns how many were resolved."""
+    resolved = 0
+    ids = sorted(set(fhir_ids))
+    table = QuarantinedResource
+    for start in range(0, len(ids), RESOLVE_CHUNK):
+        result = session.execute(update(table).where(
+            col(table.connection_id) == connection_id, col(table.resource_type) == resource_type,
+            col(table.fhir_id).in_(ids[start:start + RESOLVE_CHUNK]), col(table.resolved_at).is_(None),
+        ).values(resolved_at=clock()))
+        resolved += result.rowcount  # type: ignore[attr-defined]
+    return resolved
+
+
 def quarantined(session: Session, connection_id: int) -> list[QuarantinedResource]:
+    """What IT still has to look at: quarantined and not since resolved."""
     query = select(QuarantinedResource).where(QuarantinedResource.connection_id == connection_id,
                                               col(QuarantinedResource.resolved_at).is_(None))
     return list(session.exec(query))
+
+
+def open_quarantined_ids(session: Session, connection_id: int, resource_type: str) -> set[str]:
+    """The ids of what is still quarantined, where they are ids at all (a resource may be refused for its id)."""
+    table = QuarantinedResource
+    return {fhir_id for fhir_id in session.exec(select(table.fhir_id).where(
+        col(table.connection_id) == connection_id, col(table.resource_type) == resource_type,
+        col(table.resolved_at).is_(None))) if is_id(fhir_id)}
+
+
+def open_quarantine_counts(session: Session) -> dict[tuple[int, str], int]:
+    """(connection id, resource type) -> resources quarantined and not resolved, for the admin pages."""
+    table = QuarantinedResource
+    query = (select(table.connection_id, table.resource_type, func.count())
+             .where(col(table.resolved_at).is_(None)).group_by(col(table.connection_id), col(table.resource_type)))
+    return {(cid, rtype): n for cid, rtype, n in session.exec(query)}

@@ -125,14 +125,17 @@ class SyncSummary:
         return " · ".join(parts)
 
 
-def sync_summary(sync_streams: Iterable[SyncStream], now: datetime) -> SyncSummary:
-    """Over the enabled streams: how many end in an error, what is quarantined, and the largest lag (a stream
+def sync_summary(sync_streams: Iterable[SyncStream], now: datetime,
+                 open_quarantined: Mapping[tuple[int, str], int]) -> SyncSummary:
+    """Over the enabled streams: how many end in an error, what is still quarantined (`open_quarantined`:
+    (connection id, type) -> count, as `prm.streams.open_quarantine_counts`), and the largest lag (a stream
     never caught up makes the whole connection "never synced")."""
     enabled = [s for s in sync_streams if s.enabled]
     caught_up = [s.caught_up_at for s in enabled]
     oldest = None if not caught_up or None in caught_up else min(c for c in caught_up if c is not None)
-    return SyncSummary(streams=len(enabled), failing=sum(1 for s in enabled if s.last_error),
-                       quarantined=sum(s.quarantined for s in enabled), worst_lag=lag(oldest, now))
+    held = sum(open_quarantined.get((s.connection_id, s.resource_type), 0) for s in enabled)
+    return SyncSummary(streams=len(enabled), failing=sum(1 for s in enabled if s.last_error), quarantined=held,
+                       worst_lag=lag(oldest, now))
 
 
 def secret_state(sealed: str | None) -> str:

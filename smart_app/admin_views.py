@@ -129,10 +129,11 @@ def connection_list() -> str:
     with prm().db.session() as session:
         rows = connections.list_all(session)
         grouped = streams.by_connection(session)
+        held = streams.open_quarantine_counts(session)
     now = prm().settings.clock()
     return render_template("admin_connections.html", connections=rows,
                            capability={row.name: admin_present.capability(row.capability_profile) for row in rows},
-                           sync={row.name: admin_present.sync_summary(grouped.get(row.id or 0, []), now)
+                           sync={row.name: admin_present.sync_summary(grouped.get(row.id or 0, []), now, held)
                                  for row in rows})
 
 
@@ -143,9 +144,11 @@ def connection_detail(name: str) -> str:
         row = connections.by_name(session, name)
         sync_streams = streams.of_connection(session, row.id or 0)
         held = streams.quarantined(session, row.id or 0)
+        open_counts = streams.open_quarantine_counts(session)
         subscribed = ehr_subscriptions.of_connection(session, row.id or 0)
     return render_template("admin_connection.html", c=row, capability=admin_present.capability(row.capability_profile),
                            secret_state=admin_present.secret_state, sync_streams=sync_streams, quarantined=held,
+                           open_quarantined={t: n for (cid, t), n in open_counts.items() if cid == row.id},
                            strategies=streams.STRATEGIES, subscriptions=subscribed,
                            subscription_support=(row.capability_profile or {}).get("subscriptions") or {},
                            subscription_scopes=connections.SUBSCRIPTION_SCOPES, lag=admin_present.lag,

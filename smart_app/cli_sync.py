@@ -23,7 +23,7 @@ def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else "never"
 
 
-def _status_row(name: str, stream: SyncStream, now: datetime) -> dict[str, Any]:
+def _status_row(name: str, stream: SyncStream, now: datetime, open_quarantined: int) -> dict[str, Any]:
     lag = (now - stream.caught_up_at).total_seconds() if stream.caught_up_at else None
     return {"connection": name, "type": stream.resource_type, "phase": stream.phase, "enabled": stream.enabled,
             "strategy": stream.strategy,
@@ -32,7 +32,7 @@ def _status_row(name: str, stream: SyncStream, now: datetime) -> dict[str, Any]:
             "caught_up": stream.caught_up_at.isoformat() if stream.caught_up_at else None,
             "lag_s": round(lag) if lag is not None else None, "pages": stream.pages,
             "resources": stream.resources_synced, "deleted": stream.deleted_synced,
-            "quarantined": stream.quarantined, "error": stream.last_error,
+            "quarantined": stream.quarantined, "quarantined_open": open_quarantined, "error": stream.last_error,
             "pass": _pass_row(stream)}
 
 
@@ -62,8 +62,10 @@ def sync_status(name: str | None, as_json: bool) -> None:
     rows: list[dict[str, Any]] = []
     with ctx.db.session() as session:
         chosen = [connections.by_name(session, name)] if name else connections.list_all(session)
+        open_counts = streams.open_quarantine_counts(session)
         for connection in chosen:
-            rows += [_status_row(connection.name, s, now) for s in streams.of_connection(session, connection.id or 0)]
+            rows += [_status_row(connection.name, s, now, open_counts.get((connection.id or 0, s.resource_type), 0))
+                     for s in streams.of_connection(session, connection.id or 0)]
             rows += [{"connection": connection.name, "type": q.resource_type, "quarantined_id": q.fhir_id,
                       "error": q.error} for q in streams.quarantined(session, connection.id or 0)]
             rows += [_subscription_row(connection.name, s)
@@ -84,7 +86,7 @@ def sync_status(name: str | None, as_json: bool) -> None:
         success = (row["last_success"] or "never")[:19].replace("T", " ")
         under_way = f"[{row['pass']['kind']} pass under way] " if row["pass"] else ""
         click.echo(f"{row['connection']:14} {row['type']:17} {row['phase']:11} {row['resources']:>9} "
-                   f"{row['quarantined']:>5} {success:19} {under_way}{row['error'] or ''}")
+                   f"{row['quarantined_open']:>5} {success:19} {under_way}{row['error'] or ''}")
 
 
 @sync.command("strategy", help="How a connection's streams sync: auto (what `prm connection check` found), bulk "

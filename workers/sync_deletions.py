@@ -73,7 +73,8 @@ def find_deletions(ctx: WorkerContext, access: EhrAccess, stream_id: int, mark_b
 
 def _reconcile(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, patient_scoped: bool, lease: StreamLease,
                listed: set[str] | None) -> list[str]:
-    """The snapshot's live ids the EHR no longer has: missing from its listing, and not found when asked."""
+    """The snapshot's live ids the EHR no longer has: missing from its listing, and not found when asked. Ids
+    still in quarantine are compared too (they never reached the snapshot): one the EHR deleted is resolved."""
     params = [("identifier", f"{IDENTIFIER_SYSTEM}|")] if stream.resource_type in WRITTEN_TYPES else []
     if listed is not None:
         on_server = listed
@@ -82,7 +83,10 @@ def _reconcile(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, patien
     else:
         on_server = _all_ids(access, stream.resource_type, params or None, lease)
     with ctx.db.session() as session:
-        missing = sorted(snapshots.live_ids(session, stream.connection_id, stream.resource_type) - on_server)
+        known = snapshots.live_ids(session, stream.connection_id, stream.resource_type)
+        if stream.quarantined:
+            known |= streams.open_quarantined_ids(session, stream.connection_id, stream.resource_type)
+        missing = sorted(known - on_server)
     still_there = _still_there(access, stream.resource_type, missing, params, lease,
                                by_read=patient_scoped and stream.resource_type != "Patient")
     if still_there:

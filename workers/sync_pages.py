@@ -61,6 +61,8 @@ def commit_prepared(ctx: WorkerContext, stream_id: int, prepared: PreparedPage, 
 def _store(ctx: WorkerContext, session: Session, stream: SyncStream, prepared: PreparedPage, deleted_ids: list[str],
            move_cursor: bool, client: str) -> PageResult:
     result = PageResult(skipped=prepared.skipped)
+    if stream.quarantined:  # a stream that never quarantined anything has nothing to resolve: no query
+        _resolve_quarantined(ctx, session, stream, prepared, deleted_ids)
     for payload, error in prepared.bad:
         if streams.quarantine(session, ctx.settings.clock, stream.connection_id, stream.resource_type, payload, error):
             result.quarantined += 1
@@ -82,6 +84,17 @@ def _store(ctx: WorkerContext, session: Session, stream: SyncStream, prepared: P
                      outcome="success" if not result.quarantined else "partial",
                      detail=f"quarantined {result.quarantined}" if result.quarantined else None)
     return result
+
+
+def _resolve_quarantined(ctx: WorkerContext, session: Session, stream: SyncStream, prepared: PreparedPage,
+                         deleted_ids: list[str]) -> None:
+    """A resource quarantined earlier that this page brings valid (pages come in `_lastUpdated` order, so it is
+    the EHR's newer copy) or deleted is mended at the source; one the page brings invalid again stays open."""
+    bad = {str(payload.get("id")) for payload, _ in prepared.bad}
+    settled = {fhir_id for fhir_id, _ in prepared.instants if fhir_id not in bad} | set(deleted_ids)
+    if settled and (resolved := streams.resolve_quarantined(session, ctx.settings.clock, stream.connection_id,
+                                                             stream.resource_type, settled)):
+        log.info("stream %s: %d quarantined resource(s) resolved by the EHR", stream.id, resolved)
 
 
 def _warn(stream_id: int, result: PageResult) -> None:

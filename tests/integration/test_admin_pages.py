@@ -400,12 +400,24 @@ def test_sync_health_is_shown_after_prm_sync_run(live_app: LiveApp, sandbox: San
         streams.keep_place(location, "reread", "https://ehr.example/fhir/Location?_offset=500",
                            datetime(2026, 11, 20, 11, 55, tzinfo=UTC))
         streams.record_error(location, lambda: datetime(2026, 11, 20, 11, 58, tzinfo=UTC), "HTTP 503 from the EHR")
+        location.quarantined += 2  # two refused so far; the EHR has since mended one
+        for fhir_id in ("loc-bad-1", "loc-bad-2"):
+            streams.quarantine(session, lambda: datetime(2026, 11, 20, 11, 50, tzinfo=UTC), connection_id, "Location",
+                               {"resourceType": "Location", "id": fhir_id}, "name: not a string")
+        streams.resolve_quarantined(session, lambda: datetime(2026, 11, 20, 11, 56, tzinfo=UTC), connection_id,
+                                    "Location", ["loc-bad-1"])
         session.add(location)
     database.dispose()
     page = signed_in(live_app, accounts["it_admin"]).get("/admin/connections/sandbox")
     assert re.search(r'<tr data-type="Location">.*?reread pass under way since 2026-11-20 11:55 UTC', page.text, re.S)
+    assert re.search(r'<tr data-type="Location">.*?<td class="quarantined">1 / 2</td>', page.text, re.S)
+    assert "Location/loc-bad-2: name: not a string" in page.text and "loc-bad-1" not in page.text
     listed = signed_in(live_app, accounts["it_admin"]).get("/admin/connections").text
-    assert re.search(r'<td class="sync-failing">1 of 9 streams failing · lag \d+ (s|min)</td>', listed)
+    assert re.search(r'<td class="sync-failing">1 of 9 streams failing · 1 quarantined · lag \d+ (s|min)</td>', listed)
+    status = json.loads(live_app.prm("sync", "status", "--connection", "sandbox", "--json").stdout)
+    assert [(r["quarantined_open"], r["quarantined"]) for r in status if r.get("type") == "Location"
+            and "phase" in r] == [(1, 2)]
+    assert [r["quarantined_id"] for r in status if "quarantined_id" in r] == ["loc-bad-2"]
 
 
 _STRATEGY_FORM = re.compile(r'action="/admin/connections/sandbox/streams/Encounter/strategy">\s*'

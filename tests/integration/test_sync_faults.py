@@ -22,7 +22,7 @@ from ehr_sandbox.config import SandboxConfig
 from prm import audit, connections, streams
 from prm.errors import AuthExpiredError, PermanentEhrError
 from prm.models import Lease
-from prm.snapshot_models import SyncStream
+from prm.snapshot_models import QuarantinedResource, SyncStream
 from tests.integration.sync_env import SyncEnv, sync_database
 from tests.support.fault_proxy import FaultyEhr
 from workers import stream_leases
@@ -136,6 +136,37 @@ def test_invalid_resources_are_quarantined_and_the_rest_synced(env: SyncEnv, fau
     assert [q.fhir_id for q in held] == [broken["entry"][3]["resource"]["id"]] and "birthDate" in held[0].error
     bad_id = held[0].fhir_id
     assert env.snapshot("Patient") == {v for v in env.server("Patient") if v[0] != bad_id}
+
+
+def test_a_quarantined_resource_the_ehr_mends_or_deletes_leaves_the_quarantine(env: SyncEnv,
+                                                                                faulty: FaultyEhr) -> None:
+    """Two Patients refused at the first load. The EHR then sends one again, valid (a new version), and deletes
+    the other, on an EHR whose `_history` fails, so only the id comparison can see it (the id was never in the
+    snapshot). Both leave IT's list, kept on record as resolved; the snapshot then equals the server's."""
+    bundle = requests.get(f"{faulty.stack.fhir_internal_url}/Patient?_sort=_lastUpdated&_count=200", timeout=30).json()
+    broken = copy.deepcopy(bundle)
+    mended, deleted = (broken["entry"][i]["resource"] for i in (3, 5))
+    mended["birthDate"], deleted["gender"] = "the year the river froze", "sometimes"
+    faulty.proxy.add_fault(r"^/fhir/Patient\?_sort=_lastUpdated&_count=200$", status=200, body=json.dumps(broken))
+    assert env.run_all(("Patient",))["Patient"].quarantined == 2
+    with env.ctx.db.session() as session:
+        assert {q.fhir_id for q in streams.quarantined(session, env.connection_id)} == {mended["id"], deleted["id"]}
+
+    env.put(env.read("Patient", mended["id"]))  # a new version, as the EHR has it (valid)
+    env.delete("Patient", deleted["id"])
+    faulty.proxy.add_fault(r"/_history", status=404, times=10)
+    with env.ctx.db.session() as session:
+        [stream] = [s for s in streams.of_connection(session, env.connection_id) if s.resource_type == "Patient"]
+        stream.reconciled_at = None  # make the (6-hourly) id comparison due
+        session.add(stream)
+    env.run_all(("Patient",))
+    with env.ctx.db.session() as session:
+        assert streams.quarantined(session, env.connection_id) == []
+        assert streams.open_quarantine_counts(session) == {}
+        kept = session.exec(select(QuarantinedResource)).all()
+    assert sorted((q.fhir_id, q.resolved_at is not None) for q in kept) == sorted(
+        [(mended["id"], True), (deleted["id"], True)])
+    assert env.snapshot("Patient") == env.server("Patient")
 
 
 def test_an_expired_paging_link_restarts_the_listing(env: SyncEnv, faulty: FaultyEhr) -> None:

@@ -14,7 +14,7 @@ from prm.config import Settings
 from prm.crypto import SecretBox
 from prm.db import Database
 from prm.pg_copy import COPY_FROM_ROWS
-from prm.snapshot_models import SyncStream, Visit
+from prm.snapshot_models import QuarantinedResource, SyncStream, Visit
 
 DATA = Path(__file__).resolve().parents[3] / "ehr_sandbox" / "data" / "sandbox"
 T0 = datetime(2026, 11, 20, 12, tzinfo=UTC)
@@ -96,6 +96,28 @@ def test_quarantine_keeps_each_bad_version_once(database: Database, settings: Se
         assert streams.quarantine(session, settings.clock, cid, "Encounter", bad, "status: not a code")
         assert not streams.quarantine(session, settings.clock, cid, "Encounter", bad, "status: not a code")
         assert [q.fhir_id for q in streams.quarantined(session, cid)] == ["x"]
+
+
+def test_a_resolved_quarantine_leaves_the_open_list_and_stays_on_record(database: Database,
+                                                                         settings: Settings) -> None:
+    """Resolving touches only this connection and type, only open rows, and any number of ids (in chunks)."""
+    cid = connection_id(database, settings)
+    with database.session() as session:
+        for fhir_id, rtype in (("x", "Encounter"), ("y", "Encounter"), ("x", "Appointment"), ("", "Encounter")):
+            streams.quarantine(session, settings.clock, cid, rtype, {"resourceType": rtype, "id": fhir_id}, "bad")
+    with database.session() as session:
+        assert streams.open_quarantine_counts(session) == {(cid, "Encounter"): 3, (cid, "Appointment"): 1}
+        assert streams.open_quarantined_ids(session, cid, "Encounter") == {"x", "y"}  # "" is no id to ask about
+        many = [f"id-{n}" for n in range(streams.RESOLVE_CHUNK * 2)] + ["x"]
+        assert streams.resolve_quarantined(session, settings.clock, cid, "Encounter", many) == 1
+        assert streams.resolve_quarantined(session, settings.clock, cid, "Encounter", ["x"]) == 0  # once
+        assert streams.resolve_quarantined(session, settings.clock, cid + 1, "Encounter", ["y"]) == 0
+    with database.session() as session:
+        assert sorted((q.resource_type, q.fhir_id) for q in streams.quarantined(session, cid)) == [
+            ("Appointment", "x"), ("Encounter", ""), ("Encounter", "y")]
+        kept = session.exec(select(QuarantinedResource).where(QuarantinedResource.fhir_id == "x")).all()
+        assert sorted((q.resource_type, q.resolved_at is not None) for q in kept) == [
+            ("Appointment", False), ("Encounter", True)]
 
 
 def test_a_page_with_the_same_resource_twice_keeps_the_newer(database: Database, settings: Settings) -> None:

@@ -37,12 +37,14 @@ def _stream(resource_type: str, caught_up: datetime | None, error: str | None = 
 
 
 def test_sync_summary_names_failing_streams_quarantine_and_the_worst_lag() -> None:
+    """Quarantine as still open (resolved ones are the EHR's mended resources), not the stream's running total."""
     fresh = _stream("Patient", NOW - timedelta(seconds=40))
-    assert sync_summary([], NOW).label == "no streams" and sync_summary([], NOW).status == "not-synced"
-    calm = sync_summary([fresh, _stream("Encounter", NOW - timedelta(minutes=7))], NOW)
+    assert sync_summary([], NOW, {}).label == "no streams" and sync_summary([], NOW, {}).status == "not-synced"
+    calm = sync_summary([fresh, _stream("Encounter", NOW - timedelta(minutes=7))], NOW, {(1, "Encounter"): 0})
     assert (calm.status, calm.label) == ("ok", "2 streams · lag 7 min")
-    troubled = sync_summary([fresh, _stream("Encounter", NOW - timedelta(hours=3), "HTTP 503", quarantined=2),
-                             _stream("Task", None, enabled=False)], NOW)
+    troubled = sync_summary([fresh, _stream("Encounter", NOW - timedelta(hours=3), "HTTP 503", quarantined=5),
+                             _stream("Task", None, enabled=False)], NOW,
+                            {(1, "Encounter"): 2, (1, "Task"): 1, (2, "Patient"): 4})  # Task is off; 2 is another
     assert (troubled.status, troubled.label) == ("failing", "1 of 2 streams failing · 2 quarantined · lag 3 h")
-    first_load = sync_summary([fresh, _stream("Encounter", None)], NOW)
+    first_load = sync_summary([fresh, _stream("Encounter", None)], NOW, {})
     assert first_load.label == "2 streams · not caught up yet"
