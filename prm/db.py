@@ -8,7 +8,7 @@ enqueue that fails (Redis down) loses nothing: the sweeper finds the row later.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -187,6 +187,16 @@ def _insert_ignoring(session: Session, table: Any, conflict: list[str] | None) -
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
     return sqlite_insert(table).on_conflict_do_nothing(index_elements=conflict)
+
+
+IDS_PER_STATEMENT = 500  # values in one `IN (...)`: far below PostgreSQL's limit (65,535) and SQLite's (by build)
+
+
+def in_chunks(ids: Sequence[str]) -> Iterator[list[str]]:
+    """`ids` a statement's worth at a time, so a list of any length stays under the limits on bound parameters
+    (a mass deletion at the EHR hands the sync tens of thousands at once)."""
+    for start in range(0, len(ids), IDS_PER_STATEMENT):
+        yield list(ids[start:start + IDS_PER_STATEMENT])
 
 
 def insert_ignore(session: Session, table: Any, values: dict[str, Any], conflict: list[str] | None) -> bool:

@@ -13,12 +13,13 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import Session, SQLModel, col, select
 
+from prm.db import in_chunks
 from prm.pg_copy import COPY_FROM_ROWS
 from prm.snapshot_models import WrittenResource
 from prm.snapshot_rows import TABLES, encode_rows, newest_by_id, store_encoded, upsert_statement
 
 __all__ = [
-    "IDS_PER_QUERY", "TABLES", "live_ids", "mark_deleted", "stamps_of", "store_encoded", "upsert_page", "versions",
+    "TABLES", "live_ids", "mark_deleted", "stamps_of", "store_encoded", "upsert_page", "versions",
 ]
 
 
@@ -41,11 +42,14 @@ def mark_deleted(session: Session, connection_id: int, resource_type: str, fhir_
     if not fhir_ids:
         return 0
     table = TABLES[resource_type]
-    conditions = [col(table.connection_id) == connection_id, col(table.fhir_id).in_(fhir_ids)]  # type: ignore[attr-defined]
-    if table is WrittenResource:
-        conditions.append(col(WrittenResource.resource_type) == resource_type)
-    result = session.execute(update(table).where(*conditions).values(deleted=True))
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    marked = 0
+    for chunk in in_chunks(fhir_ids):
+        conditions = [col(table.connection_id) == connection_id, col(table.fhir_id).in_(chunk)]  # type: ignore[attr-defined]
+        if table is WrittenResource:
+            conditions.append(col(WrittenResource.resource_type) == resource_type)
+        result = session.execute(update(table).where(*conditions).values(deleted=True))
+        marked += int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return marked
 
 
 def live_ids(session: Session, connection_id: int, resource_type: str) -> set[str]:
@@ -58,19 +62,16 @@ def live_ids(session: Session, connection_id: int, resource_type: str) -> set[st
     return set(session.exec(query))
 
 
-IDS_PER_QUERY = 500
-
-
 def stamps_of(session: Session, connection_id: int, resource_type: str,
               fhir_ids: Sequence[str]) -> dict[str, datetime | None]:
-    """`last_updated` of the live rows among `fhir_ids`: what the snapshot already holds of them. Asked in
-    chunks, so a long list stays under the databases' limits on bound parameters."""
+    """`last_updated` of the live rows among `fhir_ids`: what the snapshot already holds of them (asked in
+    chunks, `prm.db.in_chunks`)."""
     table = TABLES[resource_type]
     found: dict[str, datetime | None] = {}
-    for start in range(0, len(fhir_ids), IDS_PER_QUERY):
+    for chunk in in_chunks(fhir_ids):
         query = select(table.fhir_id, table.last_updated).where(  # type: ignore[attr-defined]
             col(table.connection_id) == connection_id, col(table.deleted).is_(False),  # type: ignore[attr-defined]
-            col(table.fhir_id).in_(list(fhir_ids[start:start + IDS_PER_QUERY])))  # type: ignore[attr-defined]
+            col(table.fhir_id).in_(chunk))  # type: ignore[attr-defined]
         if table is WrittenResource:
             query = query.where(col(WrittenResource.resource_type) == resource_type)
         found.update(session.exec(query).all())

@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 
 from prm import audit
 from prm.clock import Clock
-from prm.db import insert_ignore, insert_ignore_many
+from prm.db import in_chunks, insert_ignore, insert_ignore_many
 from prm.errors import NotFoundError, ValidationError
 from prm.fhir_names import is_id, version_of
 from prm.snapshot_models import QuarantinedResource, StreamPatient, SyncStream
@@ -162,20 +162,16 @@ def quarantine(session: Session, clock: Clock, connection_id: int, resource_type
     )
 
 
-RESOLVE_CHUNK = 500  # ids per UPDATE: far below any driver's limit on bound parameters
-
-
 def resolve_quarantined(session: Session, clock: Clock, connection_id: int, resource_type: str,
                         fhir_ids: Collection[str]) -> int:
     """Quarantined resources the EHR has since sent again, valid, or deleted: nothing is left for IT to mend.
     The rows stay (with `resolved_at`) as the record of what was refused. Returns how many were resolved."""
     resolved = 0
-    ids = sorted(set(fhir_ids))
     table = QuarantinedResource
-    for start in range(0, len(ids), RESOLVE_CHUNK):
+    for chunk in in_chunks(sorted(set(fhir_ids))):
         result = session.execute(update(table).where(
             col(table.connection_id) == connection_id, col(table.resource_type) == resource_type,
-            col(table.fhir_id).in_(ids[start:start + RESOLVE_CHUNK]), col(table.resolved_at).is_(None),
+            col(table.fhir_id).in_(chunk), col(table.resolved_at).is_(None),
         ).values(resolved_at=clock()))
         resolved += result.rowcount  # type: ignore[attr-defined]
     return resolved

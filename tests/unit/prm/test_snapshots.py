@@ -12,7 +12,7 @@ from fhir_mappings.encounter import visit_from_encounter
 from prm import connections, snapshots, streams
 from prm.config import Settings
 from prm.crypto import SecretBox
-from prm.db import Database
+from prm.db import IDS_PER_STATEMENT, Database
 from prm.pg_copy import COPY_FROM_ROWS
 from prm.snapshot_models import QuarantinedResource, SyncStream, Visit
 
@@ -108,7 +108,7 @@ def test_a_resolved_quarantine_leaves_the_open_list_and_stays_on_record(database
     with database.session() as session:
         assert streams.open_quarantine_counts(session) == {(cid, "Encounter"): 3, (cid, "Appointment"): 1}
         assert streams.open_quarantined_ids(session, cid, "Encounter") == {"x", "y"}  # "" is no id to ask about
-        many = [f"id-{n}" for n in range(streams.RESOLVE_CHUNK * 2)] + ["x"]
+        many = [f"id-{n}" for n in range(IDS_PER_STATEMENT * 2)] + ["x"]
         assert streams.resolve_quarantined(session, settings.clock, cid, "Encounter", many) == 1
         assert streams.resolve_quarantined(session, settings.clock, cid, "Encounter", ["x"]) == 0  # once
         assert streams.resolve_quarantined(session, settings.clock, cid + 1, "Encounter", ["y"]) == 0
@@ -158,7 +158,7 @@ def test_a_large_page_keeps_the_version_rule_and_every_field(database: Database,
 
 def test_stamps_of_answers_for_more_ids_than_one_query_takes(database: Database, settings: Settings) -> None:
     cid = connection_id(database, settings)
-    page = [visit_from_encounter(r) for r in encounters(snapshots.IDS_PER_QUERY * 2 + 10)]
+    page = [visit_from_encounter(r) for r in encounters(IDS_PER_STATEMENT * 2 + 10)]
     with database.session() as session:
         snapshots.upsert_page(session, cid, "Encounter", page)
         snapshots.mark_deleted(session, cid, "Encounter", [page[0].fhir_id])
@@ -167,3 +167,18 @@ def test_stamps_of_answers_for_more_ids_than_one_query_takes(database: Database,
         stamps = snapshots.stamps_of(session, cid, "Encounter", asked)
     assert set(stamps) == {v.fhir_id for v in page[1:]}, "live rows only, each chunk answered"
     assert all(stamps[v.fhir_id] == v.last_updated for v in page[1:])
+
+
+def test_a_mass_deletion_is_marked_whatever_its_size(database: Database, settings: Settings) -> None:
+    """An EHR that purged a lot hands the sync more ids than one statement may bind (PostgreSQL takes 65,535;
+    SQLite's limit depends on its build): marked all the same, in chunks. One IN of them all failed the stream
+    on PostgreSQL, on every run."""
+    cid = connection_id(database, settings)
+    page = [visit_from_encounter(r) for r in encounters(30)]
+    with database.session() as session:
+        snapshots.upsert_page(session, cid, "Encounter", page)
+    gone = [f"purged-{n}" for n in range(70_000)] + [v.fhir_id for v in page[:20]]
+    with database.session() as session:
+        assert snapshots.mark_deleted(session, cid, "Encounter", gone) == 20
+    with database.session() as session:
+        assert snapshots.live_ids(session, cid, "Encounter") == {v.fhir_id for v in page[20:]}
