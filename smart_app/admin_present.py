@@ -56,9 +56,14 @@ def capability(profile: dict[str, Any] | None) -> CapabilitySummary:
 
 def lag(caught_up: datetime | None, now: datetime) -> str:
     """How far a stream's picture trails the EHR: the time since a run last read all there was, coarsely."""
-    if caught_up is None:
+    return lag_words(None if caught_up is None else (now - caught_up).total_seconds())
+
+
+def lag_words(seconds_behind: float | None) -> str:
+    """A lag in seconds (None: never caught up) in its largest whole unit; never negative (clocks differ)."""
+    if seconds_behind is None:
         return "never synced"
-    seconds = max(0, round((now - caught_up).total_seconds()))
+    seconds = max(0, round(seconds_behind))
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size:
             return f"{seconds // size} {unit}"

@@ -12,6 +12,7 @@ import click
 from prm import connections, ehr_subscriptions, streams
 from prm.config import load_settings
 from prm.snapshot_models import EhrSubscription, SyncStream
+from smart_app import admin_present
 
 
 @click.group(help="Background sync from the EHRs.")
@@ -73,7 +74,8 @@ def sync_status(name: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(f"{'CONNECTION':14} {'TYPE':17} {'PHASE':11} {'RESOURCES':>9} {'QUAR':>5} {'LAST SUCCESS':19} ERROR")
+    click.echo(f"{'CONNECTION':14} {'TYPE':17} {'PHASE':11} {'RESOURCES':>9} {'QUAR':>5} {'CURSOR (EHR CLOCK)':19} "
+               f"{'LAST SUCCESS':19} {'LAG':>7} ERROR")
     for row in rows:
         if "quarantined_id" in row:
             click.echo(f"{row['connection']:14} {row['type']:17} quarantined {row['quarantined_id']}: {row['error']}")
@@ -81,12 +83,15 @@ def sync_status(name: str | None, as_json: bool) -> None:
         if "subscription" in row:
             heard = (row["last_heard"] or "never")[:19].replace("T", " ")
             click.echo(f"{row['connection']:14} {'subscription':17} {row['status']:11} {row['notifications']:>9} "
-                       f"{'':>5} {heard:19} {row['subscription']} -> {','.join(row['types'])} {row['error'] or ''}")
+                       f"{'':>5} {'':19} {heard:19} {'':>7} {row['subscription']} -> {','.join(row['types'])} "
+                       f"{row['error'] or ''}")
             continue
         success = (row["last_success"] or "never")[:19].replace("T", " ")
+        cursor = (row["cursor"] or "-")[:19].replace("T", " ")
         under_way = f"[{row['pass']['kind']} pass under way] " if row["pass"] else ""
         click.echo(f"{row['connection']:14} {row['type']:17} {row['phase']:11} {row['resources']:>9} "
-                   f"{row['quarantined_open']:>5} {success:19} {under_way}{row['error'] or ''}")
+                   f"{row['quarantined_open']:>5} {cursor:19} {success:19} {admin_present.lag_words(row['lag_s']):>7} "
+                   f"{under_way}{row['error'] or ''}")
 
 
 @sync.command("strategy", help="How a connection's streams sync: auto (what `prm connection check` found), bulk "

@@ -418,6 +418,12 @@ def test_sync_health_is_shown_after_prm_sync_run(live_app: LiveApp, sandbox: San
     assert [(r["quarantined_open"], r["quarantined"]) for r in status if r.get("type") == "Location"
             and "phase" in r] == [(1, 2)]
     assert [r["quarantined_id"] for r in status if "quarantined_id" in r] == ["loc-bad-2"]
+    table = live_app.prm("sync", "status", "--connection", "sandbox").stdout.splitlines()
+    assert table[0].split() == ["CONNECTION", "TYPE", "PHASE", "RESOURCES", "QUAR", "CURSOR", "(EHR", "CLOCK)",
+                                "LAST", "SUCCESS", "LAG", "ERROR"]
+    location = next(line for line in table if line.split()[1] == "Location")
+    assert re.fullmatch(r"sandbox +Location +incremental +\d+ +1 +\S+ \S+ +\S+ \S+ +\d+ (s|min) +"
+                        r"\[reread pass under way\] HTTP 503 from the EHR", location), location
 
 
 _STRATEGY_FORM = re.compile(r'action="/admin/connections/sandbox/streams/Encounter/strategy">\s*'
