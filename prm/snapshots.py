@@ -14,12 +14,13 @@ from sqlalchemy import update
 from sqlmodel import Session, SQLModel, col, select
 
 from prm.db import in_chunks
+from prm.fhir_names import is_id
 from prm.pg_copy import COPY_FROM_ROWS
-from prm.snapshot_models import WrittenResource
+from prm.snapshot_models import PatientRecord, WrittenResource
 from prm.snapshot_rows import TABLES, encode_rows, newest_by_id, store_encoded, upsert_statement
 
 __all__ = [
-    "TABLES", "live_ids", "mark_deleted", "stamps_of", "store_encoded", "upsert_page", "versions",
+    "TABLES", "live_ids", "mark_deleted", "merge_survivors", "stamps_of", "store_encoded", "upsert_page", "versions",
 ]
 
 
@@ -50,6 +51,15 @@ def mark_deleted(session: Session, connection_id: int, resource_type: str, fhir_
         result = session.execute(update(table).where(*conditions).values(deleted=True))
         marked += int(result.rowcount or 0)  # type: ignore[attr-defined]
     return marked
+
+
+def merge_survivors(session: Session, connection_id: int) -> set[str]:
+    """The records live patients were merged into (`Patient.link` replaced-by), to follow: where the EHR lists
+    patients only by a Group, a survivor outside it would otherwise never be read, nor its visits."""
+    query = select(PatientRecord.replaced_by).where(
+        col(PatientRecord.connection_id) == connection_id, col(PatientRecord.deleted).is_(False),
+        col(PatientRecord.replaced_by).is_not(None))
+    return {fhir_id for fhir_id in session.exec(query) if fhir_id and is_id(fhir_id)}
 
 
 def live_ids(session: Session, connection_id: int, resource_type: str) -> set[str]:

@@ -1,7 +1,8 @@
 """Patient by patient: how a stream syncs on an EHR that allows patient-scoped searches only (common in
 production). One `_lastUpdated` window per known patient (or batch of patient ids, for Patient itself), all
 from the same cursor; a patient this stream has not read in full yet (new to the population: the export
-Group's new members, or someone another stream found) has no window: their whole record is read once.
+Group's new members, the record a known patient was merged into, or someone another stream found) has no
+window: their whole record is read once.
 
 A population is large and a run is short (a job's time budget), so a pass goes on where the last run stopped:
 the population is walked in id order, and the stream keeps the last patient done, and who among the new ones
@@ -45,6 +46,8 @@ def patient_windows(ctx: WorkerContext, access: EhrAccess, connection: Connectio
     with ctx.db.session() as session:
         stream = streams.get(session, stream_id)
         known = snapshots.live_ids(session, stream.connection_id, "Patient")
+        if stream.resource_type == "Patient":  # follow `replaced-by`: a merge's survivor joins the population
+            known |= snapshots.merge_survivors(session, stream.connection_id)
         read = streams.patients_read(session, stream_id)
         position, began = streams.pass_place(stream, PATIENT_KIND)
     if stream.resource_type == "Patient" and connection.export_group:  # the Group's new members join

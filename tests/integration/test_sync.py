@@ -13,7 +13,7 @@ from sqlmodel import col, select
 
 from ehr_sandbox.config import SandboxConfig
 from ehr_sandbox.stack import SandboxStack
-from prm import audit, streams
+from prm import audit, snapshots, streams
 from prm.errors import PermanentEhrError
 from prm.models import AuditRecord
 from prm.snapshot_models import StreamPatient, SyncStream
@@ -417,3 +417,36 @@ def test_an_ehr_with_only_group_export_syncs_the_groups_patients_and_its_new_mem
         again = fresh.run_all(tuple(t for t in GROUP_EXPORTED if t != "Patient"))  # ... and is read in full
         assert again["Encounter"].stored == 1 + len(fresh.server("Encounter", [joining]))
         assert_group_in_step(fresh, [*members, joining])
+
+
+def test_a_group_member_merged_into_a_record_outside_the_group_is_followed(tmp_path: Path) -> None:
+    """Where patients are known only through the export Group, a member the EHR merges into a new record
+    (`link` replaced-by) would leave the picture: the survivor is no member, so nothing read it or its visits.
+    The Patient stream follows the link; the survivor's record is read whole, then its visits."""
+    with sync_env(tmp_path, profile="group-export-only", patients=70) as fresh:
+        patients = sorted(i for i, _ in fresh.server("Patient"))
+        members = [p for p in patients[:30] if p not in ("pat-000025", "pat-000026")]  # the data set's own merge
+        fresh.put(group_of("dental-patients", members))
+        fresh.set_export_group("dental-patients")
+        check_connection(fresh.ctx, fresh.connection_id)
+        fresh.run_all(SYNCED)
+        old = fresh.read("Patient", members[0])
+        survivor = {**old, "id": "pat-merged-001", "link": [{"other": {"reference": f"Patient/{old['id']}"},
+                                                             "type": "replaces"}]}
+        survivor.pop("meta", None)
+        fresh.put(survivor)
+        fresh.put({**old, "active": False, "link": [{"other": {"reference": "Patient/pat-merged-001"},
+                                                      "type": "replaced-by"}]})
+        visit = fresh.read("Encounter", next(i for i, _ in fresh.server("Encounter", [old["id"]])))
+        visit = {**visit, "id": "enc-merged-001", "subject": {"reference": "Patient/pat-merged-001"}}
+        visit.pop("meta", None)
+        fresh.put(visit)  # a visit the EHR records on the surviving record
+
+        fresh.run_all(("Patient",))
+        with fresh.ctx.db.session() as session:
+            assert snapshots.merge_survivors(session, fresh.connection_id) == {"pat-merged-001"}
+        fresh.run_all(("Patient",))  # the survivor, new to the population, is read whole
+        fresh.run_all(tuple(t for t in GROUP_EXPORTED if t != "Patient"))
+        assert ("pat-merged-001", fresh.read("Patient", "pat-merged-001")["meta"]["versionId"]) in \
+            fresh.snapshot("Patient")
+        assert_group_in_step(fresh, [*members, "pat-merged-001"])
