@@ -9,6 +9,7 @@ from pathlib import Path
 from sqlmodel import select
 
 from fhir_mappings.encounter import visit_from_encounter
+from fhir_mappings.patient import patient_record_from_patient
 from prm import connections, snapshots, streams
 from prm.config import Settings
 from prm.crypto import SecretBox
@@ -182,3 +183,20 @@ def test_a_mass_deletion_is_marked_whatever_its_size(database: Database, setting
         assert snapshots.mark_deleted(session, cid, "Encounter", gone) == 20
     with database.session() as session:
         assert snapshots.live_ids(session, cid, "Encounter") == {v.fhir_id for v in page[20:]}
+
+
+def test_merge_survivors_are_the_live_records_replaced_by_links(database: Database, settings: Settings) -> None:
+    """The data set's merged duplicate (pat-000025 replaced-by pat-000026) is followed; a tombstoned record's
+    link is not, nor a link that names no FHIR id."""
+    cid = connection_id(database, settings)
+    with (DATA / "Patient.ndjson").open() as lines:
+        patients = {p["id"]: p for p in map(json.loads, lines)}
+    merged = patients["pat-000025"]
+    gone = {**patients["pat-000001"], "link": [{"type": "replaced-by", "other": {"reference": "Patient/pat-x"}}]}
+    odd = {**patients["pat-000002"], "link": [{"type": "replaced-by", "other": {"reference": "Patient/a b"}}]}
+    rows = [patient_record_from_patient(p) for p in (merged, gone, odd, patients["pat-000026"])]
+    with database.session() as session:
+        snapshots.upsert_page(session, cid, "Patient", rows)
+        snapshots.mark_deleted(session, cid, "Patient", ["pat-000001"])
+    with database.session() as session:
+        assert snapshots.merge_survivors(session, cid) == {"pat-000026"}
