@@ -12,16 +12,19 @@ from sqlmodel import Session, SQLModel, col, select
 
 from fhir_mappings.communication import outreach_message_to_communication
 from fhir_mappings.task import care_ticket_status_from_task, care_ticket_to_communication, care_ticket_to_task
-from prm import care_tickets
+from prm import care_tickets, clinic_zones
 from prm.clock import Clock
 from prm.errors import ValidationError
 from prm.followup_models import CareTicket, OutreachMessage
 from prm.models import OutboxRow
 
-MAPPERS: dict[tuple[str, str], Callable[[Any], dict[str, Any]]] = {
-    ("care_ticket", "Task"): care_ticket_to_task,
-    ("care_ticket", "Communication"): care_ticket_to_communication,
-    ("outreach_message", "Communication"): outreach_message_to_communication,
+# (item kind, FHIR type) -> the mapping, given the session (a ticket's fallback Communication dates its due day in
+# the clinic's zone, read from the snapshot) and the item.
+MAPPERS: dict[tuple[str, str], Callable[[Session, Any], dict[str, Any]]] = {
+    ("care_ticket", "Task"): lambda _session, ticket: care_ticket_to_task(ticket),
+    ("care_ticket", "Communication"): lambda session, ticket: care_ticket_to_communication(
+        ticket, zone=clinic_zones.for_care_ticket(session, ticket)),
+    ("outreach_message", "Communication"): lambda _session, message: outreach_message_to_communication(message),
 }
 ITEMS: dict[str, type[SQLModel]] = {"care_ticket": CareTicket, "outreach_message": OutreachMessage}
 # Fields the EHR may add or change that we never render, so a merge must keep them.
@@ -91,7 +94,7 @@ def render(session: Session, row: OutboxRow, resource_type: str, items: dict[str
     mapper = MAPPERS.get((kind, resource_type))
     if mapper is None:
         raise ValidationError(f"{kind} cannot be written as {resource_type}")
-    resource = mapper(item_of(session, row, items))
+    resource = mapper(session, item_of(session, row, items))
     if row.fhir_id and row.written_type == resource_type:
         resource["id"] = row.fhir_id
     return Rendered(row_id=row.id or 0, resource_type=resource_type, resource=resource, revision=row.revision,

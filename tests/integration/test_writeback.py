@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import requests
 
 from fhir_mappings.task import care_ticket_to_task
-from prm import care_tickets
+from prm import care_tickets, connections, outbox
+from prm.followup_models import CareTicketCreate
 from tests.integration.sync_env import SyncEnv, sync_env
 from tests.integration.writeback_env import (
     CLINICIAN,
@@ -108,3 +110,22 @@ def test_the_ehr_completing_a_task_closes_the_ticket_and_edits_are_merged(tmp_pa
         merged = env.read("Task", task_two["id"])
         assert merged["status"] == "in-progress" and merged["note"] == [{"text": "Left a voicemail"}]
         assert on_server(env, "Task") == {"care-ticket/test-0": 1, "care-ticket/test-1": 1}
+
+
+def test_a_fallback_communication_dates_the_due_day_where_the_visit_was(tmp_path: Path) -> None:
+    """A ticket on a Pune visit due at 20:00 UTC is due the next day in Pune (01:30 IST): the Communication
+    that stands in for its Task says that day, with the zone read from the synced Location's extension."""
+    with sync_env(tmp_path, profile="task-writes-refused", patients=80) as env:
+        env.run_all(("Organization", "Location", "Encounter"))
+        with env.ctx.db.session() as session:
+            row = connections.get(session, env.connection_id)
+            assert row is not None
+            spec = CareTicketCreate(patient_id="pat-000010", encounter_id="enc-000010-016", reason="callback-request",
+                                    description="Call back about the physiotherapy course",
+                                    due_at=datetime(2026, 11, 20, 20, 0, tzinfo=UTC), business_key="care-ticket/pune")
+            care_tickets.open_ticket(session, env.ctx.settings.clock, row, spec, CLINICIAN)
+        assert drain(env).written == 1
+        found = requests.get(f"{env.stack.fhir_internal_url}/Communication",
+                             params={"identifier": f"{outbox.IDENTIFIER_SYSTEM}|care-ticket/pune"}, timeout=30).json()
+        [entry] = found["entry"]
+        assert ", due 2026-11-21)" in entry["resource"]["payload"][0]["contentString"]

@@ -1,0 +1,113 @@
+"""The clinic's time zone, for local dates at the edges (DESIGN.md, Time): from the synced Location's or
+Organization's `timezone` extension, up the Organization's `partOf` chain, else the connection's clinic setting.
+
+The EHR's own word comes first (the issue: "the connection's clinic setting is the fallback"). A value that is
+no IANA zone is passed over, as if absent, and logged once per value: a bad extension never breaks a write.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterable, Iterator
+from datetime import UTC, tzinfo
+from typing import TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlmodel import Session, col, select
+
+from prm.followup_models import CareTicket
+from prm.models import Connection
+from prm.snapshot_models import OrganizationRecord, Site, StaffRole, Visit
+
+log = logging.getLogger(__name__)
+MAX_PART_OF = 10  # partOf hops followed: enough for any real hierarchy
+Place = TypeVar("Place", Site, OrganizationRecord)
+
+
+@functools.cache
+def _zone(name: str | None) -> ZoneInfo | None:
+    if not name:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        log.warning("time zone %r (a timezone extension or clinic setting) is no IANA zone: passed over", name)
+        return None
+
+
+def _clinic_zone(connection: Connection, organization_id: str) -> ZoneInfo | None:
+    for clinic in connection.clinics or []:
+        if clinic.get("organization") == f"Organization/{organization_id}" and (zone := _zone(clinic.get("timezone"))):
+            return zone
+    return None
+
+
+def _only_clinic_zone(connection: Connection) -> ZoneInfo | None:
+    """Where every clinic the connection serves is in one zone, that zone; else none can be assumed."""
+    zones = {zone for clinic in connection.clinics or [] if (zone := _zone(clinic.get("timezone")))}
+    return zones.pop() if len(zones) == 1 else None
+
+
+def zone_for(session: Session, connection: Connection, *, location_ids: Iterable[str] = (),
+             organization_ids: Iterable[str] = ()) -> tzinfo:
+    """The zone of the first place that names one: each Location and the Locations it is part of; then each
+    Organization (the Locations' managing ones first), its extension, its clinic setting, then what it is
+    part of; failing all, the zone every configured clinic shares; failing that, UTC."""
+    organizations: list[str] = []
+    for location_id in location_ids:
+        for site in _chain(session, Site, connection, location_id):
+            if zone := _zone(site.timezone):
+                return zone
+            if site.organization_id:
+                organizations.append(site.organization_id)
+    for organization_id in [*organizations, *organization_ids]:
+        for organization in _chain(session, OrganizationRecord, connection, organization_id):
+            if (zone := _zone(organization.timezone)) or (zone := _clinic_zone(connection, organization.fhir_id)):
+                return zone
+        if zone := _clinic_zone(connection, organization_id):  # configured, though the EHR has no such record
+            return zone
+    return _only_clinic_zone(connection) or UTC
+
+
+def for_care_ticket(session: Session, ticket: CareTicket) -> tzinfo:
+    """The zone a ticket's dates are read in: where its visit took place (the visit's Locations, then its service
+    provider), else where its owner works (an Organization, or a PractitionerRole's Locations and Organization),
+    else the connection's clinics."""
+    connection = session.get(Connection, ticket.connection_id)
+    if connection is None:
+        return UTC
+    locations: list[str] = []
+    organizations: list[str] = []
+    if ticket.encounter_id:
+        visit = session.exec(select(Visit).where(col(Visit.connection_id) == connection.id,
+                                                 col(Visit.fhir_id) == ticket.encounter_id,
+                                                 col(Visit.deleted).is_(False))).first()
+        if visit is not None:
+            locations += visit.location_ids
+            organizations += [visit.service_provider] if visit.service_provider else []
+    kind, _, owner_id = (ticket.owner or "").partition("/")
+    if kind == "Organization" and owner_id:
+        organizations.append(owner_id)
+    elif kind == "PractitionerRole" and owner_id:
+        role = session.exec(select(StaffRole).where(col(StaffRole.connection_id) == connection.id,
+                                                    col(StaffRole.fhir_id) == owner_id,
+                                                    col(StaffRole.deleted).is_(False))).first()
+        if role is not None:
+            locations += role.location_ids
+            organizations += [role.organization_id] if role.organization_id else []
+    return zone_for(session, connection, location_ids=locations, organization_ids=organizations)
+
+
+def _chain(session: Session, model: type[Place], connection: Connection, fhir_id: str) -> Iterator[Place]:
+    """The live record and those it is `partOf`, nearest first; a cycle or a long chain ends it."""
+    seen: set[str] = set()
+    current: str | None = fhir_id
+    while current is not None and current not in seen and len(seen) < MAX_PART_OF:
+        seen.add(current)
+        row = session.exec(select(model).where(col(model.connection_id) == connection.id,
+                                               col(model.fhir_id) == current, col(model.deleted).is_(False))).first()
+        if row is None:
+            return
+        yield row
+        current = row.part_of
