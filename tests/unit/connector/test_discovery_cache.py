@@ -8,10 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from connector.discovery import DiscoveryCache
+from tests.support.wsgi_server import serving
 
 WELL_KNOWN = ('{"authorization_endpoint": "http://ehr.test/auth", "token_endpoint": "http://ehr.test/token", '
               '"capabilities": ["launch-ehr"]}')
@@ -28,13 +28,8 @@ def slow_ehr() -> Iterator[tuple[str, list[str]]]:
         time.sleep(0.3)
         return Response(WELL_KNOWN, content_type="application/json")
 
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", asked
-    finally:
-        server.shutdown()
+    with serving(app) as base:
+        yield base, asked
 
 
 def test_threads_missing_the_same_iss_together_share_one_request(slow_ehr: tuple[str, list[str]]) -> None:

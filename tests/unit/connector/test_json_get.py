@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import pytest
 import requests
-from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from connector.json_get import get_json
 from prm.errors import AuthExpiredError, PermanentEhrError, TransientEhrError
 from tests.support.ports import free_port
+from tests.support.wsgi_server import serving
 
 ANSWERS = {
     "/ok": ('{"resourceType": "CapabilityStatement"}', 200),
@@ -33,13 +32,8 @@ def ehr() -> Iterator[tuple[str, list[tuple[str, str, str]]]]:
         body, status = ANSWERS[request.path]
         return Response(body, status=status, content_type="application/json")
 
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", asked
-    finally:
-        server.shutdown()
+    with serving(app) as base:
+        yield base, asked
 
 
 def test_a_json_object_comes_back_with_the_headers_and_params_sent(
