@@ -112,10 +112,11 @@ class SyncSummary:
     failing: int
     quarantined: int
     worst_lag: str
+    paused: bool = False  # the connection is disabled: no stream runs, and the lag only grows
 
     @property
     def status(self) -> str:
-        if not self.streams:
+        if not self.streams or self.paused:
             return "not-synced"
         return "failing" if self.failing else "ok"
 
@@ -123,7 +124,8 @@ class SyncSummary:
     def label(self) -> str:
         if not self.streams:
             return "no streams"
-        parts = [f"{self.failing} of {self.streams} streams failing" if self.failing else f"{self.streams} streams"]
+        parts = ["paused (connection disabled)"] if self.paused else []
+        parts.append(f"{self.failing} of {self.streams} streams failing" if self.failing else f"{self.streams} streams")
         if self.quarantined:
             parts.append(f"{self.quarantined} quarantined")
         parts.append(f"lag {self.worst_lag}" if self.worst_lag != "never synced" else "not caught up yet")
@@ -131,7 +133,7 @@ class SyncSummary:
 
 
 def sync_summary(sync_streams: Iterable[SyncStream], now: datetime,
-                 open_quarantined: Mapping[tuple[int, str], int]) -> SyncSummary:
+                 open_quarantined: Mapping[tuple[int, str], int], paused: bool = False) -> SyncSummary:
     """Over the enabled streams: how many end in an error, what is still quarantined (`open_quarantined`:
     (connection id, type) -> count, as `prm.streams.open_quarantine_counts`), and the largest lag (a stream
     never caught up makes the whole connection "never synced")."""
@@ -140,7 +142,7 @@ def sync_summary(sync_streams: Iterable[SyncStream], now: datetime,
     oldest = None if not caught_up or None in caught_up else min(c for c in caught_up if c is not None)
     held = sum(open_quarantined.get((s.connection_id, s.resource_type), 0) for s in enabled)
     return SyncSummary(streams=len(enabled), failing=sum(1 for s in enabled if s.last_error), quarantined=held,
-                       worst_lag=lag(oldest, now))
+                       worst_lag=lag(oldest, now), paused=paused)
 
 
 def secret_state(sealed: str | None) -> str:

@@ -133,7 +133,8 @@ def connection_list() -> str:
     now = prm().settings.clock()
     return render_template("admin_connections.html", connections=rows,
                            capability={row.name: admin_present.capability(row.capability_profile) for row in rows},
-                           sync={row.name: admin_present.sync_summary(grouped.get(row.id or 0, []), now, held)
+                           sync={row.name: admin_present.sync_summary(grouped.get(row.id or 0, []), now, held,
+                                                                      paused=not row.enabled)
                                  for row in rows})
 
 

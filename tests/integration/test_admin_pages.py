@@ -424,6 +424,10 @@ def test_sync_health_is_shown_after_prm_sync_run(live_app: LiveApp, sandbox: San
     location = next(line for line in table if line.split()[1] == "Location")
     assert re.fullmatch(r"sandbox +Location +incremental +\d+ +1 +\S+ \S+ +\S+ \S+ +\d+ (s|min) +"
                         r"\[reread pass under way\] HTTP 503 from the EHR", location), location
+    assert live_app.prm("connection", "disable", "sandbox").returncode == 0  # no stream runs: said, not "ok"
+    listed = signed_in(live_app, accounts["it_admin"]).get("/admin/connections").text
+    assert '<td class="sync-not-synced">paused (connection disabled) · 1 of 9 streams failing' in listed
+    assert live_app.prm("connection", "enable", "sandbox").returncode == 0
 
 
 _STRATEGY_FORM = re.compile(r'action="/admin/connections/sandbox/streams/Encounter/strategy">\s*'
