@@ -62,10 +62,11 @@ def zone_for(session: Session, connection: Connection, *, location_ids: Iterable
             if site.organization_id:
                 organizations.append(site.organization_id)
     for organization_id in [*organizations, *organization_ids]:
-        for organization in _chain(session, OrganizationRecord, connection, organization_id):
+        chain = list(_chain(session, OrganizationRecord, connection, organization_id))
+        for organization in chain:
             if (zone := _zone(organization.timezone)) or (zone := _clinic_zone(connection, organization.fhir_id)):
                 return zone
-        if zone := _clinic_zone(connection, organization_id):  # configured, though the EHR has no such record
+        if not chain and (zone := _clinic_zone(connection, organization_id)):  # configured; the EHR has no record
             return zone
     return _only_clinic_zone(connection) or UTC
 

@@ -192,9 +192,12 @@ def open_quarantined_ids(session: Session, connection_id: int, resource_type: st
         col(table.resolved_at).is_(None))) if is_id(fhir_id)}
 
 
-def open_quarantine_counts(session: Session) -> dict[tuple[int, str], int]:
-    """(connection id, resource type) -> resources quarantined and not resolved, for the admin pages."""
+def open_quarantine_counts(session: Session, connection_id: int | None = None) -> dict[tuple[int, str], int]:
+    """(connection id, resource type) -> resources quarantined and not resolved, for the admin pages (one
+    connection's, or every one's)."""
     table = QuarantinedResource
     query = (select(table.connection_id, table.resource_type, func.count())
              .where(col(table.resolved_at).is_(None)).group_by(col(table.connection_id), col(table.resource_type)))
+    if connection_id is not None:
+        query = query.where(col(table.connection_id) == connection_id)
     return {(cid, rtype): n for cid, rtype, n in session.exec(query)}

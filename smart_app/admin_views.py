@@ -145,11 +145,11 @@ def connection_detail(name: str) -> str:
         row = connections.by_name(session, name)
         sync_streams = streams.of_connection(session, row.id or 0)
         held = streams.quarantined(session, row.id or 0)
-        open_counts = streams.open_quarantine_counts(session)
+        open_counts = streams.open_quarantine_counts(session, row.id or 0)
         subscribed = ehr_subscriptions.of_connection(session, row.id or 0)
     return render_template("admin_connection.html", c=row, capability=admin_present.capability(row.capability_profile),
                            secret_state=admin_present.secret_state, sync_streams=sync_streams, quarantined=held,
-                           open_quarantined={t: n for (cid, t), n in open_counts.items() if cid == row.id},
+                           open_quarantined={t: n for (_, t), n in open_counts.items()},
                            strategies=streams.STRATEGIES, subscriptions=subscribed,
                            subscription_support=(row.capability_profile or {}).get("subscriptions") or {},
                            subscription_scopes=connections.SUBSCRIPTION_SCOPES, lag=admin_present.lag,

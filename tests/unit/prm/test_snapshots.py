@@ -108,6 +108,7 @@ def test_a_resolved_quarantine_leaves_the_open_list_and_stays_on_record(database
             streams.quarantine(session, settings.clock, cid, rtype, {"resourceType": rtype, "id": fhir_id}, "bad")
     with database.session() as session:
         assert streams.open_quarantine_counts(session) == {(cid, "Encounter"): 3, (cid, "Appointment"): 1}
+        assert streams.open_quarantine_counts(session, cid + 1) == {}  # another connection's: none
         assert streams.open_quarantined_ids(session, cid, "Encounter") == {"x", "y"}  # "" is no id to ask about
         many = [f"id-{n}" for n in range(IDS_PER_STATEMENT * 2)] + ["x"]
         assert streams.resolve_quarantined(session, settings.clock, cid, "Encounter", many) == 1
