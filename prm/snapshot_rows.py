@@ -22,7 +22,7 @@ from sqlmodel import Session, SQLModel
 
 from prm.db import json_text
 from prm.driver_rows import DriverStatement, driver_statement
-from prm.pg_copy import copy_upsert
+from prm.pg_copy import copy_insert, copy_upsert
 from prm.snapshot_models import (
     Booking,
     OrganizationRecord,
@@ -129,6 +129,19 @@ def store_encoded(session: Session, resource_type: str, encoded: EncodedRows) ->
         table: Any = TABLES[resource_type].__table__  # type: ignore[attr-defined]
         copy_upsert(session, table, encoded.columns, encoded.rows, key_columns(TABLES[resource_type]))
     return len(encoded.rows)
+
+
+def store_new(session: Session, resource_type: str, encoded: EncodedRows) -> bool:
+    """Store a first load's page, whose rows are expected to be new, the cheapest way the database has (on
+    PostgreSQL, COPY straight into the table): True when stored; False, with nothing written, when a row was
+    already there, and the page must go through `store_encoded`."""
+    if not encoded.rows:
+        return True
+    if encoded.dialect != "postgresql" or session.get_bind().dialect.name != "postgresql":
+        store_encoded(session, resource_type, encoded)  # SQLite: its upsert costs about what an insert does
+        return True
+    table: Any = TABLES[resource_type].__table__  # type: ignore[attr-defined]
+    return copy_insert(session, table, encoded.columns, encoded.rows)
 
 
 _SQLITE_UPSERTS: dict[str, DriverStatement] = {}

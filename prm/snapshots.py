@@ -17,10 +17,11 @@ from prm.db import in_chunks
 from prm.fhir_names import is_id
 from prm.pg_copy import COPY_FROM_ROWS
 from prm.snapshot_models import PatientRecord, WrittenResource
-from prm.snapshot_rows import TABLES, encode_rows, newest_by_id, store_encoded, upsert_statement
+from prm.snapshot_rows import TABLES, encode_rows, newest_by_id, store_encoded, store_new, upsert_statement
 
 __all__ = [
-    "TABLES", "live_ids", "mark_deleted", "merge_survivors", "stamps_of", "store_encoded", "upsert_page", "versions",
+    "TABLES", "live_ids", "mark_deleted", "merge_survivors", "stamps_of", "store_encoded", "store_new", "upsert_page",
+    "versions",
 ]
 
 

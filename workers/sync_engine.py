@@ -242,9 +242,13 @@ def _store_export(ctx: WorkerContext, access: EhrAccess, manifest: dict[str, Any
     idle otherwise. An export's pages are independent (no cursor moves until it is all in), so their order
     does not matter."""
     pending: deque[tuple[SyncStream, StreamRun]] = deque()
+    upserting: set[str] = set()  # types a page of which met rows already stored (a resumed load): no more tries
 
     def store(member: SyncStream, run: StreamRun, page: PreparedPage) -> None:
-        result = commit_prepared(ctx, member.id or 0, page, client=access.client_name)
+        result = commit_prepared(ctx, member.id or 0, page, client=access.client_name,
+                                 expect_new=member.resource_type not in upserting)
+        if result.met_stored:
+            upserting.add(member.resource_type)
         count_page(run, result.stored, 0, result.quarantined, progress)
         _renew_all(ctx, held)
 

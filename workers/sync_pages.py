@@ -26,6 +26,7 @@ class PageResult:
     quarantined: int = 0
     deleted: int = 0
     skipped: int = 0
+    met_stored: bool = False  # expected as new rows, the page held one the snapshot had (so it was upserted)
 
 
 def commit_page(ctx: WorkerContext, stream_id: int, resources: list[dict[str, Any]], *,
@@ -49,17 +50,21 @@ def commit_page(ctx: WorkerContext, stream_id: int, resources: list[dict[str, An
     return result
 
 
-def commit_prepared(ctx: WorkerContext, stream_id: int, prepared: PreparedPage, client: str = "sync") -> PageResult:
-    """Store a page a helper process has already checked and mapped (a bulk first load: no cursor to move)."""
+def commit_prepared(ctx: WorkerContext, stream_id: int, prepared: PreparedPage, client: str = "sync",
+                    expect_new: bool = False) -> PageResult:
+    """Store a page a helper process has already checked and mapped (a bulk first load: no cursor to move).
+    `expect_new`: the page's resources are probably not in the snapshot yet (a first load that has met none
+    there so far), so they are first tried as new rows (`snapshots.store_new`); `met_stored` says that did not
+    hold, and the caller stops expecting it."""
     with ctx.db.session(refetchable=True) as session:
         stream: SyncStream = streams.get(session, stream_id)
-        result = _store(ctx, session, stream, prepared, [], False, client)
+        result = _store(ctx, session, stream, prepared, [], False, client, expect_new)
     _warn(stream_id, result)
     return result
 
 
 def _store(ctx: WorkerContext, session: Session, stream: SyncStream, prepared: PreparedPage, deleted_ids: list[str],
-           move_cursor: bool, client: str) -> PageResult:
+           move_cursor: bool, client: str, expect_new: bool = False) -> PageResult:
     result = PageResult(skipped=prepared.skipped)
     if stream.quarantined:  # a stream that never quarantined anything has nothing to resolve: no query
         _resolve_quarantined(ctx, session, stream, prepared, deleted_ids)
@@ -67,7 +72,11 @@ def _store(ctx: WorkerContext, session: Session, stream: SyncStream, prepared: P
         if streams.quarantine(session, ctx.settings.clock, stream.connection_id, stream.resource_type, payload, error):
             result.quarantined += 1
     if prepared.encoded is not None:
-        result.stored = snapshots.store_encoded(session, stream.resource_type, prepared.encoded)
+        if expect_new and snapshots.store_new(session, stream.resource_type, prepared.encoded):
+            result.stored = len(prepared.encoded.rows)
+        else:
+            result.met_stored = expect_new
+            result.stored = snapshots.store_encoded(session, stream.resource_type, prepared.encoded)
     else:
         result.stored = snapshots.upsert_page(session, stream.connection_id, stream.resource_type, prepared.rows)
     result.deleted = snapshots.mark_deleted(session, stream.connection_id, stream.resource_type, deleted_ids)

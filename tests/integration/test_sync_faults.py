@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 import requests
-from sqlmodel import select
+from sqlmodel import Session, select
 
 from ehr_sandbox.config import SandboxConfig
-from prm import audit, connections, streams
+from prm import audit, connections, snapshots, streams
 from prm.errors import AuthExpiredError, PermanentEhrError
 from prm.models import Lease
 from prm.snapshot_models import QuarantinedResource, SyncStream
+from prm.snapshot_rows import EncodedRows
 from tests.integration.sync_env import SyncEnv, sync_database
 from tests.support.fault_proxy import FaultyEhr
 from workers import stream_leases
@@ -94,6 +95,36 @@ def test_an_export_cut_off_midway_is_waited_for_again_not_started_again(env: Syn
     in_step(env)
     with env.ctx.db.session() as session:
         assert all(s.pass_kind is None for s in streams.of_connection(session, env.connection_id))
+
+
+def test_an_export_stored_again_after_a_cut_upserts_what_the_cut_run_stored(env: SyncEnv, faulty: FaultyEhr,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first load's pages go into the snapshot as new rows (PostgreSQL: COPY straight into the table). The
+    run after one cut off while storing reads the kept export again: its first Encounter page meets the rows
+    stored before the cut, is refused as new and upserted, and so is every later Encounter page (no more
+    tries); Patient, never stored, goes in as new rows."""
+    check_connection(env.ctx, env.connection_id)
+    faulty.proxy.add_fault(r"^/fhir/bulk-files/.*/Patient\.ndjson$", method="GET", status=400)
+    with pytest.raises(PermanentEhrError):
+        env.run_all(TYPES)
+    cut = env.snapshot("Encounter")
+    assert cut and cut <= env.server("Encounter"), "Encounter pages (first in the export) were stored before the cut"
+    tried: dict[str, list[bool]] = {"Encounter": [], "Patient": []}
+    store_new = snapshots.store_new
+
+    def spied(session: Session, resource_type: str, encoded: EncodedRows) -> bool:
+        taken = store_new(session, resource_type, encoded)
+        tried[resource_type].append(taken)
+        return taken
+
+    monkeypatch.setattr(snapshots, "store_new", spied)
+    runs = env.run_all(TYPES)
+    assert all(run.caught_up for run in runs.values())
+    assert faulty.proxy.count("GET", r"^/fhir/\$export$") == 1, "the kept export, read again"
+    assert tried["Encounter"] == [False], "refused once, then upserted without trying"
+    assert runs["Encounter"].stored == len(env.server("Encounter"))
+    assert tried["Patient"] and all(tried["Patient"])
+    in_step(env)
 
 
 def test_a_kept_export_the_ehr_has_forgotten_is_replaced_once(env: SyncEnv, faulty: FaultyEhr) -> None:

@@ -16,6 +16,7 @@ from prm.crypto import SecretBox
 from prm.db import IDS_PER_STATEMENT, Database
 from prm.pg_copy import COPY_FROM_ROWS
 from prm.snapshot_models import QuarantinedResource, SyncStream, Visit
+from prm.snapshot_rows import encode_rows
 
 DATA = Path(__file__).resolve().parents[3] / "ehr_sandbox" / "data" / "sandbox"
 T0 = datetime(2026, 11, 20, 12, tzinfo=UTC)
@@ -156,6 +157,34 @@ def test_a_large_page_keeps_the_version_rule_and_every_field(database: Database,
         assert (kept.version_id, kept.status, kept.last_updated) == (row.version_id, row.status, row.last_updated)
         assert (kept.type_codes, kept.location_ids, kept.start_at, kept.start_offset_min) == \
             (row.type_codes, row.location_ids, row.start_at, row.start_offset_min)
+
+
+def test_a_first_loads_new_rows_go_straight_in_and_a_page_meeting_stored_ones_is_upserted(
+        database: Database, settings: Settings) -> None:
+    """`store_new` (a first load's pages): new rows are stored; on PostgreSQL, where they go straight into the
+    table by COPY, a page holding a row already there is refused whole, the transaction still usable, and the
+    upsert then keeps the version rule. SQLite's `store_new` is its upsert."""
+    cid = connection_id(database, settings)
+    stamp = {"versionId": "1", "lastUpdated": "2026-11-20T12:00:00Z"}
+    resources = [{**r, "meta": stamp} for r in encounters(COPY_FROM_ROWS + 20)]
+    dialect = database.engine.dialect
+    first = [visit_from_encounter(r) for r in resources[:-1]]
+    with database.session() as session:
+        assert snapshots.store_new(session, "Encounter", encode_rows(dialect, cid, "Encounter", first))
+    with database.session() as session:
+        assert snapshots.versions(session, cid, "Encounter") == {(r["id"], "1") for r in resources[:-1]}
+    newer = {**resources[0], "status": "cancelled", "meta": {"versionId": "2", "lastUpdated": "2026-11-20T13:00:00Z"}}
+    older = {**resources[1], "status": "cancelled", "meta": {"versionId": "0", "lastUpdated": "2020-01-01T00:00:00Z"}}
+    page = encode_rows(dialect, cid, "Encounter", [visit_from_encounter(r) for r in (newer, older, resources[-1])])
+    with database.session() as session:
+        taken = snapshots.store_new(session, "Encounter", page)
+        assert taken is (dialect.name == "sqlite")
+        if not taken:
+            assert snapshots.versions(session, cid, "Encounter") == {(r["id"], "1") for r in resources[:-1]}
+            assert snapshots.store_encoded(session, "Encounter", page) == 3
+    expected = {(r["id"], "1") for r in resources[1:]} | {(newer["id"], "2")}
+    with database.session() as session:
+        assert snapshots.versions(session, cid, "Encounter") == expected
 
 
 def test_stamps_of_answers_for_more_ids_than_one_query_takes(database: Database, settings: Settings) -> None:
