@@ -3,6 +3,7 @@ dies is reported, not waited for."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from fhir_mappings import r4_schema
 from prm.errors import TransientEhrError
-from workers.prep_helper import Helper, Inline, Lines, preparer
+from workers.prep_helper import PIPE_BYTES, Helper, Inline, Lines, preparer
 
 SANDBOX = Path(__file__).resolve().parents[3] / "ehr_sandbox" / "data" / "sandbox"
 
@@ -82,3 +83,15 @@ def test_this_process_compiles_its_checks_only_when_warmed_and_once(monkeypatch:
             assert thread is not None
             thread.join(timeout=30)
     assert sorted(compiled) == [["Encounter"], ["Patient"]]
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_GETPIPE_SZ"), reason="pipe sizes are Linux's")
+def test_the_pipes_to_the_helper_hold_a_whole_page() -> None:
+    """A page reaches the helper in one write: in 64 KiB pieces each waited for the GIL (see `widen`)."""
+    with Helper(("Patient",)) as helper:
+        for pipe in (helper._stdin, helper._stdout):
+            assert fcntl.fcntl(pipe.fileno(), fcntl.F_GETPIPE_SZ) >= PIPE_BYTES
+        big = numbered("Encounter", 500)
+        assert sum(len(line) for _, line in big) > 64 * 1024
+        helper.submit("Encounter", big)
+        assert len(helper.result().rows) == len(big)
