@@ -264,7 +264,7 @@ def test_when_the_page_helper_is_behind_the_worker_prepares_pages_itself_and_the
     monkeypatch.setattr(sync_engine, "preparer", lambda _use_helper, types, target: Behind(types, target))
     monkeypatch.setattr(sync_engine, "prepare_lines", prepared_here)
     with SandboxStack(SandboxConfig(port=0, fhir_internal_port=0), dataset=small_dataset(70)) as stack, \
-            sync_database(stack, tmp_path, sync_page_size=100) as fresh:
+            sync_database(stack, tmp_path, sync_page_size=30) as fresh:  # pages > PAGES_AHEAD + 2
         check_connection(fresh.ctx, fresh.connection_id)
         runs = fresh.run_all(("Patient", "Encounter"))
         assert "bulk export" in runs["Encounter"].notes
