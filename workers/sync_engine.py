@@ -243,7 +243,8 @@ def _store_export(ctx: WorkerContext, access: EhrAccess, manifest: dict[str, Any
     page while this thread stores the one before it into its stream. When the preparer is behind (its pages
     cost more than storing them), this thread prepares the page in hand itself rather than wait: it would
     idle otherwise. An export's pages are independent (no cursor moves until it is all in), so their order
-    does not matter."""
+    does not matter. They go in as new rows until a type's page meets stored ones (an export read again after
+    a cut): that type is upserted from then on."""
     pending: deque[tuple[SyncStream, StreamRun]] = deque()
     upserting: set[str] = set()  # types a page of which met rows already stored (a resumed load): no more tries
 
