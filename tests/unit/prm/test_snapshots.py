@@ -91,6 +91,22 @@ def test_the_cursor_remembers_ties_and_never_moves_back(database: Database, sett
         assert stored.cursor == T0 + timedelta(seconds=1) and stored.cursor_ids == ["b", "c", "d"]
 
 
+def test_ensure_adds_only_the_missing_streams_and_keeps_the_others_as_they_are(database: Database,
+                                                                              settings: Settings) -> None:
+    cid = connection_id(database, settings)
+    with database.session() as session:
+        (patient,) = streams.ensure(session, cid, ("Patient",))
+        patient.cursor, patient.resources_synced = T0, 7
+        session.add(patient)
+    with database.session() as session:
+        every = streams.ensure(session, cid)
+        assert sorted(s.resource_type for s in every) == sorted(streams.SYNC_TYPES)
+        assert streams.ensure(session, cid) == every
+    with database.session() as session:
+        kept = session.exec(select(SyncStream).where(SyncStream.resource_type == "Patient")).one()
+        assert (kept.cursor, kept.resources_synced) == (T0, 7)
+
+
 def test_quarantine_keeps_each_bad_version_once(database: Database, settings: Settings) -> None:
     cid = connection_id(database, settings)
     bad = {"resourceType": "Encounter", "id": "x", "meta": {"versionId": "1"}, "status": "nonsense"}
