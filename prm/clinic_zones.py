@@ -23,6 +23,7 @@ from prm.snapshot_models import OrganizationRecord, Site, StaffRole, Visit
 log = logging.getLogger(__name__)
 MAX_PART_OF = 10  # partOf hops followed: enough for any real hierarchy
 Place = TypeVar("Place", Site, OrganizationRecord)
+Row = TypeVar("Row", Site, OrganizationRecord, Visit, StaffRole)
 
 
 @functools.cache
@@ -81,9 +82,7 @@ def for_care_ticket(session: Session, ticket: CareTicket) -> tzinfo:
     locations: list[str] = []
     organizations: list[str] = []
     if ticket.encounter_id:
-        visit = session.exec(select(Visit).where(col(Visit.connection_id) == connection.id,
-                                                 col(Visit.fhir_id) == ticket.encounter_id,
-                                                 col(Visit.deleted).is_(False))).first()
+        visit = _live(session, Visit, connection, ticket.encounter_id)
         if visit is not None:
             locations += visit.location_ids
             organizations += [visit.service_provider] if visit.service_provider else []
@@ -91,9 +90,7 @@ def for_care_ticket(session: Session, ticket: CareTicket) -> tzinfo:
     if kind == "Organization" and owner_id:
         organizations.append(owner_id)
     elif kind == "PractitionerRole" and owner_id:
-        role = session.exec(select(StaffRole).where(col(StaffRole.connection_id) == connection.id,
-                                                    col(StaffRole.fhir_id) == owner_id,
-                                                    col(StaffRole.deleted).is_(False))).first()
+        role = _live(session, StaffRole, connection, owner_id)
         if role is not None:
             locations += role.location_ids
             organizations += [role.organization_id] if role.organization_id else []
@@ -106,9 +103,14 @@ def _chain(session: Session, model: type[Place], connection: Connection, fhir_id
     current: str | None = fhir_id
     while current is not None and current not in seen and len(seen) < MAX_PART_OF:
         seen.add(current)
-        row = session.exec(select(model).where(col(model.connection_id) == connection.id,
-                                               col(model.fhir_id) == current, col(model.deleted).is_(False))).first()
+        row = _live(session, model, connection, current)
         if row is None:
             return
         yield row
         current = row.part_of
+
+
+def _live(session: Session, model: type[Row], connection: Connection, fhir_id: str) -> Row | None:
+    """The connection's snapshot row for `fhir_id`, unless tombstoned."""
+    return session.exec(select(model).where(col(model.connection_id) == connection.id, col(model.fhir_id) == fhir_id,
+                                            col(model.deleted).is_(False))).first()
