@@ -9,10 +9,15 @@ from fhir_mappings.r4_schema import check_resource
 from prm.outbox import IDENTIFIER_SYSTEM
 from prm.snapshot_models import WrittenResourceCreate
 
-__all__ = ["IDENTIFIER_SYSTEM", "WRITTEN_TYPES", "written_from_resource"]
+__all__ = ["IDENTIFIER_SYSTEM", "WRITTEN_TYPES", "is_ours", "written_from_resource"]
 
 # The types fhir-prm writes back: synced only where they carry our identifier system, never wholesale.
 WRITTEN_TYPES = ("Task", "Communication")
+
+
+def is_ours(resource: dict[str, Any]) -> bool:
+    """Whether fhir-prm wrote it: it carries an identifier in our system (other systems' Tasks never do)."""
+    return any(isinstance(i, dict) and i.get("system") == IDENTIFIER_SYSTEM for i in resource.get("identifier") or [])
 
 
 def written_from_resource(resource: dict[str, Any]) -> WrittenResourceCreate:

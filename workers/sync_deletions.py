@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from fhir_mappings.written import IDENTIFIER_SYSTEM, WRITTEN_TYPES
+from fhir_mappings.written import IDENTIFIER_SYSTEM, WRITTEN_TYPES, is_ours
 from prm import snapshots, streams
 from prm.errors import PermanentEhrError
 from prm.snapshot_models import SyncStream
@@ -113,13 +113,9 @@ def _still_there(access: EhrAccess, resource_type: str, missing: list[str], para
             if exc.status in GONE:
                 continue
             raise
-        if not params or _ours(resource):
+        if not params or is_ours(resource):
             alive.add(fhir_id)
     return alive
-
-
-def _ours(resource: dict[str, Any]) -> bool:
-    return any(isinstance(i, dict) and i.get("system") == IDENTIFIER_SYSTEM for i in resource.get("identifier") or [])
 
 
 def _ids_patient_by_patient(ctx: WorkerContext, access: EhrAccess, stream: SyncStream,

@@ -13,27 +13,26 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from connector.fhir_reader import Page
 from fhir_mappings.written import WRITTEN_TYPES
 from prm import connections, snapshots, streams
-from prm.errors import AuthExpiredError, PermanentEhrError
+from prm.errors import AuthExpiredError
 from prm.models import Connection
 from prm.snapshot_models import SyncStream
 from workers.ehr_access import EhrAccess, access_for
 from workers.gc_quiet import quiet_gc
-from workers.page_prep import PreparedPage, Target, last_updated, prepare_lines
+from workers.page_prep import PreparedPage, Target, prepare_lines
 from workers.prep_helper import Preparer, preparer
 from workers.runtime import WorkerContext
 from workers.stream_leases import LeaseLost, StreamLease, release_together, renew_together
-from workers.sync_deletions import PATIENT_PARAM, batches, find_deletions
+from workers.sync_deletions import PATIENT_PARAM, find_deletions
 from workers.sync_export_place import EXPORT_KIND, export_manifest
-from workers.sync_pages import commit_page, commit_prepared
+from workers.sync_history import history_feeds, next_mark, read_history, store_history
+from workers.sync_pages import commit_prepared
 from workers.sync_patients import patient_windows
-from workers.sync_run import OVERLAP, Progress, StreamRun, count_page, iso, server_instant
+from workers.sync_run import OVERLAP, Progress, StreamRun, count_page, server_instant
 from workers.sync_windows import read_windows, reread_all
 
 log = logging.getLogger(__name__)
@@ -164,17 +163,17 @@ def _sync_steps(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, conne
                 lease: StreamLease, deadline: float, progress: Progress | None) -> None:
     """`_sync_after`'s steps."""
     stream_id = stream.id or 0
-    mark_before_run = stream.cursor if stream.phase != "initial" else None
     first_load = stream.phase == "initial"
-    history = None if first_load else _read_history(ctx, access, stream, lease)
+    history = None if first_load else read_history(ctx, access, stream, lease)
+    mark_before_run = None if first_load else next_mark(stream, history)
     listed: set[str] | None = None  # every id the EHR has, where this run read them all
     if history is not None and history.quiet:  # nothing changed since the mark: no window can find anything
         run.caught_up = True
         run.notes.append("unchanged (_history)")
     elif _patient_scoped(stream, connection):  # after the bulk first load, or on a known population
         patient_windows(ctx, access, connection, stream_id, run, lease, deadline, progress)
-    elif history is not None and _history_feeds(stream, history):
-        _store_history(ctx, access, stream_id, run, history, progress)  # one request, not two
+    elif history is not None and history_feeds(stream, history):
+        store_history(ctx, access, stream_id, run, history, progress)  # one request, not two
     elif strategy_of(stream, connection)[1] == "full-reread":  # no window can find what changed
         listed = reread_all(ctx, access, stream_id, run, lease, deadline, progress)
     else:
@@ -331,89 +330,3 @@ def _after_first_load(ctx: WorkerContext, stream_id: int, run: StreamRun) -> Non
         fresh.history_mark = start - OVERLAP if start else fresh.history_mark or fresh.cursor
         fresh.reconciled_at = ctx.settings.clock()
         session.add(fresh)
-
-
-_EARLIEST = datetime.min.replace(tzinfo=UTC)
-
-
-@dataclass
-class _History:
-    """What `_history` says happened to a stream's type since its mark."""
-
-    deleted: list[str]
-    quiet: bool  # no version the snapshot lacks: a window would find nothing new
-    news: list[dict[str, Any]] | None  # those versions, where the history was short enough to keep (else None)
-
-
-def _read_history(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, lease: StreamLease) -> _History | None:
-    """`_history` since the stream's mark, read before the windows, so a type nothing new happened to costs
-    one request a run, not two. The mark overlaps the previous run, so the versions that run stored come
-    back too: only a version newer than the snapshot's row (or of a resource it lacks) is news. History is
-    newest first (FHIR R4 §3.1.0.9), on every page: an id's first entry decides whether it was deleted or
-    changed, so a resource deleted and created again stays. Resources are kept while the history is at most
-    HISTORY_FEED_PAGES pages (memory stays bounded). None where there is no mark yet, or the EHR keeps no
-    usable `_history` (then ids are compared)."""
-    if stream.history_mark is None:
-        return None
-    stamps: dict[str, datetime | None] = {}  # each id's newest lastUpdated
-    bodies: dict[str, dict[str, Any]] | None = {}  # each id's newest version, until there are too many pages
-    gone: list[str] = []
-    try:
-        page = access.reader.history(stream.resource_type, iso(stream.history_mark), ctx.settings.sync_page_size)
-        pages = 1
-        _note_newest(page, stream.resource_type, stamps, gone, bodies)
-        while page.next_url:
-            lease.keep()  # a long history outlasts a lease: renewed page by page, like windows
-            page = access.reader.follow(page.next_url)
-            pages += 1
-            bodies = bodies if pages <= HISTORY_FEED_PAGES else None
-            _note_newest(page, stream.resource_type, stamps, gone, bodies)
-    except PermanentEhrError as exc:
-        log.info("stream %s: no usable _history (%s); reconciling ids", stream.id, type(exc).__name__)
-        return None
-    held: dict[str, datetime | None] = {}
-    if stamps:  # most runs of most types: nothing in the history, nothing to look up
-        with ctx.db.session() as session:
-            held = snapshots.stamps_of(session, stream.connection_id, stream.resource_type, sorted(stamps))
-    news = [i for i, stamp in stamps.items() if stamp is None or (held.get(i) or _EARLIEST) < stamp]
-    return _History(gone, not news, [bodies[i] for i in news] if bodies is not None else None)
-
-
-def _note_newest(page: Page, resource_type: str, stamps: dict[str, datetime | None], gone: list[str],
-                 bodies: dict[str, dict[str, Any]] | None) -> None:
-    """Each id's first (newest) entry across the pages read so far: a deletion, or the resource as it is now
-    (its lastUpdated, and the resource itself into `bodies` when given)."""
-    decided = set(gone)
-    for kind, fhir_id in page.deleted:
-        if kind == resource_type and fhir_id not in stamps and fhir_id not in decided:
-            gone.append(fhir_id)
-            decided.add(fhir_id)
-    for resource in page.resources:  # a page holds an id once (connector.fhir_reader.page_of)
-        rid = resource.get("id")
-        if resource.get("resourceType") == resource_type and isinstance(rid, str) \
-                and rid not in stamps and rid not in decided:
-            stamps[rid] = last_updated(resource)
-            if bodies is not None:
-                bodies[rid] = resource
-
-
-HISTORY_FEED_PAGES = 4  # a `_history` of at most this many pages brings the run's changes itself
-
-
-def _history_feeds(stream: SyncStream, history: _History) -> bool:
-    """`_history` can stand in for the windows when it was short enough to keep and the stream takes every
-    resource of its type (Task and Communication are ours only, by identifier; searches filter them). A
-    write made while its pages were read is newer than all of them: the next run finds it."""
-    return history.news is not None and stream.resource_type not in WRITTEN_TYPES
-
-
-def _store_history(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun, history: _History,
-                   progress: Progress | None) -> None:
-    """The news from a short `_history`, stored page by page as windows' pages would be, oldest first: the edge
-    checks, and the cursor moved past each page, so a run that stops midway leaves no gap behind its cursor."""
-    news = sorted(history.news or [], key=lambda resource: last_updated(resource) or _EARLIEST)
-    for page in batches(news, ctx.settings.sync_page_size):
-        result = commit_page(ctx, stream_id, page, client=access.client_name)
-        count_page(run, result.stored, 0, result.quarantined, progress)
-    run.caught_up = True
-    run.notes.append("changes from _history")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from sqlmodel import col, select
 
 from ehr_sandbox.config import SandboxConfig
 from ehr_sandbox.stack import SandboxStack
+from fhir_mappings.written import IDENTIFIER_SYSTEM
 from prm import audit, snapshots, streams
 from prm.errors import PermanentEhrError
 from prm.models import AuditRecord
@@ -20,12 +22,13 @@ from prm.snapshot_models import StreamPatient, SyncStream
 from tests.integration.sync_env import SyncEnv, small_dataset, sync_database, sync_env
 from tests.support.processes import run_prm
 from tests.support.settings import env_for
-from workers import sync_engine
+from workers import sync_engine, sync_history
 from workers.connection_check import check_connection
 from workers.page_prep import PreparedPage, Target, prepare_lines
 from workers.prep_helper import Helper, Lines
 from workers.sync_connection import sync_connection
 from workers.sync_engine import GROUP_EXPORTED, run_stream
+from workers.sync_run import OVERLAP, StreamRun
 from workers.sync_windows import REREAD, UNSORTED
 
 SYNCED = ("Organization", "Location", "PractitionerRole", "Patient", "RelatedPerson", "Encounter", "Appointment")
@@ -202,7 +205,7 @@ def test_a_history_over_several_pages_is_read_newest_first(
     """A Location deleted, four changed, then the first made again under its id: six entries, two pages of
     three. Its newest entry (page one) decides: alive. Within HISTORY_FEED_PAGES the history brings the
     changes itself; beyond it, windows bring them (memory stays bounded)."""
-    monkeypatch.setattr(sync_engine, "HISTORY_FEED_PAGES", feed_pages)
+    monkeypatch.setattr(sync_history, "HISTORY_FEED_PAGES", feed_pages)
     with sync_database(env.stack, tmp_path, sync_page_size=3) as small:
         small.run_all(("Location",))
         small.run_all(("Location",))  # the mark moves past the sandbox's load
@@ -219,6 +222,45 @@ def test_a_history_over_several_pages_is_read_newest_first(
         assert ("changes from _history" in run.notes) is from_history
         assert first in {i for i, _ in small.snapshot("Location")}
         assert small.snapshot("Location") == small.server("Location")
+
+
+def test_tasks_are_checked_by_history_each_run_and_the_ehrs_own_tasks_move_the_mark_on(
+        env: SyncEnv, tmp_path: Path) -> None:
+    """Task is synced only where fhir-prm wrote it. With none of ours yet there is no cursor: the mark must
+    not be lost with it (every run would then search instead). The EHR's own Tasks are no news and no reason
+    to search, and the next history starts from the newest of them less the overlap, not from fhir-prm's
+    last write (an EHR changes its own Tasks all day). One of ours is stored as soon as it appears."""
+    task = {"resourceType": "Task", "status": "requested", "intent": "order",
+            "for": {"reference": f"Patient/{sorted(i for i, _ in env.server('Patient'))[0]}"}}
+    with sync_database(env.stack, tmp_path) as fresh:
+
+        def run_task() -> StreamRun:
+            return fresh.run_all(("Task",))["Task"]
+
+        def mark() -> datetime | None:
+            with fresh.ctx.db.session() as session:
+                return next(s.history_mark for s in streams.of_connection(session, fresh.connection_id)
+                            if s.resource_type == "Task")
+
+        assert run_task().caught_up  # the first load: a search by our identifier system
+        for _ in range(2):
+            quiet = run_task()
+            assert quiet.notes == ["unchanged (_history)"] and quiet.pages == 0
+            assert mark() is not None
+        before = mark()
+        env.put({**task, "id": "ehr-own-recall-task", "identifier": [{"system": "urn:ehr:tasks", "value": "r1"}]})
+        theirs = run_task()
+        assert theirs.notes == ["unchanged (_history)"] and theirs.pages == 0 and theirs.stored == 0
+        stamp = datetime.fromisoformat(env.read("Task", "ehr-own-recall-task")["meta"]["lastUpdated"])
+        assert before is not None and mark() == max(before, stamp - OVERLAP)
+        assert fresh.snapshot("Task") == set()
+
+        env.put({**task, "id": "prm-care-ticket-history",
+                 "identifier": [{"system": IDENTIFIER_SYSTEM, "value": "care-ticket/history"}]})
+        ours = run_task()
+        assert ours.caught_up and ours.stored == 1
+        assert fresh.snapshot("Task") == {("prm-care-ticket-history",
+                                           env.read("Task", "prm-care-ticket-history")["meta"]["versionId"])}
 
 
 def test_first_load_by_bulk_export_when_the_check_says_so(tmp_path: Path) -> None:
