@@ -234,6 +234,11 @@ def _renew_all(ctx: WorkerContext, held: Held) -> None:
 # ~0.15 s more after its manifest. At most ~7 MB of pages in flight, whatever the load's size.
 PAGES_AHEAD = 8
 
+# An export's lines go to the helper in pages of at most this many (fewer where PRM_SYNC_PAGE_SIZE is lower): a
+# 500-Encounter page (~0.8 MB) crosses the helper's 1 MiB pipe in one write, and a search's larger pages (up to
+# PRM_SYNC_PAGE_SIZE, each one request) would not. Unlike a search page, an export page costs no request.
+EXPORT_PAGE_LINES = 500
+
 
 def _store_export(ctx: WorkerContext, access: EhrAccess, manifest: dict[str, Any],
                   held: Held, by_type: dict[str, tuple[SyncStream, StreamRun]],
@@ -268,6 +273,7 @@ def _store_export(ctx: WorkerContext, access: EhrAccess, manifest: dict[str, Any
         prep.submit(member.resource_type, lines)
         pending.append((member, run))
 
+    page_lines = min(ctx.settings.sync_page_size, EXPORT_PAGE_LINES)
     for item in manifest.get("output", []):
         if item.get("type") not in by_type:
             continue
@@ -275,7 +281,7 @@ def _store_export(ctx: WorkerContext, access: EhrAccess, manifest: dict[str, Any
         lines: list[tuple[int, bytes]] = []
         for numbered in access.bulk.lines(item["url"]):
             lines.append(numbered)
-            if len(lines) >= ctx.settings.sync_page_size:
+            if len(lines) >= page_lines:
                 send(member, run, lines)
                 lines = []
         if lines:

@@ -271,6 +271,12 @@ def test_first_load_by_bulk_export_when_the_check_says_so(tmp_path: Path) -> Non
         assert "bulk export" in runs["Encounter"].notes
         assert runs["Patient"].companions == [runs["Encounter"]]  # one $export for both types
         assert_in_step(fresh, ("Patient", "Encounter"))
+        # an export's pages hold EXPORT_PAGE_LINES (one write through the helper's pipe), a search's up to 1000
+        assert fresh.ctx.settings.sync_page_size > sync_engine.EXPORT_PAGE_LINES
+        with fresh.ctx.db.session() as session:
+            sizes = [size or 0 for size in session.exec(select(AuditRecord.count).where(
+                AuditRecord.action == "sync.page", AuditRecord.entity == "Encounter")).all()]
+        assert max(sizes) == sync_engine.EXPORT_PAGE_LINES and sum(sizes) == 2294
         with fresh.ctx.db.session() as session:  # a type left out of the run keeps its own first load
             left = session.exec(select(SyncStream).where(SyncStream.resource_type == "Appointment")).one()
             assert (left.phase, left.cursor, left.resources_synced) == ("initial", None, 0)
