@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from connector.fhir_reader import Page
@@ -26,10 +26,9 @@ from workers.runtime import WorkerContext
 from workers.stream_leases import StreamLease
 from workers.sync_deletions import batches
 from workers.sync_pages import commit_page
-from workers.sync_run import OVERLAP, Progress, StreamRun, count_page, iso
+from workers.sync_run import EARLIEST, OVERLAP, Progress, StreamRun, count_page, iso
 
 log = logging.getLogger(__name__)
-EARLIEST = datetime.min.replace(tzinfo=UTC)
 HISTORY_FEED_PAGES = 4  # a `_history` of at most this many pages brings the run's changes itself
 
 
@@ -55,17 +54,18 @@ def read_history(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, leas
     stamps: dict[str, datetime | None] = {}  # each id's newest lastUpdated
     bodies: dict[str, dict[str, Any]] | None = {}  # each id's newest version, until there are too many pages
     gone: list[str] = []
-    newest: list[datetime] = []
+    newest: datetime | None = None
     try:
         page = access.reader.history(stream.resource_type, iso(stream.history_mark), ctx.settings.sync_page_size)
         pages = 1
-        _note_newest(page, stream.resource_type, ours_only, stamps, gone, bodies, newest)
+        newest = _note_newest(page, stream.resource_type, ours_only, stamps, gone, bodies)
         while page.next_url:
             lease.keep()  # a long history outlasts a lease: renewed page by page, like windows
             page = access.reader.follow(page.next_url)
             pages += 1
             bodies = bodies if pages <= HISTORY_FEED_PAGES else None
-            _note_newest(page, stream.resource_type, ours_only, stamps, gone, bodies, newest)
+            on_page = _note_newest(page, stream.resource_type, ours_only, stamps, gone, bodies)
+            newest = newest or on_page  # newest first: the first page with a resource holds the newest
     except PermanentEhrError as exc:
         log.info("stream %s: no usable _history (%s); reconciling ids", stream.id, type(exc).__name__)
         return None
@@ -74,17 +74,17 @@ def read_history(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, leas
         with ctx.db.session() as session:
             held = snapshots.stamps_of(session, stream.connection_id, stream.resource_type, sorted(stamps))
     news = [i for i, stamp in stamps.items() if stamp is None or (held.get(i) or EARLIEST) < stamp]
-    return History(gone, not news, [bodies[i] for i in news] if bodies is not None else None,
-                   max(newest) if newest else None)
+    return History(gone, not news, [bodies[i] for i in news] if bodies is not None else None, newest)
 
 
 def _note_newest(page: Page, resource_type: str, ours_only: bool, stamps: dict[str, datetime | None],
-                 gone: list[str], bodies: dict[str, dict[str, Any]] | None, newest: list[datetime]) -> None:
+                 gone: list[str], bodies: dict[str, dict[str, Any]] | None) -> datetime | None:
     """Each id's first (newest) entry across the pages read so far: a deletion, or the resource as it is now
     (its lastUpdated, and the resource itself into `bodies` when given); with `ours_only`, only resources
     fhir-prm wrote count (a deletion carries no identifier: deleting an id the snapshot lacks changes nothing).
-    `newest` gets the newest lastUpdated on the page, whoever wrote it."""
+    Returns the newest lastUpdated on the page, whoever wrote it."""
     decided = set(gone)
+    newest: datetime | None = None
     for kind, fhir_id in page.deleted:
         if kind == resource_type and fhir_id not in stamps and fhir_id not in decided:
             gone.append(fhir_id)
@@ -94,12 +94,13 @@ def _note_newest(page: Page, resource_type: str, ours_only: bool, stamps: dict[s
         if resource.get("resourceType") != resource_type or not isinstance(rid, str):
             continue
         stamp = last_updated(resource)
-        if stamp is not None and (not newest or stamp > newest[0]):
-            newest[:] = [stamp]
+        if stamp is not None and (newest is None or stamp > newest):
+            newest = stamp
         if rid not in stamps and rid not in decided and (not ours_only or is_ours(resource)):
             stamps[rid] = stamp
             if bodies is not None:
                 bodies[rid] = resource
+    return newest
 
 
 def next_mark(stream: SyncStream, history: History | None) -> datetime | None:

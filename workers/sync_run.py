@@ -11,6 +11,7 @@ Progress = Callable[[str, int], None]
 # A cursor or mark taken from the EHR's clock is set this far back: a change the EHR committed with an earlier
 # stamp after we read (long transactions, clocks of several nodes) is read again next time, never lost.
 OVERLAP = timedelta(minutes=5)
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)  # before any lastUpdated: where a first load's windows start
 
 
 @dataclass

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from connector.fhir_reader import Page, in_last_updated_order
 from fhir_mappings.written import IDENTIFIER_SYSTEM, WRITTEN_TYPES
@@ -31,10 +31,9 @@ from workers.runtime import WorkerContext
 from workers.stream_leases import StreamLease
 from workers.sync_deletions import GONE
 from workers.sync_pages import commit_page
-from workers.sync_run import Progress, StreamRun, count_page, iso, server_instant
+from workers.sync_run import EARLIEST, Progress, StreamRun, count_page, iso, server_instant
 
 log = logging.getLogger(__name__)
-EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)  # where a first load's windows start: before any lastUpdated
 # Windows are cut on whole seconds only, and one with no whole second inside it is walked by its own links:
 # some EHRs compare instants to the second, and a bulk-loaded EHR can hold more than a page in one second.
 SECOND = timedelta(seconds=1)
