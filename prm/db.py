@@ -21,6 +21,7 @@ from sqlalchemy.types import DateTime, TypeDecorator
 from sqlmodel import Session, create_engine, select
 
 from prm.errors import StorageError
+from prm.sqlite_writer import WAIT_S, WriterConnection
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=15000")
+        cursor.execute(f"PRAGMA busy_timeout={int(WAIT_S * 1000)}")
         cursor.execute(f"PRAGMA synchronous={_SQLITE_SYNC}")  # said, not assumed: a relaxed commit restores it
         cursor.close()
 
@@ -108,7 +109,8 @@ class Database:
         self.url = normalise_url(url)
         if self.url.startswith("sqlite"):
             self._make_parent_folder()
-            self.engine = create_engine(self.url, connect_args={"check_same_thread": False, "timeout": 15},
+            self.engine = create_engine(self.url, connect_args={"check_same_thread": False, "timeout": WAIT_S,
+                                                                "factory": WriterConnection},
                                         json_serializer=json_text)
             _configure_sqlite(self.engine)
         else:
