@@ -40,13 +40,20 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncEnv]:
         yield environment
 
 
+@pytest.fixture(scope="module")
+def first_load(env: SyncEnv) -> dict[str, StreamRun]:
+    """The module's first load by search, which the incremental tests build on: it runs once, for whichever of
+    them comes first, so each also runs alone (`-k`)."""
+    return env.run_all()
+
+
 def assert_in_step(env: SyncEnv, types: tuple[str, ...] = SYNCED) -> None:
     for resource_type in types:
         assert env.snapshot(resource_type) == env.server(resource_type), resource_type
 
 
-def test_first_sync_by_search_brings_every_resource(env: SyncEnv) -> None:
-    runs = env.run_all()
+def test_first_sync_by_search_brings_every_resource(env: SyncEnv, first_load: dict[str, StreamRun]) -> None:
+    runs = first_load
     assert all(run.caught_up for run in runs.values())
     assert_in_step(env)
     assert runs["Encounter"].stored == 2294 and runs["Patient"].stored == 300
@@ -58,6 +65,7 @@ def test_first_sync_by_search_brings_every_resource(env: SyncEnv) -> None:
     assert len(pages) < 30, "system access is audited per page, not per resource"
 
 
+@pytest.mark.usefixtures("first_load")
 def test_incremental_sync_brings_only_what_changed(env: SyncEnv) -> None:
     changed = []
     for resource_id in ("enc-000001-001", "enc-000002-017", "enc-000005-005"):
@@ -73,8 +81,9 @@ def test_incremental_sync_brings_only_what_changed(env: SyncEnv) -> None:
     assert_in_step(env, ("Patient", "Encounter"))
 
 
+@pytest.mark.usefixtures("first_load")
 def test_a_type_nothing_happened_to_costs_one_history_request(env: SyncEnv) -> None:
-    env.run_all(("Location", "Encounter"))  # marks set since the runs above
+    env.run_all(("Location", "Encounter"))  # marks set since the first load
     encounter = copy.deepcopy(env.read("Encounter", "enc-000003-002"))
     encounter["status"] = "finished" if encounter["status"] != "finished" else "cancelled"
     env.put(encounter)
@@ -87,6 +96,7 @@ def test_a_type_nothing_happened_to_costs_one_history_request(env: SyncEnv) -> N
     assert_in_step(env, ("Location", "Encounter"))
 
 
+@pytest.mark.usefixtures("first_load")
 def test_deleted_resources_leave_the_snapshot(env: SyncEnv) -> None:
     env.delete("Appointment", "appt-000001-001")
     env.run_all(("Appointment",))  # the first incremental run sets the _history mark
