@@ -1,15 +1,16 @@
 """One writer at a time per SQLite file within this process, queued on a lock rather than in SQLite's busy handler.
 
 Why: SQLite lets one connection write at a time. A second writer that finds the file locked sleeps in SQLite's
-busy handler between tries, 1, 2, 5, 10, 15, 20, 25 ms and on, however soon the first one commits. Nine sync
-threads taking their streams' leases at once waited up to 80 ms each for locks held well under a millisecond: most
-of a quiet incremental sync's time. Here the threads of one process queue on a lock and go on the moment the
-writer before them commits or rolls back. Other processes still meet SQLite's busy handler, as before.
+busy handler between tries, 1, 2, 5, 10, 15, 20, 25 ms and on, however soon the first one commits, and the
+unlucky keep losing to whoever tries in between. Nine sync threads taking their streams' leases at once waited up
+to 80 ms for locks held well under a millisecond, in an incremental sync of ~0.1 s. Here the threads of one
+process queue on a lock and go on the moment the writer before them commits or rolls back (bench/sqlite_writers.py).
+Other processes still meet SQLite's busy handler, as before.
 
 The lock is taken where Python's sqlite3 (legacy transaction control, as SQLAlchemy uses it) opens a transaction
-by itself: before an INSERT, UPDATE, DELETE or REPLACE outside one. Reads never take it (WAL readers need no
-lock), and it is given back when the transaction ends: commit, rollback, a statement that failed before it
-began, or the connection closing.
+by itself: before an INSERT, UPDATE, DELETE or REPLACE (its first word, as sqlite3 judges) outside one. Reads
+never take it (WAL readers need no lock), and it is given back when the transaction ends: commit, rollback, a
+statement that failed before it began, or the connection closing.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import re
 import sqlite3
 import threading
+from collections.abc import Callable
 from typing import Any
 
 WAIT_S = 15.0  # as long as SQLite's own busy timeout (`prm.db`): a writer waits this long before "locked"
@@ -101,17 +103,15 @@ class WriterCursor(sqlite3.Cursor):
     connection: WriterConnection
 
     def execute(self, sql: str, parameters: Any = (), /) -> WriterCursor:
-        self.connection.before_statement(sql)
-        try:
-            super().execute(sql, parameters)
-        finally:
-            self.connection.after_statement()
-        return self
+        return self._between(super().execute, sql, parameters)
 
     def executemany(self, sql: str, seq_of_parameters: Any, /) -> WriterCursor:
+        return self._between(super().executemany, sql, seq_of_parameters)
+
+    def _between(self, run: Callable[[str, Any], object], sql: str, parameters: Any) -> WriterCursor:
         self.connection.before_statement(sql)
         try:
-            super().executemany(sql, seq_of_parameters)
+            run(sql, parameters)
         finally:
             self.connection.after_statement()
         return self
