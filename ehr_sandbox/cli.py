@@ -121,6 +121,8 @@ def up(port: int, fhir_port: int, app_port: int, profile: str, real_time: bool) 
         click.secho(f"  Open the sandbox EHR:  {stack.ehr_url}/", bold=True)
         click.echo(f"  fhir-prm:              {app_url}   (iss {stack.iss})")
         click.echo("  Pick a patient: fhir-prm opens in the chart's sidebar via SMART EHR launch. Ctrl-C stops.")
+        if env.get("PRM_NOW"):  # a `prm` command in another shell would otherwise judge lags and due dates by today
+            click.echo(f"  prm commands in another shell share the demo's clock with: export PRM_NOW={env['PRM_NOW']}")
         click.echo("")
         sys.stdout.flush()
         stack.wait()

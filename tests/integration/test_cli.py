@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import signal
 import socket
+from datetime import timedelta
 from pathlib import Path
 
 import requests
 
+from ehr_sandbox.cli import DATASET_NOW
+from prm.clock import clock_from_setting
 from tests.support.ports import free_port
 from tests.support.postgres import fresh_database
 from tests.support.processes import BIN, Process, wait_until
@@ -82,6 +85,10 @@ def test_ehr_sandbox_up_starts_the_ehr_and_the_app_and_prints_the_url(tmp_path: 
         assert requests.get(f"{app}/healthz", timeout=10).json() == {"status": "ok"}
         assert (tmp_path / "instance" / "prm.db").exists()
         assert "connection check: OK" in process.log_tail(200)  # backend services work on a first run
+        # The app runs on the data set's clock; the line that lets `prm` in another shell share it:
+        shared = next(line for line in process.log_tail(200).splitlines() if "export PRM_NOW=" in line)
+        clock = clock_from_setting(shared.split("export PRM_NOW=", 1)[1].strip())
+        assert abs(clock() - DATASET_NOW) < timedelta(minutes=15)
     finally:
         process.stop(signal.SIGTERM, timeout_s=30)
     assert process.proc is not None and process.proc.returncode is not None
