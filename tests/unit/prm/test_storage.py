@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,7 +16,7 @@ from prm.crypto import SecretBox
 from prm.db import Database, enqueue_after_commit
 from prm.errors import LaunchError, ValidationError
 from prm.migrate import pending_revisions, upgrade
-from prm.models import AuditRecord, Connection, Job
+from prm.models import AuditRecord, Connection, Job, Lease
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 
@@ -202,6 +203,29 @@ def test_leases_are_exclusive_until_they_lapse(database: Database) -> None:
         leases.release(session, "scheduler", "b")
     with database.session() as session:
         assert leases.acquire(session, "scheduler", "a", NOW, 30)
+
+
+def test_workers_racing_for_a_lease_with_no_row_yet_leave_one_holder(database: Database) -> None:
+    """A stream's lease has no row between runs: every worker finds none and inserts at once; one holds it."""
+    start, won, failures = threading.Barrier(6), [], []
+
+    def take(holder: str) -> None:
+        start.wait()
+        try:
+            with database.session() as session:
+                if leases.acquire(session, "sync-stream:1:Encounter", holder, NOW, 30):
+                    won.append(holder)
+        except Exception as exc:  # a loser must be told "no", not fail: kept for the assertion below
+            failures.append(exc)
+
+    racers = [threading.Thread(target=take, args=(f"worker-{n}",)) for n in range(6)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join()
+    assert failures == [] and len(won) == 1
+    with database.session() as session:
+        assert session.get(Lease, "sync-stream:1:Encounter").holder == won[0]  # type: ignore[union-attr]
 
 
 def test_audit_rows_are_committed_with_the_action_or_not_at_all(database: Database, settings: Settings) -> None:
