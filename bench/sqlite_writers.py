@@ -27,16 +27,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import event
 from sqlmodel import Session, create_engine
 
 from prm import leases
 from prm.clock import system_clock
-from prm.db import Database
+from prm.db import Database, configure_sqlite
 from prm.migrate import upgrade
 from prm.sqlite_writer import WAIT_S
 
@@ -46,13 +44,10 @@ Sessions = Callable[[], AbstractContextManager[Session]]
 
 
 def busy_handler_sessions(url: str) -> tuple[Sessions, Callable[[], None]]:
-    """Sessions on plain sqlite3 connections with the product's pragmas: SQLite's busy handler does the waiting."""
+    """Sessions on plain sqlite3 connections with the product's pragmas (`prm.db.configure_sqlite`): SQLite's busy
+    handler does the waiting."""
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": WAIT_S})
-
-    @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-        for pragma in ("journal_mode=WAL", "foreign_keys=ON", f"busy_timeout={int(WAIT_S * 1000)}", "synchronous=FULL"):
-            dbapi_connection.execute(f"PRAGMA {pragma}")
+    configure_sqlite(engine)
 
     @contextmanager
     def session() -> Iterator[Session]:

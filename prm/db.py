@@ -77,7 +77,9 @@ def _relax_commit(session: Session) -> None:
         connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")  # this transaction only
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def configure_sqlite(engine: Engine) -> None:
+    """The pragmas every SQLite connection gets (WAL, foreign keys, busy timeout, durable commits)."""
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
@@ -112,7 +114,7 @@ class Database:
             self.engine = create_engine(self.url, connect_args={"check_same_thread": False, "timeout": WAIT_S,
                                                                 "factory": WriterConnection},
                                         json_serializer=json_text)
-            _configure_sqlite(self.engine)
+            configure_sqlite(self.engine)
         else:
             self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=10, max_overflow=10,
                                         json_serializer=json_text)
