@@ -1,4 +1,5 @@
-"""The clinician's sidebar for the patient in context; until the sync lands it reads the Patient live."""
+"""The clinician's sidebar for the patient in context: from the snapshot once the sync has the patient (no EHR
+round trip, the same picture the workers act on), else the Patient read live with the launch token."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ from flask import Blueprint, g, render_template, request
 
 from connector.ehr_client import EhrClient
 from fhir_mappings.patient import patient_header_from_fhir
-from prm import audit, connections, launches
+from prm import audit, connections, launches, patient_overview
 from prm.errors import EhrError, LaunchError, ValidationError
 from prm.models import Launch
 from prm.patients import PatientHeader
 from prm.permissions import Action
-from smart_app import csrf
+from smart_app import csrf, overview_present
 from smart_app.api_views import api_token
 from smart_app.context import prm
 from smart_app.guard import relaunch_page, requires
@@ -29,30 +30,38 @@ END_SESSION = "end-session"
 def home(handle: str) -> str | tuple[str, int]:
     ctx = prm()
     launch: Launch = g.launch
+    now = ctx.settings.clock()
     with ctx.db.session() as session:
         connection = connections.get(session, launch.connection_id)
-    if connection is None or not connection.enabled or launch.patient_id is None:
-        return relaunch_page()
+        if connection is None or not connection.enabled or launch.patient_id is None:
+            return relaunch_page()
+        seen = patient_overview.overview(session, connection, launch.patient_id, now)
     patient_id = launch.patient_id
 
     def read(token: str) -> PatientHeader:
         client = EhrClient(connection.iss, token, ctx.worker.http, ctx.settings.http_timeout_s)
         return patient_header_from_fhir(client.read("Patient", patient_id))
 
-    outcome, detail, header, problem = "success", None, None, None
-    try:
-        header = call_with_token(ctx, launch, read)
-    except LaunchError as exc:
-        outcome, detail = "failure", exc.reason
-    except (EhrError, ValidationError) as exc:
-        outcome, detail, problem = "failure", type(exc).__name__, "The EHR could not give us this patient right now."
-        log.warning("live patient read failed for launch %s: %s", launch.id, type(exc).__name__)
+    outcome, problem = "success", None
+    detail: str | None = "from the snapshot" if seen is not None else None
+    header = seen.header if seen is not None else None
+    if seen is None:
+        try:
+            header = call_with_token(ctx, launch, read)
+        except LaunchError as exc:
+            outcome, detail = "failure", exc.reason
+        except (EhrError, ValidationError) as exc:
+            outcome, detail = "failure", type(exc).__name__
+            problem = "The EHR could not give us this patient right now."
+            log.warning("live patient read failed for launch %s: %s", launch.id, type(exc).__name__)
     with ctx.db.session() as session:
         audit.record(session, ctx.settings.clock, g.actor, "patient.read", patient_id=patient_id,
                      entity=f"Patient/{patient_id}", outcome=outcome, detail=detail)
     if header is None and problem is None:
         return relaunch_page()
-    return render_template("sidebar.html", handle=handle, patient=header, problem=problem,
+    return render_template("sidebar.html", handle=handle, patient=header, problem=problem, overview=seen,
+                           freshness=overview_present.freshness(seen.as_of, now) if seen else None,
+                           occasion_text=overview_present.occasion_text, counts_text=overview_present.counts_text,
                            banner=bool(launch.context.get("need_patient_banner")),
                            end_token=csrf.issue(ctx.settings.secret_key, handle, END_SESSION),
                            api_token=api_token(handle))

@@ -71,6 +71,18 @@ def start_app(port: int, workdir: Path, database_url: str, sandbox: SandboxStack
     return app
 
 
+def give_backend_access(live_app: LiveApp, sandbox: SandboxStack) -> None:
+    """Let the live app's `sandbox` connection sync, as IT would: fhir-prm registered at the EHR as a Backend
+    Services client, and the connection told its client id (idempotent: the connection is updated in place)."""
+    from ehr_sandbox.cli import BACKEND_CLIENT_ID, backend_client
+
+    sandbox.register_client(backend_client(live_app.url))
+    added = live_app.prm("connection", "add", "--name", "sandbox", "--iss", sandbox.iss, "--client-id", CLIENT_ID,
+                         "--frame-origin", sandbox.ehr_url, "--role-map", f"{IT_ADMIN_USER}=it_admin",
+                         "--backend-client-id", BACKEND_CLIENT_ID, "--backend-auth", "private_key_jwt")
+    assert added.returncode == 0, added.stderr
+
+
 @pytest.fixture(scope="session")
 def live_app(app_port: int, sandbox: SandboxStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
     """`prm serve` on the embedded default (SQLite file, in-process tasks), connected to the sandbox."""

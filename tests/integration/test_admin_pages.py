@@ -24,7 +24,7 @@ from prm.db import Database
 from prm.models import AuditRecord, Connection
 from prm.snapshot_models import SyncStream
 from smart_app import csrf
-from tests.integration.conftest import LiveApp
+from tests.integration.conftest import LiveApp, give_backend_access
 from tests.support.processes import wait_until
 from tests.support.settings import TEST_KEY, TEST_SECRET
 
@@ -362,13 +362,7 @@ def _release(database: Database, lease: str) -> None:
 def test_sync_health_is_shown_after_prm_sync_run(live_app: LiveApp, sandbox: SandboxStack,
                                                   accounts: dict[str, str]) -> None:
     """`prm sync run` in the foreground, then IT sees the streams (and their counts) on the connection page."""
-    from ehr_sandbox.cli import BACKEND_CLIENT_ID, backend_client
-
-    sandbox.register_client(backend_client(live_app.url))
-    added = live_app.prm("connection", "add", "--name", "sandbox", "--iss", sandbox.iss, "--client-id", "fhir-prm",
-                         "--frame-origin", sandbox.ehr_url, "--role-map", "Practitioner/prac-rdc-05=it_admin",
-                         "--backend-client-id", BACKEND_CLIENT_ID, "--backend-auth", "private_key_jwt")
-    assert added.returncode == 0, added.stderr
+    give_backend_access(live_app, sandbox)
     database = Database(live_app.database_url)
     with database.session() as session:  # a background worker is syncing Location right now; it ends in 2 s
         connection_id = session.exec(select(Connection.id).where(Connection.name == "sandbox")).one()

@@ -1,12 +1,16 @@
-"""SMART EHR launch against the sandbox over real HTTP: the sidebar shows the patient read live, audited."""
+"""SMART EHR launch against the sandbox over real HTTP: the sidebar shows the patient, read live until the sync
+has them and from fhir-prm's snapshot after, audited."""
 
 from __future__ import annotations
 
+import copy
+import html
 import http.server
 import re
 import threading
 from collections.abc import Iterator
-from typing import ClassVar
+from datetime import datetime
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -16,9 +20,10 @@ from sqlmodel import select
 from ehr_sandbox.stack import SandboxStack
 from prm.db import Database
 from prm.models import AuditRecord, Launch
-from tests.integration.conftest import IT_ADMIN_USER, LiveApp
+from tests.integration.conftest import IT_ADMIN_USER, LiveApp, give_backend_access
 from tests.integration.launch_helpers import launch, sidebar_launch_url, stop_before_callback
 from tests.support.processes import wait_until
+from tests.support.settings import DATASET_NOW
 
 
 def audit_rows(app: LiveApp) -> list[AuditRecord]:
@@ -167,3 +172,53 @@ def test_logs_carry_no_tokens_and_no_patient_data(live_app: LiveApp, sandbox: Sa
     assert issued and not any(token in log for token in issued)
     assert not re.search(r"Bearer [A-Za-z0-9._~+/-]{16,}", log)  # no bearer token value, only source lines
     assert "Oliver" not in log and "Bennett" not in log and "1980-03-16" not in log
+
+
+def _fhir_search(sandbox: SandboxStack, query: str) -> list[dict[str, Any]]:
+    """The FHIR server's own answer (behind the EHR's proxy): the oracle the snapshot is compared with."""
+    bundle = requests.get(f"{sandbox.fhir_internal_url}/{query}&_count=1000", timeout=30).json()
+    return [entry["resource"] for entry in bundle.get("entry", [])]
+
+
+def _shown(page: str, field_id: str) -> str:
+    match = re.search(rf'<dd id="{field_id}">(.*?)</dd>', page, re.S)
+    assert match, f"#{field_id} on the sidebar"
+    return html.unescape(match.group(1)).strip()
+
+
+def test_a_synced_patient_opens_from_the_snapshot_with_visits_and_bookings(live_app: LiveApp,
+                                                                           sandbox: SandboxStack) -> None:
+    """Once the sync has the patient, the sidebar shows fhir-prm's copy, audited as such: the last visit and the
+    next booking as the FHIR server has them, in the clinic's time; a booking made at the EHR shows after the
+    next sync."""
+    give_backend_access(live_app, sandbox)
+    types = [arg for t in ("Location", "Patient", "Encounter", "Appointment") for arg in ("--type", t)]
+
+    def sync() -> None:
+        ran = live_app.prm("sync", "run", "--connection", "sandbox", *types)
+        assert ran.returncode == 0, ran.stderr + ran.stdout
+
+    sync()
+    now = datetime.fromisoformat(DATASET_NOW)
+    came = [e for e in _fhir_search(sandbox, "Encounter?subject=Patient/pat-000276")
+            if e["status"] == "finished" and datetime.fromisoformat(e["period"]["start"]) <= now]
+    last = max(came, key=lambda e: datetime.fromisoformat(e["period"]["start"]))
+    place = requests.get(f"{sandbox.fhir_internal_url}/{last['location'][0]['location']['reference']}",
+                         timeout=30).json()["name"]
+    page = launch(sandbox, "pat-000276").response.text
+    assert "Jessica Green" in page and "From fhir-prm's copy of the EHR, synced" in html.unescape(page)
+    when = datetime.fromisoformat(last["period"]["start"]).strftime("%a %d %b %Y, %H:%M")
+    assert _shown(page, "last-visit") == f"{when} · {place}"
+    assert audit_rows(live_app)[-1].detail == "from the snapshot"
+
+    [made] = [a for a in _fhir_search(sandbox, "Appointment?patient=Patient/pat-000276") if a["status"] == "pending"]
+    booked = copy.deepcopy(made)
+    booked.update(id="appt-sidebar-booked", status="booked", start="2026-11-24T10:15:00-05:00",
+                  end="2026-11-24T10:45:00-05:00")
+    booked.pop("meta", None)
+    requests.put(f"{sandbox.fhir_internal_url}/Appointment/appt-sidebar-booked", json=booked,
+                 timeout=30).raise_for_status()
+    assert _shown(page, "next-booking").startswith("Wed 17 Mar 2027, 09:30")  # the one booked before
+    sync()
+    again = launch(sandbox, "pat-000276").response.text
+    assert _shown(again, "next-booking").startswith("Tue 24 Nov 2026, 10:15 · ")

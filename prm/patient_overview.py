@@ -1,0 +1,149 @@
+"""What the sidebar shows of one patient from the snapshot: who they are, when they last came, when they are
+next booked and how often they missed a booking this past year.
+
+The sidebar reads fhir-prm's database once the sync has the patient (DESIGN.md, the launch path): a chart
+opens without a round trip to the EHR, and the picture is the one every worker acts on. A patient the sync
+has not brought yet has no overview; the sidebar then reads the Patient live.
+
+Times are shown in the clinic's zone (`prm.clinic_zones`, from the visit's Location up), as DESIGN.md asks of
+local time: many EHRs write instants in UTC. Where no zone is known, the offset the resource carried is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from typing import TypeVar
+
+from sqlmodel import Session, col, func, select
+
+from prm import clinic_zones
+from prm.models import Connection
+from prm.patients import PatientHeader
+from prm.snapshot_models import Booking, PatientRecord, Site, SyncStream, Visit
+
+CAME = ("arrived", "triaged", "in-progress", "onleave", "finished")  # Encounter.status: the patient was there
+AHEAD = ("proposed", "pending", "booked", "waitlist")  # Appointment.status: still to happen
+MISSED = "noshow"
+MISSED_WINDOW = timedelta(days=365)
+MAX_MERGE_HOPS = 5  # replaced-by links followed from the launched record: more is a loop or a data error
+OVERVIEW_TYPES = ("Patient", "Encounter", "Appointment")  # the streams the overview is as fresh as
+Dated = TypeVar("Dated", Visit, Booking)
+
+
+@dataclass(frozen=True)
+class Occasion:
+    """A visit or a booking as staff speak of it: when (local), where, and its EHR status."""
+
+    fhir_id: str
+    at: datetime  # aware, in the clinic's zone
+    place: str | None
+    status: str
+
+
+@dataclass(frozen=True)
+class PatientOverview:
+    header: PatientHeader
+    merged_into: str | None  # the record the EHR merged this one into (Patient.link replaced-by)
+    as_of: datetime | None  # the snapshot trails the EHR by at most now - as_of; None while a first load runs
+    last_visit: Occasion | None
+    next_booking: Occasion | None
+    visits_past_year: int
+    missed_past_year: int
+
+
+def overview(session: Session, connection: Connection, patient_id: str, now: datetime) -> PatientOverview | None:
+    """The patient's overview, or None where the snapshot has no live record of them (not synced yet, or
+    deleted in the EHR: the caller reads live and shows what the EHR says)."""
+    record = _record(session, connection, patient_id)
+    if record is None:
+        return None
+    ids = _same_person(session, connection, record)
+    year_ago = now - MISSED_WINDOW
+    last_visit = _first(session, Visit, connection, ids, col(Visit.status).in_(CAME), col(Visit.start_at) <= now,
+                        newest=True)
+    next_booking = _first(session, Booking, connection, ids, col(Booking.status).in_(AHEAD),
+                          col(Booking.start_at) > now, newest=False)
+    return PatientOverview(
+        header=PatientHeader(fhir_id=record.fhir_id, display_name=record.display_name, birth_date=record.birth_date,
+                             gender=record.gender, deceased=record.deceased),
+        merged_into=record.replaced_by,
+        as_of=_as_of(session, connection),
+        last_visit=_occasion(session, connection, last_visit),
+        next_booking=_occasion(session, connection, next_booking),
+        visits_past_year=_count(session, Visit, connection, ids, col(Visit.status).in_(CAME),
+                                col(Visit.start_at) > year_ago, col(Visit.start_at) <= now),
+        missed_past_year=_count(session, Booking, connection, ids, col(Booking.status) == MISSED,
+                                col(Booking.start_at) > year_ago, col(Booking.start_at) <= now),
+    )
+
+
+def _record(session: Session, connection: Connection, fhir_id: str) -> PatientRecord | None:
+    return session.exec(select(PatientRecord).where(
+        col(PatientRecord.connection_id) == connection.id, col(PatientRecord.fhir_id) == fhir_id,
+        col(PatientRecord.deleted).is_(False))).first()
+
+
+def _same_person(session: Session, connection: Connection, record: PatientRecord) -> list[str]:
+    """The launched record, those it was merged into, and those merged into it: one person's visits may sit
+    under any of them, depending on how far the EHR moved them when it merged."""
+    ids = [record.fhir_id]
+    current = record
+    while current.replaced_by and current.replaced_by not in ids and len(ids) <= MAX_MERGE_HOPS:
+        ids.append(current.replaced_by)
+        survivor = _record(session, connection, current.replaced_by)
+        if survivor is None:
+            break
+        current = survivor
+    merged_in = session.exec(select(PatientRecord.fhir_id).where(
+        col(PatientRecord.connection_id) == connection.id, col(PatientRecord.replaced_by).in_(ids),
+        col(PatientRecord.deleted).is_(False)))
+    return list(dict.fromkeys([*ids, *merged_in]))
+
+
+def _first(session: Session, model: type[Dated], connection: Connection, patient_ids: Iterable[str],
+           *conditions: object, newest: bool) -> Dated | None:
+    start = col(model.start_at)
+    query = select(model).where(col(model.connection_id) == connection.id, col(model.patient_id).in_(list(patient_ids)),
+                                col(model.deleted).is_(False), *conditions)  # type: ignore[arg-type]
+    return session.exec(query.order_by(start.desc() if newest else start.asc(), col(model.fhir_id)).limit(1)).first()
+
+
+def _count(session: Session, model: type[Dated], connection: Connection, patient_ids: Iterable[str],
+           *conditions: object) -> int:
+    query = select(func.count()).select_from(model).where(
+        col(model.connection_id) == connection.id, col(model.patient_id).in_(list(patient_ids)),
+        col(model.deleted).is_(False), *conditions)  # type: ignore[arg-type]
+    return int(session.exec(query).one())
+
+
+def _as_of(session: Session, connection: Connection) -> datetime | None:
+    """When the Patient, Encounter and Appointment streams had all last read all there was."""
+    caught_up = list(session.exec(select(SyncStream.caught_up_at).where(
+        col(SyncStream.connection_id) == connection.id, col(SyncStream.resource_type).in_(OVERVIEW_TYPES),
+        col(SyncStream.enabled).is_(True))))
+    if len(caught_up) < len(OVERVIEW_TYPES) or any(at is None for at in caught_up):
+        return None
+    return min(at for at in caught_up if at is not None)
+
+
+def _occasion(session: Session, connection: Connection, row: Visit | Booking | None) -> Occasion | None:
+    if row is None or row.start_at is None:
+        return None
+    providers = [row.service_provider] if isinstance(row, Visit) and row.service_provider else []
+    zone: tzinfo = clinic_zones.zone_for(session, connection, location_ids=row.location_ids, organization_ids=providers)
+    if zone is UTC and row.start_offset_min is not None:  # no zone known: the EHR's own offset is the best guess
+        zone = timezone(timedelta(minutes=row.start_offset_min))
+    return Occasion(fhir_id=row.fhir_id, at=row.start_at.astimezone(zone), place=_place(session, connection, row),
+                    status=row.status)
+
+
+def _place(session: Session, connection: Connection, row: Visit | Booking) -> str | None:
+    for location_id in row.location_ids:
+        name = session.exec(select(Site.name).where(col(Site.connection_id) == connection.id,
+                                                    col(Site.fhir_id) == location_id,
+                                                    col(Site.deleted).is_(False))).first()
+        if name:
+            return name
+    return None
