@@ -8,7 +8,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from ehr_sandbox.stack import SandboxStack
-from tests.integration.conftest import LiveApp
+from tests.integration.conftest import LiveApp, give_backend_access
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -45,6 +45,25 @@ def test_patient_list_to_sidebar_in_a_cross_site_iframe(page: Page, live_app: Li
     assert "pat-000001" not in sidebar.url
     box = page.locator("#prm-sidebar").bounding_box()
     assert box is not None and 340 <= box["width"] <= 380
+
+
+def test_a_synced_patient_s_visits_fit_the_sidebar(page: Page, live_app: LiveApp, sandbox: SandboxStack) -> None:
+    """From fhir-prm's copy: the Visits card reads in the ~360 px sidebar, no line running out of it."""
+    give_backend_access(live_app, sandbox)
+    ran = live_app.prm("sync", "run", "--connection", "sandbox", "--type", "Location", "--type", "Patient",
+                       "--type", "Encounter", "--type", "Appointment")
+    assert ran.returncode == 0, ran.stderr + ran.stdout
+    page.goto(sandbox.chart_url("pat-000276"))
+    frame = page.frame_locator("#prm-sidebar")
+    last_visit = frame.locator("#last-visit")
+    last_visit.wait_for(timeout=20_000)
+    assert "Hudson Skin & Aesthetics" in last_visit.inner_text()
+    assert frame.locator("#patient-source").inner_text().startswith("From fhir-prm's copy of the EHR, synced")
+    assert frame.locator("#past-year").inner_text().endswith("missed bookings")
+    widths = frame.locator("body").evaluate(
+        "b => [b.scrollWidth, b.clientWidth, ...[...document.querySelectorAll('#visits dd')]"
+        ".map(d => d.scrollWidth - d.clientWidth)]")
+    assert widths[0] <= widths[1] and all(overflow <= 0 for overflow in widths[2:]), widths
 
 
 def test_launch_works_with_every_app_cookie_stripped(page: Page, live_app: LiveApp, sandbox: SandboxStack) -> None:
