@@ -18,8 +18,8 @@ class Freshness:
 
 
 def occasion_text(occasion: Occasion) -> str:
-    """`Thu 12 Nov 2026, 10:30 · Riverside Dental` (local time as the EHR gave it), with a status other than
-    the usual one for its kind."""
+    """`Thu 12 Nov 2026, 10:30 · Riverside Dental` in the clinic's time, and the status when it is not the
+    usual one (a visit finished, a booking booked)."""
     text = occasion.at.strftime("%a %d %b %Y, %H:%M")
     if occasion.place:
         text += f" · {occasion.place}"
