@@ -119,10 +119,10 @@ def _count(session: Session, model: type[Dated], connection: Connection, patient
 
 
 def _as_of(session: Session, connection: Connection) -> datetime | None:
-    """When the Patient, Encounter and Appointment streams had all last read all there was."""
+    """When the Patient, Encounter and Appointment streams had all last read all there was. A stream switched
+    off counts too: what it brought is shown, and it grows older."""
     caught_up = list(session.exec(select(SyncStream.caught_up_at).where(
-        col(SyncStream.connection_id) == connection.id, col(SyncStream.resource_type).in_(OVERVIEW_TYPES),
-        col(SyncStream.enabled).is_(True))))
+        col(SyncStream.connection_id) == connection.id, col(SyncStream.resource_type).in_(OVERVIEW_TYPES))))
     if len(caught_up) < len(OVERVIEW_TYPES) or any(at is None for at in caught_up):
         return None
     return min(at for at in caught_up if at is not None)

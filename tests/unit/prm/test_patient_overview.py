@@ -21,7 +21,6 @@ from prm.crypto import SecretBox
 from prm.db import Database
 from prm.models import Connection
 from prm.patient_overview import overview
-from prm.snapshot_models import SyncStream
 
 DATA = Path(__file__).resolve().parents[3] / "ehr_sandbox" / "data" / "sandbox"
 NOW = datetime.fromisoformat("2026-11-20T12:00:00+00:00")  # the data set's "now"
@@ -158,11 +157,17 @@ def test_the_overview_is_as_fresh_as_its_three_streams(database: Database, setti
     with database.session() as session:
         seen = overview(session, connection, PATIENT, NOW)
         assert seen is not None and seen.as_of == NOW - timedelta(minutes=7)
+        appointment_stream = next(s for s in streams.of_connection(session, connection.id or 0)
+                                  if s.resource_type == "Appointment")
+        appointment_stream.enabled, appointment_stream.caught_up_at = False, NOW - timedelta(days=2)
+        session.add(appointment_stream)
+    with database.session() as session:
+        switched_off = overview(session, connection, PATIENT, NOW)
+        assert switched_off is not None and switched_off.as_of == NOW - timedelta(days=2), "its bookings are old"
         encounter_stream = next(s for s in streams.of_connection(session, connection.id or 0)
                                 if s.resource_type == "Encounter")
-        encounter_stream.caught_up_at = None  # a first load of Encounters again (IT reset the stream)
+        encounter_stream.caught_up_at = None  # not caught up yet: a first load still under way
         session.add(encounter_stream)
     with database.session() as session:
         again = overview(session, connection, PATIENT, NOW)
         assert again is not None and again.as_of is None
-        assert session.get(SyncStream, encounter_stream.id) is not None
