@@ -24,9 +24,11 @@ import requests
 from dotenv import load_dotenv
 
 from ehr_sandbox.config import SandboxClient, SandboxConfig
+from ehr_sandbox.demo_clock import demo_start
 from ehr_sandbox.profiles import PROFILES
 from ehr_sandbox.stack import SandboxStack
 from prm.clock import running_from
+from prm.config import load_settings
 from prm.connections import DEFAULT_BACKEND_SCOPES, DEFAULT_USER_SCOPES, SUBSCRIPTION_SCOPES
 
 DATASET_NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)  # the data set's "now" (ehr_sandbox/data/README.md)
@@ -98,13 +100,17 @@ def up(port: int, fhir_port: int, app_port: int, profile: str, real_time: bool) 
                  backend_client(app_url)],
     )
     env = {**os.environ, "PRM_PUBLIC_URL": app_url}
-    if not real_time and not env.get("PRM_NOW"):
-        env["PRM_NOW"] = running_from(DATASET_NOW)
     click.echo("starting the sandbox EHR (FHIR server and synthetic data set)...")
     stack = SandboxStack(config).start()
     app: subprocess.Popen[bytes] | None = None
     try:
         _prm(["db", "upgrade"], env)
+        if not real_time and not env.get("PRM_NOW"):
+            start = demo_start(load_settings(env).database_url, DATASET_NOW)
+            env["PRM_NOW"] = running_from(start)
+            if start > DATASET_NOW:
+                click.echo(f"  the demo's clock goes on from {start:%Y-%m-%d %H:%M:%S} UTC, where it had got to in "
+                           f"this database (remove it to start afresh at {DATASET_NOW:%Y-%m-%d %H:%M} UTC)")
         _prm(["connection", "add", "--name", "sandbox", "--iss", stack.iss, "--client-id", CLIENT_ID,
               "--frame-origin", stack.ehr_url, "--role-map", "Practitioner/prac-rdc-05=it_admin",
               "--backend-client-id", BACKEND_CLIENT_ID, "--backend-auth", "private_key_jwt",
