@@ -1,4 +1,5 @@
-"""`prm connection check` wired: load a connection with its secrets, probe the EHR, store and audit the profile."""
+"""`prm connection check` wired: load a connection with its secrets, probe the EHR, store and audit the profile,
+and bring the check of our Subscriptions at that EHR forward."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from typing import Any
 from sqlmodel import Session
 
 from connector import capability
-from prm import audit, connections
+from prm import audit, connections, jobs
 from prm.crypto import SecretBox
 from prm.errors import NotFoundError
 from prm.models import Connection
+from workers import subscriptions
 from workers.backend_auth import backend_credentials
 from workers.runtime import WorkerContext
 
@@ -42,6 +44,10 @@ def check_connection(ctx: WorkerContext, connection_id: int, actor: audit.Actor 
         if row is None:
             raise NotFoundError(f"connection {connection_id} was removed during the check")
         connections.record_capability(session, ctx.settings.clock, row, profile)
+        if row.enabled and row.backend_client_id and subscriptions.usable(row):
+            # IT checks a connection after a change at the EHR (an upgrade, a restore, other topics): our
+            # Subscriptions there are checked at the sweeper's next pass, not at the end of the usual interval.
+            jobs.wake(session, subscriptions.SUBSCRIPTIONS_ENSURE, connection_id, ctx.settings.clock())
         audit.record(session, ctx.settings.clock, actor or CHECKER, "connection.check", connection_id=connection_id,
                      entity=f"connection/{row.name}", outcome="success" if profile["ok"] else "failure",
                      detail=f"{len(profile['errors'])} errors, {len(profile['warnings'])} warnings")

@@ -1,7 +1,8 @@
 """Near-real-time sync, end to end: `prm serve` subscribes to the sandbox EHR's topics (R4 Subscriptions
 Backport, rest-hook, id-only), the EHR's notifications reach its hook, and the streams they wake bring the
 change into the snapshot within seconds, although polling would not come for an hour. A Subscription the EHR
-put in error is re-activated by the next check, with a new secret, and notifications flow again.
+put in error is re-activated by the next check, with a new secret, and notifications flow again; one the EHR
+lost is made again as soon as IT checks the connection.
 """
 
 from __future__ import annotations
@@ -193,6 +194,12 @@ def test_notifications_bring_changes_in_within_seconds_and_a_subscription_in_err
 
             a_visit_finishes(env, ", through the renewed subscription")
             wait_until(lambda: polling_an_hour_away(env), 30, what="the woken streams' next polls an hour away")
+
+            lost = rows[f"{TOPIC_BASE}/patient-change"]  # the EHR lost ours (restored from a backup, say)
+            env.delete("Subscription", lost.ehr_id or "")
+            check_connection(as_deployed, env.connection_id)  # IT checks the connection: ours are checked at once
+            wait_until(lambda: all_active(env) and subscription_rows(env)[lost.topic].ehr_id != lost.ehr_id, 30,
+                       what="a new subscription for the one the EHR lost, well before the 10-minute check")
 
             booked = rows[f"{TOPIC_BASE}/appointment-booked"]  # the EHR withdraws a topic: ours goes off too
             env.delete("Basic", "topic-appointment-booked")
