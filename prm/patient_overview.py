@@ -21,7 +21,7 @@ from sqlmodel import Session, col, func, select
 from prm import clinic_zones
 from prm.models import Connection
 from prm.patients import PatientHeader
-from prm.snapshot_models import Booking, PatientRecord, Site, SyncStream, Visit
+from prm.snapshot_models import Booking, PatientRecord, QuarantinedResource, Site, SyncStream, Visit
 
 CAME = ("arrived", "triaged", "in-progress", "onleave", "finished")  # Encounter.status: the patient was there
 AHEAD = ("proposed", "pending", "booked", "waitlist")  # Appointment.status: still to happen
@@ -46,6 +46,7 @@ class Occasion:
 class PatientOverview:
     header: PatientHeader
     merged_into: str | None  # the record the EHR merged this one into (Patient.link replaced-by)
+    newer_refused: bool  # the EHR has a newer version of the record that failed the edge check: this one is older
     as_of: datetime | None  # the snapshot trails the EHR by at most now - as_of; None while a first load runs
     last_visit: Occasion | None
     next_booking: Occasion | None
@@ -69,6 +70,7 @@ def overview(session: Session, connection: Connection, patient_id: str, now: dat
         header=PatientHeader(fhir_id=record.fhir_id, display_name=record.display_name, birth_date=record.birth_date,
                              gender=record.gender, deceased=record.deceased),
         merged_into=record.replaced_by,
+        newer_refused=_newer_refused(session, connection, record.fhir_id),
         as_of=_as_of(session, connection),
         last_visit=_occasion(session, connection, last_visit),
         next_booking=_occasion(session, connection, next_booking),
@@ -83,6 +85,14 @@ def _record(session: Session, connection: Connection, fhir_id: str) -> PatientRe
     return session.exec(select(PatientRecord).where(
         col(PatientRecord.connection_id) == connection.id, col(PatientRecord.fhir_id) == fhir_id,
         col(PatientRecord.deleted).is_(False))).first()
+
+
+def _newer_refused(session: Session, connection: Connection, fhir_id: str) -> bool:
+    """A version of the record is quarantined and not since mended: the sync kept the last good one."""
+    table = QuarantinedResource
+    return session.exec(select(table.id).where(
+        col(table.connection_id) == connection.id, col(table.resource_type) == "Patient",
+        col(table.fhir_id) == fhir_id, col(table.resolved_at).is_(None))).first() is not None
 
 
 def _same_person(session: Session, connection: Connection, record: PatientRecord) -> list[str]:

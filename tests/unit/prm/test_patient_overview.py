@@ -145,6 +145,24 @@ def test_where_no_zone_is_known_the_ehr_s_own_offset_is_used(database: Database,
     assert seen.last_visit.at.isoformat() == last["period"]["start"]
 
 
+def test_a_newer_version_the_edge_check_refused_is_said(database: Database, settings: Settings) -> None:
+    """The EHR's version 2 of her record failed the check and was quarantined: the sync kept version 1, and the
+    overview says a newer one exists until the EHR sends one that passes (the quarantine is then resolved)."""
+    connection = stored(database, settings, of_patient("Encounter"), of_patient("Appointment"), of_patient("Patient"))
+    refused = {**of_patient("Patient")[0], "meta": {"versionId": "2"}, "birthDate": "20 August 1970"}
+    with database.session() as session:
+        before = overview(session, connection, PATIENT, NOW)
+        assert before is not None and before.newer_refused is False
+        streams.quarantine(session, settings.clock, connection.id or 0, "Patient", refused, "birthDate: not a date")
+    with database.session() as session:
+        seen = overview(session, connection, PATIENT, NOW)
+        assert seen is not None and seen.newer_refused and seen.header.birth_date == "1970-08-20"
+        streams.resolve_quarantined(session, settings.clock, connection.id or 0, "Patient", [PATIENT])
+    with database.session() as session:
+        mended = overview(session, connection, PATIENT, NOW)
+        assert mended is not None and mended.newer_refused is False
+
+
 def test_the_overview_is_as_fresh_as_its_three_streams(database: Database, settings: Settings) -> None:
     connection = stored(database, settings, of_patient("Encounter"), of_patient("Appointment"), of_patient("Patient"))
     caught_up = {"Patient": NOW - timedelta(minutes=2), "Encounter": NOW - timedelta(minutes=7),
