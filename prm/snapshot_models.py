@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Index, Text, UniqueConstraint
+from sqlalchemy import JSON, Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from prm.db import UTCDateTime
@@ -52,7 +52,11 @@ class PatientRecord(PatientRecordBase, table=True):
     """A Patient as the PRM knows it."""
 
     __tablename__ = "patient_record"
-    __table_args__ = (UniqueConstraint("connection_id", "fhir_id", name="uq_patient_record"),)
+    __table_args__ = (
+        UniqueConstraint("connection_id", "fhir_id", name="uq_patient_record"),
+        Index("ix_patient_record_merged", "connection_id", "replaced_by",  # few rows: merged records only
+              sqlite_where=text("replaced_by IS NOT NULL"), postgresql_where=text("replaced_by IS NOT NULL")),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     connection_id: int = Field(foreign_key="connection.id")
