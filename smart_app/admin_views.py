@@ -21,6 +21,7 @@ from prm.permissions import Action, allows
 from smart_app import admin_forms, admin_present, csrf
 from smart_app.context import prm
 from smart_app.guard import ADMIN_COOKIE, admin_csrf_token, requires_admin
+from workers.connection_check import check_connection
 from workers.writeback import wake
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -228,6 +229,19 @@ def connection_enable(name: str) -> Response:
 @requires_admin(Action.MANAGE_CONNECTIONS)
 def connection_disable(name: str) -> Response:
     return _set_enabled(name, False)
+
+
+@bp.post("/connections/<name>/check")
+@requires_admin(Action.MANAGE_CONNECTIONS)
+def connection_check(name: str) -> Response:
+    """IT's "Check now": the probes of `prm connection check` while IT waits (well under a second for an EHR
+    that answers; one that is silent costs two HTTP timeouts, discovery and its fallback), the profile stored
+    and audited as this admin's, then the page with what it found."""
+    ctx = prm()
+    with ctx.db.session() as session:
+        row = connections.by_name(session, name)
+    check_connection(ctx.worker, row.id or 0, g.actor)
+    return redirect(url_for("admin.connection_detail", name=name) + "#capability", code=303)
 
 
 @bp.post("/connections/<name>/streams/<resource_type>/strategy")

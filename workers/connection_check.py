@@ -49,6 +49,6 @@ def check_connection(ctx: WorkerContext, connection_id: int, actor: audit.Actor 
             # Subscriptions there are checked at the sweeper's next pass, not at the end of the usual interval.
             jobs.wake(session, subscriptions.SUBSCRIPTIONS_ENSURE, connection_id, ctx.settings.clock())
         audit.record(session, ctx.settings.clock, actor or CHECKER, "connection.check", connection_id=connection_id,
-                     entity=f"connection/{row.name}", outcome="success" if profile["ok"] else "failure",
+                     entity=f"Connection/{row.name}", outcome="success" if profile["ok"] else "failure",
                      detail=f"{len(profile['errors'])} errors, {len(profile['warnings'])} warnings")
     return profile

@@ -268,6 +268,31 @@ def test_disabled_connection_refuses_launches(live_app: LiveApp, accounts: dict[
     assert actions == ["connection.add", "connection.disable", "connection.enable"]
 
 
+def test_it_checks_a_connection_from_its_page(live_app: LiveApp, accounts: dict[str, str]) -> None:
+    """"Check now" probes the EHR as `prm connection check` does, stores the profile and audits it as the admin's;
+    a practice manager sees no button and may not post one."""
+    admin = signed_in(live_app, accounts["it_admin"])
+    page = admin.get("/admin/connections/sandbox").text
+    token = re.search(r'action="/admin/connections/sandbox/check" class="inline">\s*'
+                      r'<input type="hidden" name="csrf_token" value="([^"]+)"', page)
+    assert token and 'id="check-connection"' in page
+    before = {r.id for r in rows(live_app, AuditRecord, AuditRecord.action == "connection.check")}
+    response = admin.post("/admin/connections/sandbox/check", {"csrf_token": token.group(1)})
+    assert response.status_code == 303
+    assert response.headers["Location"].endswith("/admin/connections/sandbox#capability")
+    [record] = [r for r in rows(live_app, AuditRecord, AuditRecord.action == "connection.check") if r.id not in before]
+    assert (record.actor_kind, record.actor, record.entity) == ("admin", accounts["it_admin"], "Connection/sandbox")
+    checked = connection(live_app, "sandbox")
+    assert checked is not None and checked.capability_checked_at is not None and checked.capability_profile
+    shown = admin.get("/admin/connections/sandbox").text
+    assert f"checked {checked.capability_checked_at:%Y-%m-%d %H:%M} UTC" in shown
+    manager = signed_in(live_app, accounts["practice_manager"])
+    assert 'id="check-connection"' not in manager.get("/admin/connections/sandbox").text
+    minted = csrf.issue(TEST_SECRET, hashlib.sha256(manager.cookies["prm_admin"].encode()).hexdigest(),
+                        "admin.connection_check")
+    assert manager.post("/admin/connections/sandbox/check", {"csrf_token": minted}).status_code == 403
+
+
 def test_missing_or_forged_csrf_is_refused_and_changes_nothing(live_app: LiveApp, accounts: dict[str, str]) -> None:
     admin = signed_in(live_app, accounts["it_admin"])
     other = signed_in(live_app, accounts["it_admin_2"])
