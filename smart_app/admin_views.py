@@ -22,6 +22,7 @@ from smart_app import admin_forms, admin_present, csrf
 from smart_app.context import prm
 from smart_app.guard import ADMIN_COOKIE, admin_csrf_token, requires_admin
 from workers.connection_check import check_connection
+from workers.sync import wake_streams
 from workers.writeback import wake
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -155,7 +156,7 @@ def connection_detail(name: str) -> str:
                            subscription_support=(row.capability_profile or {}).get("subscriptions") or {},
                            subscription_scopes=connections.SUBSCRIPTION_SCOPES, lag=admin_present.lag,
                            health=admin_present.health_lines(row.health_detail or {}),
-                           now=prm().settings.clock())
+                           woken=request.args.get("woken", type=int), now=prm().settings.clock())
 
 
 def _form_page(values: dict[str, Any], error: str | None, name: str | None, status: int = 200) -> tuple[str, int]:
@@ -242,6 +243,20 @@ def connection_check(name: str) -> Response:
         row = connections.by_name(session, name)
     check_connection(ctx.worker, row.id or 0, g.actor)
     return redirect(url_for("admin.connection_detail", name=name) + "#capability", code=303)
+
+
+@bp.post("/connections/<name>/sync")
+@requires_admin(Action.MANAGE_CONNECTIONS)
+def connection_sync(name: str) -> Response:
+    """IT's "Sync now" (after mending a credential, or when a stream shows an error): every stream's next run is
+    due at once, as an EHR notification would make it; a stream running now runs once more when it ends."""
+    ctx = prm()
+    with ctx.db.session() as session:
+        row = connections.by_name(session, name)
+        woken = wake_streams(ctx.worker, session, row.id or 0, list(streams.SYNC_TYPES))
+        audit.record(session, ctx.settings.clock, g.actor, "sync.wake", connection_id=row.id,
+                     entity=f"Connection/{name}", count=woken)
+    return redirect(url_for("admin.connection_detail", name=name, woken=woken) + "#sync", code=303)
 
 
 @bp.post("/connections/<name>/streams/<resource_type>/strategy")

@@ -21,12 +21,13 @@ from ehr_sandbox.stack import SandboxStack
 from prm import leases, streams
 from prm.crypto import SecretBox
 from prm.db import Database
-from prm.models import AuditRecord, Connection
+from prm.models import AuditRecord, Connection, Job
 from prm.snapshot_models import SyncStream
 from smart_app import csrf
 from tests.integration.conftest import LiveApp, give_backend_access
 from tests.support.processes import wait_until
 from tests.support.settings import TEST_KEY, TEST_SECRET
+from workers.sync import SYNC_STREAM
 
 PASSWORD = "correct horse battery staple"
 CHROMIUM = "/usr/bin/chromium"
@@ -291,6 +292,35 @@ def test_it_checks_a_connection_from_its_page(live_app: LiveApp, accounts: dict[
     minted = csrf.issue(TEST_SECRET, hashlib.sha256(manager.cookies["prm_admin"].encode()).hexdigest(),
                         "admin.connection_check")
     assert manager.post("/admin/connections/sandbox/check", {"csrf_token": minted}).status_code == 403
+
+
+def test_it_has_every_stream_run_now_from_the_page(live_app: LiveApp, sandbox: SandboxStack,
+                                                   accounts: dict[str, str]) -> None:
+    """"Sync now" makes each stream's next run due at once: the app's worker runs them within seconds, not at
+    their interval. The wake-up is audited with its count; a practice manager has no button."""
+    give_backend_access(live_app, sandbox)
+    ran = live_app.prm("sync", "run", "--connection", "sandbox", "--type", "Organization")
+    assert ran.returncode == 0, ran.stderr + ran.stdout
+    [stream] = rows(live_app, SyncStream, SyncStream.resource_type == "Organization")
+
+    def runs() -> int:  # the app's clock is frozen, so count the stream's job runs, not its run times
+        return sum(job.runs for job in rows(live_app, Job, Job.kind == SYNC_STREAM, Job.subject_id == stream.id))
+
+    before = runs()
+    admin = signed_in(live_app, accounts["it_admin"])
+    page = admin.get("/admin/connections/sandbox").text
+    token = re.search(r'action="/admin/connections/sandbox/sync" class="inline actions">\s*'
+                      r'<input type="hidden" name="csrf_token" value="([^"]+)"', page)
+    assert token and 'id="sync-connection"' in page
+    response = admin.post("/admin/connections/sandbox/sync", {"csrf_token": token.group(1)})
+    assert response.status_code == 303
+    assert response.headers["Location"].endswith("/admin/connections/sandbox?woken=9#sync")
+    assert "9 streams will run within seconds" in admin.get("/admin/connections/sandbox?woken=9").text
+    wait_until(lambda: runs() > before, 30, what="the Organization stream run by the app's worker")
+    [record] = rows(live_app, AuditRecord, AuditRecord.action == "sync.wake")
+    assert (record.actor, record.count, record.entity) == (accounts["it_admin"], 9, "Connection/sandbox")
+    manager = signed_in(live_app, accounts["practice_manager"])
+    assert 'id="sync-connection"' not in manager.get("/admin/connections/sandbox").text
 
 
 def test_missing_or_forged_csrf_is_refused_and_changes_nothing(live_app: LiveApp, accounts: dict[str, str]) -> None:
