@@ -129,9 +129,9 @@ def bench_backend(stack: SandboxStack, backend: str, sample: list[str], workdir:
                 differs by design (the overview reads the records merged together; the EHR's search, one)."""
                 with ctx.db.session() as session:
                     seen = overview(session, connection, patient_id, now)
-                    merged = seen is not None and (seen.merged_into is not None or session.exec(
-                        select(PatientRecord.id).where(PatientRecord.replaced_by == patient_id)).first() is not None)
-                assert seen is not None
+                    assert seen is not None, f"{patient_id} is not in the snapshot"
+                    merged = seen.merged_into is not None or session.exec(
+                        select(PatientRecord.id).where(PatientRecord.replaced_by == patient_id)).first() is not None
                 ids = {o.fhir_id for o in (seen.last_visit, seen.next_booking) if o is not None}
                 if read_live_picture(patient_id) == (ids, [seen.visits_past_year, seen.missed_past_year]):
                     return False

@@ -112,19 +112,23 @@ def _same_person(session: Session, connection: Connection, record: PatientRecord
     return list(dict.fromkeys([*ids, *merged_in]))
 
 
+def _of_person(model: type[Dated], connection: Connection, patient_ids: Iterable[str]) -> list[object]:
+    """The live rows of the connection under any of the person's records."""
+    return [col(model.connection_id) == connection.id, col(model.patient_id).in_(list(patient_ids)),
+            col(model.deleted).is_(False)]
+
+
 def _first(session: Session, model: type[Dated], connection: Connection, patient_ids: Iterable[str],
            *conditions: object, newest: bool) -> Dated | None:
     start = col(model.start_at)
-    query = select(model).where(col(model.connection_id) == connection.id, col(model.patient_id).in_(list(patient_ids)),
-                                col(model.deleted).is_(False), *conditions)  # type: ignore[arg-type]
+    query = select(model).where(*_of_person(model, connection, patient_ids), *conditions)  # type: ignore[arg-type]
     return session.exec(query.order_by(start.desc() if newest else start.asc(), col(model.fhir_id)).limit(1)).first()
 
 
 def _count(session: Session, model: type[Dated], connection: Connection, patient_ids: Iterable[str],
            *conditions: object) -> int:
     query = select(func.count()).select_from(model).where(
-        col(model.connection_id) == connection.id, col(model.patient_id).in_(list(patient_ids)),
-        col(model.deleted).is_(False), *conditions)  # type: ignore[arg-type]
+        *_of_person(model, connection, patient_ids), *conditions)  # type: ignore[arg-type]
     return int(session.exec(query).one())
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from ehr_sandbox.cli import BACKEND_CLIENT_ID, backend_client
 from ehr_sandbox.config import SandboxClient, SandboxConfig
 from ehr_sandbox.ehr_app import EhrServer
 from ehr_sandbox.stack import SandboxStack
@@ -74,13 +75,18 @@ def start_app(port: int, workdir: Path, database_url: str, sandbox: SandboxStack
 def give_backend_access(live_app: LiveApp, sandbox: SandboxStack) -> None:
     """Let the live app's `sandbox` connection sync, as IT would: fhir-prm registered at the EHR as a Backend
     Services client, and the connection told its client id (idempotent: the connection is updated in place)."""
-    from ehr_sandbox.cli import BACKEND_CLIENT_ID, backend_client
-
     sandbox.register_client(backend_client(live_app.url))
     added = live_app.prm("connection", "add", "--name", "sandbox", "--iss", sandbox.iss, "--client-id", CLIENT_ID,
                          "--frame-origin", sandbox.ehr_url, "--role-map", f"{IT_ADMIN_USER}=it_admin",
                          "--backend-client-id", BACKEND_CLIENT_ID, "--backend-auth", "private_key_jwt")
     assert added.returncode == 0, added.stderr
+
+
+def sync_sandbox(live_app: LiveApp, sandbox: SandboxStack, *types: str) -> None:
+    """`prm sync run` of these types of the live app's `sandbox` connection, given backend access first."""
+    give_backend_access(live_app, sandbox)
+    ran = live_app.prm("sync", "run", "--connection", "sandbox", *[arg for t in types for arg in ("--type", t)])
+    assert ran.returncode == 0, ran.stderr + ran.stdout
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ from prm.db import Database
 from prm.models import AuditRecord, Connection, Job
 from prm.snapshot_models import SyncStream
 from smart_app import csrf
-from tests.integration.conftest import LiveApp, give_backend_access
+from tests.integration.conftest import LiveApp, give_backend_access, sync_sandbox
 from tests.support.processes import wait_until
 from tests.support.settings import TEST_KEY, TEST_SECRET
 from workers.sync import SYNC_STREAM
@@ -298,9 +298,7 @@ def test_it_has_every_stream_run_now_from_the_page(live_app: LiveApp, sandbox: S
                                                    accounts: dict[str, str]) -> None:
     """"Sync now" makes each stream's next run due at once: the app's worker runs them within seconds, not at
     their interval. The wake-up is audited with its count; a practice manager has no button."""
-    give_backend_access(live_app, sandbox)
-    ran = live_app.prm("sync", "run", "--connection", "sandbox", "--type", "Organization")
-    assert ran.returncode == 0, ran.stderr + ran.stdout
+    sync_sandbox(live_app, sandbox, "Organization")
     [stream] = rows(live_app, SyncStream, SyncStream.resource_type == "Organization")
 
     def runs() -> int:  # the app's clock is frozen, so count the stream's job runs, not its run times

@@ -8,7 +8,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from ehr_sandbox.stack import SandboxStack
-from tests.integration.conftest import LiveApp, give_backend_access
+from tests.integration.conftest import LiveApp, sync_sandbox
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -49,10 +49,7 @@ def test_patient_list_to_sidebar_in_a_cross_site_iframe(page: Page, live_app: Li
 
 def test_a_synced_patient_s_visits_fit_the_sidebar(page: Page, live_app: LiveApp, sandbox: SandboxStack) -> None:
     """From fhir-prm's copy: the Visits card reads in the ~360 px sidebar, no line running out of it."""
-    give_backend_access(live_app, sandbox)
-    ran = live_app.prm("sync", "run", "--connection", "sandbox", "--type", "Location", "--type", "Patient",
-                       "--type", "Encounter", "--type", "Appointment")
-    assert ran.returncode == 0, ran.stderr + ran.stdout
+    sync_sandbox(live_app, sandbox, "Location", "Patient", "Encounter", "Appointment")
     page.goto(sandbox.chart_url("pat-000276"))
     frame = page.frame_locator("#prm-sidebar")
     last_visit = frame.locator("#last-visit")

@@ -20,7 +20,7 @@ from sqlmodel import select
 from ehr_sandbox.stack import SandboxStack
 from prm.db import Database
 from prm.models import AuditRecord, Launch
-from tests.integration.conftest import IT_ADMIN_USER, LiveApp, give_backend_access
+from tests.integration.conftest import IT_ADMIN_USER, LiveApp, sync_sandbox
 from tests.integration.launch_helpers import launch, sidebar_launch_url, stop_before_callback
 from tests.support.processes import wait_until
 from tests.support.settings import DATASET_NOW
@@ -191,14 +191,8 @@ def test_a_synced_patient_opens_from_the_snapshot_with_visits_and_bookings(live_
     """Once the sync has the patient, the sidebar shows fhir-prm's copy, audited as such: the last visit and the
     next booking as the FHIR server has them, in the clinic's time; a booking made at the EHR shows after the
     next sync."""
-    give_backend_access(live_app, sandbox)
-    types = [arg for t in ("Location", "Patient", "Encounter", "Appointment") for arg in ("--type", t)]
-
-    def sync() -> None:
-        ran = live_app.prm("sync", "run", "--connection", "sandbox", *types)
-        assert ran.returncode == 0, ran.stderr + ran.stdout
-
-    sync()
+    overview_types = ("Location", "Patient", "Encounter", "Appointment")
+    sync_sandbox(live_app, sandbox, *overview_types)
     now = datetime.fromisoformat(DATASET_NOW)
     came = [e for e in _fhir_search(sandbox, "Encounter?subject=Patient/pat-000276")
             if e["status"] == "finished" and datetime.fromisoformat(e["period"]["start"]) <= now]
@@ -219,6 +213,6 @@ def test_a_synced_patient_opens_from_the_snapshot_with_visits_and_bookings(live_
     requests.put(f"{sandbox.fhir_internal_url}/Appointment/appt-sidebar-booked", json=booked,
                  timeout=30).raise_for_status()
     assert _shown(page, "next-booking").startswith("Wed 17 Mar 2027, 09:30")  # the one booked before
-    sync()
+    sync_sandbox(live_app, sandbox, *overview_types)
     again = launch(sandbox, "pat-000276").response.text
     assert _shown(again, "next-booking").startswith("Tue 24 Nov 2026, 10:15 · ")
