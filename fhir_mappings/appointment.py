@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhir_mappings.common import codes, instant, meta, ref_ids
+from fhir_mappings.common import codes, concept_text, instant, meta, ref_ids, words
 from fhir_mappings.r4_schema import check_resource
 from prm.snapshot_models import BookingCreate
 
@@ -24,6 +24,8 @@ def booking_from_appointment(resource: dict[str, Any]) -> BookingCreate:
         minutes_duration=resource.get("minutesDuration"),
         service_type_codes=codes(resource.get("serviceType")),
         appointment_type_codes=codes(resource.get("appointmentType")),
+        type_text=concept_text(resource.get("appointmentType"), resource.get("serviceType"))
+        or words(resource.get("description")),  # the EHR's own line for it
         cancelation_reason=reason[0].split("|", 1)[1] if reason else None,
         location_ids=ref_ids(actors, "Location"),
         practitioners=ref_ids(actors, "Practitioner"),

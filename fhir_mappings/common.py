@@ -60,6 +60,27 @@ def codes(concepts: list[dict[str, Any]] | dict[str, Any] | None) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+TEXT_MAX = 200  # the column's width: an EHR's wording longer than this is cut, never refused
+
+
+def concept_text(*concepts: list[dict[str, Any]] | dict[str, Any] | None) -> str | None:
+    """How the EHR words the first of these CodeableConcepts (or lists of them) that says anything: its `text`,
+    else its first coding's `display`. The codes say what a thing is to a machine; a clinic's own code system
+    names its codes only in the EHR, so the words are kept beside them for people."""
+    for concept in concepts:
+        for cc in concept if isinstance(concept, list) else [concept] if concept else []:
+            said = words(cc.get("text")) or next(filter(None, (words(c.get("display")) for c in cc.get("coding", []))),
+                                                 None)
+            if said:
+                return said
+    return None
+
+
+def words(text: Any) -> str | None:
+    """An EHR's free text for display: spaces made single, cut at TEXT_MAX; None where it says nothing."""
+    return " ".join(text.split())[:TEXT_MAX] or None if isinstance(text, str) else None
+
+
 def meta(resource: dict[str, Any]) -> dict[str, Any]:
     """fhir_id, version_id and last_updated, which every snapshot row carries."""
     m = resource.get("meta") or {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhir_mappings.common import codes, instant, meta, ref_id, ref_ids
+from fhir_mappings.common import codes, concept_text, instant, meta, ref_id, ref_ids
 from fhir_mappings.r4_schema import check_resource
 from prm.snapshot_models import VisitCreate
 
@@ -22,6 +22,7 @@ def visit_from_encounter(resource: dict[str, Any]) -> VisitCreate:
         class_code=(resource.get("class") or {}).get("code"),
         type_codes=codes(resource.get("type")),
         service_type_codes=codes(resource.get("serviceType")),
+        type_text=concept_text(resource.get("type"), resource.get("serviceType")),
         start_at=start_at, start_offset_min=start_offset, end_at=end_at, end_offset_min=end_offset,
         location_ids=ref_ids([loc.get("location") or {} for loc in resource.get("location", [])], "Location"),
         service_provider=ref_id(resource.get("serviceProvider"), "Organization"),

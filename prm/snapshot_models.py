@@ -72,6 +72,7 @@ class VisitBase(SnapshotBase):
     class_code: str | None = Field(default=None, max_length=20)
     type_codes: list[str] = _json_list()  # "system|code"
     service_type_codes: list[str] = _json_list()
+    type_text: str | None = Field(default=None, max_length=200)  # what it was for, as the EHR words it
     start_at: datetime | None = _dt()
     start_offset_min: int | None = None
     end_at: datetime | None = _dt()
@@ -108,6 +109,7 @@ class BookingBase(SnapshotBase):
     minutes_duration: int | None = None
     service_type_codes: list[str] = _json_list()
     appointment_type_codes: list[str] = _json_list()
+    type_text: str | None = Field(default=None, max_length=200)  # what it is for, as the EHR words it
     cancelation_reason: str | None = Field(default=None, max_length=60)
     location_ids: list[str] = _json_list()
     practitioners: list[str] = _json_list()
@@ -275,6 +277,13 @@ class SyncStream(SQLModel, table=True):
     pass_kind: str | None = Field(default=None, max_length=20)
     pass_position: str | None = Field(default=None, sa_type=Text)
     pass_started: datetime | None = _dt()
+    # IT (or an upgrade that keeps a new field) asks for every resource of the type to be read again: each ask
+    # counts up `reload_asked`; a run that finds more asked than served starts a pass that reads everything
+    # (`reload_serving`: the ask it serves), and its end marks that ask served. Counts, not times: an ask made
+    # while a pass is under way gets a pass of its own, whatever the clocks say.
+    reload_asked: int = 0
+    reload_served: int = 0
+    reload_serving: int | None = None
 
 
 class EhrSubscription(SQLModel, table=True):

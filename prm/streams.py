@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime
 
-from sqlalchemy import func, update
+from sqlalchemy import delete, func, update
 from sqlmodel import Session, col, select
 
 from prm import audit
@@ -72,18 +72,64 @@ def set_strategy(session: Session, clock: Clock, actor: audit.Actor, connection_
     done is not redone)."""
     if strategy not in STRATEGIES:
         raise ValidationError(f"sync strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
-    unknown = sorted(set(resource_types or ()) - set(SYNC_TYPES))
-    if unknown:
-        raise ValidationError(f"not a synced type: {', '.join(unknown)} (synced: {', '.join(SYNC_TYPES)})")
     changed = []
-    for stream in ensure(session, connection_id):
-        if (not resource_types or stream.resource_type in resource_types) and stream.strategy != strategy:
+    for stream in _named(session, connection_id, resource_types):
+        if stream.strategy != strategy:
             stream.strategy = strategy
             session.add(stream)
             audit.record(session, clock, actor, "sync.strategy", connection_id=connection_id,
                          entity=stream.resource_type, detail=strategy)
             changed.append(stream)
     return changed
+
+
+def ask_reload(session: Session, clock: Clock, actor: audit.Actor, connection_id: int,
+               resource_types: Collection[str] | None = None) -> list[SyncStream]:
+    """Ask these streams (else all) to read every resource of their type again at their next run: IT after a
+    restore or a repair at the EHR, an upgrade when the snapshot keeps a field it did not before. Counted up in
+    the database, not set, so an ask made while a reload is under way gets a pass of its own; audited per
+    stream in the same transaction. A stream still in its first load reads everything anyway: not asked."""
+    asked = [s for s in _named(session, connection_id, resource_types) if s.phase != "initial"]
+    if asked:
+        session.execute(update(SyncStream).where(col(SyncStream.id).in_([s.id for s in asked]))
+                        .values(reload_asked=SyncStream.reload_asked + 1))
+    for stream in asked:
+        audit.record(session, clock, actor, "sync.reload", connection_id=connection_id, entity=stream.resource_type,
+                     detail="asked")
+    return asked
+
+
+def reload_due(stream: SyncStream) -> bool:
+    """A reload is asked and not yet served, or under way."""
+    return stream.reload_serving is not None or stream.reload_asked > stream.reload_served
+
+
+def begin_reload(session: Session, stream_id: int) -> bool:
+    """At a run's start, under the stream's lease: whether this run reads everything again. A reload that
+    begins serves every ask made so far, starts its pass afresh (a pass under way would leave out what it
+    had done), and, patient by patient, reads every patient's whole record again."""
+    stream = get(session, stream_id)
+    if stream.reload_serving is None and stream.reload_asked > stream.reload_served:
+        stream.reload_serving = stream.reload_asked
+        stream.pass_kind = stream.pass_position = stream.pass_started = None
+        session.execute(delete(StreamPatient).where(col(StreamPatient.stream_id) == stream_id))
+        session.add(stream)
+    return stream.reload_serving is not None
+
+
+def finish_reload(stream: SyncStream) -> None:
+    """A reload's pass read everything: the asks it began with are served (one made since begins another)."""
+    if stream.reload_serving is not None:
+        stream.reload_served = max(stream.reload_served, stream.reload_serving)
+        stream.reload_serving = None
+
+
+def _named(session: Session, connection_id: int, resource_types: Collection[str] | None) -> list[SyncStream]:
+    """The connection's streams of these types (all when none are named); an unknown type is refused."""
+    unknown = sorted(set(resource_types or ()) - set(SYNC_TYPES))
+    if unknown:
+        raise ValidationError(f"not a synced type: {', '.join(unknown)} (synced: {', '.join(SYNC_TYPES)})")
+    return [s for s in ensure(session, connection_id) if not resource_types or s.resource_type in resource_types]
 
 
 def get(session: Session, stream_id: int) -> SyncStream:

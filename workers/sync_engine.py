@@ -33,7 +33,7 @@ from workers.sync_history import history_feeds, next_mark, read_history, store_h
 from workers.sync_pages import commit_prepared
 from workers.sync_patients import patient_windows
 from workers.sync_run import OVERLAP, Progress, StreamRun, count_page, server_instant
-from workers.sync_windows import read_windows, reread_all
+from workers.sync_windows import RELOADED, read_windows, reread_all
 
 log = logging.getLogger(__name__)
 AFTER_EXPORT_AT_ONCE = 4  # the polite client's default bound on requests in flight
@@ -164,10 +164,15 @@ def _sync_steps(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, conne
     """`_sync_after`'s steps."""
     stream_id = stream.id or 0
     first_load = stream.phase == "initial"
+    reloading = not first_load and streams.reload_due(stream) and _begin_reload(ctx, stream_id)
     history = None if first_load else read_history(ctx, access, stream, lease)
     mark_before_run = None if first_load else next_mark(stream, history)
     listed: set[str] | None = None  # every id the EHR has, where this run read them all
-    if history is not None and history.quiet:  # nothing changed since the mark: no window can find anything
+    if reloading and _patient_scoped(stream, connection):  # every patient's whole record (begin_reload)
+        patient_windows(ctx, access, connection, stream_id, run, lease, deadline, progress)
+    elif reloading:  # everything, page by page; the history mark left as it was
+        listed = reread_all(ctx, access, stream_id, run, lease, deadline, progress, why=RELOADED)
+    elif history is not None and history.quiet:  # nothing changed since the mark: no window can find anything
         run.caught_up = True
         run.notes.append("unchanged (_history)")
     elif _patient_scoped(stream, connection):  # after the bulk first load, or on a known population
@@ -196,9 +201,17 @@ def _sync_steps(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, conne
             fresh.initial_done_at = ctx.settings.clock()
         if run.caught_up:  # a pass left unfinished by another strategy is not gone on with
             fresh.pass_kind = fresh.pass_position = fresh.pass_started = None
+        if run.caught_up and reloading:
+            streams.finish_reload(fresh)
         streams.record_success(fresh, ctx.settings.clock, run.caught_up)
         session.add(fresh)
         lease.release_in(session)  # the run is over: let the next one in, with its success
+
+
+def _begin_reload(ctx: WorkerContext, stream_id: int) -> bool:
+    """streams.begin_reload in a transaction of its own: only runs with a reload asked or under way pay it."""
+    with ctx.db.session() as session:
+        return streams.begin_reload(session, stream_id)
 
 
 def _bulk_initial(ctx: WorkerContext, access: EhrAccess, connection: Connection,

@@ -40,6 +40,7 @@ SECOND = timedelta(seconds=1)
 CLOCK_MARGIN = timedelta(minutes=5)  # our clock stands in for the EHR's only when it gives none, less this
 UNSORTED = "the EHR ignores _sort=_lastUpdated: windows halved until each fits a page"
 REREAD = "no _lastUpdated search: every resource read again"
+RELOADED = "read again as asked (prm sync reload)"
 REREAD_KIND = "reread"  # the kind of pass a stream keeps the place of
 
 
@@ -191,10 +192,11 @@ def _store_window(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: St
 
 
 def reread_all(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun, lease: StreamLease,
-               deadline: float, progress: Progress | None) -> set[str] | None:
+               deadline: float, progress: Progress | None, why: str = REREAD) -> set[str] | None:
     """Every resource of the type, page by page by the EHR's own links: for an EHR whose searches cannot
     filter by `_lastUpdated` (`prm connection check` found none in its CapabilityStatement), where no window
-    can find what changed. Versions already held change nothing (upserts are version-aware). An offset link
+    can find what changed; and when a reload is asked (`why` says which). A version already held is written
+    again as it maps now (upserts take a version as new as the row's), nothing else. An offset link
     may skip a resource when data changes mid-pass: the next pass reads it, and the deletion check asks for a
     missed id before taking it out.
 
@@ -227,7 +229,7 @@ def reread_all(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: Strea
             return None
         page = access.reader.follow(page.next_url)
     run.caught_up = True
-    run.notes.append(REREAD)
+    run.notes.append(why)
     return None if kept is not None else listed
 
 

@@ -112,3 +112,27 @@ def test_written_resources_keep_our_identifier_and_status() -> None:
     row = written_from_resource(task)
     assert (row.identifier_value, row.status, row.business_status, row.version_id) == (
         "care-ticket:7", "completed", "resolved", "3")
+
+
+def test_what_a_visit_or_booking_is_for_is_kept_in_the_ehrs_words() -> None:
+    """The type's text, else a coding's display, else the service type (a booking: else its description)."""
+    encounter = load("Encounter")["enc-000001-001"]
+    assert visit_from_encounter(encounter).type_text == encounter["type"][0]["text"] == "New patient consultation"
+    spaced = {"system": "urn:y", "code": "B", "display": "  Dental\n check-up "}
+    coded_only = {**encounter, "type": [{"coding": [{"system": "urn:x", "code": "A"}, spaced]}]}
+    assert visit_from_encounter(coded_only).type_text == "Dental check-up"
+    untyped = {k: v for k, v in encounter.items() if k != "type"}
+    assert visit_from_encounter(untyped).type_text == "General Dental"  # its serviceType's display
+    assert visit_from_encounter({k: v for k, v in untyped.items() if k != "serviceType"}).type_text is None
+
+    appointment = load("Appointment")["appt-000001-001"]
+    assert booking_from_appointment(appointment).type_text == "Check-up (examination)"
+    described = {k: v for k, v in appointment.items() if k not in ("appointmentType", "serviceType")}
+    assert booking_from_appointment(described).type_text == appointment["description"] == "Dental check-up"
+    long = {**appointment, "appointmentType": {"text": "x" * 500}}
+    assert booking_from_appointment(long).type_text == "x" * 200
+
+
+def test_every_visit_and_booking_in_the_data_set_says_what_it_is_for() -> None:
+    assert all(visit_from_encounter(r).type_text for r in load("Encounter").values())
+    assert all(booking_from_appointment(r).type_text for r in load("Appointment").values())

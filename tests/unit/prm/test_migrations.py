@@ -83,6 +83,32 @@ def test_0010_takes_a_synced_streams_last_success_as_its_caught_up_time(db_url: 
     assert caught_up == {"Patient": datetime(2026, 11, 20, 11, tzinfo=UTC), "Encounter": None}
 
 
+def test_0013_asks_loaded_visit_and_booking_streams_to_read_everything_again(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Visits and bookings synced before 0013 have no `type_text`: their streams past a first load are asked to
+    read everything again; streams of other types, or still loading (which read everything anyway), are not."""
+    settings = make_settings(db_url, tmp_path)
+    database = Database(settings.database_url)
+    upgrade(database, "0012")
+    with database.session() as session:
+        loaded, loading = (connections.upsert(session, settings.clock, SecretBox(settings.encryption_keys),
+                                              connections.ConnectionSpec(name=name, iss=f"https://{name}.example/fhir",
+                                                                         client_id=name)).id for name in ("c", "d"))
+    with database.engine.begin() as conn:
+        for resource_type, phase in (("Encounter", "incremental"), ("Appointment", "incremental"),
+                                     ("Patient", "incremental"), ("Encounter", "initial")):
+            conn.execute(text("INSERT INTO sync_stream (connection_id, resource_type, enabled, strategy, phase, "
+                              "interval_s, cursor_ids, pages, resources_synced, deleted_synced, quarantined) "
+                              "VALUES (:c, :t, true, 'auto', :p, 300, '[]', 0, 0, 0, 0)"),
+                         {"c": loaded if phase == "incremental" else loading, "t": resource_type, "p": phase})
+    upgrade(database)
+    with database.session() as session:
+        asked = {(s.resource_type, s.phase): (s.reload_asked, s.reload_served, s.reload_serving)
+                 for s in session.exec(select(SyncStream))}
+    database.dispose()
+    assert asked == {("Encounter", "incremental"): (1, 0, None), ("Appointment", "incremental"): (1, 0, None),
+                     ("Patient", "incremental"): (0, 0, None), ("Encounter", "initial"): (0, 0, None)}
+
+
 def test_the_migrations_build_what_the_models_declare(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Alembic's own comparison of the migrated schema with every model: a column, index or table added to
     one and not the other shows here, on both backends, before it shows in production."""
