@@ -34,12 +34,14 @@ Dated = TypeVar("Dated", Visit, Booking)
 
 @dataclass(frozen=True)
 class Occasion:
-    """A visit or a booking as staff speak of it: when (local), where, and its EHR status."""
+    """A visit or a booking as staff speak of it: when (local), where, and its EHR status; what for, as the EHR
+    words it."""
 
     fhir_id: str
     at: datetime  # aware, in the clinic's zone
     place: str | None
     status: str
+    what: str | None = None
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,7 @@ def _occasion(session: Session, connection: Connection, row: Visit | Booking | N
     if zone is UTC and row.start_offset_min is not None:  # no zone known: the EHR's own offset is the best guess
         zone = timezone(timedelta(minutes=row.start_offset_min))
     return Occasion(fhir_id=row.fhir_id, at=row.start_at.astimezone(zone), place=_place(session, connection, row),
-                    status=row.status)
+                    status=row.status, what=row.type_text)
 
 
 def _place(session: Session, connection: Connection, row: Visit | Booking) -> str | None:

@@ -99,9 +99,15 @@ def ask_reload(session: Session, clock: Clock, actor: audit.Actor, connection_id
     return asked
 
 
+def reload_state(stream: SyncStream) -> str | None:
+    """"under way" (a reload's pass has begun), "asked" (not begun yet), else None: what IT is shown."""
+    if stream.reload_serving is not None:
+        return "under way"
+    return "asked" if stream.reload_asked > stream.reload_served else None
+
+
 def reload_due(stream: SyncStream) -> bool:
-    """A reload is asked and not yet served, or under way."""
-    return stream.reload_serving is not None or stream.reload_asked > stream.reload_served
+    return reload_state(stream) is not None
 
 
 def begin_reload(session: Session, stream_id: int) -> bool:

@@ -156,7 +156,9 @@ def connection_detail(name: str) -> str:
                            subscription_support=(row.capability_profile or {}).get("subscriptions") or {},
                            subscription_scopes=connections.SUBSCRIPTION_SCOPES, lag=admin_present.lag,
                            health=admin_present.health_lines(row.health_detail or {}),
-                           woken=request.args.get("woken", type=int), now=prm().settings.clock())
+                           woken=request.args.get("woken", type=int),
+                           reloading=request.args.get("reloading", type=int), reload_state=streams.reload_state,
+                           now=prm().settings.clock())
 
 
 def _form_page(values: dict[str, Any], error: str | None, name: str | None, status: int = 200) -> tuple[str, int]:
@@ -257,6 +259,19 @@ def connection_sync(name: str) -> Response:
         audit.record(session, ctx.settings.clock, g.actor, "sync.wake", connection_id=row.id,
                      entity=f"Connection/{name}", count=woken)
     return redirect(url_for("admin.connection_detail", name=name, woken=woken) + "#sync", code=303)
+
+
+@bp.post("/connections/<name>/reload")
+@requires_admin(Action.MANAGE_CONNECTIONS)
+def connection_reload(name: str) -> Response:
+    """IT's "Read all again" (after a restore or a repair at the EHR): every stream past its first load reads
+    every resource of its type again, starting now; the sync of what changes goes on meanwhile."""
+    ctx = prm()
+    with ctx.db.session() as session:
+        row = connections.by_name(session, name)
+        asked = streams.ask_reload(session, ctx.settings.clock, g.actor, row.id or 0)
+        wake_streams(ctx.worker, session, row.id or 0, [s.resource_type for s in asked])
+    return redirect(url_for("admin.connection_detail", name=name, reloading=len(asked)) + "#sync", code=303)
 
 
 @bp.post("/connections/<name>/streams/<resource_type>/strategy")

@@ -34,7 +34,7 @@ def _status_row(name: str, stream: SyncStream, now: datetime, open_quarantined: 
             "lag_s": round(lag) if lag is not None else None, "pages": stream.pages,
             "resources": stream.resources_synced, "deleted": stream.deleted_synced,
             "quarantined": stream.quarantined, "quarantined_open": open_quarantined, "error": stream.last_error,
-            "pass": _pass_row(stream)}
+            "pass": _pass_row(stream), "reload": streams.reload_state(stream)}
 
 
 def _pass_row(stream: SyncStream) -> dict[str, Any] | None:
@@ -89,6 +89,7 @@ def sync_status(name: str | None, as_json: bool) -> None:
         success = (row["last_success"] or "never")[:19].replace("T", " ")
         cursor = (row["cursor"] or "-")[:19].replace("T", " ")
         under_way = f"[{row['pass']['kind']} pass under way] " if row["pass"] else ""
+        under_way += f"[reading everything again: {row['reload']}] " if row["reload"] else ""
         click.echo(f"{row['connection']:14} {row['type']:17} {row['phase']:11} {row['resources']:>9} "
                    f"{row['quarantined_open']:>5} {cursor:19} {success:19} {admin_present.lag_words(row['lag_s']):>7} "
                    f"{under_way}{row['error'] or ''}")
@@ -109,6 +110,29 @@ def sync_strategy(name: str, types: tuple[str, ...], strategy: str) -> None:
         changed = streams.set_strategy(session, ctx.settings.clock, audit.command_line_actor(connection.id),
                                        connection.id or 0, strategy, types or None)
     click.echo(f"{name}: {', '.join(s.resource_type for s in changed) or 'no stream'} changed to {strategy}")
+
+
+@sync.command("reload", help="Read every resource of a connection's streams again (after a restore or a repair at "
+                             "the EHR), from their next run on; the sync of what changes goes on meanwhile.")
+@click.option("--connection", "name", required=True)
+@click.option("--type", "types", multiple=True, help="Only these resource types (repeatable); default all.")
+def sync_reload(name: str, types: tuple[str, ...]) -> None:
+    from prm import audit, jobs
+    from workers import runtime
+    from workers.sync import SYNC_STREAM
+
+    ctx = runtime.build(load_settings())
+    with ctx.db.session() as session:
+        connection = connections.by_name(session, name)
+        asked = streams.ask_reload(session, ctx.settings.clock, audit.command_line_actor(connection.id),
+                                   connection.id or 0, types or None)
+        for stream in asked:  # due now: the workers' next sweep runs them (this process runs no worker)
+            jobs.wake(session, SYNC_STREAM, stream.id or 0, ctx.settings.clock())
+    if asked:
+        click.echo(f"{name}: {', '.join(s.resource_type for s in asked)} will read everything again, "
+                   "from the workers' next sweep")
+    else:
+        click.echo(f"{name}: no stream asked (none has finished its first load, which reads everything anyway)")
 
 
 @sync.command("run", help="Sync one connection now, in the foreground, with a progress bar.")

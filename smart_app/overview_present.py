@@ -18,11 +18,12 @@ class Freshness:
 
 
 def occasion_text(occasion: Occasion) -> str:
-    """`Thu 12 Nov 2026, 10:30 · Riverside Dental` in the clinic's time, and the status when it is not the
-    usual one (a visit finished, a booking booked)."""
+    """`Thu 12 Nov 2026, 10:30 · Check-up (examination) · Riverside Dental` in the clinic's time, and the
+    status when it is not the usual one (a visit finished, a booking booked)."""
     text = occasion.at.strftime("%a %d %b %Y, %H:%M")
-    if occasion.place:
-        text += f" · {occasion.place}"
+    for said in (occasion.what, occasion.place):
+        if said:
+            text += f" · {said}"
     if occasion.status not in ("finished", "booked"):
         text += f" ({occasion.status})"
     return text

@@ -307,7 +307,7 @@ def test_it_has_every_stream_run_now_from_the_page(live_app: LiveApp, sandbox: S
     before = runs()
     admin = signed_in(live_app, accounts["it_admin"])
     page = admin.get("/admin/connections/sandbox").text
-    token = re.search(r'action="/admin/connections/sandbox/sync" class="inline actions">\s*'
+    token = re.search(r'action="/admin/connections/sandbox/sync" class="inline">\s*'
                       r'<input type="hidden" name="csrf_token" value="([^"]+)"', page)
     assert token and 'id="sync-connection"' in page
     response = admin.post("/admin/connections/sandbox/sync", {"csrf_token": token.group(1)})
@@ -412,6 +412,44 @@ def _release(database: Database, lease: str) -> None:
         leases.release(session, lease, "another-worker")
 
 
+def test_it_has_streams_read_everything_again_from_the_page_or_with_the_cli(live_app: LiveApp, sandbox: SandboxStack,
+                                                                            accounts: dict[str, str]) -> None:
+    """"Read all again" (after a restore or a repair at the EHR) asks every stream past its first load for a
+    reload, audited per stream; the app's worker runs each within seconds and marks it served. `prm sync
+    reload` asks it of the streams named; a practice manager has no button."""
+    sync_sandbox(live_app, sandbox, "Organization", "Location")
+
+    def state() -> dict[str, tuple[int, int]]:
+        return {s.resource_type: (s.reload_asked, s.reload_served) for s in rows(live_app, SyncStream)
+                if s.phase == "incremental"}
+
+    loaded = sorted(state())
+    assert {"Organization", "Location"} <= set(loaded)
+    admin = signed_in(live_app, accounts["it_admin"])
+    page = admin.get("/admin/connections/sandbox").text
+    token = re.search(r'action="/admin/connections/sandbox/reload" class="inline">\s*'
+                      r'<input type="hidden" name="csrf_token" value="([^"]+)"', page)
+    assert token and 'id="reload-connection"' in page
+    response = admin.post("/admin/connections/sandbox/reload", {"csrf_token": token.group(1)})
+    assert response.status_code == 303
+    assert response.headers["Location"].endswith(f"/admin/connections/sandbox?reloading={len(loaded)}#sync")
+    shown = admin.get(f"/admin/connections/sandbox?reloading={len(loaded)}").text
+    assert f"{len(loaded)} streams will read everything again" in shown
+    wait_until(lambda: all(served == asked == 1 for asked, served in state().values()), 60,
+               what="every loaded stream read again by the app's worker")
+    records = rows(live_app, AuditRecord, AuditRecord.action == "sync.reload")
+    assert sorted(r.entity for r in records) == loaded and {r.actor for r in records} == {accounts["it_admin"]}
+
+    ran = live_app.prm("sync", "reload", "--connection", "sandbox", "--type", "Location")
+    assert ran.returncode == 0 and "Location will read everything again" in ran.stdout, ran.stderr
+    assert state()["Location"][0] == 2 and state()["Organization"] == (1, 1)
+    wait_until(lambda: state()["Location"] == (2, 2), 60, what="the Location stream read again after the CLI's ask")
+    wrong = live_app.prm("sync", "reload", "--connection", "sandbox", "--type", "Observation")
+    assert wrong.returncode != 0 and "not a synced type: Observation" in wrong.stderr
+    manager = signed_in(live_app, accounts["practice_manager"])
+    assert 'id="reload-connection"' not in manager.get("/admin/connections/sandbox").text
+
+
 def test_sync_health_is_shown_after_prm_sync_run(live_app: LiveApp, sandbox: SandboxStack,
                                                   accounts: dict[str, str]) -> None:
     """`prm sync run` in the foreground, then IT sees the streams (and their counts) on the connection page."""
@@ -448,6 +486,7 @@ def test_sync_health_is_shown_after_prm_sync_run(live_app: LiveApp, sandbox: San
                            datetime(2026, 11, 20, 11, 55, tzinfo=UTC))
         streams.record_error(location, lambda: datetime(2026, 11, 20, 11, 58, tzinfo=UTC), "HTTP 503 from the EHR")
         location.quarantined += 2  # two refused so far; the EHR has since mended one
+        location.reload_asked += 1  # and IT asked for a reload (the frozen clock makes no job due to run it)
         for fhir_id in ("loc-bad-1", "loc-bad-2"):
             streams.quarantine(session, lambda: datetime(2026, 11, 20, 11, 50, tzinfo=UTC), connection_id, "Location",
                                {"resourceType": "Location", "id": fhir_id}, "name: not a string")
@@ -457,6 +496,7 @@ def test_sync_health_is_shown_after_prm_sync_run(live_app: LiveApp, sandbox: San
     database.dispose()
     page = signed_in(live_app, accounts["it_admin"]).get("/admin/connections/sandbox")
     assert re.search(r'<tr data-type="Location">.*?reread pass under way since 2026-11-20 11:55 UTC', page.text, re.S)
+    assert re.search(r'<tr data-type="Location">.*?\(reading everything again: asked\)', page.text, re.S)
     assert re.search(r'<tr data-type="Location">.*?<td class="quarantined">1 / 2</td>', page.text, re.S)
     assert "Location/loc-bad-2: name: not a string" in page.text and "loc-bad-1" not in page.text
     listed = signed_in(live_app, accounts["it_admin"]).get("/admin/connections").text
@@ -470,7 +510,8 @@ def test_sync_health_is_shown_after_prm_sync_run(live_app: LiveApp, sandbox: San
                                 "LAST", "SUCCESS", "LAG", "ERROR"]
     location = next(line for line in table if line.split()[1] == "Location")
     assert re.fullmatch(r"sandbox +Location +incremental +\d+ +1 +\S+ \S+ +\S+ \S+ +\d+ (s|min) +"
-                        r"\[reread pass under way\] HTTP 503 from the EHR", location), location
+                        r"\[reread pass under way\] \[reading everything again: asked\] HTTP 503 from the EHR",
+                        location), location
     assert live_app.prm("connection", "disable", "sandbox").returncode == 0  # no stream runs: said, not "ok"
     listed = signed_in(live_app, accounts["it_admin"]).get("/admin/connections").text
     assert '<td class="sync-not-synced">paused (connection disabled) · 1 of 9 streams failing' in listed

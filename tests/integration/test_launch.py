@@ -202,7 +202,7 @@ def test_a_synced_patient_opens_from_the_snapshot_with_visits_and_bookings(live_
     page = launch(sandbox, "pat-000276").response.text
     assert "Jessica Green" in page and "From fhir-prm's copy of the EHR, synced" in html.unescape(page)
     when = datetime.fromisoformat(last["period"]["start"]).strftime("%a %d %b %Y, %H:%M")
-    assert _shown(page, "last-visit") == f"{when} · {place}"
+    assert _shown(page, "last-visit") == f"{when} · {last['type'][0]['text']} · {place}"
     assert audit_rows(live_app)[-1].detail == "from the snapshot"
 
     [made] = [a for a in _fhir_search(sandbox, "Appointment?patient=Patient/pat-000276") if a["status"] == "pending"]

@@ -79,11 +79,11 @@ def test_the_last_visit_the_next_booking_and_the_past_year_as_the_ehr_has_them(d
         seen = overview(session, connection, PATIENT, NOW)
     assert seen is not None and seen.header.display_name == "Jessica Green" and seen.header.birth_date == "1970-08-20"
     assert seen.last_visit is not None and seen.next_booking is not None
-    assert (seen.last_visit.fhir_id, seen.last_visit.at, seen.last_visit.place) == (
-        last["id"], start(last), place(last))
+    assert (seen.last_visit.fhir_id, seen.last_visit.at, seen.last_visit.place, seen.last_visit.what) == (
+        last["id"], start(last), place(last), last["type"][0]["text"])
     assert seen.last_visit.at.utcoffset() == start(last).utcoffset(), "New York time, as the EHR wrote it"
-    assert (seen.next_booking.fhir_id, seen.next_booking.at, seen.next_booking.status) == (
-        upcoming["id"], start(upcoming), upcoming["status"])
+    assert (seen.next_booking.fhir_id, seen.next_booking.at, seen.next_booking.status, seen.next_booking.what) == (
+        upcoming["id"], start(upcoming), upcoming["status"], upcoming["appointmentType"]["text"])
     year_ago = NOW - timedelta(days=365)
     assert seen.visits_past_year == sum(1 for e in encounters if came(e) and year_ago < start(e) <= NOW) > 0
     assert seen.missed_past_year == sum(1 for a in appointments
