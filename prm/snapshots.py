@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlmodel import Session, SQLModel, col, select
 
 from prm.db import in_chunks
@@ -87,6 +87,17 @@ def stamps_of(session: Session, connection_id: int, resource_type: str,
             query = query.where(col(WrittenResource.resource_type) == resource_type)
         found.update(session.exec(query).all())
     return found
+
+
+def held(session: Session, connection_id: int, resource_type: str) -> int:
+    """How many resources of the type the snapshot holds now (not tombstoned): what IT compares with the EHR.
+    A stream's `resources_synced` counts writes, and a change or a reload writes a resource again."""
+    table = TABLES[resource_type]
+    query = select(func.count()).select_from(table).where(
+        col(table.connection_id) == connection_id, col(table.deleted).is_(False))  # type: ignore[attr-defined]
+    if table is WrittenResource:
+        query = query.where(col(WrittenResource.resource_type) == resource_type)
+    return int(session.exec(query).one())
 
 
 def versions(session: Session, connection_id: int, resource_type: str) -> set[tuple[str, str | None]]:

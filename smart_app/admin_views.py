@@ -14,7 +14,7 @@ from typing import Any
 from flask import Blueprint, g, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from prm import admin_sessions, audit, connections, ehr_subscriptions, outbox, streams
+from prm import admin_sessions, audit, connections, ehr_subscriptions, outbox, snapshots, streams
 from prm.errors import NotFoundError, SignInRefused, ValidationError
 from prm.models import Connection
 from prm.permissions import Action, allows
@@ -146,11 +146,13 @@ def connection_detail(name: str) -> str:
     with prm().db.session() as session:
         row = connections.by_name(session, name)
         sync_streams = streams.of_connection(session, row.id or 0)
-        held = streams.quarantined(session, row.id or 0)
+        held = {s.resource_type: snapshots.held(session, row.id or 0, s.resource_type) for s in sync_streams}
+        quarantined = streams.quarantined(session, row.id or 0)
         open_counts = streams.open_quarantine_counts(session, row.id or 0)
         subscribed = ehr_subscriptions.of_connection(session, row.id or 0)
     return render_template("admin_connection.html", c=row, capability=admin_present.capability(row.capability_profile),
-                           secret_state=admin_present.secret_state, sync_streams=sync_streams, quarantined=held,
+                           secret_state=admin_present.secret_state, sync_streams=sync_streams, held=held,
+                           quarantined=quarantined,
                            open_quarantined={t: n for (_, t), n in open_counts.items()},
                            strategies=streams.STRATEGIES, subscriptions=subscribed,
                            subscription_support=(row.capability_profile or {}).get("subscriptions") or {},
@@ -265,7 +267,7 @@ def connection_sync(name: str) -> Response:
 @requires_admin(Action.MANAGE_CONNECTIONS)
 def connection_reload(name: str) -> Response:
     """IT's "Read all again" (after a restore or a repair at the EHR): every stream past its first load reads
-    every resource of its type again, starting now; the sync of what changes goes on meanwhile."""
+    every resource of its type again, starting now; what changes meanwhile is read as well."""
     ctx = prm()
     with ctx.db.session() as session:
         row = connections.by_name(session, name)

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from prm import connections, ehr_subscriptions, streams
+from prm import connections, ehr_subscriptions, snapshots, streams
 from prm.config import load_settings
 from prm.snapshot_models import EhrSubscription, SyncStream
 from smart_app import admin_present
@@ -24,7 +24,7 @@ def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else "never"
 
 
-def _status_row(name: str, stream: SyncStream, now: datetime, open_quarantined: int) -> dict[str, Any]:
+def _status_row(name: str, stream: SyncStream, now: datetime, open_quarantined: int, held: int) -> dict[str, Any]:
     lag = (now - stream.caught_up_at).total_seconds() if stream.caught_up_at else None
     return {"connection": name, "type": stream.resource_type, "phase": stream.phase, "enabled": stream.enabled,
             "strategy": stream.strategy,
@@ -32,7 +32,7 @@ def _status_row(name: str, stream: SyncStream, now: datetime, open_quarantined: 
             "last_success": stream.last_success_at.isoformat() if stream.last_success_at else None,
             "caught_up": stream.caught_up_at.isoformat() if stream.caught_up_at else None,
             "lag_s": round(lag) if lag is not None else None, "pages": stream.pages,
-            "resources": stream.resources_synced, "deleted": stream.deleted_synced,
+            "held": held, "resources": stream.resources_synced, "deleted": stream.deleted_synced,
             "quarantined": stream.quarantined, "quarantined_open": open_quarantined, "error": stream.last_error,
             "pass": _pass_row(stream), "reload": streams.reload_state(stream)}
 
@@ -65,7 +65,8 @@ def sync_status(name: str | None, as_json: bool) -> None:
         chosen = [connections.by_name(session, name)] if name else connections.list_all(session)
         open_counts = streams.open_quarantine_counts(session)
         for connection in chosen:
-            rows += [_status_row(connection.name, s, now, open_counts.get((connection.id or 0, s.resource_type), 0))
+            rows += [_status_row(connection.name, s, now, open_counts.get((connection.id or 0, s.resource_type), 0),
+                                 snapshots.held(session, connection.id or 0, s.resource_type))
                      for s in streams.of_connection(session, connection.id or 0)]
             rows += [{"connection": connection.name, "type": q.resource_type, "quarantined_id": q.fhir_id,
                       "error": q.error} for q in streams.quarantined(session, connection.id or 0)]
@@ -74,7 +75,7 @@ def sync_status(name: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(f"{'CONNECTION':14} {'TYPE':17} {'PHASE':11} {'RESOURCES':>9} {'QUAR':>5} {'CURSOR (EHR CLOCK)':19} "
+    click.echo(f"{'CONNECTION':14} {'TYPE':17} {'PHASE':11} {'HELD':>9} {'QUAR':>5} {'CURSOR (EHR CLOCK)':19} "
                f"{'LAST SUCCESS':19} {'LAG':>7} ERROR")
     for row in rows:
         if "quarantined_id" in row:
@@ -90,7 +91,7 @@ def sync_status(name: str | None, as_json: bool) -> None:
         cursor = (row["cursor"] or "-")[:19].replace("T", " ")
         under_way = f"[{row['pass']['kind']} pass under way] " if row["pass"] else ""
         under_way += f"[reading everything again: {row['reload']}] " if row["reload"] else ""
-        click.echo(f"{row['connection']:14} {row['type']:17} {row['phase']:11} {row['resources']:>9} "
+        click.echo(f"{row['connection']:14} {row['type']:17} {row['phase']:11} {row['held']:>9} "
                    f"{row['quarantined_open']:>5} {cursor:19} {success:19} {admin_present.lag_words(row['lag_s']):>7} "
                    f"{under_way}{row['error'] or ''}")
 
@@ -113,7 +114,7 @@ def sync_strategy(name: str, types: tuple[str, ...], strategy: str) -> None:
 
 
 @sync.command("reload", help="Read every resource of a connection's streams again (after a restore or a repair at "
-                             "the EHR), from their next run on; the sync of what changes goes on meanwhile.")
+                             "the EHR), from their next run on; what changes meanwhile is read as well.")
 @click.option("--connection", "name", required=True)
 @click.option("--type", "types", multiple=True, help="Only these resource types (repeatable); default all.")
 def sync_reload(name: str, types: tuple[str, ...]) -> None:

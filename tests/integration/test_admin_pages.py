@@ -444,6 +444,11 @@ def test_it_has_streams_read_everything_again_from_the_page_or_with_the_cli(live
     assert ran.returncode == 0 and "Location will read everything again" in ran.stdout, ran.stderr
     assert state()["Location"][0] == 2 and state()["Organization"] == (1, 1)
     wait_until(lambda: state()["Location"] == (2, 2), 60, what="the Location stream read again after the CLI's ask")
+    status = json.loads(live_app.prm("sync", "status", "--connection", "sandbox", "--json").stdout)
+    [location] = [r for r in status if r.get("type") == "Location" and "phase" in r]
+    assert location["held"] == 10 and location["resources"] >= 30, "held once; written by the load and two reloads"
+    assert re.search(r'<tr data-type="Location">.*?<td class="held">10</td>',
+                     admin.get("/admin/connections/sandbox").text, re.S)
     wrong = live_app.prm("sync", "reload", "--connection", "sandbox", "--type", "Observation")
     assert wrong.returncode != 0 and "not a synced type: Observation" in wrong.stderr
     manager = signed_in(live_app, accounts["practice_manager"])
@@ -468,6 +473,7 @@ def test_sync_health_is_shown_after_prm_sync_run(live_app: LiveApp, sandbox: San
     status = live_app.prm("sync", "status", "--connection", "sandbox", "--json")
     by_type = {row["type"]: row for row in json.loads(status.stdout) if "phase" in row}
     assert by_type["Organization"]["resources"] >= 4 and by_type["Organization"]["phase"] == "incremental"
+    assert by_type["Organization"]["held"] == 4, "the data set's four"
     page = signed_in(live_app, accounts["it_admin"]).get("/admin/connections/sandbox")
     assert page.status_code == 200 and 'id="sync-streams"' in page.text
     assert re.search(r'<tr data-type="Location">.*?<td>incremental</td>', page.text, re.S)
@@ -506,7 +512,7 @@ def test_sync_health_is_shown_after_prm_sync_run(live_app: LiveApp, sandbox: San
             and "phase" in r] == [(1, 2)]
     assert [r["quarantined_id"] for r in status if "quarantined_id" in r] == ["loc-bad-2"]
     table = live_app.prm("sync", "status", "--connection", "sandbox").stdout.splitlines()
-    assert table[0].split() == ["CONNECTION", "TYPE", "PHASE", "RESOURCES", "QUAR", "CURSOR", "(EHR", "CLOCK)",
+    assert table[0].split() == ["CONNECTION", "TYPE", "PHASE", "HELD", "QUAR", "CURSOR", "(EHR", "CLOCK)",
                                 "LAST", "SUCCESS", "LAG", "ERROR"]
     location = next(line for line in table if line.split()[1] == "Location")
     assert re.fullmatch(r"sandbox +Location +incremental +\d+ +1 +\S+ \S+ +\S+ \S+ +\d+ (s|min) +"
