@@ -17,13 +17,11 @@ class Freshness:
     stale: bool
 
 
-def occasion_text(occasion: Occasion) -> str:
-    """`Thu 12 Nov 2026, 10:30 · Check-up (examination) · Riverside Dental` in the clinic's time, and the
-    status when it is not the usual one (a visit finished, a booking booked)."""
+def when_text(occasion: Occasion) -> str:
+    """`Thu 12 Nov 2026, 10:30` in the clinic's time, with the status when it is not the usual one (a visit
+    finished, a booking booked): `(noshow)`. The sidebar puts what it was for and where on lines of their own
+    beneath (`Occasion.what`, `Occasion.place`): one long line wrapped in a narrow sidebar read badly."""
     text = occasion.at.strftime("%a %d %b %Y, %H:%M")
-    for said in (occasion.what, occasion.place):
-        if said:
-            text += f" · {said}"
     if occasion.status not in ("finished", "booked"):
         text += f" ({occasion.status})"
     return text

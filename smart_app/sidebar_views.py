@@ -61,7 +61,7 @@ def home(handle: str) -> str | tuple[str, int]:
         return relaunch_page()
     return render_template("sidebar.html", handle=handle, patient=header, problem=problem, overview=seen,
                            freshness=overview_present.freshness(seen.as_of, now) if seen else None,
-                           occasion_text=overview_present.occasion_text, counts_text=overview_present.counts_text,
+                           when_text=overview_present.when_text, counts_text=overview_present.counts_text,
                            banner=bool(launch.context.get("need_patient_banner")),
                            end_token=csrf.issue(ctx.settings.secret_key, handle, END_SESSION),
                            api_token=api_token(handle))

@@ -54,8 +54,8 @@ def test_a_synced_patient_s_visits_fit_the_sidebar(page: Page, live_app: LiveApp
     frame = page.frame_locator("#prm-sidebar")
     last_visit = frame.locator("#last-visit")
     last_visit.wait_for(timeout=20_000)
-    _, what, where = last_visit.inner_text().split(" · ")
-    assert what and where.startswith("Hudson Skin & Aesthetics"), "when · what for · where"
+    _, what, where = last_visit.inner_text().splitlines()
+    assert what and where.startswith("Hudson Skin & Aesthetics"), "when, what for, where: a line each"
     assert frame.locator("#patient-source").inner_text().startswith("From fhir-prm's copy of the EHR, synced")
     assert frame.locator("#past-year").inner_text().endswith("missed bookings")
     widths = frame.locator("body").evaluate(

@@ -181,9 +181,11 @@ def _fhir_search(sandbox: SandboxStack, query: str) -> list[dict[str, Any]]:
 
 
 def _shown(page: str, field_id: str) -> str:
-    match = re.search(rf'<dd id="{field_id}">(.*?)</dd>', page, re.S)
+    """A Visits entry as one line: its parts (when, what for, where: a line each on the page) joined by ` · `."""
+    match = re.search(rf'<dd id="{field_id}"[^>]*>(.*?)</dd>', page, re.S)
     assert match, f"#{field_id} on the sidebar"
-    return html.unescape(match.group(1)).strip()
+    parts = re.findall(r"<span[^>]*>(.*?)</span>", match.group(1), re.S) or [match.group(1)]
+    return " · ".join(html.unescape(part).strip() for part in parts)
 
 
 def test_a_synced_patient_opens_from_the_snapshot_with_visits_and_bookings(live_app: LiveApp,

@@ -22,7 +22,7 @@ HEADER = PatientHeader("pat-000276", "Jessica Green", "1970-08-20", "female")
 PLAIN = PatientOverview(
     header=HEADER, merged_into=None, newer_refused=False, as_of=NOW - timedelta(minutes=3),
     last_visit=Occasion("enc-1", datetime(2026, 7, 13, 17, 55, tzinfo=ZoneInfo("America/New_York")),
-                        "Hudson Skin & Aesthetics – Midtown", "finished"),
+                        "Hudson Skin & Aesthetics – Midtown", "finished", "Botox (anti-wrinkle injections)"),
     next_booking=None, visits_past_year=2, missed_past_year=1)
 
 
@@ -33,7 +33,7 @@ def page(database: Database, settings: Settings, overview: PatientOverview | Non
             return render_template(
                 "sidebar.html", handle="h", patient=overview.header if overview else HEADER, problem=None,
                 overview=overview, freshness=overview_present.freshness(overview.as_of, NOW) if overview else None,
-                occasion_text=overview_present.occasion_text, counts_text=overview_present.counts_text,
+                when_text=overview_present.when_text, counts_text=overview_present.counts_text,
                 banner=False, end_token="t", api_token="a")
     finally:
         prm(app).worker.db.dispose()
@@ -41,7 +41,9 @@ def page(database: Database, settings: Settings, overview: PatientOverview | Non
 
 def test_a_plain_overview_shows_visits_and_no_notice(database: Database, settings: Settings) -> None:
     shown = page(database, settings, PLAIN)
-    assert 'id="last-visit">Mon 13 Jul 2026, 17:55 · Hudson Skin &amp; Aesthetics – Midtown</dd>' in shown
+    assert ('id="last-visit" class="occasion"><span class="when">Mon 13 Jul 2026, 17:55</span>'
+            '<span class="what">Botox (anti-wrinkle injections)</span>'
+            '<span class="where">Hudson Skin &amp; Aesthetics – Midtown</span></dd>') in shown
     assert 'id="next-booking">none booked</dd>' in shown and "2 visits · 1 missed booking" in shown
     assert "synced 3 min ago" in shown and 'class="muted" id="patient-source"' in shown
     assert "patient-merged" not in shown and "patient-refused" not in shown
