@@ -281,21 +281,23 @@ def a_lease_watch(env: SyncEnv, resource_type: str) -> Iterator[list[str]]:
 
 
 def slowly_under_watch(env: SyncEnv, faulty: FaultyEhr, resource_type: str, slow_path: str) -> StreamRun:
-    """Run the stream with each request to `slow_path` held 0.6 s (several of them: longer than a one-second
-    lease), the stream's lease watched all the while: it must never lapse."""
+    """Run the stream with each request to `slow_path` held 0.6 s (three or more of them: longer than the
+    1.5 s lease), the stream's lease watched all the while: it must never lapse."""
     slow = faulty.proxy.add_fault(slow_path, delay_s=0.6, times=10)
     with a_lease_watch(env, resource_type) as lapsed:
         run = env.run_all((resource_type,))[resource_type]
-    assert slow.times <= 10 - 3, "several slow pages"
+    assert slow.times <= 10 - 3, "several slow pages, together longer than a lease"
     assert lapsed == [], "the lease lapsed mid-step: another worker could have taken the stream"
     return run
 
 
 @pytest.fixture
 def short_leases(monkeypatch: pytest.MonkeyPatch) -> float:
-    """A one-second lease, renewed when due (every 0.2 s at most)."""
+    """A 1.5 s lease, renewed when due (every 0.2 s at most). Between two renewals come up to 0.2 s, a slow
+    request (0.6 s) and the work on its answer: a one-second lease left that work 0.2 s, and a loaded CI machine
+    once took longer (the lease lapsed 1 ms before the run released it, after its last request)."""
     monkeypatch.setattr(stream_leases, "LEASE_RENEW_S", 0.2)
-    return 1.0
+    return 1.5
 
 
 def test_a_long_history_read_keeps_the_streams_lease(faulty: FaultyEhr, tmp_path: Path, short_leases: float) -> None:
