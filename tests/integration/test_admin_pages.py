@@ -294,6 +294,17 @@ def test_it_checks_a_connection_from_its_page(live_app: LiveApp, accounts: dict[
     assert manager.post("/admin/connections/sandbox/check", {"csrf_token": minted}).status_code == 403
 
 
+def press(admin: Admin, action: str, button_id: str) -> requests.Response:
+    """Press one of the connection page's buttons as the browser would: its form's CSRF token, a 303 back."""
+    page = admin.get("/admin/connections/sandbox").text
+    token = re.search(rf'action="{re.escape(action)}" class="inline">\s*'
+                      r'<input type="hidden" name="csrf_token" value="([^"]+)"', page)
+    assert token and f'id="{button_id}"' in page, f"the {button_id} button and its form"
+    response = admin.post(action, {"csrf_token": token.group(1)})
+    assert response.status_code == 303
+    return response
+
+
 def test_it_has_every_stream_run_now_from_the_page(live_app: LiveApp, sandbox: SandboxStack,
                                                    accounts: dict[str, str]) -> None:
     """"Sync now" makes each stream's next run due at once: the app's worker runs them within seconds, not at
@@ -306,12 +317,7 @@ def test_it_has_every_stream_run_now_from_the_page(live_app: LiveApp, sandbox: S
 
     before = runs()
     admin = signed_in(live_app, accounts["it_admin"])
-    page = admin.get("/admin/connections/sandbox").text
-    token = re.search(r'action="/admin/connections/sandbox/sync" class="inline">\s*'
-                      r'<input type="hidden" name="csrf_token" value="([^"]+)"', page)
-    assert token and 'id="sync-connection"' in page
-    response = admin.post("/admin/connections/sandbox/sync", {"csrf_token": token.group(1)})
-    assert response.status_code == 303
+    response = press(admin, "/admin/connections/sandbox/sync", "sync-connection")
     assert response.headers["Location"].endswith("/admin/connections/sandbox?woken=9#sync")
     assert "9 streams will run within seconds" in admin.get("/admin/connections/sandbox?woken=9").text
     wait_until(lambda: runs() > before, 30, what="the Organization stream run by the app's worker")
@@ -426,12 +432,7 @@ def test_it_has_streams_read_everything_again_from_the_page_or_with_the_cli(live
     loaded = sorted(state())
     assert {"Organization", "Location"} <= set(loaded)
     admin = signed_in(live_app, accounts["it_admin"])
-    page = admin.get("/admin/connections/sandbox").text
-    token = re.search(r'action="/admin/connections/sandbox/reload" class="inline">\s*'
-                      r'<input type="hidden" name="csrf_token" value="([^"]+)"', page)
-    assert token and 'id="reload-connection"' in page
-    response = admin.post("/admin/connections/sandbox/reload", {"csrf_token": token.group(1)})
-    assert response.status_code == 303
+    response = press(admin, "/admin/connections/sandbox/reload", "reload-connection")
     assert response.headers["Location"].endswith(f"/admin/connections/sandbox?reloading={len(loaded)}#sync")
     shown = admin.get(f"/admin/connections/sandbox?reloading={len(loaded)}").text
     assert f"{len(loaded)} streams will read everything again" in shown
