@@ -64,10 +64,10 @@ def raise_for_status(response: requests.Response) -> requests.Response:
     detail = outcome_text(response)
     message = f"{what}: {detail}" if detail else what
     if status == 401:
-        raise AuthExpiredError(message)
+        raise AuthExpiredError(message, ehr_said=detail)
     if status in (408, 425, 429) or status >= 500:
-        raise TransientEhrError(message, retry_after_seconds(response.headers.get("Retry-After")))
-    raise PermanentEhrError(message, status, outcome_codes(response))
+        raise TransientEhrError(message, retry_after_seconds(response.headers.get("Retry-After")), ehr_said=detail)
+    raise PermanentEhrError(message, status, outcome_codes(response), ehr_said=detail)
 
 
 def transport_error(exc: requests.RequestException, url: str) -> EhrError:

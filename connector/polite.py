@@ -181,13 +181,13 @@ def _checked(response: requests.Response) -> requests.Response:
         detail = outcome_text(response)
         response.close()
         raise AuthExpiredError(f"{response.request.method} {_short(response.url)} -> HTTP 401"
-                               + (f": {detail}" if detail else ""))
+                               + (f": {detail}" if detail else ""), ehr_said=detail)
     if status in (408, 425, 429) or status >= 500:
         retry_after = (retry_after_seconds(response.headers.get("Retry-After"))
                        if status in RETRY_AFTER_STATUSES else None)
         detail = outcome_text(response)
         raise TransientEhrError(f"{response.request.method} {_short(response.url)} -> HTTP {status}"
-                                + (f": {detail}" if detail else ""), retry_after)
+                                + (f": {detail}" if detail else ""), retry_after, ehr_said=detail)
     return raise_for_status(response)
 
 

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from prm.config import Settings
+from prm.errors import loggable_traceback
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,9 @@ class InProcessDispatcher:
     def _run(task_name: str, body: object, args: tuple[int, ...]) -> None:
         try:
             body(*args)  # type: ignore[operator]
-        except Exception:
-            log.exception("in-process task %s%s failed; its row stays due for the sweeper", task_name, args)
+        except Exception as exc:
+            log.error("in-process task %s%s failed; its row stays due for the sweeper: %s", task_name, args,
+                      loggable_traceback(exc))
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

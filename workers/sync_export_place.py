@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from prm import streams
-from prm.errors import AuthExpiredError, EhrError
+from prm.errors import AuthExpiredError, EhrError, loggable
 from prm.snapshot_models import SyncStream
 from workers.ehr_access import EhrAccess
 from workers.runtime import WorkerContext
@@ -81,7 +81,7 @@ def _cancel(access: EhrAccess, status_url: str) -> None:
     except AuthExpiredError:
         raise
     except EhrError as exc:
-        log.warning("could not cancel a kept bulk export (%s); starting the new one regardless", exc)
+        log.warning("could not cancel a kept bulk export (%s); starting the new one regardless", loggable(exc))
 
 
 def _keep(ctx: WorkerContext, members: Sequence[SyncStream], place: str) -> None:

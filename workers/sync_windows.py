@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from connector.fhir_reader import Page, in_last_updated_order
 from fhir_mappings.written import IDENTIFIER_SYSTEM, WRITTEN_TYPES
 from prm import streams
-from prm.errors import PermanentEhrError
+from prm.errors import PermanentEhrError, loggable
 from prm.snapshot_models import SyncStream
 from workers.ehr_access import EhrAccess
 from workers.page_prep import last_updated
@@ -112,9 +112,9 @@ def read_windows(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: Str
                     run.caught_up = True
                     return
         finally:
-            if asked is not None and not asked[1].cancel() and asked[1].exception() is not None:
-                log.info("stream %s: a window asked ahead and not needed failed: %s", stream_id,
-                         asked[1].exception())
+            failed = asked[1].exception() if asked is not None and not asked[1].cancel() else None
+            if failed is not None:
+                log.info("stream %s: a window asked ahead and not needed failed: %s", stream_id, loggable(failed))
 
 
 def _cursor_after(page: Page, cursor: datetime | None) -> datetime | None:

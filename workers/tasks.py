@@ -8,6 +8,7 @@ from collections.abc import Callable
 from celery import shared_task
 
 from prm import jobs
+from prm.errors import loggable_traceback
 from prm.models import Job
 from workers import subscriptions, sync, writeback
 from workers.health_checks import check_connection
@@ -44,7 +45,7 @@ def run_job(job_id: int) -> None:
             raise LookupError(f"no handler for job kind {job.kind!r}")
         handler(ctx, job)
     except Exception as exc:
-        log.exception("job %s (%s) failed on attempt %s", job.id, job.kind, job.attempts)
+        log.error("job %s (%s) failed on attempt %s: %s", job.id, job.kind, job.attempts, loggable_traceback(exc))
         with ctx.db.session() as session:
             jobs.fail(session, job, ctx.name, ctx.settings.clock(), f"{type(exc).__name__}: {exc}",
                       retry_in_s=min(30 * 2 ** job.attempts, 3600), max_attempts=MAX_JOB_ATTEMPTS)

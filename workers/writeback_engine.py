@@ -23,7 +23,7 @@ from sqlmodel import SQLModel
 from connector.capability_rules import bundle_type_for_writes
 from connector.fhir_writer import BundleWrite, FhirWriter, PreconditionFailed, WriteOutcome, WriteRefused
 from prm import audit, connections, outbox
-from prm.errors import AuthExpiredError, EhrError, PermanentEhrError, TransientEhrError, ValidationError
+from prm.errors import AuthExpiredError, EhrError, PermanentEhrError, TransientEhrError, ValidationError, loggable
 from prm.fhir_names import version_of
 from prm.followup_models import CareTicket
 from prm.models import Connection, OutboxRow
@@ -264,7 +264,7 @@ class Drain:
                 self._send_bundle(attempts)
                 return
             except PermanentEhrError as exc:  # a transaction refused as a whole: find the bad entry one by one
-                log.info("bundle refused (%s); sending %d writes one by one", exc, len(attempts))
+                log.info("bundle refused (%s); sending %d writes one by one", loggable(exc), len(attempts))
             except EhrError as exc:
                 for attempt in attempts:
                     attempt.error = exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -14,7 +15,7 @@ import pytest
 import requests
 
 from connector.polite import PoliteClient, TokenBucket
-from prm.errors import AuthExpiredError, PermanentEhrError, TransientEhrError
+from prm.errors import WITHHELD, AuthExpiredError, EhrError, PermanentEhrError, TransientEhrError, loggable
 from tests.support.counting_server import Target, counting_server
 from tests.support.fault_proxy import FaultProxy
 
@@ -159,3 +160,26 @@ def test_logs_carry_no_query_strings_or_ids(proxy: FaultProxy, caplog: pytest.Lo
         polite.request("GET", f"{proxy.url}/fhir/Encounter", params=[("patient", "pat-000001")])
     messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     assert len(messages) == 3 and all("pat-000001" not in m and "?" not in m for m in messages), messages
+
+
+def test_the_ehrs_own_words_are_kept_with_the_error_and_out_of_logs(proxy: FaultProxy,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """An EHR's diagnostics are free text that may name a patient: the error carries them (IT reads it where it
+    is stored), a log line made with `loggable` does not, whatever the status."""
+    said = "Patient Jessica Green (MRN 8812, born 1970-08-20) is locked by another user"
+    outcome = json.dumps({"resourceType": "OperationOutcome",
+                          "issue": [{"severity": "error", "code": "lock-error", "diagnostics": said}]})
+    polite, _ = client(max_attempts=2)
+    proxy.add_fault(r"^/fhir/Patient", status=409, body=outcome)
+    proxy.add_fault(r"^/fhir/Encounter", status=503, body=outcome, times=2)
+    proxy.add_fault(r"^/fhir/Task", status=401, body=outcome)
+    errors: list[EhrError] = []
+    with caplog.at_level(logging.DEBUG):
+        for path in ("Patient", "Encounter", "Task"):
+            with pytest.raises(EhrError) as raised:
+                polite.request_json("GET", f"{proxy.url}/fhir/{path}")
+            errors.append(raised.value)
+            logging.getLogger("workers.test").warning("failed: %s", loggable(raised.value))
+    assert [type(e) for e in errors] == [PermanentEhrError, TransientEhrError, AuthExpiredError]
+    assert all(said in str(e) and said not in loggable(e) and WITHHELD in loggable(e) for e in errors)
+    assert caplog.records and said not in caplog.text and "Jessica" not in caplog.text
