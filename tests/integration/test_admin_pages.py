@@ -454,6 +454,10 @@ def test_it_has_streams_read_everything_again_from_the_page_or_with_the_cli(live
     assert wrong.returncode != 0 and "not a synced type: Observation" in wrong.stderr
     manager = signed_in(live_app, accounts["practice_manager"])
     assert 'id="reload-connection"' not in manager.get("/admin/connections/sandbox").text
+    before = state()
+    assert admin.post("/admin/connections/sandbox/reload", {}).status_code == 400, "no CSRF token"
+    assert manager.post("/admin/connections/sandbox/reload", {}).status_code in (400, 403)
+    assert state() == before, "a refused post asks nothing"
 
 
 def test_sync_health_is_shown_after_prm_sync_run(live_app: LiveApp, sandbox: SandboxStack,
