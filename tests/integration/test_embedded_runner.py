@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from sqlmodel import select
 
 from ehr_sandbox.stack import SandboxStack
@@ -16,6 +17,8 @@ from tests.support.processes import wait_until
 from tests.support.settings import make_settings
 from workers import runtime
 from workers.embedded import EmbeddedRunner
+
+pytestmark = pytest.mark.serial  # a scheduler lease raced by two processes: alone, after the parallel part
 
 
 def test_two_app_processes_never_run_two_schedulers(sandbox: SandboxStack, tmp_path: Path) -> None:

@@ -28,6 +28,8 @@ from tests.support.postgres import fresh_database
 from tests.support.processes import Process, RedisServer, prm_process, wait_until
 from tests.support.settings import TEST_KEY, env_for
 
+pytestmark = pytest.mark.serial  # Redis stopped under a 2 s check interval: alone, after the parallel part
+
 INTERVAL_S = 2.0
 
 

@@ -300,6 +300,7 @@ def short_leases(monkeypatch: pytest.MonkeyPatch) -> float:
     return 1.5
 
 
+@pytest.mark.serial
 def test_a_long_history_read_keeps_the_streams_lease(faulty: FaultyEhr, tmp_path: Path, short_leases: float) -> None:
     """A `_history` that takes longer to read than a lease lasts (a slow EHR, a busy week) is read with the lease
     renewed page by page, as windows are: it never lapses mid-read. (It lapsed after one lease period, and a second
@@ -318,6 +319,7 @@ def test_a_long_history_read_keeps_the_streams_lease(faulty: FaultyEhr, tmp_path
     faulty.proxy.clear()
 
 
+@pytest.mark.serial
 def test_a_long_id_comparison_keeps_the_streams_lease(faulty: FaultyEhr, tmp_path: Path, short_leases: float) -> None:
     """The deletion check's id listing (no `_history` here) over a slow EHR outlasts a lease: renewed as the ids
     come, it never lapses, and the deleted Encounter leaves the snapshot."""

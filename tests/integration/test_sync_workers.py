@@ -11,6 +11,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from sqlmodel import select
 
 from prm.models import Lease
@@ -19,6 +20,8 @@ from tests.integration.sync_env import sync_env
 from tests.support.ports import free_port
 from tests.support.processes import Process, RedisServer, prm_process, wait_until
 from tests.support.settings import env_for
+
+pytestmark = pytest.mark.serial  # a 6 s lease and a killed worker: alone, after the parallel part
 
 TYPES = ("Organization", "Location", "PractitionerRole", "Patient", "RelatedPerson", "Encounter", "Appointment")
 

@@ -395,6 +395,7 @@ def test_a_lost_answer_is_looked_up_by_identifier_not_written_again(bundle: str,
 # ---------------- 3. the worker dies between the EHR's commit and ours ----------------
 
 
+@pytest.mark.serial
 def test_a_worker_killed_after_the_ehr_committed_is_taken_over_without_a_copy(faulty: FaultyEhr,
                                                                              tmp_path: Path) -> None:
     with faulty_env(faulty, tmp_path) as (env, proxy), fleet(env, tmp_path, PRM_JOB_LEASE_S="5") as (ps, _):
@@ -422,6 +423,7 @@ def test_a_worker_killed_after_the_ehr_committed_is_taken_over_without_a_copy(fa
 # ---------------- 4. Redis restarts mid-drain ----------------
 
 
+@pytest.mark.serial
 def test_a_redis_restart_mid_drain_loses_nothing(faulty: FaultyEhr, tmp_path: Path) -> None:
     with faulty_env(faulty, tmp_path) as (env, proxy), \
             fleet(env, tmp_path, PRM_JOB_LEASE_S="10", PRM_HTTP_TIMEOUT_S="20") as (ps, redis):
