@@ -268,10 +268,23 @@ def connection_sync(name: str) -> Response:
 def connection_reload(name: str) -> Response:
     """IT's "Read all again" (after a restore or a repair at the EHR): every stream past its first load reads
     every resource of its type again, starting now; what changes meanwhile is read as well."""
+    return _ask_reload(name, None)
+
+
+@bp.post("/connections/<name>/streams/<resource_type>/reload")
+@requires_admin(Action.MANAGE_CONNECTIONS)
+def stream_reload(name: str, resource_type: str) -> Response:
+    """IT's "Read again" for one stream: a repair at the EHR that touched one type, or one type's rows kept
+    before the snapshot held a field, need not read the whole population again."""
+    return _ask_reload(name, [resource_type])
+
+
+def _ask_reload(name: str, resource_types: list[str] | None) -> Response:
+    """Ask the streams for a reload (an unknown type is refused, nothing asked) and wake them now."""
     ctx = prm()
     with ctx.db.session() as session:
         row = connections.by_name(session, name)
-        asked = streams.ask_reload(session, ctx.settings.clock, g.actor, row.id or 0)
+        asked = streams.ask_reload(session, ctx.settings.clock, g.actor, row.id or 0, resource_types)
         wake_streams(ctx.worker, session, row.id or 0, [s.resource_type for s in asked])
     return redirect(url_for("admin.connection_detail", name=name, reloading=len(asked)) + "#sync", code=303)
 

@@ -422,7 +422,8 @@ def test_it_has_streams_read_everything_again_from_the_page_or_with_the_cli(live
                                                                             accounts: dict[str, str]) -> None:
     """"Read all again" (after a restore or a repair at the EHR) asks every stream past its first load for a
     reload, audited per stream; the app's worker runs each within seconds and marks it served. `prm sync
-    reload` asks it of the streams named; a practice manager has no button."""
+    reload` asks it of the streams named, and so does each stream's "Read again"; a practice manager has no
+    button."""
     sync_sandbox(live_app, sandbox, "Organization", "Location")
 
     def state() -> dict[str, tuple[int, int]]:
@@ -445,6 +446,15 @@ def test_it_has_streams_read_everything_again_from_the_page_or_with_the_cli(live
     assert ran.returncode == 0 and "Location will read everything again" in ran.stdout, ran.stderr
     assert state()["Location"][0] == 2 and state()["Organization"] == (1, 1)
     wait_until(lambda: state()["Location"] == (2, 2), 60, what="the Location stream read again after the CLI's ask")
+    response = press(admin, "/admin/connections/sandbox/streams/Organization/reload", "reload-Organization")
+    assert response.headers["Location"].endswith("/admin/connections/sandbox?reloading=1#sync")
+    assert state()["Organization"][0] == 2 and state()["Location"] == (2, 2), "only the stream whose button it was"
+    wait_until(lambda: state()["Organization"] == (2, 2), 60, what="Organization read again after its button")
+    token = re.search(r'streams/Organization/reload" class="inline">\s*<input type="hidden" name="csrf_token" '
+                      r'value="([^"]+)"', admin.get("/admin/connections/sandbox").text)
+    assert token, "the Organization stream's button, back once its reload was served"
+    unknown = admin.post("/admin/connections/sandbox/streams/Observation/reload", {"csrf_token": token.group(1)})
+    assert unknown.status_code == 400 and "not a synced type: Observation" in unknown.text
     status = json.loads(live_app.prm("sync", "status", "--connection", "sandbox", "--json").stdout)
     [location] = [r for r in status if r.get("type") == "Location" and "phase" in r]
     assert location["held"] == 10 and location["resources"] >= 30, "held once; written by the load and two reloads"
@@ -453,10 +463,12 @@ def test_it_has_streams_read_everything_again_from_the_page_or_with_the_cli(live
     wrong = live_app.prm("sync", "reload", "--connection", "sandbox", "--type", "Observation")
     assert wrong.returncode != 0 and "not a synced type: Observation" in wrong.stderr
     manager = signed_in(live_app, accounts["practice_manager"])
-    assert 'id="reload-connection"' not in manager.get("/admin/connections/sandbox").text
+    assert 'id="reload-connection"' not in (seen := manager.get("/admin/connections/sandbox").text)
+    assert 'id="reload-Location"' not in seen
     before = state()
     assert admin.post("/admin/connections/sandbox/reload", {}).status_code == 400, "no CSRF token"
     assert manager.post("/admin/connections/sandbox/reload", {}).status_code in (400, 403)
+    assert manager.post("/admin/connections/sandbox/streams/Location/reload", {}).status_code in (400, 403)
     assert state() == before, "a refused post asks nothing"
 
 
@@ -481,7 +493,7 @@ def test_sync_health_is_shown_after_prm_sync_run(live_app: LiveApp, sandbox: San
     assert by_type["Organization"]["held"] == 4, "the data set's four"
     page = signed_in(live_app, accounts["it_admin"]).get("/admin/connections/sandbox")
     assert page.status_code == 200 and 'id="sync-streams"' in page.text
-    assert re.search(r'<tr data-type="Location">.*?<td>incremental</td>', page.text, re.S)
+    assert re.search(r'<tr data-type="Location">.*?<td class="phase">incremental\b', page.text, re.S)
     assert re.search(r'<tr data-type="Organization">.*?<td class="lag">\d+ (s|min)</td>', page.text, re.S)
     wait_until(lambda: all(c.health_checked_at for c in rows(live_app, Connection, Connection.name == "sandbox")), 30,
                what="the embedded worker's first health check")
