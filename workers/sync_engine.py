@@ -29,7 +29,7 @@ from workers.runtime import WorkerContext
 from workers.stream_leases import LeaseLost, StreamLease, release_together, renew_together
 from workers.sync_deletions import PATIENT_PARAM, find_deletions
 from workers.sync_export_place import EXPORT_KIND, export_manifest
-from workers.sync_history import history_feeds, next_mark, read_history, store_history
+from workers.sync_history import history_feeds, next_mark, read_history, store_history, store_news
 from workers.sync_pages import commit_prepared
 from workers.sync_patients import patient_windows
 from workers.sync_run import OVERLAP, Progress, StreamRun, count_page, server_instant
@@ -164,6 +164,7 @@ def _sync_steps(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, conne
     """`_sync_after`'s steps."""
     stream_id = stream.id or 0
     first_load = stream.phase == "initial"
+    resumed_reload = stream.reload_serving is not None  # a reload's pass an earlier run began
     reloading = not first_load and streams.reload_due(stream) and _begin_reload(ctx, stream_id)
     history = None if first_load else read_history(ctx, access, stream, lease)
     mark_before_run = None if first_load else next_mark(stream, history)
@@ -171,6 +172,10 @@ def _sync_steps(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, conne
     if reloading and _patient_scoped(stream, connection):  # every patient's whole record (begin_reload)
         patient_windows(ctx, access, connection, stream_id, run, lease, deadline, progress)
     elif reloading:  # everything, page by page; the history mark left as it was
+        if resumed_reload and history is not None and history_feeds(stream, history):
+            # What changed since the pass began may sit on pages it has read, and would wait for the pass's
+            # end (the cursor goes back to its start then): a booking made mid-reload is known at once.
+            store_news(ctx, access, stream_id, run, history, progress)
         listed = reread_all(ctx, access, stream_id, run, lease, deadline, progress, why=RELOADED)
     elif history is not None and history.quiet:  # nothing changed since the mark: no window can find anything
         run.caught_up = True

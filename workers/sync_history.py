@@ -123,11 +123,17 @@ def history_feeds(stream: SyncStream, history: History) -> bool:
 
 def store_history(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun, history: History,
                   progress: Progress | None) -> None:
+    """The news from a short `_history` in place of the windows: the run is caught up once they are stored."""
+    store_news(ctx, access, stream_id, run, history, progress)
+    run.caught_up = True
+    run.notes.append("changes from _history")
+
+
+def store_news(ctx: WorkerContext, access: EhrAccess, stream_id: int, run: StreamRun, history: History,
+               progress: Progress | None) -> None:
     """The news from a short `_history`, stored page by page as windows' pages would be, oldest first: the edge
     checks, and the cursor moved past each page, so a run that stops midway leaves no gap behind its cursor."""
     news = sorted(history.news or [], key=lambda resource: last_updated(resource) or EARLIEST)
     for page in batches(news, ctx.settings.sync_page_size):
         result = commit_page(ctx, stream_id, page, client=access.client_name)
         count_page(run, result.stored, 0, result.quarantined, progress)
-    run.caught_up = True
-    run.notes.append("changes from _history")
