@@ -11,6 +11,7 @@ the connection's `iss` stays stable across restarts.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,7 +92,9 @@ def cli() -> None:
 @click.option("--app-port", default=8000, show_default=True, help="fhir-prm.")
 @click.option("--profile", default="default", type=click.Choice(sorted(PROFILES)), show_default=True)
 @click.option("--real-time", is_flag=True, help="Use today's clock, not the data set's 2026-11-20T12:00Z.")
-def up(port: int, fhir_port: int, app_port: int, profile: str, real_time: bool) -> None:
+@click.option("--fresh-ehr", is_flag=True, help="Start the EHR from its data set again, dropping what demos wrote to "
+              "it (kept in the instance directory's ehr-sandbox/ otherwise).")
+def up(port: int, fhir_port: int, app_port: int, profile: str, real_time: bool, fresh_ehr: bool) -> None:
     app_url = f"http://127.0.0.1:{app_port}"
     config = SandboxConfig(
         profile=profile, port=port, fhir_internal_port=fhir_port, app_launch_url=f"{app_url}/launch",
@@ -100,8 +103,13 @@ def up(port: int, fhir_port: int, app_port: int, profile: str, real_time: bool) 
                  backend_client(app_url)],
     )
     env = {**os.environ, "PRM_PUBLIC_URL": app_url}
-    click.echo("starting the sandbox EHR (FHIR server and synthetic data set)...")
-    stack = SandboxStack(config).start()
+    # Kept beside fhir-prm's own database: the Tasks and Communications a demo wrote back are still in the EHR
+    # next time, as fhir-prm's outbox says they are (removing the instance directory starts both afresh).
+    state_dir = load_settings(env).instance_dir / "ehr-sandbox"
+    if fresh_ehr:
+        shutil.rmtree(state_dir, ignore_errors=True)
+    click.echo(f"starting the sandbox EHR (FHIR server and synthetic data set, kept in {state_dir})...")
+    stack = SandboxStack(config, state_dir=state_dir).start()
     app: subprocess.Popen[bytes] | None = None
     try:
         _prm(["db", "upgrade"], env)

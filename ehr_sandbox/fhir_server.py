@@ -103,16 +103,23 @@ def dataset_key(data_dir: Path) -> str:
     return h.hexdigest()[:24]
 
 
+STATE_KEY = "dataset.key"  # in a state directory: which data set (and sekmet) its database was made from
+
+
 class FhirServer:
     """sekmet serve on 127.0.0.1:<internal_port>, every URL it writes pointing at `public_base` (the EHR proxy)."""
 
     def __init__(self, internal_port: int, public_base: str, dataset: str | Path | None = None,
-                 cache_dir: str | Path | None = None, use_cache: bool = True, startup_timeout_s: float = 30.0):
+                 cache_dir: str | Path | None = None, use_cache: bool = True, startup_timeout_s: float = 30.0,
+                 state_dir: str | Path | None = None):
+        """`state_dir`: keep the FHIR database there from one start to the next (a demo's writes stay, as in a
+        real EHR), started again from the data set only when the data set changed; None: a throwaway one."""
         self.internal_port = internal_port
         self.public_base = public_base.rstrip("/")
         self.dataset = Path(dataset) if dataset else None
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.use_cache = use_cache
+        self.state_dir = Path(state_dir).resolve() if state_dir else None  # sekmet runs with it as its cwd
         self.startup_timeout_s = startup_timeout_s
         self.workdir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -132,18 +139,42 @@ class FhirServer:
     # ---------------- lifecycle ----------------
 
     def start(self) -> FhirServer:
-        """Start with an empty database, or loaded with `dataset` (from the template cache when it exists)."""
-        self.workdir = Path(tempfile.mkdtemp(prefix="ehr-sandbox-fhir-"))
+        """Start with an empty database, or loaded with `dataset` (from the template cache when it exists); with
+        a state directory, with the database kept there when it holds the same data set."""
+        if self.state_dir is not None:
+            self.workdir = self._kept_or_emptied(self.state_dir)
+        else:
+            self.workdir = Path(tempfile.mkdtemp(prefix="ehr-sandbox-fhir-"))
         (self.workdir / "settings.yaml").write_text(CONFIG.format(
             base_url=self.public_base, port=self.internal_port, workdir=self.workdir, db=self.db_path))
-        if self.dataset is not None:
+        if self.dataset is not None and self._empty:
             template = self._template(self.dataset)
             if template is not None:
                 self._seed(template)
         self._spawn()
         if self.dataset is not None and self._empty:
             self.load(self.dataset)
+        if self.state_dir is not None:
+            (self.workdir / STATE_KEY).write_text(self._data_key())
         return self
+
+    def _kept_or_emptied(self, state: Path) -> Path:
+        """The state directory, its database kept when it was made from this data set (and this sekmet); else
+        emptied, so the data set is loaded afresh: what the demo wrote to the old one is gone."""
+        state.mkdir(parents=True, exist_ok=True)
+        key_file = state / STATE_KEY
+        kept = key_file.exists() and key_file.read_text().strip() == self._data_key()
+        if kept and (state / "sekmet.db").exists():
+            self._empty = False
+            return state
+        if (state / "sekmet.db").exists():
+            log.warning("the sandbox EHR's data set changed: %s starts again from it", state)
+        for name in ("sekmet.db", "sekmet.db-wal", "sekmet.db-shm", STATE_KEY):
+            (state / name).unlink(missing_ok=True)
+        return state
+
+    def _data_key(self) -> str:
+        return dataset_key(self.dataset) if self.dataset is not None else "empty"
 
     def load(self, data_dir: str | Path = DEFAULT_DATASET) -> None:
         """Load a data set (transaction bundles of PUTs, so reloading is idempotent); cache a template after."""
@@ -169,9 +200,10 @@ class FhirServer:
 
     def stop(self) -> None:
         self._kill()
-        if self.workdir is not None:
+        if self.workdir is not None and self.state_dir is None:
             shutil.rmtree(self.workdir, ignore_errors=True)
-            self.workdir = None
+        self.workdir = None
+        self._empty = True
 
     def __enter__(self) -> FhirServer:
         return self.start()

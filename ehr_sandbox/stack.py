@@ -22,7 +22,7 @@ class SandboxStack:
     """FhirServer (data set loaded, template-cached) + EhrServer; ports of 0 mean "pick a free one"."""
 
     def __init__(self, config: SandboxConfig | None = None, dataset: str | Path | None = DEFAULT_DATASET,
-                 cache_dir: str | Path | None = None):
+                 cache_dir: str | Path | None = None, state_dir: str | Path | None = None):
         self.config = config or SandboxConfig()
         if self.config.port == 0:
             self.config.port = free_port()
@@ -31,7 +31,7 @@ class SandboxStack:
         if self.config.fhir_internal_port == 0:
             self.config.fhir_internal_port = free_port()
         self.fhir = FhirServer(self.config.fhir_internal_port, self.config.iss, dataset=dataset,
-                               cache_dir=cache_dir)
+                               cache_dir=cache_dir, state_dir=state_dir)
         self.ehr = EhrServer(self.config)
         self._stopped = threading.Event()
 

@@ -84,6 +84,7 @@ def test_ehr_sandbox_up_starts_the_ehr_and_the_app_and_prints_the_url(tmp_path: 
         app = f"http://127.0.0.1:{ports['--app-port']}"
         assert requests.get(f"{app}/healthz", timeout=10).json() == {"status": "ok"}
         assert (tmp_path / "instance" / "prm.db").exists()
+        assert (tmp_path / "instance" / "ehr-sandbox" / "sekmet.db").exists(), "the EHR's data kept beside it"
         assert "connection check: OK" in process.log_tail(200)  # backend services work on a first run
         # The app runs on the data set's clock; the line that lets `prm` in another shell share it:
         shared = next(line for line in process.log_tail(200).splitlines() if "export PRM_NOW=" in line)
