@@ -150,6 +150,7 @@ def connection_detail(name: str) -> str:
         quarantined = streams.quarantined(session, row.id or 0)
         open_counts = streams.open_quarantine_counts(session, row.id or 0)
         subscribed = ehr_subscriptions.of_connection(session, row.id or 0)
+    named = request.args.get("stream")  # the one stream a "Read again" asked
     return render_template("admin_connection.html", c=row, capability=admin_present.capability(row.capability_profile),
                            secret_state=admin_present.secret_state, sync_streams=sync_streams, held=held,
                            quarantined=quarantined,
@@ -160,6 +161,7 @@ def connection_detail(name: str) -> str:
                            health=admin_present.health_lines(row.health_detail or {}),
                            woken=request.args.get("woken", type=int),
                            reloading=request.args.get("reloading", type=int), reload_state=streams.reload_state,
+                           reloading_stream=named if named in streams.SYNC_TYPES else None,
                            now=prm().settings.clock())
 
 
@@ -286,7 +288,9 @@ def _ask_reload(name: str, resource_types: list[str] | None) -> Response:
         row = connections.by_name(session, name)
         asked = streams.ask_reload(session, ctx.settings.clock, g.actor, row.id or 0, resource_types)
         wake_streams(ctx.worker, session, row.id or 0, [s.resource_type for s in asked])
-    return redirect(url_for("admin.connection_detail", name=name, reloading=len(asked)) + "#sync", code=303)
+    named: dict[str, Any] = {"stream": resource_types[0]} if resource_types and len(asked) == 1 else {}
+    return redirect(url_for("admin.connection_detail", name=name, reloading=len(asked), **named) + "#sync",
+                    code=303)
 
 
 @bp.post("/connections/<name>/streams/<resource_type>/strategy")

@@ -447,7 +447,8 @@ def test_it_has_streams_read_everything_again_from_the_page_or_with_the_cli(live
     assert state()["Location"][0] == 2 and state()["Organization"] == (1, 1)
     wait_until(lambda: state()["Location"] == (2, 2), 60, what="the Location stream read again after the CLI's ask")
     response = press(admin, "/admin/connections/sandbox/streams/Organization/reload", "reload-Organization")
-    assert response.headers["Location"].endswith("/admin/connections/sandbox?reloading=1#sync")
+    assert response.headers["Location"].endswith("/admin/connections/sandbox?reloading=1&stream=Organization#sync")
+    assert "Organization will read everything again" in admin.get(response.headers["Location"]).text
     assert state()["Organization"][0] == 2 and state()["Location"] == (2, 2), "only the stream whose button it was"
     wait_until(lambda: state()["Organization"] == (2, 2), 60, what="Organization read again after its button")
     token = re.search(r'streams/Organization/reload" class="inline">\s*<input type="hidden" name="csrf_token" '
