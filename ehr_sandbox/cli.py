@@ -118,7 +118,8 @@ def up(port: int, fhir_port: int, app_port: int, profile: str, real_time: bool, 
             env["PRM_NOW"] = running_from(start)
             if start > DATASET_NOW:
                 click.echo(f"  the demo's clock goes on from {start:%Y-%m-%d %H:%M:%S} UTC, where it had got to in "
-                           f"this database (remove it to start afresh at {DATASET_NOW:%Y-%m-%d %H:%M} UTC)")
+                           f"this database (remove {state_dir.parent} to start fhir-prm and the EHR afresh at "
+                           f"{DATASET_NOW:%Y-%m-%d %H:%M} UTC)")
         _prm(["connection", "add", "--name", "sandbox", "--iss", stack.iss, "--client-id", CLIENT_ID,
               "--frame-origin", stack.ehr_url, "--role-map", "Practitioner/prac-rdc-05=it_admin",
               "--backend-client-id", BACKEND_CLIENT_ID, "--backend-auth", "private_key_jwt",
