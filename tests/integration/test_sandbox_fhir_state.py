@@ -2,6 +2,8 @@
 start, as in a real EHR, until the data set changes; without one, each start is a throwaway database."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
@@ -12,12 +14,20 @@ from ehr_sandbox.stack import free_port
 PATIENT = "pat-000001"
 
 
-def started(state: Path | None) -> FhirServer:
-    return FhirServer(free_port(), "http://localhost:9/fhir", dataset=DEFAULT_DATASET, state_dir=state).start()
+@contextmanager
+def running(state: Path | None) -> Iterator[FhirServer]:
+    server = FhirServer(free_port(), "http://localhost:9/fhir", dataset=DEFAULT_DATASET, state_dir=state).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
-def status(server: FhirServer, path: str) -> int:
-    return requests.get(f"{server.internal_url}/{path}", timeout=30).status_code
+def found(server: FhirServer, note: str) -> tuple[int, int]:
+    """HTTP statuses of the demo's note and of a data-set patient."""
+    note_status, patient_status = (requests.get(f"{server.internal_url}/{path}", timeout=30).status_code
+                                   for path in (f"Basic/{note}", f"Patient/{PATIENT}"))
+    return note_status, patient_status
 
 
 def write_demo_note(server: FhirServer) -> str:
@@ -30,41 +40,21 @@ def write_demo_note(server: FhirServer) -> str:
 
 def test_a_state_directory_keeps_what_a_demo_wrote_until_the_data_set_changes(tmp_path: Path) -> None:
     state = tmp_path / "ehr-sandbox"
-    first = started(state)
-    try:
+    with running(state) as first:
         note = write_demo_note(first)
-    finally:
-        first.stop()
     assert (state / "sekmet.db").exists(), "stopping keeps the state directory's database"
-
-    second = started(state)
-    try:
-        assert status(second, f"Basic/{note}") == 200, "the demo's write is still there"
-        assert status(second, f"Patient/{PATIENT}") == 200
-    finally:
-        second.stop()
-
+    with running(state) as second:
+        assert found(second, note) == (200, 200), "the demo's write is still there"
     (state / STATE_KEY).write_text("another data set")  # as after an upgrade that changed it
-    third = started(state)
-    try:
-        assert status(third, f"Basic/{note}") == 404, "made from the new data set, not the old database"
-        assert status(third, f"Patient/{PATIENT}") == 200
-    finally:
-        third.stop()
+    with running(state) as third:
+        assert found(third, note) == (404, 200), "made from the new data set, not the old database"
     assert (state / STATE_KEY).read_text() != "another data set"
 
 
 def test_without_a_state_directory_each_start_is_a_throwaway_database() -> None:
-    first = started(None)
-    try:
+    with running(None) as first:
         note = write_demo_note(first)
         workdir = first.workdir
-    finally:
-        first.stop()
     assert workdir is not None and not workdir.exists()
-    second = started(None)
-    try:
-        assert status(second, f"Basic/{note}") == 404
-        assert status(second, f"Patient/{PATIENT}") == 200
-    finally:
-        second.stop()
+    with running(None) as second:
+        assert found(second, note) == (404, 200)
