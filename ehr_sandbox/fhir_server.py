@@ -141,8 +141,10 @@ class FhirServer:
     def start(self) -> FhirServer:
         """Start with an empty database, or loaded with `dataset` (from the template cache when it exists); with
         a state directory, with the database kept there when it holds the same data set."""
+        state_key = None  # the data set's hash: computed once a start, as hashing reads every file of it
         if self.state_dir is not None:
-            self.workdir = self._kept_or_emptied(self.state_dir)
+            state_key = self._data_key()
+            self.workdir = self._kept_or_emptied(self.state_dir, state_key)
         else:
             self.workdir = Path(tempfile.mkdtemp(prefix="ehr-sandbox-fhir-"))
         (self.workdir / "settings.yaml").write_text(CONFIG.format(
@@ -154,16 +156,16 @@ class FhirServer:
         self._spawn()
         if self.dataset is not None and self._empty:
             self.load(self.dataset)
-        if self.state_dir is not None:
-            (self.workdir / STATE_KEY).write_text(self._data_key())
+        if state_key is not None:
+            (self.workdir / STATE_KEY).write_text(state_key)
         return self
 
-    def _kept_or_emptied(self, state: Path) -> Path:
+    def _kept_or_emptied(self, state: Path, state_key: str) -> Path:
         """The state directory, its database kept when it was made from this data set (and this sekmet); else
         emptied, so the data set is loaded afresh: what the demo wrote to the old one is gone."""
         state.mkdir(parents=True, exist_ok=True)
         key_file = state / STATE_KEY
-        kept = key_file.exists() and key_file.read_text().strip() == self._data_key()
+        kept = key_file.exists() and key_file.read_text().strip() == state_key
         if kept and (state / "sekmet.db").exists():
             self._empty = False
             return state

@@ -288,8 +288,8 @@ def _ask_reload(name: str, resource_types: list[str] | None) -> Response:
         row = connections.by_name(session, name)
         asked = streams.ask_reload(session, ctx.settings.clock, g.actor, row.id or 0, resource_types)
         wake_streams(ctx.worker, session, row.id or 0, [s.resource_type for s in asked])
-    named: dict[str, Any] = {"stream": resource_types[0]} if resource_types and len(asked) == 1 else {}
-    return redirect(url_for("admin.connection_detail", name=name, reloading=len(asked), **named) + "#sync",
+    named = resource_types[0] if resource_types else None  # url_for leaves a None out of the query
+    return redirect(url_for("admin.connection_detail", name=name, reloading=len(asked), stream=named) + "#sync",
                     code=303)
 
 

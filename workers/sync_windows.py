@@ -40,7 +40,7 @@ SECOND = timedelta(seconds=1)
 CLOCK_MARGIN = timedelta(minutes=5)  # our clock stands in for the EHR's only when it gives none, less this
 UNSORTED = "the EHR ignores _sort=_lastUpdated: windows halved until each fits a page"
 REREAD = "no _lastUpdated search: every resource read again"
-RELOADED = "read again as asked (prm sync reload)"
+RELOADED = "read again as asked (a reload, by IT or an upgrade)"
 REREAD_KIND = "reread"  # the kind of pass a stream keeps the place of
 
 
