@@ -27,6 +27,12 @@ ASSERTION_ALGS = ["RS384", "ES384"]
 REFRESH_SCOPES = ("offline_access", "online_access")
 
 
+def error_text(text: str) -> str:
+    """An exception's words as an OAuth `error_description`, which allows printable ASCII but `"` and `\\`
+    (RFC 6749 §5.2; Authlib raises on them, and the client got a 500 instead of `invalid_client`)."""
+    return "".join(c if " " <= c <= "~" and c not in '"\\' else "'" if c == '"' else "?" for c in text)
+
+
 class SandboxAuthorizationServer(AuthorizationServer):
     """Authlib's Flask server that knows its SmartAuth (stores, profile, keys)."""
 
@@ -129,7 +135,7 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
             try:
                 jwks = requests.get(conf.jwks_url, timeout=10).json()
             except (requests.RequestException, ValueError) as exc:
-                raise InvalidClientError(description=f"cannot fetch jwks_url: {exc}") from exc
+                raise InvalidClientError(description=error_text(f"cannot fetch jwks_url: {exc}")) from exc
         if not jwks:
             raise InvalidClientError(description="client has no registered keys")
         return KeySet.import_key_set(jwks)  # type: ignore[arg-type]
@@ -138,7 +144,7 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
         try:
             token = jwt.decode(assertion, resolve_key, algorithms=ASSERTION_ALGS)
         except (JoseError, ValueError) as exc:
-            raise InvalidClientError(description=f"client assertion: {exc}") from exc
+            raise InvalidClientError(description=error_text(f"client assertion: {exc}")) from exc
         self.verify_claims(token.claims)
         if float(token.claims["exp"]) > time.time() + 300 + self.leeway:
             raise InvalidClientError(description="client assertion exp is more than 5 minutes ahead")

@@ -6,6 +6,7 @@ proves the EHR fetched our public key from the running app's /.well-known/jwks.j
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from collections.abc import Iterator
@@ -217,6 +218,19 @@ def test_key_rotation_without_downtime(app: LiveApp, sandbox: SandboxStack) -> N
     assert code == 0 and last["backend"]["kid"] == new
     with pytest.raises(BackendAuthError, match="invalid_client"):
         fetch_token(stale, "system/Patient.rs", 10)
+
+
+def test_an_ehr_that_cannot_fetch_our_keys_refuses_the_client_not_errs(app: LiveApp, sandbox: SandboxStack) -> None:
+    """The EHR answers `invalid_client` (a 4xx IT must mend), not a 500 a worker would retry, when our JWKS is
+    out of its reach; its words say why."""
+    unreachable = dataclasses.replace(backend_client(f"http://127.0.0.1:{free_port()}"), client_id="keys-out-of-reach")
+    sandbox.register_client(unreachable)
+    _, profile, _ = check(app, "sandbox")
+    credentials = dataclasses.replace(_old_key_credentials(app, profile["backend"]["kid"],
+                                                           f"{sandbox.ehr_url}/oauth/token"),
+                                      client_id="keys-out-of-reach")
+    with pytest.raises(BackendAuthError, match=r"invalid_client.*cannot fetch jwks_url"):
+        fetch_token(credentials, "system/Patient.rs", 10)
 
 
 def test_keys_reencrypt_reseals_every_secret_with_the_newest_key(tmp_path: Path) -> None:
