@@ -45,6 +45,7 @@ class Settings:
     writeback_fallbacks: str = "Task:Communication"  # what to write when the EHR refuses a type (a:b, ...)
     subscription_check_interval_s: float = 600.0  # how often each EHR's copies of our Subscriptions are checked
     subscription_heartbeat_s: int = 300  # the heartbeat asked of the EHR, so a silent hook shows as silent
+    metrics_token: str | None = None  # the bearer token a Prometheus scrape of /metrics sends; None: /metrics is off
     clock: Clock = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -158,7 +159,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         writeback_fallbacks=_fallbacks(env.get("PRM_WRITEBACK_FALLBACKS", "Task:Communication")),
         subscription_check_interval_s=_number(env, "PRM_SUBSCRIPTION_CHECK_INTERVAL_S", 600.0, 1.0),
         subscription_heartbeat_s=int(_number(env, "PRM_SUBSCRIPTION_HEARTBEAT_S", 300, 10)),
+        metrics_token=_metrics_token(env.get("PRM_METRICS_TOKEN", "")),
     )
+
+
+def _metrics_token(raw: str) -> str | None:
+    """Off when unset; a token short enough to guess would open sync health to anyone who can reach the app."""
+    token = raw.strip()
+    if token and len(token) < 32:
+        raise ConfigError("PRM_METRICS_TOKEN must be at least 32 characters (e.g. `openssl rand -hex 32`)")
+    return token or None
 
 
 def _admin_absolute_hours(env: Mapping[str, str]) -> float:

@@ -11,7 +11,16 @@ from connector.discovery import DiscoveryCache
 from prm.config import Settings, load_settings
 from prm.errors import StorageError
 from prm.migrate import pending_revisions
-from smart_app import admin_views, api_views, hook_views, jwks_views, launch_views, security, sidebar_views
+from smart_app import (
+    admin_views,
+    api_views,
+    hook_views,
+    jwks_views,
+    launch_views,
+    metrics_views,
+    security,
+    sidebar_views,
+)
 from smart_app.context import AppContext
 from workers import runtime
 from workers.embedded import EmbeddedRunner
@@ -48,6 +57,7 @@ def create_app(settings: Settings | None = None, *, start_background: bool = Fal
     app.register_blueprint(admin_views.bp)
     app.register_blueprint(api_views.bp)
     app.register_blueprint(hook_views.bp)
+    app.register_blueprint(metrics_views.bp)
     security.install(app)
 
     @app.get("/")

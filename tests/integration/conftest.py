@@ -20,7 +20,7 @@ from ehr_sandbox.stack import SandboxStack
 from prm.connections import DEFAULT_USER_SCOPES
 from tests.support.ports import free_port
 from tests.support.processes import BIN, Process, prm_process, wait_http_ok
-from tests.support.settings import env_for
+from tests.support.settings import METRICS_TOKEN, env_for
 
 IT_ADMIN_USER = "Practitioner/prac-rdc-05"  # mapped to it_admin in the app's sandbox connection
 CLIENT_ID = "fhir-prm"
@@ -93,7 +93,7 @@ def sync_sandbox(live_app: LiveApp, sandbox: SandboxStack, *types: str) -> None:
 def live_app(app_port: int, sandbox: SandboxStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
     """`prm serve` on the embedded default (SQLite file, in-process tasks), connected to the sandbox."""
     workdir = tmp_path_factory.mktemp("live-app")
-    app = start_app(app_port, workdir, f"sqlite:///{workdir / 'prm.db'}", sandbox)
+    app = start_app(app_port, workdir, f"sqlite:///{workdir / 'prm.db'}", sandbox, PRM_METRICS_TOKEN=METRICS_TOKEN)
     yield app
     app.process.stop()
 

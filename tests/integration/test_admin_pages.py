@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import requests
 from playwright.sync_api import sync_playwright
+from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import select
 
 from ehr_sandbox.stack import SandboxStack
@@ -26,7 +27,7 @@ from prm.snapshot_models import SyncStream
 from smart_app import csrf
 from tests.integration.conftest import LiveApp, give_backend_access, sync_sandbox
 from tests.support.processes import wait_until
-from tests.support.settings import TEST_KEY, TEST_SECRET
+from tests.support.settings import METRICS_TOKEN, TEST_KEY, TEST_SECRET
 from workers.sync import SYNC_STREAM
 
 PASSWORD = "correct horse battery staple"
@@ -540,6 +541,25 @@ def test_sync_health_is_shown_after_prm_sync_run(live_app: LiveApp, sandbox: San
     listed = signed_in(live_app, accounts["it_admin"]).get("/admin/connections").text
     assert '<td class="sync-not-synced">paused (connection disabled) · 1 of 9 streams failing' in listed
     assert live_app.prm("connection", "enable", "sandbox").returncode == 0
+
+
+def test_it_watches_sync_health_from_its_monitoring(live_app: LiveApp, sandbox: SandboxStack) -> None:
+    """A Prometheus scrape of the running app, with the token IT set, says what `prm sync status` says."""
+    sync_sandbox(live_app, sandbox, "Organization", "Location")
+    status = json.loads(live_app.prm("sync", "status", "--connection", "sandbox", "--json").stdout)
+    held = {r["type"]: r["held"] for r in status if "phase" in r and r["type"] in ("Organization", "Location")}
+    scraped = requests.get(f"{live_app.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"},
+                           timeout=10)
+    assert scraped.status_code == 200, scraped.text
+    assert scraped.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    families = {f.name: f for f in text_string_to_metric_families(scraped.text)}
+    scraped_held = {s.labels["type"]: s.value for s in families["prm_sync_stream_held_resources"].samples
+                    if s.labels["connection"] == "sandbox" and s.labels["type"] in held}
+    assert scraped_held == held and held["Organization"] == 4, (scraped_held, held)
+    [lag] = [s.value for s in families["prm_sync_stream_lag_seconds"].samples
+             if s.labels == {"connection": "sandbox", "type": "Organization"}]
+    assert 0 <= lag < 3600, "just synced, on the app's clock"
+    assert requests.get(f"{live_app.url}/metrics", timeout=10).status_code == 401
 
 
 _STRATEGY_FORM = re.compile(r'action="/admin/connections/sandbox/streams/Encounter/strategy">\s*'

@@ -10,6 +10,7 @@ from prm.config import Settings
 DATASET_NOW = "2026-11-20T12:00:00Z"
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
 TEST_KEY = "u2jvqRk3oMXNU3cNRBQUXtOUjX4-wW3AnOXdmZtRVPU="
+METRICS_TOKEN = "metrics-token-0123456789-abcdefghijklmnop"  # what the tests' Prometheus scrape sends
 
 
 def make_settings(database_url: str, instance_dir: Path, **overrides: Any) -> Settings:

@@ -18,6 +18,7 @@ def test_defaults_are_the_embedded_sqlite_file_and_no_redis(tmp_path: Path) -> N
     settings = load_settings({**BASE, "PRM_INSTANCE_DIR": str(tmp_path)})
     assert settings.database_url == f"sqlite:///{(tmp_path / 'prm.db').resolve()}"
     assert settings.uses_redis is False
+    assert settings.metrics_token is None, "/metrics is off until IT sets a token"
     assert settings.redirect_uri == "http://127.0.0.1:8000/launch/callback"
 
 
@@ -39,6 +40,7 @@ def test_defaults_are_the_embedded_sqlite_file_and_no_redis(tmp_path: Path) -> N
         ({"PRM_WRITEBACK_BATCH_SIZE": "0"}, "PRM_WRITEBACK_BATCH_SIZE"),
         ({"PRM_WRITEBACK_BUNDLES_IN_FLIGHT": "0"}, "PRM_WRITEBACK_BUNDLES_IN_FLIGHT"),
         ({"PRM_WRITEBACK_FALLBACKS": "Task->Communication"}, "PRM_WRITEBACK_FALLBACKS"),
+        ({"PRM_METRICS_TOKEN": "guessable"}, "PRM_METRICS_TOKEN"),
     ],
 )
 def test_a_bad_setting_is_named(env: dict[str, str], named: str) -> None:
