@@ -9,10 +9,11 @@ from typing import Any
 
 import click
 
-from prm import connections, ehr_subscriptions, snapshots, streams
+from prm import connections, ehr_subscriptions, outbox, snapshots, streams
 from prm.config import load_settings
+from prm.errors import PrmError
 from prm.snapshot_models import EhrSubscription, SyncStream
-from smart_app import admin_present
+from smart_app import admin_present, sync_verdict
 
 
 @click.group(help="Background sync from the EHRs.")
@@ -94,6 +95,44 @@ def sync_status(name: str | None, as_json: bool) -> None:
         click.echo(f"{row['connection']:14} {row['type']:17} {row['phase']:11} {row['held']:>9} "
                    f"{row['quarantined_open']:>5} {cursor:19} {success:19} {admin_present.lag_words(row['lag_s']):>7} "
                    f"{under_way}{row['error'] or ''}")
+
+
+@sync.command("check", help="One line for Nagios, Icinga or Zabbix: OK, WARNING or CRITICAL (exit 0, 1, 2; 3 when "
+                            "it cannot tell) for lags past the limits, failing checks and streams, quarantined "
+                            "resources and dead write-backs.")
+@click.option("--connection", "name", default=None, help="Only this connection.")
+@click.option("--warn-lag", "warn_lag", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Minutes behind the EHR before a stream is a warning.")
+@click.option("--crit-lag", "crit_lag", type=click.IntRange(min=1), default=120, show_default=True,
+              help="Minutes behind the EHR before a stream is critical.")
+def sync_check(name: str | None, warn_lag: int, crit_lag: int) -> None:
+    if warn_lag > crit_lag:  # a check set up wrong is UNKNOWN to the monitoring, like one that cannot run
+        click.echo(f"UNKNOWN: --warn-lag ({warn_lag}) must not exceed --crit-lag ({crit_lag})")
+        raise SystemExit(sync_verdict.UNKNOWN)
+    limits = sync_verdict.Limits(warn_lag_s=warn_lag * 60.0, crit_lag_s=crit_lag * 60.0)
+    try:
+        verdict = _check(name, limits)
+    except PrmError as exc:  # the check's own failure is UNKNOWN to the monitoring, not a sync that is down
+        click.echo(f"UNKNOWN: {type(exc).__name__}: {exc}")
+        raise SystemExit(sync_verdict.UNKNOWN) from exc
+    click.echo(verdict.line)
+    raise SystemExit(verdict.level)
+
+
+def _check(name: str | None, limits: sync_verdict.Limits) -> sync_verdict.Verdict:
+    from workers import runtime
+
+    ctx = runtime.build(load_settings())
+    ctx.db.ping()
+    with ctx.db.session() as session:
+        chosen = [connections.by_name(session, name)] if name else connections.list_all(session)
+        grouped = streams.by_connection(session)
+        quarantined = streams.open_quarantine_counts(session)
+        dead = sync_verdict.dead_writes_by_connection(outbox.counts_by_connection(session))
+        states = [sync_verdict.ConnectionState(
+            connection=row, streams=grouped.get(row.id or 0, []), dead_writes=dead.get(row.id or 0, 0),
+            quarantined=sum(n for (c, _), n in quarantined.items() if c == row.id)) for row in chosen]
+        return sync_verdict.verdict(states, ctx.settings.clock(), limits)
 
 
 @sync.command("strategy", help="How a connection's streams sync: auto (what `prm connection check` found), bulk "

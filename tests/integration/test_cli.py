@@ -9,9 +9,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import requests
+from sqlmodel import select
 
 from ehr_sandbox.cli import DATASET_NOW
+from prm import streams
 from prm.clock import clock_from_setting
+from prm.db import Database
+from prm.models import Connection
 from tests.support.ports import free_port
 from tests.support.postgres import fresh_database
 from tests.support.processes import BIN, Process, wait_until
@@ -100,3 +104,44 @@ def test_ehr_sandbox_up_starts_the_ehr_and_the_app_and_prints_the_url(tmp_path: 
 def _listening(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_sync_check_answers_as_a_monitoring_plugin(tmp_path: Path) -> None:
+    """`prm sync check` for Nagios, Icinga or Zabbix: its exit code is the level (0 OK, 1 WARNING, 2 CRITICAL,
+    3 UNKNOWN) and its one line says why, on the app's clock (the data set's, frozen here)."""
+    url = f"sqlite:///{tmp_path / 'prm.db'}"
+    env = env_for(url, tmp_path / "instance")
+    assert prm("db", "upgrade", env=env, cwd=tmp_path).returncode == 0
+    assert prm("connection", "add", "--name", "north", "--iss", "https://north.example/fhir", "--client-id", "prm",
+               env=env, cwd=tmp_path).returncode == 0
+    now = clock_from_setting(env["PRM_NOW"])()
+
+    def caught_up(resource_type: str, behind: timedelta, error: str | None = None) -> None:
+        database = Database(url)
+        with database.session() as session:
+            for stream in streams.ensure(session, session.exec(select(Connection.id)).one() or 0):
+                if stream.resource_type == resource_type or resource_type == "*":
+                    stream.caught_up_at, stream.last_error = now - behind, error
+                    session.add(stream)
+            session.commit()
+        database.dispose()
+
+    def check(*args: str) -> tuple[int, str]:
+        done = prm("sync", "check", *args, env=env, cwd=tmp_path)
+        assert done.stdout.count("\n") == 1 and "Traceback" not in done.stderr, done.stdout + done.stderr
+        return done.returncode, done.stdout.strip()
+
+    caught_up("*", timedelta(minutes=2))
+    assert check() == (0, "OK: 1 connection(s), 9 streams, worst lag 2 min | worst_lag=120s;1800;7200 "
+                          "failing_streams=0 quarantined=0 dead_writes=0")
+    caught_up("Encounter", timedelta(minutes=45), error="HTTP 404 from the EHR: no Patient Jane Example")
+    code, line = check()
+    assert code == 1 and line.startswith("WARNING: north/Encounter 45 min behind; north/Encounter failing "), line
+    assert "Jane" not in line, "stored errors may hold the EHR's words: never in a monitoring system's logs"
+    assert check("--warn-lag", "60")[0] == 1, "still failing, though within the lag now asked for"
+    caught_up("Encounter", timedelta(hours=3))
+    code, line = check()
+    assert code == 2 and line.startswith("CRITICAL: north/Encounter 3 h behind "), line
+    assert check("--connection", "nowhere")[0] == 3 and check("--connection", "nowhere")[1].startswith("UNKNOWN: ")
+    assert check("--warn-lag", "180", "--crit-lag", "60") == (3, "UNKNOWN: --warn-lag (180) must not exceed "
+                                                                   "--crit-lag (60)")

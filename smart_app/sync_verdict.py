@@ -1,0 +1,121 @@
+"""`prm sync check`: one verdict on sync and write-back health, as the check commands of Nagios, Icinga and
+Zabbix read it: one line, performance data after `|`, exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+
+Many hospitals watch their systems that way rather than with Prometheus (`/metrics` serves the raw figures).
+The judgement is ours, so every such system judges alike: a stream that has not read all there was for
+longer than the limits, a connection whose check fails or whose EHR refuses our token, streams ending in an
+error, resources quarantined, write-backs dead. Disabled connections and disabled streams are not judged.
+
+The line never quotes an error: stored errors may hold the EHR's own words (DESIGN.md invariant 6), and a
+monitoring system keeps check output in its logs. It names where to look (`prm sync status`, the admin page).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from prm.models import Connection
+from prm.snapshot_models import SyncStream
+from smart_app.admin_present import lag_words
+
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+LEVELS = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Lags past which a stream is a warning, then critical (streams run every 5 minutes by default)."""
+
+    warn_lag_s: float = 1800.0
+    crit_lag_s: float = 7200.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.warn_lag_s <= self.crit_lag_s:
+            raise ValueError("the warning lag must be positive and at most the critical lag")
+
+
+@dataclass(frozen=True)
+class ConnectionState:
+    """What the check reads of one connection."""
+
+    connection: Connection
+    streams: list[SyncStream]
+    quarantined: int  # resources quarantined and not resolved
+    dead_writes: int  # outbox rows that gave up, for IT to retry or discard
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    level: int
+    line: str  # what the check prints: "<LEVEL>: <what> | <performance data>"
+
+
+def findings(state: ConnectionState, now: datetime, limits: Limits) -> list[Finding]:
+    """What is wrong with one enabled connection (nothing for a disabled one: nothing is meant to run)."""
+    row = state.connection
+    if not row.enabled:
+        return []
+    found: list[Finding] = []
+    if row.needs_it:
+        found.append(Finding(CRITICAL, f"{row.name}: the EHR refuses our backend token (IT must mend the client)"))
+    if row.health_status == "failing":
+        found.append(Finding(CRITICAL, f"{row.name}: connection check failing"))
+    for stream in (s for s in state.streams if s.enabled):
+        where = f"{row.name}/{stream.resource_type}"
+        if stream.caught_up_at is not None:
+            behind = (now - stream.caught_up_at).total_seconds()
+            if behind > limits.warn_lag_s:
+                level = CRITICAL if behind > limits.crit_lag_s else WARNING
+                found.append(Finding(level, f"{where} {lag_words(behind)} behind"))
+        if stream.last_error:
+            found.append(Finding(WARNING, f"{where} failing"))
+    if state.quarantined:
+        found.append(Finding(WARNING, f"{row.name}: {state.quarantined} quarantined"))
+    if state.dead_writes:
+        found.append(Finding(WARNING, f"{row.name}: {state.dead_writes} write-backs dead"))
+    return found
+
+
+def verdict(states: Iterable[ConnectionState], now: datetime, limits: Limits) -> Verdict:
+    """The worst finding decides the level; the line names every finding, worst first."""
+    states = list(states)
+    found = sorted((f for s in states for f in findings(s, now, limits)), key=lambda f: -f.level)
+    judged = [s for s in states if s.connection.enabled]
+    streams = [t for s in judged for t in s.streams if t.enabled]
+    lags = [(now - t.caught_up_at).total_seconds() for t in streams if t.caught_up_at is not None]
+    worst = max(lags, default=0.0)
+    paused = len(states) - len(judged)
+    if found:
+        what = "; ".join(f.text for f in found) + " (see `prm sync status`)"
+    elif not streams:
+        what = "no stream to judge" + (f" ({paused} connection(s) disabled)" if paused else "")
+    else:
+        first_loads = len(streams) - len(lags)
+        what = (f"{len(judged)} connection(s), {len(streams)} streams, worst lag {lag_words(worst)}"
+                + (f", {first_loads} on their first load" if first_loads else "")
+                + (f", {paused} connection(s) disabled" if paused else ""))
+    level = max((f.level for f in found), default=OK)
+    performance = _performance(states, worst, streams, limits)
+    return Verdict(level, f"{LEVELS[level]}: {what} | {performance}")
+
+
+def _performance(states: list[ConnectionState], worst: float, streams: list[SyncStream], limits: Limits) -> str:
+    """Nagios performance data: `label=value[unit];warn;crit`."""
+    judged = [s for s in states if s.connection.enabled]
+    return (f"worst_lag={round(worst)}s;{round(limits.warn_lag_s)};{round(limits.crit_lag_s)} "
+            f"failing_streams={sum(1 for t in streams if t.last_error)} "
+            f"quarantined={sum(s.quarantined for s in judged)} "
+            f"dead_writes={sum(s.dead_writes for s in judged)}")
+
+
+def dead_writes_by_connection(counted: Iterable[tuple[int, str, int]]) -> Mapping[int, int]:
+    """(connection id, status, rows), as `prm.outbox.counts_by_connection` -> dead rows per connection."""
+    return {connection_id: rows for connection_id, status, rows in counted if status == "dead"}
