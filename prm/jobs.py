@@ -67,6 +67,21 @@ def wake(session: Session, kind: str, subject_id: int, now: datetime) -> int | N
     return plan_now(session, kind, subject_id, now)
 
 
+def bring_forward(session: Session, kind: str, subject_id: int, due_at: datetime) -> bool:
+    """Have the subject's pending job due no later than `due_at` (never later than it was): a stream whose
+    interval IT shortened. False when nothing moved: no job pending (a running one plans its next slot by then
+    itself), it is due sooner already, or that exact slot ran before (slots are unique; the pending job stays)."""
+    waiting = session.exec(select(Job).where(Job.kind == kind, Job.subject_id == subject_id,
+                                             col(Job.status) == "pending")).first()
+    if waiting is None or waiting.due_at is None or waiting.due_at <= due_at:
+        return False
+    if _slot(session, kind, subject_id, due_at) is not None:
+        return False
+    waiting.due_at, waiting.enqueued_at = due_at, None
+    session.add(waiting)
+    return True
+
+
 def plan_now(session: Session, kind: str, subject_id: int, now: datetime) -> int | None:
     """A slot due at `now`: planned, or the finished one already there opened again. Returns the subject's
     pending job (due later where another planner came first; None where the slot at `now` is running)."""

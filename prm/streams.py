@@ -83,6 +83,29 @@ def set_strategy(session: Session, clock: Clock, actor: audit.Actor, connection_
     return changed
 
 
+INTERVAL_LIMITS_S = (30, 86400)  # a run at most every 30 s (the EHR's request budget still applies), at least daily
+
+
+def set_interval(session: Session, clock: Clock, actor: audit.Actor, connection_id: int, interval_s: int,
+                 resource_types: Collection[str] | None = None) -> list[SyncStream]:
+    """IT's choice of how often the connection's streams (these types, else all) run once caught up (default
+    every 5 minutes): often for bookings, rarely for the directory. Audited per stream changed, in the same
+    transaction; the streams changed. Each stream's next run after this one is planned by the new interval; to
+    bring a pending run forward at once, see workers.sync.apply_intervals."""
+    low, high = INTERVAL_LIMITS_S
+    if not low <= interval_s <= high:
+        raise ValidationError(f"a sync interval must be {low} s to {high // 3600} h, got {interval_s} s")
+    changed = []
+    for stream in _named(session, connection_id, resource_types):
+        if stream.interval_s != interval_s:
+            stream.interval_s = interval_s
+            session.add(stream)
+            audit.record(session, clock, actor, "sync.interval", connection_id=connection_id,
+                         entity=stream.resource_type, detail=f"{interval_s}s")
+            changed.append(stream)
+    return changed
+
+
 def ask_reload(session: Session, clock: Clock, actor: audit.Actor, connection_id: int,
                resource_types: Collection[str] | None = None) -> list[SyncStream]:
     """Ask these streams (else all) to read every resource of their type again at their next run: IT after a

@@ -52,8 +52,11 @@ def _clinics(text: str) -> tuple[dict[str, str], ...]:
 
 def _whole(text: str, what: str, default: int) -> int:
     """A whole-number field; empty means the default (the range is checked with the rest of the spec)."""
-    if not text.strip():
-        return default
+    return whole_number(text, what) if text.strip() else default
+
+
+def whole_number(text: str, what: str) -> int:
+    """A whole-number field that must be filled (its range is the domain's to check)."""
     try:
         return int(text.strip())
     except ValueError:

@@ -70,6 +70,22 @@ def lag_words(seconds_behind: float | None) -> str:
     return f"{seconds} s"
 
 
+INTERVAL_CHOICES_S = (60, 120, 300, 600, 900, 1800, 3600, 6 * 3600, 86400)
+
+
+def interval_words(seconds: int) -> str:
+    """A stream's interval exactly, in its largest whole unit ("5 min", "90 s", "6 h")."""
+    for unit, size in (("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
+def interval_choices(current: int) -> list[tuple[int, str]]:
+    """The page's menu of intervals, with the stream's own among them where the CLI set an unusual one."""
+    return [(s, interval_words(s)) for s in sorted({*INTERVAL_CHOICES_S, current})]
+
+
 @dataclass(frozen=True)
 class HealthLine:
     label: str

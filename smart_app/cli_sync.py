@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from datetime import datetime
 from typing import Any
@@ -28,7 +29,7 @@ def _when(value: datetime | None) -> str:
 def _status_row(name: str, stream: SyncStream, now: datetime, open_quarantined: int, held: int) -> dict[str, Any]:
     lag = (now - stream.caught_up_at).total_seconds() if stream.caught_up_at else None
     return {"connection": name, "type": stream.resource_type, "phase": stream.phase, "enabled": stream.enabled,
-            "strategy": stream.strategy,
+            "strategy": stream.strategy, "interval_s": stream.interval_s,
             "cursor": stream.cursor.isoformat() if stream.cursor else None,
             "last_success": stream.last_success_at.isoformat() if stream.last_success_at else None,
             "caught_up": stream.caught_up_at.isoformat() if stream.caught_up_at else None,
@@ -102,9 +103,9 @@ def sync_status(name: str | None, as_json: bool) -> None:
                             "resources and dead write-backs.")
 @click.option("--connection", "name", default=None, help="Only this connection.")
 @click.option("--warn-lag", "warn_lag", type=click.IntRange(min=1), default=30, show_default=True,
-              help="Minutes behind the EHR before a stream is a warning.")
+              help="Minutes a stream's lag may pass its interval before it is a warning.")
 @click.option("--crit-lag", "crit_lag", type=click.IntRange(min=1), default=120, show_default=True,
-              help="Minutes behind the EHR before a stream is critical.")
+              help="Minutes a stream's lag may pass its interval before it is critical.")
 def sync_check(name: str | None, warn_lag: int, crit_lag: int) -> None:
     if warn_lag > crit_lag:  # a check set up wrong is UNKNOWN to the monitoring, like one that cannot run
         click.echo(f"UNKNOWN: --warn-lag ({warn_lag}) must not exceed --crit-lag ({crit_lag})")
@@ -150,6 +151,35 @@ def sync_strategy(name: str, types: tuple[str, ...], strategy: str) -> None:
         changed = streams.set_strategy(session, ctx.settings.clock, audit.command_line_actor(connection.id),
                                        connection.id or 0, strategy, types or None)
     click.echo(f"{name}: {', '.join(s.resource_type for s in changed) or 'no stream'} changed to {strategy}")
+
+
+@sync.command("interval", help="How often a connection's streams run once caught up (default 5 min): e.g. 1m for "
+                               "bookings, 6h for the directory. Seconds, or with s, m or h; 30s to 24h.")
+@click.option("--connection", "name", required=True)
+@click.option("--type", "types", multiple=True, help="Only these resource types (repeatable); default all.")
+@click.argument("every")
+def sync_interval(name: str, types: tuple[str, ...], every: str) -> None:
+    from prm import audit
+    from workers import runtime
+    from workers.sync import apply_intervals
+
+    interval_s = _seconds(every)
+    ctx = runtime.build(load_settings())
+    with ctx.db.session() as session:
+        connection = connections.by_name(session, name)
+        changed = streams.set_interval(session, ctx.settings.clock, audit.command_line_actor(connection.id),
+                                       connection.id or 0, interval_s, types or None)
+        sooner = apply_intervals(ctx, session, changed)
+    click.echo(f"{name}: {', '.join(s.resource_type for s in changed) or 'no stream'} changed to every "
+               f"{admin_present.interval_words(interval_s)}" + (f" ({sooner} run sooner)" if sooner else ""))
+
+
+def _seconds(every: str) -> int:
+    """`90`, `90s`, `5m`, `1h` -> seconds (the domain checks the range)."""
+    match = re.fullmatch(r"\s*(\d+)\s*(s|m|min|h)?\s*", every)
+    if match is None:
+        raise click.BadParameter(f"{every!r} is not like 90s, 5m or 1h", param_hint="EVERY")
+    return int(match.group(1)) * {"s": 1, "m": 60, "min": 60, "h": 3600}[match.group(2) or "s"]
 
 
 @sync.command("reload", help="Read every resource of a connection's streams again (after a restore or a repair at "

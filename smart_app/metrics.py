@@ -107,6 +107,8 @@ def _stream(families: _Families, name: str, stream: SyncStream, now: datetime, h
         labels, 1 if stream.phase != "incremental" else 0)
     families.gauge("prm_sync_stream_failing", "1 if the stream's last run ended with an error.", STREAM).add_metric(
         labels, 1 if stream.last_error else 0)
+    families.gauge("prm_sync_stream_interval_seconds", "How often the stream runs once caught up.",
+                   STREAM).add_metric(labels, stream.interval_s)
     families.gauge("prm_sync_stream_held_resources", "Resources of the type the snapshot holds now.",
                    STREAM).add_metric(labels, held)
     families.gauge("prm_sync_stream_quarantined_open", "Resources refused at the edge, not since mended at the EHR.",

@@ -3,8 +3,9 @@ Zabbix read it: one line, performance data after `|`, exit 0 OK, 1 WARNING, 2 CR
 
 Many hospitals watch their systems that way rather than with Prometheus (`/metrics` serves the raw figures).
 The judgement is ours, so every such system judges alike: a stream that has not read all there was for
-longer than the limits, a connection whose check fails or whose EHR refuses our token, streams ending in an
-error, resources quarantined, write-backs dead. Disabled connections and disabled streams are not judged.
+longer than its interval and the limits, a connection whose check fails or whose EHR refuses our token,
+streams ending in an error, resources quarantined, write-backs dead. Disabled connections and streams are not
+judged.
 
 The line never quotes an error: stored errors may hold the EHR's own words (DESIGN.md invariant 6), and a
 monitoring system keeps check output in its logs. It names where to look (`prm sync status`, the admin page).
@@ -26,7 +27,8 @@ LEVELS = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
 
 @dataclass(frozen=True)
 class Limits:
-    """Lags past which a stream is a warning, then critical (streams run every 5 minutes by default)."""
+    """How far past its interval a stream's lag may go before it is a warning, then critical (a stream that runs
+    every 5 minutes, the default, warns when 35 minutes behind)."""
 
     warn_lag_s: float = 1800.0
     crit_lag_s: float = 7200.0
@@ -70,10 +72,11 @@ def findings(state: ConnectionState, now: datetime, limits: Limits) -> list[Find
         found.append(Finding(CRITICAL, f"{row.name}: connection check failing"))
     for stream in (s for s in state.streams if s.enabled):
         where = f"{row.name}/{stream.resource_type}"
-        if stream.caught_up_at is not None:
+        if stream.caught_up_at is not None:  # judged past its interval: a stream run every 6 h is 5 h behind by design
             behind = (now - stream.caught_up_at).total_seconds()
-            if behind > limits.warn_lag_s:
-                level = CRITICAL if behind > limits.crit_lag_s else WARNING
+            overdue = behind - stream.interval_s
+            if overdue > limits.warn_lag_s:
+                level = CRITICAL if overdue > limits.crit_lag_s else WARNING
                 found.append(Finding(level, f"{where} {lag_words(behind)} behind"))
         if stream.last_error:
             found.append(Finding(WARNING, f"{where} failing"))

@@ -55,6 +55,20 @@ def wake_streams(ctx: WorkerContext, session: Session, connection_id: int, resou
     return len(woken)
 
 
+def apply_intervals(ctx: WorkerContext, session: Session, changed: list[SyncStream]) -> int:
+    """After IT set new intervals (prm.streams.set_interval): a stream whose pending run is due later than its
+    last run plus the new interval runs then (now, if that is past); a longer interval applies from the run
+    after the pending one. Returns how many runs were brought forward."""
+    now = ctx.settings.clock()
+    moved = 0
+    for stream in changed:
+        if stream.id is None or not stream.enabled:
+            continue
+        due = (stream.last_run_at or now) + timedelta(seconds=stream.interval_s)
+        moved += jobs.bring_forward(session, SYNC_STREAM, stream.id, max(due, now))
+    return moved
+
+
 def sync_stream(ctx: WorkerContext, job: Job) -> None:
     """Run the stream, then plan the next run: an interval away when caught up, straight away when time ran
     out or the EHR woke the stream while it ran, and one lease period away when another worker held the stream

@@ -562,13 +562,23 @@ def test_it_watches_sync_health_from_its_monitoring(live_app: LiveApp, sandbox: 
     assert requests.get(f"{live_app.url}/metrics", timeout=10).status_code == 401
 
 
+def with_streams(live_app: LiveApp, sandbox: SandboxStack) -> None:
+    """The connection syncs, so the app's worker gives it streams within a sweep: whichever test ran before."""
+    give_backend_access(live_app, sandbox)
+    row = connection(live_app, "sandbox")
+    assert row is not None
+    wait_until(lambda: len(rows(live_app, SyncStream, SyncStream.connection_id == row.id)) == len(streams.SYNC_TYPES),
+               30, what="the sandbox's streams")
+
+
 _STRATEGY_FORM = re.compile(r'action="/admin/connections/sandbox/streams/Encounter/strategy">\s*'
                             r'<input type="hidden" name="csrf_token" value="([^"]*)"')
 
 
-def test_it_chooses_how_a_stream_syncs_on_the_page_or_with_the_cli(live_app: LiveApp,
+def test_it_chooses_how_a_stream_syncs_on_the_page_or_with_the_cli(live_app: LiveApp, sandbox: SandboxStack,
                                                                     accounts: dict[str, str]) -> None:
     """The override of the capability profile's strategy: per stream, audited; bad input changes nothing."""
+    with_streams(live_app, sandbox)
     def strategy_of(resource_type: str) -> str:
         return next(s.strategy for s in rows(live_app, SyncStream, SyncStream.resource_type == resource_type))
 
@@ -597,3 +607,51 @@ def test_it_chooses_how_a_stream_syncs_on_the_page_or_with_the_cli(live_app: Liv
     changes = rows(live_app, AuditRecord, AuditRecord.action == "sync.strategy")
     assert sorted((r.entity, r.detail) for r in changes) == [
         ("Encounter", "patient"), ("Encounter", "search"), ("Patient", "patient")]
+
+
+_INTERVAL_FORM = re.compile(r'action="/admin/connections/sandbox/streams/Appointment/interval">\s*'
+                            r'<input type="hidden" name="csrf_token" value="([^"]*)"')
+
+
+def test_it_sets_how_often_a_stream_runs_on_the_page_or_with_the_cli(live_app: LiveApp, sandbox: SandboxStack,
+                                                                      accounts: dict[str, str]) -> None:
+    """Per stream or per connection, audited; bad input changes nothing; a practice manager only reads it."""
+    with_streams(live_app, sandbox)
+    sandbox_id = getattr(connection(live_app, "sandbox"), "id", None)
+
+    def interval_of(resource_type: str) -> int:
+        [row] = rows(live_app, SyncStream, SyncStream.resource_type == resource_type,
+                     SyncStream.connection_id == sandbox_id)
+        return row.interval_s
+
+    admin = signed_in(live_app, accounts["it_admin"])
+    found = _INTERVAL_FORM.search(admin.get("/admin/connections/sandbox").text)
+    assert found, "the IT admin's page offers the interval menu"
+    path = "/admin/connections/sandbox/streams/Appointment/interval"
+    assert admin.post(path, {"csrf_token": found.group(1), "interval_s": "60"}).status_code == 303
+    assert interval_of("Appointment") == 60
+    page = admin.get("/admin/connections/sandbox").text
+    assert re.search(r'<tr data-type="Appointment">.*?<option value="60" selected>1 min</option>', page, re.S)
+    for bad, said in (("5", "a sync interval must be 30 s to 24 h"), ("soon", "must be a whole number")):
+        refused = admin.post(path, {"csrf_token": found.group(1), "interval_s": bad})
+        assert refused.status_code == 400 and said in refused.text
+    assert admin.post(path, {"interval_s": "3600"}).status_code == 400  # no CSRF token
+    assert interval_of("Appointment") == 60
+    manager = signed_in(live_app, accounts["practice_manager"]).get("/admin/connections/sandbox").text
+    assert not _INTERVAL_FORM.search(manager)
+    assert re.search(r'<tr data-type="Appointment">.*?<td class="interval">1 min</td>', manager, re.S)
+
+    ran = live_app.prm("sync", "interval", "--connection", "sandbox", "--type", "Organization", "--type", "Location",
+                       "6h")
+    assert ran.returncode == 0 and "Organization, Location changed to every 6 h" in ran.stdout, ran.stderr
+    status = json.loads(live_app.prm("sync", "status", "--connection", "sandbox", "--json").stdout)
+    assert {r["type"]: r["interval_s"] for r in status if "interval_s" in r}["Location"] == 6 * 3600
+    for bad, said in (("10s", "a sync interval must be 30 s to 24 h"), ("fast", "is not like 90s, 5m or 1h")):
+        wrong = live_app.prm("sync", "interval", "--connection", "sandbox", "--type", "Location", bad)
+        assert wrong.returncode != 0 and said in wrong.stderr and "Traceback" not in wrong.stderr, wrong.stderr
+    assert interval_of("Location") == 6 * 3600
+    changes = rows(live_app, AuditRecord, AuditRecord.action == "sync.interval")
+    assert sorted((r.entity, r.detail) for r in changes) == [
+        ("Appointment", "60s"), ("Location", "21600s"), ("Organization", "21600s")]
+    back = live_app.prm("sync", "interval", "--connection", "sandbox", "5m")  # as the other tests expect
+    assert back.returncode == 0 and interval_of("Location") == interval_of("Appointment") == 300, back.stderr

@@ -85,3 +85,19 @@ def test_a_failed_run_alone_is_retried(database: Database) -> None:
     with database.session() as session:
         jobs.fail(session, job, "w1", NOW, "TimeoutError", retry_in_s=30, max_attempts=5)
     assert [(j.id, j.due_at) for j in pending(database)] == [(job.id, NOW + timedelta(seconds=30))]
+
+
+def test_a_shorter_interval_brings_the_pending_run_forward_never_back(database: Database) -> None:
+    later, sooner = NOW + timedelta(hours=6), NOW + timedelta(minutes=1)
+    with database.session() as session:
+        jobs.plan(session, SYNC, 7, later)
+        assert jobs.bring_forward(session, SYNC, 7, sooner)
+        assert not jobs.bring_forward(session, SYNC, 7, later), "a longer interval waits for the run after"
+        assert not jobs.bring_forward(session, SYNC, 8, sooner), "nothing pending: nothing to move"
+    assert [j.due_at for j in pending(database)] == [sooner]
+    with database.session() as session:  # that exact slot ran before (a frozen clock): the pending job stays
+        job = jobs.claim(session, jobs.due(session, sooner, 60)[0].id or 0, "w1", sooner, lease_s=60)
+        assert job is not None and jobs.finish(session, job, "w1", sooner)
+        jobs.plan(session, SYNC, 7, later)
+        assert not jobs.bring_forward(session, SYNC, 7, sooner)
+    assert [j.due_at for j in pending(database)] == [later]

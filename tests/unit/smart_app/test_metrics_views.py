@@ -105,6 +105,7 @@ def test_it_reports_what_the_database_holds(app: Flask, database: Database, sett
     assert stream("prm_sync_stream_quarantined_open", "Location") == 1
     assert stream("prm_sync_stream_quarantined_resources_total", "Location") == 2
     assert stream("prm_sync_stream_held_resources", "Encounter") == 0
+    assert stream("prm_sync_stream_interval_seconds", "Encounter") == 300, "the default: every 5 minutes"
     assert ("prm_sync_stream_lag_seconds", (("connection", "north"), ("type", "Patient"))) not in got, \
         "a stream that never caught up has no lag to report, not a lag of zero"
     sub = (("connection", "north"), ("topic", TOPIC))

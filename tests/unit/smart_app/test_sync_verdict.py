@@ -33,11 +33,13 @@ def test_all_in_step_is_ok_with_the_worst_lag_and_performance_data() -> None:
                            "worst_lag=240s;1800;7200 failing_streams=0 quarantined=0 dead_writes=0")
 
 
-@pytest.mark.parametrize(("behind_s", "level", "said"), [
-    (1800, OK, None), (1801, WARNING, "WARNING: north/Encounter 30 min behind"),
-    (7201, CRITICAL, "CRITICAL: north/Encounter 2 h behind")])
-def test_a_lag_past_the_limits(behind_s: float, level: int, said: str | None) -> None:
-    result = verdict([state(stream("Patient"), stream("Encounter", behind_s))], NOW, LIMITS)
+@pytest.mark.parametrize(("behind_s", "interval_s", "level", "said"), [
+    (2100, 300, OK, None), (2101, 300, WARNING, "WARNING: north/Encounter 35 min behind"),
+    (7501, 300, CRITICAL, "CRITICAL: north/Encounter 2 h behind"),
+    (6 * 3600 + 60, 6 * 3600, OK, None), (6 * 3600 + 1801, 6 * 3600, WARNING, "WARNING: north/Encounter 6 h behind")])
+def test_a_lag_past_the_interval_and_the_limits(behind_s: float, interval_s: int, level: int,
+                                                said: str | None) -> None:
+    result = verdict([state(stream("Patient"), stream("Encounter", behind_s, interval_s=interval_s))], NOW, LIMITS)
     assert result.level == level
     assert said is None or result.line.startswith(said), result.line
 
