@@ -190,7 +190,9 @@ def judge_resources(statement: dict[str, Any], findings: Findings) -> dict[str, 
             if rtype in ESSENTIAL_READS:
                 findings.error(f"the CapabilityStatement lists no {lacking} for {rtype}, which sync needs")
             else:
-                findings.warn(f"the CapabilityStatement lists no {lacking} for {rtype}: {WITHOUT_READ[rtype]}")
+                findings.warn(f"the CapabilityStatement lists no {lacking} for {rtype}: {WITHOUT_READ[rtype]} "
+                              "(pause its stream so it stops asking: the connection page, or `prm sync pause "
+                              f"--connection NAME --type {rtype}`)")
     return out
 
 

@@ -83,6 +83,23 @@ def set_strategy(session: Session, clock: Clock, actor: audit.Actor, connection_
     return changed
 
 
+def set_enabled(session: Session, clock: Clock, actor: audit.Actor, connection_id: int, enabled: bool,
+                resource_types: Collection[str] | None = None) -> list[SyncStream]:
+    """IT pauses or resumes the connection's streams (these types, else all): a type the EHR does not offer or
+    does not grant our client, or one IT has no use for, stops asking the EHR and stops counting as failing.
+    Audited per stream changed (`sync.pause` / `sync.resume`); the streams changed. A paused stream keeps its
+    snapshot and cursor, and carries on from them when resumed (the sweeper plans its run within seconds)."""
+    changed = []
+    for stream in _named(session, connection_id, resource_types):
+        if stream.enabled != enabled:
+            stream.enabled = enabled
+            session.add(stream)
+            audit.record(session, clock, actor, "sync.resume" if enabled else "sync.pause",
+                         connection_id=connection_id, entity=stream.resource_type)
+            changed.append(stream)
+    return changed
+
+
 INTERVAL_LIMITS_S = (30, 86400)  # a run at most every 30 s (the EHR's request budget still applies), at least daily
 
 

@@ -129,6 +129,7 @@ class SyncSummary:
     quarantined: int
     worst_lag: str
     paused: bool = False  # the connection is disabled: no stream runs, and the lag only grows
+    streams_paused: int = 0  # streams IT paused (not counted in `streams`)
 
     @property
     def status(self) -> str:
@@ -142,6 +143,8 @@ class SyncSummary:
             return "no streams"
         parts = ["paused (connection disabled)"] if self.paused else []
         parts.append(f"{self.failing} of {self.streams} streams failing" if self.failing else f"{self.streams} streams")
+        if self.streams_paused:
+            parts.append(f"{self.streams_paused} paused")
         if self.quarantined:
             parts.append(f"{self.quarantined} quarantined")
         parts.append(f"lag {self.worst_lag}" if self.worst_lag != "never synced" else "not caught up yet")
@@ -153,12 +156,13 @@ def sync_summary(sync_streams: Iterable[SyncStream], now: datetime,
     """Over the enabled streams: how many end in an error, what is still quarantined (`open_quarantined`:
     (connection id, type) -> count, as `prm.streams.open_quarantine_counts`), and the largest lag (a stream
     never caught up makes the whole connection "never synced")."""
-    enabled = [s for s in sync_streams if s.enabled]
+    listed = list(sync_streams)
+    enabled = [s for s in listed if s.enabled]
     caught_up = [s.caught_up_at for s in enabled]
     oldest = None if not caught_up or None in caught_up else min(c for c in caught_up if c is not None)
     held = sum(open_quarantined.get((s.connection_id, s.resource_type), 0) for s in enabled)
     return SyncSummary(streams=len(enabled), failing=sum(1 for s in enabled if s.last_error), quarantined=held,
-                       worst_lag=lag(oldest, now), paused=paused)
+                       worst_lag=lag(oldest, now), paused=paused, streams_paused=len(listed) - len(enabled))
 
 
 def secret_state(sealed: str | None) -> str:

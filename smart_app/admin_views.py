@@ -320,6 +320,29 @@ def stream_interval(name: str, resource_type: str) -> Response:
     return redirect(url_for("admin.connection_detail", name=name) + "#sync-streams", code=303)
 
 
+@bp.post("/connections/<name>/streams/<resource_type>/pause")
+@requires_admin(Action.MANAGE_CONNECTIONS)
+def stream_pause(name: str, resource_type: str) -> Response:
+    """Stop one stream asking the EHR (it keeps what it holds), audited."""
+    return _set_stream_enabled(name, resource_type, enabled=False)
+
+
+@bp.post("/connections/<name>/streams/<resource_type>/resume")
+@requires_admin(Action.MANAGE_CONNECTIONS)
+def stream_resume(name: str, resource_type: str) -> Response:
+    """Let a paused stream run again, from where it stopped; the app's sweeper plans it within seconds."""
+    return _set_stream_enabled(name, resource_type, enabled=True)
+
+
+def _set_stream_enabled(name: str, resource_type: str, *, enabled: bool) -> Response:
+    ctx = prm()
+    with ctx.db.session() as session:
+        row = connections.by_name(session, name)
+        if streams.set_enabled(session, ctx.settings.clock, g.actor, row.id or 0, enabled, [resource_type]) and enabled:
+            wake_streams(ctx.worker, session, row.id or 0, [resource_type])  # due now, not at the next sweep's plan
+    return redirect(url_for("admin.connection_detail", name=name) + "#sync-streams", code=303)
+
+
 @bp.get("/outbox")
 @requires_admin(Action.VIEW_CONNECTIONS)
 def outbox_list() -> str:

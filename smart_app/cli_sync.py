@@ -182,6 +182,37 @@ def _seconds(every: str) -> int:
     return int(match.group(1)) * {"s": 1, "m": 60, "min": 60, "h": 3600}[match.group(2) or "s"]
 
 
+@sync.command("pause", help="Stop a connection's streams asking the EHR (a type it does not offer or grant, or "
+                            "one you have no use for); they keep what they hold. Default: all its streams.")
+@click.option("--connection", "name", required=True)
+@click.option("--type", "types", multiple=True, help="Only these resource types (repeatable); default all.")
+def sync_pause(name: str, types: tuple[str, ...]) -> None:
+    _set_enabled(name, types, enabled=False)
+
+
+@sync.command("resume", help="Let paused streams run again, from where they stopped. Default: all its streams.")
+@click.option("--connection", "name", required=True)
+@click.option("--type", "types", multiple=True, help="Only these resource types (repeatable); default all.")
+def sync_resume(name: str, types: tuple[str, ...]) -> None:
+    _set_enabled(name, types, enabled=True)
+
+
+def _set_enabled(name: str, types: tuple[str, ...], *, enabled: bool) -> None:
+    from prm import audit, jobs
+    from workers import runtime
+    from workers.sync import SYNC_STREAM
+
+    ctx = runtime.build(load_settings())
+    with ctx.db.session() as session:
+        connection = connections.by_name(session, name)
+        changed = streams.set_enabled(session, ctx.settings.clock, audit.command_line_actor(connection.id),
+                                      connection.id or 0, enabled, types or None)
+        for stream in changed if enabled else []:  # due now: the workers' next sweep runs them (none runs here)
+            jobs.wake(session, SYNC_STREAM, stream.id or 0, ctx.settings.clock())
+    click.echo(f"{name}: {', '.join(s.resource_type for s in changed) or 'no stream'} "
+               f"{'resumed (the workers run it within seconds)' if enabled else 'paused'}")
+
+
 @sync.command("reload", help="Read every resource of a connection's streams again (after a restore or a repair at "
                              "the EHR), from their next run on; what changes meanwhile is read as well.")
 @click.option("--connection", "name", required=True)

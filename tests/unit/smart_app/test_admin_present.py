@@ -45,7 +45,8 @@ def test_sync_summary_names_failing_streams_quarantine_and_the_worst_lag() -> No
     troubled = sync_summary([fresh, _stream("Encounter", NOW - timedelta(hours=3), "HTTP 503", quarantined=5),
                              _stream("Task", None, enabled=False)], NOW,
                             {(1, "Encounter"): 2, (1, "Task"): 1, (2, "Patient"): 4})  # Task is off; 2 is another
-    assert (troubled.status, troubled.label) == ("failing", "1 of 2 streams failing · 2 quarantined · lag 3 h")
+    assert (troubled.status, troubled.label) == ("failing", "1 of 2 streams failing · 1 paused · 2 quarantined · "
+                                                            "lag 3 h")
     paused = sync_summary([fresh, _stream("Encounter", NOW - timedelta(hours=3), "HTTP 503")], NOW, {}, paused=True)
     assert (paused.status, paused.label) == ("not-synced", "paused (connection disabled) · 1 of 2 streams failing · "
                                                            "lag 3 h")
