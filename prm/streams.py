@@ -88,7 +88,8 @@ def set_enabled(session: Session, clock: Clock, actor: audit.Actor, connection_i
     """IT pauses or resumes the connection's streams (these types, else all): a type the EHR does not offer or
     does not grant our client, or one IT has no use for, stops asking the EHR and stops counting as failing.
     Audited per stream changed (`sync.pause` / `sync.resume`); the streams changed. A paused stream keeps its
-    snapshot and cursor, and carries on from them when resumed (the sweeper plans its run within seconds)."""
+    snapshot and cursor, and carries on from them when resumed (the page and the CLI then make its run due now:
+    callers hold the job kinds, which live in workers)."""
     changed = []
     for stream in _named(session, connection_id, resource_types):
         if stream.enabled != enabled:

@@ -75,7 +75,7 @@ class HealthCollector(Collector):
                 for stream in grouped.get(row.id or 0, []):
                     held = snapshots.held(session, row.id or 0, stream.resource_type)
                     _stream(families, row.name, stream, now, held,
-                            open_quarantined.get((row.id or 0, stream.resource_type), 0))
+                            open_quarantined.get((row.id or 0, stream.resource_type), 0), row.enabled)
                 for subscription in ehr_subscriptions.of_connection(session, row.id or 0):
                     _subscription(families, row.name, subscription)
             outbox_rows = families.gauge("prm_outbox_rows", "Write-back outbox rows by status (dead: needs IT).",
@@ -99,14 +99,17 @@ def _connection(families: _Families, row: Connection) -> None:
 
 
 def _stream(families: _Families, name: str, stream: SyncStream, now: datetime, held: int,
-            open_quarantined: int) -> None:
+            open_quarantined: int, connection_enabled: bool) -> None:
+    """A stream paused, or of a disabled connection, has no lag and is not failing (nothing runs to fail or
+    catch up; `prm sync check` does not judge it either): alerts on those two need no exceptions."""
     labels = [name, stream.resource_type]
+    running = connection_enabled and stream.enabled
     families.gauge("prm_sync_stream_enabled", "1 while the stream is enabled.", STREAM).add_metric(
         labels, 1 if stream.enabled else 0)
     families.gauge("prm_sync_stream_initial", "1 until the stream's first load has finished.", STREAM).add_metric(
         labels, 1 if stream.phase != "incremental" else 0)
-    families.gauge("prm_sync_stream_failing", "1 if the stream's last run ended with an error.", STREAM).add_metric(
-        labels, 1 if stream.last_error else 0)
+    families.gauge("prm_sync_stream_failing", "1 if the stream runs and its last run ended with an error.",
+                   STREAM).add_metric(labels, 1 if running and stream.last_error else 0)
     families.gauge("prm_sync_stream_interval_seconds", "How often the stream runs once caught up.",
                    STREAM).add_metric(labels, stream.interval_s)
     families.gauge("prm_sync_stream_held_resources", "Resources of the type the snapshot holds now.",
@@ -120,9 +123,10 @@ def _stream(families: _Families, name: str, stream: SyncStream, now: datetime, h
             ("prm_sync_stream_quarantined_resources", "Resources ever refused at the edge.", stream.quarantined),
             ("prm_sync_stream_pages", "Pages committed.", stream.pages)):
         families.counter(metric, doc, STREAM).add_metric(labels, value)
-    if stream.caught_up_at is not None:
+    if running and stream.caught_up_at is not None:
         families.gauge("prm_sync_stream_lag_seconds", "How far the snapshot may trail the EHR: the time since the "
-                       "stream last read all there was (absent until it first has).", STREAM).add_metric(
+                       "stream last read all there was (absent until it first has, and while it does not run).",
+                       STREAM).add_metric(
             labels, max(0.0, (now - stream.caught_up_at).total_seconds()))
     for metric, doc, when in (
             ("prm_sync_stream_caught_up_timestamp_seconds", "When the stream last read all there was.",

@@ -77,7 +77,11 @@ def test_it_reports_what_the_database_holds(app: Flask, database: Database, sett
             streams.quarantine(session, settings.clock, connection_id, "Location",
                                {"resourceType": "Location", "id": fhir_id}, "name: not a string")
         streams.resolve_quarantined(session, settings.clock, connection_id, "Location", ["loc-1"])
-        session.add_all([encounter, by_type["Location"]])
+        paused = by_type["Appointment"]  # failed, then IT paused it: it neither lags nor fails any more
+        streams.record_success(paused, lambda: now - timedelta(days=3), caught_up=True)
+        streams.record_error(paused, settings.clock, "HTTP 403 from the EHR")
+        paused.enabled = False
+        session.add_all([encounter, by_type["Location"], paused])
         subscription, _ = ehr_subscriptions.request(session, settings.clock, connection_id, TOPIC, ["Encounter"])
         subscription.status, subscription.notifications, subscription.last_heard_at = "active", 7, now
         session.add(subscription)
@@ -108,6 +112,9 @@ def test_it_reports_what_the_database_holds(app: Flask, database: Database, sett
     assert stream("prm_sync_stream_interval_seconds", "Encounter") == 300, "the default: every 5 minutes"
     assert ("prm_sync_stream_lag_seconds", (("connection", "north"), ("type", "Patient"))) not in got, \
         "a stream that never caught up has no lag to report, not a lag of zero"
+    assert stream("prm_sync_stream_enabled", "Appointment") == 0
+    assert stream("prm_sync_stream_failing", "Appointment") == 0, "paused: nothing runs to fail"
+    assert ("prm_sync_stream_lag_seconds", (("connection", "north"), ("type", "Appointment"))) not in got
     sub = (("connection", "north"), ("topic", TOPIC))
     assert got[("prm_ehr_subscription_active", sub)] == 1
     assert got[("prm_ehr_subscription_notifications_total", sub)] == 7
