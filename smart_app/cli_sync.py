@@ -91,7 +91,8 @@ def sync_status(name: str | None, as_json: bool) -> None:
             continue
         success = (row["last_success"] or "never")[:19].replace("T", " ")
         cursor = (row["cursor"] or "-")[:19].replace("T", " ")
-        under_way = f"[{row['pass']['kind']} pass under way] " if row["pass"] else ""
+        under_way = "" if row["enabled"] else "[paused] "
+        under_way += f"[{row['pass']['kind']} pass under way] " if row["pass"] else ""
         under_way += f"[reading everything again: {row['reload']}] " if row["reload"] else ""
         click.echo(f"{row['connection']:14} {row['type']:17} {row['phase']:11} {row['held']:>9} "
                    f"{row['quarantined_open']:>5} {cursor:19} {success:19} {admin_present.lag_words(row['lag_s']):>7} "

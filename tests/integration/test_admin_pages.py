@@ -683,6 +683,9 @@ def test_it_pauses_a_stream_the_ehr_does_not_offer_and_resumes_it(live_app: Live
     assert 'id="resume-PractitionerRole"' not in manager and 'id="pause-Patient"' not in manager
     status = json.loads(live_app.prm("sync", "status", "--connection", "sandbox", "--json").stdout)
     assert {r["type"]: r["enabled"] for r in status if "enabled" in r}["PractitionerRole"] is False
+    table = live_app.prm("sync", "status", "--connection", "sandbox").stdout.splitlines()
+    assert "[paused]" in next(line for line in table if line.split()[1] == "PractitionerRole")
+    assert "[paused]" not in next(line for line in table if line.split()[1] == "Patient")
 
     resumed = live_app.prm("sync", "resume", "--connection", "sandbox", "--type", "PractitionerRole")
     assert resumed.returncode == 0 and "PractitionerRole resumed" in resumed.stdout, resumed.stderr
