@@ -72,15 +72,8 @@ def set_strategy(session: Session, clock: Clock, actor: audit.Actor, connection_
     done is not redone)."""
     if strategy not in STRATEGIES:
         raise ValidationError(f"sync strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
-    changed = []
-    for stream in _named(session, connection_id, resource_types):
-        if stream.strategy != strategy:
-            stream.strategy = strategy
-            session.add(stream)
-            audit.record(session, clock, actor, "sync.strategy", connection_id=connection_id,
-                         entity=stream.resource_type, detail=strategy)
-            changed.append(stream)
-    return changed
+    return _change_each(session, clock, actor, connection_id, resource_types, "strategy", strategy, "sync.strategy",
+                        strategy)
 
 
 def set_enabled(session: Session, clock: Clock, actor: audit.Actor, connection_id: int, enabled: bool,
@@ -90,15 +83,8 @@ def set_enabled(session: Session, clock: Clock, actor: audit.Actor, connection_i
     Audited per stream changed (`sync.pause` / `sync.resume`); the streams changed. A paused stream keeps its
     snapshot and cursor, and carries on from them when resumed (the page and the CLI then make its run due now:
     callers hold the job kinds, which live in workers)."""
-    changed = []
-    for stream in _named(session, connection_id, resource_types):
-        if stream.enabled != enabled:
-            stream.enabled = enabled
-            session.add(stream)
-            audit.record(session, clock, actor, "sync.resume" if enabled else "sync.pause",
-                         connection_id=connection_id, entity=stream.resource_type)
-            changed.append(stream)
-    return changed
+    return _change_each(session, clock, actor, connection_id, resource_types, "enabled", enabled,
+                        "sync.resume" if enabled else "sync.pause", None)
 
 
 INTERVAL_LIMITS_S = (30, 86400)  # a run at most every 30 s (the EHR's request budget still applies), at least daily
@@ -113,13 +99,22 @@ def set_interval(session: Session, clock: Clock, actor: audit.Actor, connection_
     low, high = INTERVAL_LIMITS_S
     if not low <= interval_s <= high:
         raise ValidationError(f"a sync interval must be {low} s to {high // 3600} h, got {interval_s} s")
+    return _change_each(session, clock, actor, connection_id, resource_types, "interval_s", interval_s,
+                        "sync.interval", f"{interval_s}s")
+
+
+def _change_each(session: Session, clock: Clock, actor: audit.Actor, connection_id: int,
+                 resource_types: Collection[str] | None, field: str, value: object, action: str,
+                 detail: str | None) -> list[SyncStream]:
+    """IT's setting on the named streams: each whose `field` differs takes `value` and is audited as `action`
+    in the same transaction; returns those changed (an unchanged stream is neither written nor audited)."""
     changed = []
     for stream in _named(session, connection_id, resource_types):
-        if stream.interval_s != interval_s:
-            stream.interval_s = interval_s
+        if getattr(stream, field) != value:
+            setattr(stream, field, value)
             session.add(stream)
-            audit.record(session, clock, actor, "sync.interval", connection_id=connection_id,
-                         entity=stream.resource_type, detail=f"{interval_s}s")
+            audit.record(session, clock, actor, action, connection_id=connection_id, entity=stream.resource_type,
+                         detail=detail)
             changed.append(stream)
     return changed
 

@@ -311,8 +311,7 @@ def test_it_has_every_stream_run_now_from_the_page(live_app: LiveApp, sandbox: S
     """"Sync now" makes each stream's next run due at once: the app's worker runs them within seconds, not at
     their interval. The wake-up is audited with its count; a practice manager has no button."""
     sync_sandbox(live_app, sandbox, "Organization")
-    [stream] = rows(live_app, SyncStream, SyncStream.resource_type == "Organization",
-                    SyncStream.connection_id == getattr(connection(live_app, "sandbox"), "id", None))
+    stream = sandbox_stream(live_app, "Organization")
 
     def runs() -> int:  # the app's clock is frozen, so count the stream's job runs, not its run times
         return sum(job.runs for job in rows(live_app, Job, Job.kind == SYNC_STREAM, Job.subject_id == stream.id))
@@ -566,6 +565,13 @@ def test_it_watches_sync_health_from_its_monitoring(live_app: LiveApp, sandbox: 
     assert requests.get(f"{live_app.url}/metrics", timeout=10).status_code == 401
 
 
+def sandbox_stream(live_app: LiveApp, resource_type: str) -> SyncStream:
+    """The sandbox connection's stream of this type (other tests' EHR connections have streams too)."""
+    [row] = rows(live_app, SyncStream, SyncStream.resource_type == resource_type,
+                 SyncStream.connection_id == getattr(connection(live_app, "sandbox"), "id", None))
+    return row
+
+
 def with_streams(live_app: LiveApp, sandbox: SandboxStack) -> None:
     """The connection syncs, so the app's worker gives it streams within a sweep: whichever test ran before."""
     give_backend_access(live_app, sandbox)
@@ -583,10 +589,9 @@ def test_it_chooses_how_a_stream_syncs_on_the_page_or_with_the_cli(live_app: Liv
                                                                     accounts: dict[str, str]) -> None:
     """The override of the capability profile's strategy: per stream, audited; bad input changes nothing."""
     with_streams(live_app, sandbox)
+
     def strategy_of(resource_type: str) -> str:
-        [row] = rows(live_app, SyncStream, SyncStream.resource_type == resource_type,
-                     SyncStream.connection_id == getattr(connection(live_app, "sandbox"), "id", None))
-        return row.strategy
+        return sandbox_stream(live_app, resource_type).strategy
 
     admin = signed_in(live_app, accounts["it_admin"])
     found = _STRATEGY_FORM.search(admin.get("/admin/connections/sandbox").text)
@@ -623,12 +628,9 @@ def test_it_sets_how_often_a_stream_runs_on_the_page_or_with_the_cli(live_app: L
                                                                       accounts: dict[str, str]) -> None:
     """Per stream or per connection, audited; bad input changes nothing; a practice manager only reads it."""
     with_streams(live_app, sandbox)
-    sandbox_id = getattr(connection(live_app, "sandbox"), "id", None)
 
     def interval_of(resource_type: str) -> int:
-        [row] = rows(live_app, SyncStream, SyncStream.resource_type == resource_type,
-                     SyncStream.connection_id == sandbox_id)
-        return row.interval_s
+        return sandbox_stream(live_app, resource_type).interval_s
 
     admin = signed_in(live_app, accounts["it_admin"])
     found = _INTERVAL_FORM.search(admin.get("/admin/connections/sandbox").text)
