@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, delete, exists, or_, update
+from sqlalchemy import and_, case, delete, exists, func, or_, update
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
@@ -129,6 +129,14 @@ def due(session: Session, now: datetime, resend_after_s: float, limit: int = 500
         .limit(limit)
     )
     return list(session.exec(query))
+
+
+def waiting(session: Session, now: datetime) -> list[tuple[str, int, datetime]]:
+    """(kind, jobs, the oldest's due time) of the jobs due by `now` that no worker has taken: for monitoring,
+    which sees stopped workers or a scheduler gone here long before any stream's lag grows."""
+    query = (select(Job.kind, func.count(), func.min(Job.due_at))
+             .where(col(Job.status) == "pending", col(Job.due_at) <= now).group_by(col(Job.kind)))
+    return [(str(kind), int(count), oldest) for kind, count, oldest in session.exec(query) if oldest is not None]
 
 
 def mark_enqueued(session: Session, job_ids: list[int], now: datetime) -> None:

@@ -107,11 +107,17 @@ def sync_status(name: str | None, as_json: bool) -> None:
               help="Minutes a stream's lag may pass its interval before it is a warning.")
 @click.option("--crit-lag", "crit_lag", type=click.IntRange(min=1), default=120, show_default=True,
               help="Minutes a stream's lag may pass its interval before it is critical.")
-def sync_check(name: str | None, warn_lag: int, crit_lag: int) -> None:
-    if warn_lag > crit_lag:  # a check set up wrong is UNKNOWN to the monitoring, like one that cannot run
-        click.echo(f"UNKNOWN: --warn-lag ({warn_lag}) must not exceed --crit-lag ({crit_lag})")
-        raise SystemExit(sync_verdict.UNKNOWN)
-    limits = sync_verdict.Limits(warn_lag_s=warn_lag * 60.0, crit_lag_s=crit_lag * 60.0)
+@click.option("--warn-wait", "warn_wait", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Minutes due work may wait for a worker before it is a warning.")
+@click.option("--crit-wait", "crit_wait", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Minutes due work may wait for a worker before it is critical.")
+def sync_check(name: str | None, warn_lag: int, crit_lag: int, warn_wait: int, crit_wait: int) -> None:
+    for warn, crit, what in ((warn_lag, crit_lag, "lag"), (warn_wait, crit_wait, "wait")):
+        if warn > crit:  # a check set up wrong is UNKNOWN to the monitoring, like one that cannot run
+            click.echo(f"UNKNOWN: --warn-{what} ({warn}) must not exceed --crit-{what} ({crit})")
+            raise SystemExit(sync_verdict.UNKNOWN)
+    limits = sync_verdict.Limits(warn_lag_s=warn_lag * 60.0, crit_lag_s=crit_lag * 60.0,
+                                 warn_wait_s=warn_wait * 60.0, crit_wait_s=crit_wait * 60.0)
     try:
         verdict = _check(name, limits)
     except PrmError as exc:  # the check's own failure is UNKNOWN to the monitoring, not a sync that is down
@@ -122,6 +128,7 @@ def sync_check(name: str | None, warn_lag: int, crit_lag: int) -> None:
 
 
 def _check(name: str | None, limits: sync_verdict.Limits) -> sync_verdict.Verdict:
+    from prm import jobs
     from workers import runtime
 
     ctx = runtime.build(load_settings())
@@ -134,7 +141,8 @@ def _check(name: str | None, limits: sync_verdict.Limits) -> sync_verdict.Verdic
         states = [sync_verdict.ConnectionState(
             connection=row, streams=grouped.get(row.id or 0, []), dead_writes=dead.get(row.id or 0, 0),
             quarantined=sum(n for (c, _), n in quarantined.items() if c == row.id)) for row in chosen]
-        return sync_verdict.verdict(states, ctx.settings.clock(), limits)
+        now = ctx.settings.clock()
+        return sync_verdict.verdict(states, now, limits, jobs.waiting(session, now))
 
 
 @sync.command("strategy", help="How a connection's streams sync: auto (what `prm connection check` found), bulk "

@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from prm import connections, ehr_subscriptions, outbox, snapshots, streams
+from prm import connections, ehr_subscriptions, jobs, outbox, snapshots, streams
 from prm.clock import Clock
 from prm.db import Database
 from prm.models import Connection
@@ -82,6 +82,12 @@ class HealthCollector(Collector):
                                          ["connection", "status"])
             for connection_id, status, count in outbox.counts_by_connection(session):
                 outbox_rows.add_metric([names.get(connection_id, str(connection_id)), status], count)
+            waiting = families.gauge("prm_jobs_waiting", "Jobs due that no worker has taken yet.", ["kind"])
+            oldest_wait = families.gauge("prm_jobs_waiting_oldest_seconds", "How long the oldest of them has waited: "
+                                         "stopped workers or scheduler, or too few workers.", ["kind"])
+            for kind, count, oldest in jobs.waiting(session, now):
+                waiting.add_metric([kind], count)
+                oldest_wait.add_metric([kind], max(0.0, (now - oldest).total_seconds()))
         yield from families.all()
 
 

@@ -28,14 +28,19 @@ LEVELS = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
 @dataclass(frozen=True)
 class Limits:
     """How far past its interval a stream's lag may go before it is a warning, then critical (a stream that runs
-    every 5 minutes, the default, warns when 35 minutes behind)."""
+    every 5 minutes, the default, warns when 35 minutes behind); and how long due work may wait for a worker
+    (the sweeper hands it over within seconds while workers and scheduler run)."""
 
     warn_lag_s: float = 1800.0
     crit_lag_s: float = 7200.0
+    warn_wait_s: float = 600.0
+    crit_wait_s: float = 1800.0
 
     def __post_init__(self) -> None:
         if not 0 < self.warn_lag_s <= self.crit_lag_s:
             raise ValueError("the warning lag must be positive and at most the critical lag")
+        if not 0 < self.warn_wait_s <= self.crit_wait_s:
+            raise ValueError("the warning wait must be positive and at most the critical wait")
 
 
 @dataclass(frozen=True)
@@ -87,10 +92,24 @@ def findings(state: ConnectionState, now: datetime, limits: Limits) -> list[Find
     return found
 
 
-def verdict(states: Iterable[ConnectionState], now: datetime, limits: Limits) -> Verdict:
+def waiting_findings(waiting: Iterable[tuple[str, int, datetime]], now: datetime, limits: Limits) -> list[Finding]:
+    """Due work no worker took (`prm.jobs.waiting`): stopped workers or scheduler show here first."""
+    found = []
+    for kind, count, oldest in waiting:
+        waited = (now - oldest).total_seconds()
+        if waited > limits.warn_wait_s:
+            level = CRITICAL if waited > limits.crit_wait_s else WARNING
+            found.append(Finding(level, f"{count} {kind} job(s) waiting for a worker, the oldest {lag_words(waited)} "
+                                        "(are the workers and the scheduler running?)"))
+    return found
+
+
+def verdict(states: Iterable[ConnectionState], now: datetime, limits: Limits,
+            waiting: Iterable[tuple[str, int, datetime]] = ()) -> Verdict:
     """The worst finding decides the level; the line names every finding, worst first."""
     states = list(states)
-    found = sorted((f for s in states for f in findings(s, now, limits)), key=lambda f: -f.level)
+    found = sorted([*waiting_findings(waiting, now, limits), *(f for s in states for f in findings(s, now, limits))],
+                   key=lambda f: -f.level)
     judged = [s for s in states if s.connection.enabled]
     streams = [t for s in judged for t in s.streams if t.enabled]
     lags = [(now - t.caught_up_at).total_seconds() for t in streams if t.caught_up_at is not None]

@@ -12,7 +12,7 @@ import requests
 from sqlmodel import select
 
 from ehr_sandbox.cli import DATASET_NOW
-from prm import streams
+from prm import jobs, streams
 from prm.clock import clock_from_setting
 from prm.db import Database
 from prm.models import Connection
@@ -142,6 +142,13 @@ def test_sync_check_answers_as_a_monitoring_plugin(tmp_path: Path) -> None:
     caught_up("Encounter", timedelta(hours=3))
     code, line = check()
     assert code == 2 and line.startswith("CRITICAL: north/Encounter 3 h behind "), line
+    database = Database(url)
+    with database.session() as session:  # due work no worker takes: workers or scheduler stopped
+        jobs.plan(session, "sync.stream", 1, now - timedelta(minutes=45))
+    database.dispose()
+    code, line = check()
+    assert code == 2 and "1 sync.stream job(s) waiting for a worker, the oldest 45 min" in line, line
     assert check("--connection", "nowhere")[0] == 3 and check("--connection", "nowhere")[1].startswith("UNKNOWN: ")
     assert check("--warn-lag", "180", "--crit-lag", "60") == (3, "UNKNOWN: --warn-lag (180) must not exceed "
                                                                    "--crit-lag (60)")
+    assert check("--warn-wait", "60")[1] == "UNKNOWN: --warn-wait (60) must not exceed --crit-wait (30)"

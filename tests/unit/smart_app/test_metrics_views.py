@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
-from prm import connections, ehr_subscriptions, outbox, streams
+from prm import connections, ehr_subscriptions, jobs, outbox, streams
 from prm.config import Settings
 from prm.crypto import SecretBox
 from prm.db import Database
@@ -85,6 +85,7 @@ def test_it_reports_what_the_database_holds(app: Flask, database: Database, sett
         subscription, _ = ehr_subscriptions.request(session, settings.clock, connection_id, TOPIC, ["Encounter"])
         subscription.status, subscription.notifications, subscription.last_heard_at = "active", 7, now
         session.add(subscription)
+        jobs.plan(session, "sync.stream", encounter.id or 0, now - timedelta(minutes=15))  # no worker took it
         for value in ("ticket-1", "ticket-2"):
             outbox.add(session, settings.clock, connection_id=connection_id, resource_type="Task",
                        identifier_value=value, source=f"care_ticket:{value}")
@@ -119,6 +120,8 @@ def test_it_reports_what_the_database_holds(app: Flask, database: Database, sett
     assert got[("prm_ehr_subscription_active", sub)] == 1
     assert got[("prm_ehr_subscription_notifications_total", sub)] == 7
     assert got[("prm_outbox_rows", (("connection", "north"), ("status", "pending")))] == 2
+    assert got[("prm_jobs_waiting", (("kind", "sync.stream"),))] == 1
+    assert got[("prm_jobs_waiting_oldest_seconds", (("kind", "sync.stream"),))] == 900
     assert {name for name, _ in got if name.startswith("prm_sync_stream_enabled")} == {"prm_sync_stream_enabled"}
     assert len([key for key in got if key[0] == "prm_sync_stream_enabled"]) == len(streams.SYNC_TYPES)
 

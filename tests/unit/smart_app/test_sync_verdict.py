@@ -75,3 +75,15 @@ def test_disabled_connections_and_streams_are_not_judged() -> None:
 def test_limits_must_be_in_order() -> None:
     with pytest.raises(ValueError, match="at most the critical"):
         Limits(warn_lag_s=7200, crit_lag_s=1800)
+
+
+def test_due_work_no_worker_took_is_named_by_how_long_it_waited() -> None:
+    waiting = [("sync.stream", 9, NOW - timedelta(minutes=45)), ("writeback.drain", 1, NOW - timedelta(minutes=11)),
+               ("connection.health", 1, NOW - timedelta(seconds=5))]
+    result = verdict([state(stream("Patient"))], NOW, LIMITS, waiting)
+    assert result.level == CRITICAL
+    assert result.line.startswith(
+        "CRITICAL: 9 sync.stream job(s) waiting for a worker, the oldest 45 min (are the workers and the scheduler "
+        "running?); 1 writeback.drain job(s) waiting for a worker, the oldest 11 min (are the workers and the "
+        "scheduler running?) (see `prm sync status`) |"), result.line
+    assert verdict([state(stream("Patient"))], NOW, LIMITS, waiting[2:]).level == OK, "seconds: a sweep away"
