@@ -21,8 +21,8 @@ def scrape() -> Response:
     token = prm().settings.metrics_token
     if token is None:
         return Response("metrics are off: set PRM_METRICS_TOKEN to serve them\n", 404, mimetype="text/plain")
-    sent = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+    scheme, _, sent = request.headers.get("Authorization", "").partition(" ")  # the scheme is case-insensitive
+    if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), token.encode()):
         return Response("a bearer token (PRM_METRICS_TOKEN) is needed\n", 401, mimetype="text/plain",
                         headers={"WWW-Authenticate": 'Bearer realm="fhir-prm metrics"'})
     body, content_type = metrics.exposition(prm().db, prm().settings.clock, request.headers.get("Accept"))

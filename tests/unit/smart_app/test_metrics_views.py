@@ -126,6 +126,11 @@ def test_it_reports_what_the_database_holds(app: Flask, database: Database, sett
     assert len([key for key in got if key[0] == "prm_sync_stream_enabled"]) == len(streams.SYNC_TYPES)
 
 
+def test_the_bearer_scheme_is_case_insensitive(app: Flask) -> None:
+    response = app.test_client().get("/metrics", headers={"Authorization": f"bearer {TOKEN}"})
+    assert response.status_code == 200 and "# TYPE prm_jobs_waiting gauge" in response.get_data(as_text=True)
+
+
 def test_openmetrics_where_the_scraper_asks_for_it(app: Flask) -> None:
     response = app.test_client().get("/metrics", headers={
         "Authorization": f"Bearer {TOKEN}",
