@@ -330,7 +330,7 @@ def stream_pause(name: str, resource_type: str) -> Response:
 @bp.post("/connections/<name>/streams/<resource_type>/resume")
 @requires_admin(Action.MANAGE_CONNECTIONS)
 def stream_resume(name: str, resource_type: str) -> Response:
-    """Let a paused stream run again, from where it stopped; the app's sweeper plans it within seconds."""
+    """Let a paused stream run again, from where it stopped: its run is due at once, audited."""
     return _set_stream_enabled(name, resource_type, enabled=True)
 
 

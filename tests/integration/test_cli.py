@@ -148,7 +148,8 @@ def test_sync_check_answers_as_a_monitoring_plugin(tmp_path: Path) -> None:
     database.dispose()
     code, line = check()
     assert code == 2 and "1 sync.stream job(s) waiting for a worker, the oldest 45 min" in line, line
-    assert check("--connection", "nowhere")[0] == 3 and check("--connection", "nowhere")[1].startswith("UNKNOWN: ")
+    code, line = check("--connection", "nowhere")
+    assert code == 3 and line.startswith("UNKNOWN: ")
     assert check("--warn-lag", "180", "--crit-lag", "60") == (3, "UNKNOWN: --warn-lag (180) must not exceed "
                                                                    "--crit-lag (60)")
     assert check("--warn-wait", "60")[1] == "UNKNOWN: --warn-wait (60) must not exceed --crit-wait (30)"
