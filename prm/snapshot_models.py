@@ -1,7 +1,8 @@
 """The synced picture of each EHR (the snapshot): patients, visits, bookings, contacts, places, staff roles.
 
 Keyed by (connection, FHIR id); `version_id` and `last_updated` make upserts version-aware; `deleted`
-keeps a tombstone so a deletion in the EHR removes the row from every PRM query. Mappers in
+keeps a tombstone so a deletion in the EHR removes the row from every PRM query; a tombstone keeps its key
+and stamps and nothing of the person (`tombstone_values`). Mappers in
 fhir_mappings build the `...Create` models; prm.snapshots writes them a page at a time.
 Times are stored in UTC with the source's UTC offset in minutes beside them (FHIR keeps local time).
 """
@@ -31,6 +32,25 @@ class SnapshotBase(SQLModel):
     version_id: str | None = Field(default=None, max_length=64)
     last_updated: datetime | None = _dt()
     deleted: bool = False
+
+
+# What a tombstone keeps: its key, and the stamps that let no older copy of the resource bring it back.
+TOMBSTONE_KEEPS = frozenset({"id", "connection_id", "resource_type", "fhir_id", "version_id", "last_updated",
+                             "deleted"})
+
+
+def tombstone_values(model: type[SQLModel]) -> dict[str, Any]:
+    """The values every other column of a deleted row takes: its default (None, "", [], the usual flag).
+
+    Why: the EHR deleted the resource (or an erasure removed it there), so the PRM has no reason left to hold
+    the person's name, birth date, contacts or visits. A field without a default (a visit's status) is not
+    personal and stays, as the NOT NULL column needs a value."""
+    values: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        if name in TOMBSTONE_KEEPS or info.is_required():
+            continue
+        values[name] = info.get_default(call_default_factory=True)
+    return values
 
 
 class PatientRecordBase(SnapshotBase):

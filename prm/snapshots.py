@@ -16,7 +16,7 @@ from sqlmodel import Session, SQLModel, col, select
 from prm.db import in_chunks
 from prm.fhir_names import is_id
 from prm.pg_copy import COPY_FROM_ROWS
-from prm.snapshot_models import PatientRecord, WrittenResource
+from prm.snapshot_models import PatientRecord, WrittenResource, tombstone_values
 from prm.snapshot_rows import TABLES, encode_rows, newest_by_id, store_encoded, store_new, upsert_statement
 
 __all__ = [
@@ -40,16 +40,18 @@ def upsert_page(session: Session, connection_id: int, resource_type: str,
 
 
 def mark_deleted(session: Session, connection_id: int, resource_type: str, fhir_ids: list[str]) -> int:
-    """Tombstone rows deleted (or entered in error) in the EHR, so no PRM query finds them."""
+    """Tombstone rows deleted in the EHR, so no PRM query finds them; each keeps its key and stamps, and
+    nothing of the person (`tombstone_values`)."""
     if not fhir_ids:
         return 0
     table = TABLES[resource_type]
+    emptied = tombstone_values(table)
     marked = 0
     for chunk in in_chunks(fhir_ids):
         conditions = [col(table.connection_id) == connection_id, col(table.fhir_id).in_(chunk)]  # type: ignore[attr-defined]
         if table is WrittenResource:
             conditions.append(col(WrittenResource.resource_type) == resource_type)
-        result = session.execute(update(table).where(*conditions).values(deleted=True))
+        result = session.execute(update(table).where(*conditions).values(deleted=True, **emptied))
         marked += int(result.rowcount or 0)  # type: ignore[attr-defined]
     return marked
 

@@ -259,14 +259,16 @@ def quarantine(session: Session, clock: Clock, connection_id: int, resource_type
 def resolve_quarantined(session: Session, clock: Clock, connection_id: int, resource_type: str,
                         fhir_ids: Collection[str]) -> int:
     """Quarantined resources the EHR has since sent again, valid, or deleted: nothing is left for IT to mend.
-    The rows stay (with `resolved_at`) as the record of what was refused. Returns how many were resolved."""
+    The rows stay (with `resolved_at`) as the record of what was refused: type, id, version, error and times.
+    The resource as it came is dropped: it was kept for IT to look into, and a patient's details have no
+    place in the PRM once the snapshot holds the EHR's newer copy, or none. Returns how many were resolved."""
     resolved = 0
     table = QuarantinedResource
     for chunk in in_chunks(sorted(set(fhir_ids))):
         result = session.execute(update(table).where(
             col(table.connection_id) == connection_id, col(table.resource_type) == resource_type,
             col(table.fhir_id).in_(chunk), col(table.resolved_at).is_(None),
-        ).values(resolved_at=clock()))
+        ).values(resolved_at=clock(), payload={}))
         resolved += result.rowcount  # type: ignore[attr-defined]
     return resolved
 

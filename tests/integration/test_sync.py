@@ -18,7 +18,7 @@ from fhir_mappings.written import IDENTIFIER_SYSTEM
 from prm import audit, snapshots, streams
 from prm.errors import PermanentEhrError
 from prm.models import AuditRecord
-from prm.snapshot_models import StreamPatient, SyncStream
+from prm.snapshot_models import Booking, StreamPatient, SyncStream
 from tests.integration.sync_env import SyncEnv, small_dataset, sync_database, sync_env
 from tests.support.processes import run_prm
 from tests.support.settings import env_for
@@ -104,6 +104,11 @@ def test_deleted_resources_leave_the_snapshot(env: SyncEnv) -> None:
     runs = env.run_all(("Appointment",))
     assert runs["Appointment"].deleted >= 1
     assert_in_step(env, ("Appointment",))
+    with env.ctx.db.session() as session:
+        gone = session.exec(select(Booking).where(col(Booking.fhir_id).in_(["appt-000001-001", "appt-000002-001"])))
+        kept = {(b.fhir_id, b.deleted, b.patient_id, b.start_at, tuple(b.practitioners)) for b in gone}
+    assert kept == {(f, True, None, None, ()) for f in ("appt-000001-001", "appt-000002-001")}, \
+        "a tombstone keeps its key and stamps, not who was booked or when"
 
 
 def test_an_ehr_that_caps_count_below_our_page_size_is_read_to_the_end(env: SyncEnv, tmp_path: Path) -> None:

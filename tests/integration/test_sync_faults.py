@@ -195,8 +195,8 @@ def test_a_quarantined_resource_the_ehr_mends_or_deletes_leaves_the_quarantine(e
         assert streams.quarantined(session, env.connection_id) == []
         assert streams.open_quarantine_counts(session) == {}
         kept = session.exec(select(QuarantinedResource)).all()
-    assert sorted((q.fhir_id, q.resolved_at is not None) for q in kept) == sorted(
-        [(mended["id"], True), (deleted["id"], True)])
+    assert sorted((q.fhir_id, q.resolved_at is not None, q.payload) for q in kept) == sorted(
+        [(mended["id"], True, {}), (deleted["id"], True, {})]), "the refused resources themselves are not kept"
     assert env.snapshot("Patient") == env.server("Patient")
 
 

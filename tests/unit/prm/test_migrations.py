@@ -15,7 +15,14 @@ from prm import connections
 from prm.crypto import SecretBox
 from prm.db import Database
 from prm.migrate import pending_revisions, upgrade
-from prm.snapshot_models import SyncStream
+from prm.snapshot_models import (
+    TOMBSTONE_KEEPS,
+    PatientRecord,
+    QuarantinedResource,
+    SyncStream,
+    Visit,
+    tombstone_values,
+)
 from tests.support.settings import make_settings
 from workers.runtime import MODEL_MODULES  # noqa: F401 - imports every model module: the metadata is whole
 
@@ -107,6 +114,51 @@ def test_0013_asks_loaded_visit_and_booking_streams_to_read_everything_again(db_
     database.dispose()
     assert asked == {("Encounter", "incremental"): (1, 0, None), ("Appointment", "incremental"): (1, 0, None),
                      ("Patient", "incremental"): (0, 0, None), ("Encounter", "initial"): (0, 0, None)}
+
+
+def test_0014_empties_stored_tombstones_and_resolved_quarantines(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Rows deleted in the EHR before 0014 kept the person's details; after it they hold what a tombstone made
+    now holds (`tombstone_values`). Live rows, and quarantined resources IT has still to look into, keep all."""
+    settings = make_settings(db_url, tmp_path)
+    database = Database(settings.database_url)
+    upgrade(database, "0013")
+    with database.session() as session:
+        cid = connections.upsert(session, settings.clock, SecretBox(settings.encryption_keys),
+                                 connections.ConnectionSpec(name="c", iss="https://c.example/fhir", client_id="c")).id
+    person = {"name": "Ada Example", "born": "1980-02-03", "gender": "female", "postcode": "AB1 2CD",
+              "org": "Organization/o", "merged": "pat-9", "telecom": '[{"system": "phone", "value": "0700"}]',
+              "languages": '[{"code": "en"}]', "gps": '["Practitioner/p"]'}
+    with database.engine.begin() as conn:
+        for fhir_id, deleted in (("gone", True), ("here", False)):
+            conn.execute(text(
+                "INSERT INTO patient_record (connection_id, fhir_id, version_id, last_updated, deleted, active, "
+                "deceased, display_name, birth_date, gender, postcode, managing_organization, replaced_by, telecom, "
+                "languages, general_practitioners, links) VALUES (:c, :f, '2', '2026-11-20 11:00:00+00', :d, true, "
+                "false, :name, :born, :gender, :postcode, :org, :merged, :telecom, :languages, :gps, '[]')"),
+                {"c": cid, "f": fhir_id, "d": deleted, **person})
+            conn.execute(text(
+                "INSERT INTO visit (connection_id, fhir_id, version_id, deleted, patient_id, status, type_codes, "
+                "service_type_codes, type_text, start_at, location_ids, appointment_ids, practitioners) VALUES "
+                "(:c, :f, '1', :d, 'pat-9', 'finished', '[\"s|c\"]', '[]', 'Check-up', '2026-11-19 09:00:00+00', "
+                "'[\"l\"]', '[]', '[\"p\"]')"), {"c": cid, "f": fhir_id, "d": deleted})
+            conn.execute(text(
+                "INSERT INTO quarantined_resource (connection_id, resource_type, fhir_id, version_id, error, payload, "
+                "resolved_at) VALUES (:c, 'Patient', :f, '1', 'bad', '{\"name\": \"Ada\"}', :r)"),
+                {"c": cid, "f": fhir_id, "r": "2026-11-20 11:30:00+00" if deleted else None})
+    upgrade(database)
+    with database.session() as session:
+        patients = {p.fhir_id: p for p in session.exec(select(PatientRecord))}
+        visits = {v.fhir_id: v for v in session.exec(select(Visit))}
+        refused = {q.fhir_id: q.payload for q in session.exec(select(QuarantinedResource))}
+    database.dispose()
+    tomb = patients["gone"].model_dump(exclude=TOMBSTONE_KEEPS)
+    assert tomb == tombstone_values(PatientRecord)
+    assert (patients["gone"].version_id, patients["gone"].last_updated) == ("2", datetime(2026, 11, 20, 11, tzinfo=UTC))
+    assert visits["gone"].model_dump(exclude=TOMBSTONE_KEEPS) == {**tombstone_values(Visit), "status": "finished"}
+    assert (patients["here"].display_name, patients["here"].telecom) == ("Ada Example", [{"system": "phone",
+                                                                                           "value": "0700"}])
+    assert (visits["here"].patient_id, visits["here"].type_text) == ("pat-9", "Check-up")
+    assert refused == {"gone": {}, "here": {"name": "Ada"}}
 
 
 def test_the_migrations_build_what_the_models_declare(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]

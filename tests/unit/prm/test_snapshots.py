@@ -15,7 +15,7 @@ from prm.config import Settings
 from prm.crypto import SecretBox
 from prm.db import IDS_PER_STATEMENT, Database
 from prm.pg_copy import COPY_FROM_ROWS
-from prm.snapshot_models import QuarantinedResource, SyncStream, Visit
+from prm.snapshot_models import PatientRecord, QuarantinedResource, SyncStream, Visit
 from prm.snapshot_rows import encode_rows
 
 DATA = Path(__file__).resolve().parents[3] / "ehr_sandbox" / "data" / "sandbox"
@@ -71,6 +71,55 @@ def test_deleted_rows_leave_every_live_query(database: Database, settings: Setti
         assert snapshots.live_ids(session, cid, "Encounter") == {page[1].fhir_id, page[2].fhir_id}
 
 
+def patients(*fhir_ids: str) -> list[dict]:  # type: ignore[type-arg]
+    with (DATA / "Patient.ndjson").open() as lines:
+        by_id = {p["id"]: p for p in map(json.loads, lines)}
+    return [by_id[fhir_id] for fhir_id in fhir_ids]
+
+
+def test_a_tombstone_keeps_its_key_and_stamps_and_nothing_of_the_person(database: Database,
+                                                                        settings: Settings) -> None:
+    """The EHR deleted the record: the PRM keeps what stops an older copy coming back, not the person."""
+    cid = connection_id(database, settings)
+    gone, kept = patients("pat-000001", "pat-000002")
+    gone = {**gone, "meta": {**gone["meta"], "versionId": "4"}}  # as a server stamps it (the data set does not)
+    with database.session() as session:
+        snapshots.upsert_page(session, cid, "Patient", [patient_record_from_patient(p) for p in (gone, kept)])
+        assert snapshots.mark_deleted(session, cid, "Patient", [gone["id"]]) == 1
+    with database.session() as session:
+        rows = {r.fhir_id: r for r in session.exec(select(PatientRecord))}
+    tomb, live = rows[gone["id"]], rows[kept["id"]]
+    assert (tomb.deleted, tomb.version_id, tomb.last_updated) == (
+        True, gone["meta"]["versionId"], datetime.fromisoformat(gone["meta"]["lastUpdated"]))
+    assert (tomb.display_name, tomb.birth_date, tomb.gender, tomb.postcode, tomb.telecom, tomb.languages,
+            tomb.general_practitioners, tomb.managing_organization) == ("", None, None, None, [], [], [], None)
+    assert live.display_name and live.birth_date == kept["birthDate"] and live.telecom, "other rows keep theirs"
+
+
+def test_a_deleted_visit_keeps_no_patient_or_times_and_a_newer_version_brings_it_back_whole(
+        database: Database, settings: Settings) -> None:
+    """FHIR lets a deleted resource be created again under its id: the newer version restores every field;
+    the deleted one's own version never does."""
+    cid = connection_id(database, settings)
+    resource = encounters(1)[0]
+    first = visit_from_encounter({**resource, "meta": {"versionId": "1", "lastUpdated": "2026-11-20T11:00:00Z"}})
+    with database.session() as session:
+        snapshots.upsert_page(session, cid, "Encounter", [first])
+        snapshots.mark_deleted(session, cid, "Encounter", [first.fhir_id])
+    with database.session() as session:
+        tomb = session.exec(select(Visit)).one()
+        assert (tomb.patient_id, tomb.start_at, tomb.type_codes, tomb.practitioners) == (None, None, [], [])
+        assert tomb.status == resource["status"], "NOT NULL and not personal: kept"
+    again = visit_from_encounter({**resource, "meta": {"versionId": "3", "lastUpdated": "2026-11-20T12:00:00Z"}})
+    with database.session() as session:
+        snapshots.upsert_page(session, cid, "Encounter", [again])
+    with database.session() as session:
+        back = session.exec(select(Visit)).one()
+        assert (back.deleted, back.version_id, back.patient_id, back.start_at) == (
+            False, "3", again.patient_id, again.start_at)
+        assert back.patient_id is not None
+
+
 def test_the_cursor_remembers_ties_and_never_moves_back(database: Database, settings: Settings) -> None:
     cid = connection_id(database, settings)
     with database.session() as session:
@@ -118,7 +167,8 @@ def test_quarantine_keeps_each_bad_version_once(database: Database, settings: Se
 
 def test_a_resolved_quarantine_leaves_the_open_list_and_stays_on_record(database: Database,
                                                                          settings: Settings) -> None:
-    """Resolving touches only this connection and type, only open rows, and any number of ids (in chunks)."""
+    """Resolving touches only this connection and type, only open rows, and any number of ids (in chunks); a
+    resolved row keeps what was refused and why, not the resource."""
     cid = connection_id(database, settings)
     with database.session() as session:
         for fhir_id, rtype in (("x", "Encounter"), ("y", "Encounter"), ("x", "Appointment"), ("", "Encounter")):
@@ -135,8 +185,9 @@ def test_a_resolved_quarantine_leaves_the_open_list_and_stays_on_record(database
         assert sorted((q.resource_type, q.fhir_id) for q in streams.quarantined(session, cid)) == [
             ("Appointment", "x"), ("Encounter", ""), ("Encounter", "y")]
         kept = session.exec(select(QuarantinedResource).where(QuarantinedResource.fhir_id == "x")).all()
-        assert sorted((q.resource_type, q.resolved_at is not None) for q in kept) == [
-            ("Appointment", False), ("Encounter", True)]
+        assert sorted((q.resource_type, q.resolved_at is not None, q.payload) for q in kept) == [
+            ("Appointment", False, {"resourceType": "Appointment", "id": "x"}),  # open: kept for IT to look into
+            ("Encounter", True, {})]  # resolved: the record of what was refused, not the resource
 
 
 def test_a_page_with_the_same_resource_twice_keeps_the_newer(database: Database, settings: Settings) -> None:
