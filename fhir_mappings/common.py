@@ -30,6 +30,8 @@ def instant(value: str | None) -> tuple[datetime | None, int | None]:
     """A FHIR dateTime as (UTC instant, source UTC offset in minutes); dates without a time keep None offset."""
     if not value:
         return None, None
+    if len(value) < len("YYYY-MM-DD"):  # FHIR allows a year, or a year and month: no day, so no time to sort by
+        raise ValueError("a dateTime of a year or a month alone is not a point in time the PRM can place")
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     if parsed.tzinfo is None:  # a date or a dateTime without zone: FHIR says the zone is unknown; read as UTC
         return parsed.replace(tzinfo=UTC), None

@@ -3,12 +3,14 @@ helper process can do it for the next page while the worker stores this one (wor
 where the page will be stored, its rows come out encoded for that database's driver (prm.snapshot_rows).
 
 A resource that fails the edge check (or is not the stream's type) is set aside with its error for
-quarantine; it never stops the rest of the page.
+quarantine; it never stops the rest of the page. The error names where and what rule, never the value (see
+`quarantine_reason`).
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -88,9 +90,24 @@ def prepare_page(resource_type: str, resources: list[dict[str, Any]], seen: Seen
                 raise ValidationError(f"expected {resource_type}, got {resource.get('resourceType')!r}")
             page.rows.append(mapper(resource).__dict__)  # the model's fields (model_dump cost 30 µs a row)
         except (ValidationError, ValueError, KeyError, TypeError) as exc:
-            page.bad.append((resource, f"{type(exc).__name__}: {exc}"))
+            page.bad.append((resource, quarantine_reason(exc)))
         page.instants.append((str(resource.get("id")), stamp))
     return page
+
+
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def quarantine_reason(exc: Exception) -> str:
+    """The error kept with a quarantined resource and shown to IT: never a value of the resource.
+
+    The edge check words its own errors that way (`r4_schema.rule_broken`). A mapper's ValueError may quote
+    what it could not read (Python's `Invalid isoformat string: '...'`): its quoted parts are left out.
+    A TypeError or KeyError names types and element names, which are not the patient's."""
+    text = str(exc)
+    if isinstance(exc, ValueError):
+        text = _QUOTED.sub("'…'", text)
+    return f"{type(exc).__name__}: {text}"
 
 
 def prepare_lines(resource_type: str, lines: list[tuple[int, bytes]], target: Target | None = None) -> PreparedPage:

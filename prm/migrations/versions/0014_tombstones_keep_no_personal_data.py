@@ -1,4 +1,5 @@
-"""a deleted resource's row keeps its key and stamps only; a resolved quarantine drops the resource it held
+"""a deleted resource's row keeps its key and stamps only; a resolved quarantine drops the resource it held;
+quarantine errors quote no values
 
 Revision ID: 0014
 Revises: 0013
@@ -10,12 +11,16 @@ it is there so that no older copy of the resource can bring it back, for which i
 From this revision `prm.snapshots.mark_deleted` empties the rest as it marks a row, and this migration empties
 the tombstones already stored. Likewise a quarantined resource kept the whole resource after the EHR had sent a
 valid version or deleted it; resolved rows now keep the type, id, version, error and times, not the resource.
+And a quarantine error quoted the value it refused (jsonschema's words: a birth date, a phone number, for a
+choice element the whole resource); errors are now worded from the rule (`fhir_mappings.r4_schema.rule_broken`),
+and the quoted parts of those stored before are left out here.
 
 The columns are listed here as they stand at this revision (not read from the models, which may change
 after it); each goes back to its model default.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,6 +64,9 @@ EMPTIED: dict[str, dict[str, tuple[Any, Any]]] = {
 }
 
 
+QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
 def upgrade() -> None:
     for name, columns in EMPTIED.items():
         table = sa.table(name, sa.column('deleted', sa.Boolean), *(sa.column(c, t) for c, (t, _) in columns.items()))  # type: ignore[arg-type]
@@ -66,6 +74,11 @@ def upgrade() -> None:
                    .values({c: value for c, (_, value) in columns.items()}))
     quarantine = sa.table('quarantined_resource', sa.column('payload', sa.JSON), sa.column('resolved_at'))
     op.execute(quarantine.update().where(quarantine.c.resolved_at.is_not(None)).values(payload={}))
+    errors = sa.table('quarantined_resource', sa.column('id'), sa.column('error'))
+    bind = op.get_bind()
+    for row_id, error in bind.execute(sa.select(errors.c.id, errors.c.error)).all():  # few: IT's list
+        if QUOTED.search(error):
+            bind.execute(errors.update().where(errors.c.id == row_id).values(error=QUOTED.sub("'…'", error)))
 
 
 def downgrade() -> None:

@@ -118,7 +118,8 @@ def test_0013_asks_loaded_visit_and_booking_streams_to_read_everything_again(db_
 
 def test_0014_empties_stored_tombstones_and_resolved_quarantines(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Rows deleted in the EHR before 0014 kept the person's details; after it they hold what a tombstone made
-    now holds (`tombstone_values`). Live rows, and quarantined resources IT has still to look into, keep all."""
+    now holds (`tombstone_values`). Live rows, and quarantined resources IT has still to look into, keep all;
+    no stored quarantine error quotes a value."""
     settings = make_settings(db_url, tmp_path)
     database = Database(settings.database_url)
     upgrade(database, "0013")
@@ -143,13 +144,16 @@ def test_0014_empties_stored_tombstones_and_resolved_quarantines(db_url: str, tm
                 "'[\"l\"]', '[]', '[\"p\"]')"), {"c": cid, "f": fhir_id, "d": deleted})
             conn.execute(text(
                 "INSERT INTO quarantined_resource (connection_id, resource_type, fhir_id, version_id, error, payload, "
-                "resolved_at) VALUES (:c, 'Patient', :f, '1', 'bad', '{\"name\": \"Ada\"}', :r)"),
-                {"c": cid, "f": fhir_id, "r": "2026-11-20 11:30:00+00" if deleted else None})
+                "resolved_at) VALUES (:c, 'Patient', :f, '1', :e, '{\"name\": \"Ada\"}', :r)"),
+                {"c": cid, "f": fhir_id, "r": "2026-11-20 11:30:00+00" if deleted else None,
+                 "e": 'ValidationError: Patient/x is not a valid R4 Patient: birthDate: "1980-02-30" does not match '
+                      '"^..$"'})
     upgrade(database)
     with database.session() as session:
         patients = {p.fhir_id: p for p in session.exec(select(PatientRecord))}
         visits = {v.fhir_id: v for v in session.exec(select(Visit))}
         refused = {q.fhir_id: q.payload for q in session.exec(select(QuarantinedResource))}
+        errors = {q.error for q in session.exec(select(QuarantinedResource))}
     database.dispose()
     tomb = patients["gone"].model_dump(exclude=TOMBSTONE_KEEPS)
     assert tomb == tombstone_values(PatientRecord)
@@ -159,6 +163,7 @@ def test_0014_empties_stored_tombstones_and_resolved_quarantines(db_url: str, tm
                                                                                            "value": "0700"}])
     assert (visits["here"].patient_id, visits["here"].type_text) == ("pat-9", "Check-up")
     assert refused == {"gone": {}, "here": {"name": "Ada"}}
+    assert errors == {"ValidationError: Patient/x is not a valid R4 Patient: birthDate: '…' does not match '…'"}
 
 
 def test_the_migrations_build_what_the_models_declare(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
