@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlmodel import Session, select
 
-from prm import smart_scopes
+from prm import audit, smart_scopes
 from prm.clock import Clock
 from prm.crypto import SecretBox
 from prm.errors import NotFoundError, ValidationError
@@ -240,12 +240,18 @@ def enabled_by_iss(session: Session, iss: str) -> Connection | None:
     return row if row is not None and row.enabled else None
 
 
-def set_enabled(session: Session, clock: Clock, name: str, enabled: bool) -> Connection:
-    """Disable (or re-enable) a connection: launches from its iss are refused, its jobs stop being planned."""
+def set_enabled(session: Session, clock: Clock, actor: audit.Actor, name: str, enabled: bool) -> Connection:
+    """Disable (or re-enable) a connection: launches from its iss are refused, its jobs stop being planned.
+    Audited (`connection.disable` / `connection.enable`) in the same transaction, from the page or the CLI alike;
+    a request that changes nothing is neither written nor audited."""
     row = by_name(session, name)
+    if row.enabled == enabled:
+        return row
     row.enabled = enabled
     row.updated_at = clock()
     session.add(row)
+    audit.record(session, clock, actor, "connection.enable" if enabled else "connection.disable",
+                 connection_id=row.id, entity=f"Connection/{name}")
     return row
 
 

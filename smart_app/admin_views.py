@@ -18,6 +18,7 @@ from prm import admin_sessions, audit, connections, ehr_subscriptions, outbox, s
 from prm.errors import NotFoundError, SignInRefused, ValidationError
 from prm.models import Connection
 from prm.permissions import Action, allows
+from prm.snapshot_erase import erase_snapshot
 from smart_app import admin_forms, admin_present, csrf
 from smart_app.context import prm
 from smart_app.guard import ADMIN_COOKIE, admin_csrf_token, requires_admin
@@ -163,7 +164,7 @@ def connection_detail(name: str) -> str:
                            reloading=request.args.get("reloading", type=int), reload_state=streams.reload_state,
                            reloading_stream=named if named in streams.SYNC_TYPES else None,
                            interval_choices=admin_present.interval_choices, interval_words=admin_present.interval_words,
-                           now=prm().settings.clock())
+                           erased=request.args.get("erased", type=int), now=prm().settings.clock())
 
 
 def _form_page(values: dict[str, Any], error: str | None, name: str | None, status: int = 200) -> tuple[str, int]:
@@ -219,11 +220,12 @@ def connection_update(name: str) -> Response | tuple[str, int]:
 
 
 def _set_enabled(name: str, enabled: bool) -> Response:
+    """Enabled again, the connection's streams run at once (a first load, after an erasure), not an interval on."""
     ctx = prm()
     with ctx.db.session() as session:
-        row = connections.set_enabled(session, ctx.settings.clock, name, enabled)
-        audit.record(session, ctx.settings.clock, g.actor, "connection.enable" if enabled else "connection.disable",
-                     connection_id=row.id, entity=f"Connection/{name}")
+        row = connections.set_enabled(session, ctx.settings.clock, g.actor, name, enabled)
+        if enabled:
+            wake_streams(ctx.worker, session, row.id or 0, list(streams.SYNC_TYPES))
     return redirect(url_for("admin.connection_detail", name=name), code=303)
 
 
@@ -237,6 +239,20 @@ def connection_enable(name: str) -> Response:
 @requires_admin(Action.MANAGE_CONNECTIONS)
 def connection_disable(name: str) -> Response:
     return _set_enabled(name, False)
+
+
+@bp.post("/connections/<name>/erase")
+@requires_admin(Action.MANAGE_CONNECTIONS)
+def connection_erase(name: str) -> Response:
+    """IT erases a disabled connection's synced copy (`prm.snapshot_erase`), having typed its name: one click
+    must not destroy a clinic's data. Audited with the counts; refused while a worker syncs one of its streams."""
+    if request.form.get("confirm", "").strip() != name:
+        raise ValidationError(f"type the connection's name, {name}, to erase what was synced from it")
+    ctx = prm()
+    with ctx.db.session() as session:
+        row = connections.by_name(session, name)
+        erased = erase_snapshot(session, ctx.settings.clock, g.actor, row.id or 0)
+    return redirect(url_for("admin.connection_detail", name=name, erased=erased.total) + "#erase", code=303)
 
 
 @bp.post("/connections/<name>/check")

@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 import click
 from dotenv import load_dotenv
 
-from prm import accounts, connections
+from prm import accounts, audit, connections, streams
 from prm import keys as signing_keys
 from prm.config import Settings, load_settings
 from prm.crypto import SecretBox, new_key
@@ -267,9 +267,16 @@ def connection_check(name: str, as_json: bool) -> None:
 
 
 def _set_enabled(name: str, enabled: bool) -> None:
+    """Audited as IT at the shell; enabled again, its streams are due now (the workers' next sweep runs them)."""
+    from prm import jobs
+    from workers.sync import SYNC_STREAM
+
     settings = _settings()
     with _db().session() as session:
-        connections.set_enabled(session, settings.clock, name, enabled)
+        row = connections.set_enabled(session, settings.clock, audit.command_line_actor(None), name, enabled)
+        for stream in streams.of_connection(session, row.id or 0) if enabled else []:
+            if stream.enabled:
+                jobs.wake(session, SYNC_STREAM, stream.id or 0, settings.clock())
     click.echo(f"connection {name} {'enabled' if enabled else 'disabled'}")
 
 

@@ -245,6 +245,32 @@ def sync_reload(name: str, types: tuple[str, ...]) -> None:
         click.echo(f"{name}: no stream asked (none has finished its first load, which reads everything anyway)")
 
 
+@sync.command("erase", help="Erase the synced copy of a disabled connection's EHR data: its snapshot, quarantined "
+                            "resources and sync state. Stream settings, the PRM's own records (tickets, outreach, "
+                            "outbox) and the audit trail stay; enabled again, it starts with a first load. Without "
+                            "--yes, only says what it holds.")
+@click.option("--connection", "name", required=True)
+@click.option("--yes", "confirmed", is_flag=True, help="Erase (audited); without it nothing changes.")
+def sync_erase(name: str, confirmed: bool) -> None:
+    from prm import audit
+    from prm.snapshot_erase import erase_snapshot
+    from workers import runtime
+
+    ctx = runtime.build(load_settings())
+    with ctx.db.session() as session:
+        connection = connections.by_name(session, name)
+        if not confirmed:
+            held = {t: snapshots.held(session, connection.id or 0, t) for t in streams.SYNC_TYPES}
+            words = ", ".join(f"{t} {n}" for t, n in held.items() if n) or "nothing"
+            click.echo(f"{name} holds {words}. "
+                       + ("Disable it first (prm connection disable), then " if connection.enabled else "")
+                       + f"erase with: prm sync erase --connection {name} --yes")
+            return
+        erased = erase_snapshot(session, ctx.settings.clock, audit.command_line_actor(connection.id),
+                                connection.id or 0)
+    click.echo(f"{name}: erased {erased.words()}")
+
+
 @sync.command("run", help="Sync one connection now, in the foreground, with a progress bar.")
 @click.option("--connection", "name", required=True)
 @click.option("--type", "types", multiple=True, help="Only these resource types (repeatable).")

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.cookies import SimpleCookie
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,11 +20,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import col, select
 
 from ehr_sandbox.stack import SandboxStack
-from prm import leases, streams
+from fhir_mappings.patient import patient_record_from_patient
+from prm import leases, snapshots, streams
 from prm.crypto import SecretBox
 from prm.db import Database
 from prm.models import AuditRecord, Connection, Job
-from prm.snapshot_models import SyncStream
+from prm.snapshot_models import PatientRecord, SyncStream
 from smart_app import csrf
 from tests.integration.conftest import LiveApp, give_backend_access, sync_sandbox
 from tests.support.processes import wait_until
@@ -35,6 +37,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 _CSRF = re.compile(r'name="csrf_token" value="([^"]*)"')
+DATA = Path(__file__).resolve().parents[2] / "ehr_sandbox" / "data" / "sandbox"
 
 
 @dataclass
@@ -295,9 +298,9 @@ def test_it_checks_a_connection_from_its_page(live_app: LiveApp, accounts: dict[
     assert manager.post("/admin/connections/sandbox/check", {"csrf_token": minted}).status_code == 403
 
 
-def press(admin: Admin, action: str, button_id: str) -> requests.Response:
-    """Press one of the connection page's buttons as the browser would: its form's CSRF token, a 303 back."""
-    page = admin.get("/admin/connections/sandbox").text
+def press(admin: Admin, action: str, button_id: str, path: str = "/admin/connections/sandbox") -> requests.Response:
+    """Press one of a connection page's buttons as the browser would: its form's CSRF token, a 303 back."""
+    page = admin.get(path).text
     token = re.search(rf'action="{re.escape(action)}" class="inline">\s*'
                       r'<input type="hidden" name="csrf_token" value="([^"]+)"', page)
     assert token and f'id="{button_id}"' in page, f"the {button_id} button and its form"
@@ -680,7 +683,8 @@ def test_it_pauses_a_stream_the_ehr_does_not_offer_and_resumes_it(live_app: Live
     page = admin.get("/admin/connections/sandbox").text
     assert re.search(r'<tr data-type="PractitionerRole">.*?<td class="interval"><span class="paused">paused</span>.*?'
                      r'id="resume-PractitionerRole"', page, re.S)
-    assert re.search(r'<tr data-name="sandbox">.*?streams? · 1 paused', admin.get("/admin/connections").text, re.S)
+    listed = admin.get("/admin/connections").text  # a stream another test left failing says so first
+    assert re.search(r'<tr data-name="sandbox">.*?streams?(?: failing)? · 1 paused', listed, re.S)
     manager = signed_in(live_app, accounts["practice_manager"]).get("/admin/connections/sandbox").text
     assert 'id="resume-PractitionerRole"' not in manager and 'id="pause-Patient"' not in manager
     status = json.loads(live_app.prm("sync", "status", "--connection", "sandbox", "--json").stdout)
@@ -698,3 +702,42 @@ def test_it_pauses_a_stream_the_ehr_does_not_offer_and_resumes_it(live_app: Live
     changes = rows(live_app, AuditRecord, col(AuditRecord.action).in_(("sync.pause", "sync.resume")))
     assert [(r.action, r.entity) for r in sorted(changes, key=lambda r: r.id or 0)] == [
         ("sync.pause", "PractitionerRole"), ("sync.resume", "PractitionerRole")]
+
+
+def test_it_erases_a_disabled_connections_synced_copy_having_typed_its_name(live_app: LiveApp,
+                                                                           accounts: dict[str, str]) -> None:
+    """The page offers the erasure only once the connection is disabled, and only to IT; a name typed wrong
+    erases nothing; done, the page says how much went, and the audit trail who did it."""
+    admin = signed_in(live_app, accounts["it_admin"])
+    assert add(admin, form("leaving", "https://leaving.example/fhir")).status_code == 303
+    leaving = connection(live_app, "leaving")
+    assert leaving is not None
+    database = Database(live_app.database_url)
+    try:
+        with database.session() as session:
+            streams.ensure(session, leaving.id or 0)
+            with (DATA / "Patient.ndjson").open() as lines:
+                patients = [patient_record_from_patient(json.loads(next(lines))) for _ in range(4)]
+            snapshots.upsert_page(session, leaving.id or 0, "Patient", patients)
+    finally:
+        database.dispose()
+    assert 'id="erase-connection"' not in admin.get("/admin/connections/leaving").text, "not while enabled"
+    press(admin, "/admin/connections/leaving/disable", "disable-connection", path="/admin/connections/leaving")
+    manager = signed_in(live_app, accounts["practice_manager"])
+    assert 'id="erase-connection"' not in manager.get("/admin/connections/leaving").text
+
+    token = admin.csrf("/admin/connections/leaving")
+    wrong = admin.post("/admin/connections/leaving/erase", {"csrf_token": token, "confirm": "sandbox"})
+    assert wrong.status_code == 400 and "type the connection&#39;s name, leaving" in wrong.text
+    assert len(rows(live_app, PatientRecord, PatientRecord.connection_id == leaving.id)) == 4
+
+    page = admin.get("/admin/connections/leaving").text
+    token = re.search(r'action="/admin/connections/leaving/erase" class="inline">\s*'
+                      r'<input type="hidden" name="csrf_token" value="([^"]+)"', page)
+    assert token and 'id="erase-confirm"' in page
+    done = admin.post("/admin/connections/leaving/erase", {"csrf_token": token.group(1), "confirm": "leaving"})
+    assert done.status_code == 303 and done.headers["Location"].endswith("/admin/connections/leaving?erased=4#erase")
+    assert re.search(r'id="erased"[^>]*>Erased 4 rows copied from this EHR', admin.get(done.headers["Location"]).text)
+    assert rows(live_app, PatientRecord, PatientRecord.connection_id == leaving.id) == []
+    [erasure] = rows(live_app, AuditRecord, AuditRecord.action == "sync.erase", AuditRecord.connection_id == leaving.id)
+    assert (erasure.actor, erasure.count, erasure.detail) == (accounts["it_admin"], 4, "Patient 4; 0 quarantined")

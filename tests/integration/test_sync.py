@@ -17,7 +17,7 @@ from ehr_sandbox.stack import SandboxStack
 from fhir_mappings.written import IDENTIFIER_SYSTEM
 from prm import audit, snapshots, streams
 from prm.errors import PermanentEhrError
-from prm.models import AuditRecord
+from prm.models import AuditRecord, Job
 from prm.snapshot_models import Booking, StreamPatient, SyncStream
 from tests.integration.sync_env import SyncEnv, small_dataset, sync_database, sync_env
 from tests.support.processes import run_prm
@@ -26,6 +26,7 @@ from workers import sync_engine, sync_history
 from workers.connection_check import check_connection
 from workers.page_prep import PreparedPage, Target, prepare_lines
 from workers.prep_helper import Helper, Lines
+from workers.sync import SYNC_STREAM
 from workers.sync_connection import sync_connection
 from workers.sync_engine import GROUP_EXPORTED, run_stream
 from workers.sync_run import OVERLAP, StreamRun
@@ -513,3 +514,50 @@ def test_a_group_member_merged_into_a_record_outside_the_group_is_followed(tmp_p
         assert ("pat-merged-001", fresh.read("Patient", "pat-merged-001")["meta"]["versionId"]) in \
             fresh.snapshot("Patient")
         assert_group_in_step(fresh, [*members, "pat-merged-001"])
+
+
+def test_an_erased_connection_holds_nothing_and_loads_afresh_when_enabled_again(env: SyncEnv, tmp_path: Path) -> None:
+    """IT offboards a clinic with `prm sync erase`: nothing of the EHR's copy is left (a deletion's tombstone
+    neither), only once the connection is disabled; enabled again, it loads from nothing to the server's set."""
+    types = ("Patient", "Encounter")
+    with sync_database(env.stack, tmp_path) as leaving:
+        leaving.run_all(types)
+        assert_in_step(leaving, types)
+        env.delete("Encounter", "enc-000003-001")
+        leaving.run_all(types)
+        settings = env_for(leaving.ctx.settings.database_url, leaving.ctx.settings.instance_dir)
+
+        def prm(*args: str) -> str:
+            done = run_prm(*args, env=settings, cwd=tmp_path)
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        held = len(leaving.snapshot("Encounter"))
+        assert f"ehr holds Patient 300, Encounter {held}. Disable it first" in prm("sync", "erase", "--connection",
+                                                                                     "ehr")
+        refused = run_prm("sync", "erase", "--connection", "ehr", "--yes", env=settings, cwd=tmp_path)
+        assert refused.returncode == 2 and "is enabled: disable it first" in refused.stderr
+        assert len(leaving.snapshot("Encounter")) == held, "nothing erased"
+        prm("connection", "disable", "ehr")
+        assert f"ehr: erased Patient 300, Encounter {held + 1}; 0 quarantined" in prm(
+            "sync", "erase", "--connection", "ehr", "--yes"), "the deleted Encounter's tombstone went too"
+        with leaving.ctx.db.session() as session:
+            assert {t: snapshots.held(session, leaving.connection_id, t) for t in streams.SYNC_TYPES} == \
+                dict.fromkeys(streams.SYNC_TYPES, 0)
+            assert all(s.phase == "initial" and s.cursor is None
+                       for s in streams.of_connection(session, leaving.connection_id))
+            [erasure] = session.exec(select(AuditRecord).where(AuditRecord.action == "sync.erase")).all()
+        assert erasure.count == 300 + held + 1 and erasure.actor.startswith("cli:")
+
+        prm("connection", "enable", "ehr")
+        with leaving.ctx.db.session() as session:
+            due = session.exec(select(Job).where(Job.kind == SYNC_STREAM, Job.status == "pending")).all()
+            switched = session.exec(select(AuditRecord.action, AuditRecord.actor).where(
+                col(AuditRecord.action).in_(("connection.disable", "connection.enable")))).all()
+        assert len(due) == len(streams.SYNC_TYPES) and all(job.due_at <= leaving.ctx.settings.clock() for job in due), \
+            "enabled again, every stream is due now: the first load starts at the workers' next sweep"
+        assert [action for action, _ in switched] == ["connection.disable", "connection.enable"]
+        assert all(actor.startswith("cli:") for _, actor in switched), "IT at the shell is audited as on the page"
+        runs = leaving.run_all(types)
+        assert runs["Encounter"].stored == held and all(run.caught_up for run in runs.values())
+        assert_in_step(leaving, types)

@@ -298,5 +298,9 @@ def test_secrets_survive_updates_that_do_not_repeat_them(database: Database, set
         public = connections.upsert(session, settings.clock, box, connections.ConnectionSpec(
             name="c", iss="https://c.example/fhir", client_id="c"))
         assert public.client_secret_enc is None and public.backend_client_secret_enc is None
-        disabled = connections.set_enabled(session, settings.clock, "c", False)
+        it = Actor(kind="admin", name="it", role="it_admin")
+        disabled = connections.set_enabled(session, settings.clock, it, "c", False)
         assert not disabled.enabled and connections.enabled_by_iss(session, "https://c.example/fhir") is None
+        assert connections.set_enabled(session, settings.clock, it, "c", False) is disabled  # no change: no record
+        switched = session.exec(select(AuditRecord).where(AuditRecord.entity == "Connection/c")).all()
+        assert [(r.action, r.actor, r.connection_id) for r in switched] == [("connection.disable", "it", disabled.id)]

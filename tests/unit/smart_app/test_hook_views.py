@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 from sqlmodel import select
 
 from prm import connections, ehr_subscriptions, streams
+from prm.audit import command_line_actor
 from prm.config import Settings
 from prm.crypto import SecretBox
 from prm.db import Database
@@ -125,7 +126,7 @@ def test_a_disabled_connection_hears_its_ehr_but_wakes_nothing(
         app: Flask, database: Database, subscribed: tuple[str, str, int], settings: Settings) -> None:
     key, secret, _ = subscribed
     with database.session() as session:
-        connections.set_enabled(session, settings.clock, "c", False)
+        connections.set_enabled(session, settings.clock, command_line_actor(None), "c", False)
     status, _ = post(app.test_client(), key, secret, notification("event-notification", (1, "Encounter/e1"), since=1))
     assert status == 200 and subscription(database).notifications == 1
     assert woken(database) == {"Encounter": False, "Appointment": False, "Patient": False}
