@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
-from fhir_mappings.written import WRITTEN_TYPES
 from prm import connections, snapshots, streams
 from prm.errors import AuthExpiredError
 from prm.models import Connection
@@ -31,39 +30,14 @@ from workers.sync_deletions import PATIENT_PARAM, find_deletions
 from workers.sync_export_place import EXPORT_KIND, export_manifest
 from workers.sync_history import history_feeds, next_mark, read_history, store_history, store_news
 from workers.sync_pages import commit_prepared
-from workers.sync_patients import patient_windows
+from workers.sync_patients import patient_windows, read_newcomers
 from workers.sync_run import OVERLAP, Progress, StreamRun, count_page, server_instant
+from workers.sync_strategy import kept_to_group, strategy_of
 from workers.sync_windows import RELOADED, read_windows, reread_all
 
 log = logging.getLogger(__name__)
 AFTER_EXPORT_AT_ONCE = 4  # the polite client's default bound on requests in flight
-# Types in the Patient compartment (FHIR R4 CompartmentDefinition): what a Group-level export holds.
-GROUP_EXPORTED = ("Patient", "RelatedPerson", "Encounter", "Appointment")
-
-
 Held = list[tuple[SyncStream, StreamLease, StreamRun]]  # the streams a run holds, each with its lease
-
-
-def strategy_of(stream: SyncStream, connection: Connection) -> tuple[str, str]:
-    """(initial, incremental) strategy: IT's override, else what `prm connection check` found."""
-    found = (connection.capability_profile.get("sync") or {}).get("strategy") or {}
-    initial = found.get("initial", "search")
-    incremental = found.get("incremental", "search-last-updated")
-    if stream.strategy == "search":
-        initial, incremental = "search", "search-last-updated"
-    elif stream.strategy == "bulk":
-        initial = "bulk-export-group" if connection.export_group else "bulk-export-system"
-    elif stream.strategy == "patient":
-        incremental = "patient-by-patient"
-        initial = initial if initial.startswith("bulk-export") else "patient-by-patient"
-    elif stream.strategy == "reread":
-        incremental = "full-reread"
-        initial = initial if initial.startswith("bulk-export") else "search"
-    if stream.resource_type in WRITTEN_TYPES:
-        initial = "search"  # ours are found by our identifier system, not exported wholesale
-    if initial == "bulk-export-group" and (not connection.export_group or stream.resource_type not in GROUP_EXPORTED):
-        initial = "search"  # no Group named, or a directory type: those are outside the patients' compartments
-    return initial, incremental
 
 
 def run_stream(ctx: WorkerContext, stream_id: int, *, time_budget_s: float = 120.0,
@@ -188,6 +162,8 @@ def _sync_steps(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, conne
         listed = reread_all(ctx, access, stream_id, run, lease, deadline, progress)
     else:
         read_windows(ctx, access, stream_id, run, lease, deadline, progress, ehr_sorts=_ehr_sorts(connection))
+    if run.caught_up and kept_to_group(stream, connection):  # the Group's newcomers, whose records are older
+        read_newcomers(ctx, access, connection, stream_id, run, progress)
     marks: dict[str, datetime | None] = {}
     if run.caught_up:
         if first_load:
@@ -316,7 +292,8 @@ def _finish_export(ctx: WorkerContext, connection: Connection, manifest: dict[st
     transaction_time = manifest.get("transactionTime")
     started = server_instant(str(transaction_time)) if transaction_time else ctx.settings.clock()
     with ctx.db.session() as session:
-        scoped = [member for member, _, _ in held if _patient_scoped(member, connection)]
+        scoped = [member for member, _, _ in held
+                  if _patient_scoped(member, connection) or kept_to_group(member, connection)]
         if scoped:
             covered = members if members is not None else snapshots.live_ids(session, connection.id or 0, "Patient")
             for member in scoped:

@@ -12,9 +12,12 @@ from sqlmodel import Session
 
 from fhir_mappings.written import WRITTEN_TYPES
 from prm import audit, snapshots, streams
+from prm.models import Connection
 from prm.snapshot_models import SyncStream
 from workers.page_prep import PreparedPage, prepare_page
 from workers.runtime import WorkerContext
+from workers.sync_population import population_keeps
+from workers.sync_strategy import GROUP_EXPORTED, kept_to_group
 from workers.writeback_status import follow_written
 
 log = logging.getLogger(__name__)
@@ -27,21 +30,29 @@ class PageResult:
     deleted: int = 0
     skipped: int = 0
     met_stored: bool = False  # expected as new rows, the page held one the snapshot had (so it was upserted)
+    outside: int = 0  # rows of patients outside a Group-scoped connection's population, not stored
 
 
 def commit_page(ctx: WorkerContext, stream_id: int, resources: list[dict[str, Any]], *,
                 deleted_ids: list[str] | None = None, move_cursor: bool = True, client: str = "sync",
-                then: Callable[[SyncStream], None] | None = None) -> PageResult:
+                then: Callable[[SyncStream], None] | None = None, of_population: bool = False) -> PageResult:
     """Store one page in one transaction; the cursor only moves with the page it covers, and `then` marks
     the stream with what else the page settles (a re-read's place). An empty page with nothing to mark
-    changes nothing, so it costs no transaction."""
+    changes nothing, so it costs no transaction. A stream kept to a Group's patients stores only their rows
+    (workers.sync_population), unless the caller asked for the population's own records (`of_population`)."""
     if not resources and not deleted_ids and then is None:
         return PageResult()
     with ctx.db.session() as session:
         stream: SyncStream = streams.get(session, stream_id)
         seen = (lambda fhir_id, stamp: streams.already_seen(stream, fhir_id, stamp)) if move_cursor else None
         prepared = prepare_page(stream.resource_type, resources, seen)
+        outside = 0
+        if not of_population and prepared.rows and _kept_to_group(session, stream):
+            keeps = population_keeps(session, stream.connection_id, stream.resource_type, prepared.rows)
+            kept = [row for row in prepared.rows if keeps(row)]
+            outside, prepared.rows = len(prepared.rows) - len(kept), kept
         result = _store(ctx, session, stream, prepared, deleted_ids or [], move_cursor, client)
+        result.outside = outside
         if then is not None:
             then(stream)
         if stream.resource_type in WRITTEN_TYPES:  # status back: the PRM item follows the EHR
@@ -61,6 +72,13 @@ def commit_prepared(ctx: WorkerContext, stream_id: int, prepared: PreparedPage, 
         result = _store(ctx, session, stream, prepared, [], False, client, expect_new)
     _warn(stream_id, result)
     return result
+
+
+def _kept_to_group(session: Session, stream: SyncStream) -> bool:
+    if stream.resource_type not in GROUP_EXPORTED:  # the usual case: no connection to read
+        return False
+    connection = session.get(Connection, stream.connection_id)
+    return connection is not None and kept_to_group(stream, connection)
 
 
 def _store(ctx: WorkerContext, session: Session, stream: SyncStream, prepared: PreparedPage, deleted_ids: list[str],

@@ -20,6 +20,7 @@ from connector.fhir_reader import Page
 from fhir_mappings.written import IDENTIFIER_SYSTEM, WRITTEN_TYPES
 from prm import snapshots, streams
 from prm.models import Connection
+from prm.snapshot_models import SyncStream
 from workers.ehr_access import EhrAccess
 from workers.runtime import WorkerContext
 from workers.stream_leases import StreamLease
@@ -43,15 +44,8 @@ def patient_windows(ctx: WorkerContext, access: EhrAccess, connection: Connectio
     changed for a patient already read in this pass is read again next time, never lost. Upserts are
     version-aware, so reading twice changes nothing.
     """
-    with ctx.db.session() as session:
-        stream = streams.get(session, stream_id)
-        known = snapshots.live_ids(session, stream.connection_id, "Patient")
-        if stream.resource_type == "Patient":  # follow `replaced-by`: a merge's survivor joins the population
-            known |= snapshots.merge_survivors(session, stream.connection_id)
-        read = streams.patients_read(session, stream_id)
-        position, began = streams.pass_place(stream, PATIENT_KIND)
-    if stream.resource_type == "Patient" and connection.export_group:  # the Group's new members join
-        known |= set(access.reader.group_patients(connection.export_group))
+    stream, known, read = _population(ctx, access, connection, stream_id)
+    position, began = streams.pass_place(stream, PATIENT_KIND)
     rest = [p for p in sorted(known) if position is None or p > position]
     since = [("_lastUpdated", f"ge{iso(stream.cursor)}")] if stream.cursor else []
     steps = _steps(stream.resource_type, rest, read, since)
@@ -63,7 +57,8 @@ def patient_windows(ctx: WorkerContext, access: EhrAccess, connection: Connectio
             if began is None and page is not None and page.server_time:
                 began = server_instant(page.server_time)
             while page is not None:
-                result = commit_page(ctx, stream_id, page.resources, move_cursor=False, client=access.client_name)
+                result = commit_page(ctx, stream_id, page.resources, move_cursor=False, client=access.client_name,
+                                     of_population=True)
                 count_page(run, result.stored, 0, result.quarantined, progress)
                 page = access.reader.follow(page.next_url) if page.next_url else None
             read_whole += whole
@@ -86,6 +81,43 @@ def patient_windows(ctx: WorkerContext, access: EhrAccess, connection: Connectio
         session.add(fresh)
     run.caught_up = True
     run.notes.append(f"patient by patient ({len(known)} patients)")
+
+
+def read_newcomers(ctx: WorkerContext, access: EhrAccess, connection: Connection, stream_id: int, run: StreamRun,
+                   progress: Progress | None) -> None:
+    """For a stream kept to a Group's patients (workers.sync_strategy.kept_to_group), whose type-level searches
+    find what changed but never a record older than the cursor: the whole record of each patient new to the
+    population (a new member of the Group, a record one was merged into, for Patient; a Patient newly held,
+    for the others), once. The cursor is the type-level searches': this leaves it alone."""
+    stream, known, read = _population(ctx, access, connection, stream_id)
+    newcomers = [p for p in sorted(known) if p not in read]
+    for _, searches in _steps(stream.resource_type, newcomers, read, []):
+        for params, whole in searches:
+            page: Page | None = access.reader.search(stream.resource_type, params)
+            while page is not None:
+                result = commit_page(ctx, stream_id, page.resources, move_cursor=False, client=access.client_name,
+                                     of_population=True)
+                count_page(run, result.stored, 0, result.quarantined, progress)
+                page = access.reader.follow(page.next_url) if page.next_url else None
+            with ctx.db.session() as session:
+                streams.note_patients_read(session, stream_id, whole)
+    if newcomers:
+        run.notes.append(f"{len(newcomers)} patient(s) new to the Group's population read whole")
+
+
+def _population(ctx: WorkerContext, access: EhrAccess, connection: Connection,
+                stream_id: int) -> tuple[SyncStream, set[str], set[str]]:
+    """The stream, the patients whose records it reads (those the snapshot holds; for Patient also the records
+    they were merged into and the export Group's members), and those it has read whole."""
+    with ctx.db.session() as session:
+        stream = streams.get(session, stream_id)
+        known = snapshots.live_ids(session, stream.connection_id, "Patient")
+        if stream.resource_type == "Patient":  # follow `replaced-by`: a merge's survivor joins the population
+            known |= snapshots.merge_survivors(session, stream.connection_id)
+        read = streams.patients_read(session, stream_id)
+    if stream.resource_type == "Patient" and connection.export_group:  # the Group's new members join
+        known |= set(access.reader.group_patients(connection.export_group))
+    return stream, known, read
 
 
 def _steps(resource_type: str, patients: list[str], read: set[str], since: list[tuple[str, str]]) -> list[Step]:

@@ -28,8 +28,9 @@ from workers.page_prep import PreparedPage, Target, prepare_lines
 from workers.prep_helper import Helper, Lines
 from workers.sync import SYNC_STREAM
 from workers.sync_connection import sync_connection
-from workers.sync_engine import GROUP_EXPORTED, run_stream
+from workers.sync_engine import run_stream
 from workers.sync_run import OVERLAP, StreamRun
+from workers.sync_strategy import GROUP_EXPORTED
 from workers.sync_windows import REREAD, UNSORTED
 
 SYNCED = ("Organization", "Location", "PractitionerRole", "Patient", "RelatedPerson", "Encounter", "Appointment")
@@ -481,6 +482,39 @@ def test_an_ehr_with_only_group_export_syncs_the_groups_patients_and_its_new_mem
         again = fresh.run_all(tuple(t for t in GROUP_EXPORTED if t != "Patient"))  # ... and is read in full
         assert again["Encounter"].stored == 1 + len(fresh.server("Encounter", [joining]))
         assert_group_in_step(fresh, [*members, joining])
+
+
+def test_a_group_scoped_connection_never_takes_in_other_patients_as_they_change(tmp_path: Path) -> None:
+    """On an EHR that allows type-level searches too, the Group stays the population after its export: the
+    searches still find every changed record, but a non-member's changed visit is not stored (it was, and every
+    other clinic's with it), a member's is, and a new member's older records, which no search by
+    `_lastUpdated` finds, are read whole."""
+    with sync_env(tmp_path, patients=70) as fresh:
+        patients = sorted(i for i, _ in fresh.server("Patient"))
+        members, outsider, joining = patients[:30], patients[50], patients[40]
+        fresh.put(group_of("dental-patients", members))
+        fresh.set_export_group("dental-patients")
+        profile = check_connection(fresh.ctx, fresh.connection_id)
+        assert profile["sync"]["strategy"] == {"initial": "bulk-export-group", "incremental": "search-last-updated"}
+        fresh.run_all(SYNCED)
+        assert_group_in_step(fresh, members)
+        outsiders_patient = fresh.read("Patient", outsider)
+        fresh.put({**outsiders_patient, "gender": "other" if outsiders_patient.get("gender") != "other" else "male"})
+
+        for patient in (members[0], outsider):
+            visit = fresh.read("Encounter", next(i for i, _ in fresh.server("Encounter", [patient])))
+            fresh.put({**visit, "status": "cancelled" if visit["status"] != "cancelled" else "finished"})
+        fresh.put(group_of("dental-patients", [*members, joining]))
+        patients_run = fresh.run_all(("Patient",))["Patient"]
+        assert patients_run.stored == 1 and "1 patient(s) new to the Group's population read whole" in \
+            patients_run.notes, "the outsider's changed record is not stored; the newcomer's is"
+        again = fresh.run_all(tuple(t for t in GROUP_EXPORTED if t != "Patient"))
+        assert again["Encounter"].stored == 1 + len(fresh.server("Encounter", [joining]))
+        assert_group_in_step(fresh, [*members, joining])
+        assert outsider not in {i for i, _ in fresh.snapshot("Patient")}
+        assert not {i for i, _ in fresh.snapshot("Encounter")} & {i for i, _ in fresh.server("Encounter", [outsider])}
+        quiet = fresh.run_all(GROUP_EXPORTED)
+        assert sum(run.stored for run in quiet.values()) == 0, "newcomers are read whole once"
 
 
 def test_a_group_member_merged_into_a_record_outside_the_group_is_followed(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from prm.models import Connection
 from prm.snapshot_models import SyncStream
-from workers.sync_engine import strategy_of
+from workers.sync_strategy import kept_to_group, strategy_of
 
 
 def connection(initial: str, export_group: str | None = None, incremental: str = "patient-by-patient") -> Connection:
@@ -64,3 +64,16 @@ def test_streams_of_one_connection_can_need_different_exports() -> None:
     profile = connection("bulk-export-system", "dental")
     assert strategy_of(stream("Encounter", "bulk"), profile)[0] == "bulk-export-group"
     assert strategy_of(stream("Patient"), profile)[0] == "bulk-export-system"
+
+
+def test_after_a_group_export_type_level_searches_are_kept_to_the_groups_patients() -> None:
+    """Only where the Group's export loaded the stream and type-level reads go on: not for the directory or our
+    own resources, not where a system export loaded everyone, not where it is read patient by patient anyway
+    (that reads the population only), and not after IT asked for searches throughout."""
+    grouped = connection("bulk-export-group", "dental", incremental="search-last-updated")
+    assert [t for t in ("Patient", "RelatedPerson", "Encounter", "Appointment", "Location", "Task")
+            if kept_to_group(stream(t), grouped)] == ["Patient", "RelatedPerson", "Encounter", "Appointment"]
+    assert kept_to_group(stream("Encounter", "reread"), grouped)
+    assert not kept_to_group(stream("Encounter", "search"), grouped)
+    assert not kept_to_group(stream("Encounter"), connection("bulk-export-group", "dental"))  # patient by patient
+    assert not kept_to_group(stream("Encounter"), connection("bulk-export-system", "dental", "search-last-updated"))

@@ -1,0 +1,38 @@
+"""Which rows of a page a Group-scoped connection keeps: its held patients' (and for Patient, the records they
+were merged into), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fhir_mappings.patient import patient_record_from_patient
+from prm import connections, snapshots
+from prm.config import Settings
+from prm.crypto import SecretBox
+from prm.db import Database
+from workers.sync_population import population_keeps
+
+DATA = Path(__file__).resolve().parents[3] / "ehr_sandbox" / "data" / "sandbox"
+
+
+def test_a_page_keeps_the_rows_of_held_patients_and_of_records_they_were_merged_into(database: Database,
+                                                                                     settings: Settings) -> None:
+    with (DATA / "Patient.ndjson").open() as lines:
+        patients = {p["id"]: p for p in map(json.loads, lines)}
+    held = [patients["pat-000001"], {**patients["pat-000002"], "link": [
+        {"type": "replaced-by", "other": {"reference": "Patient/pat-000099"}}]}]
+    with database.session() as session:
+        cid = connections.upsert(session, settings.clock, SecretBox(settings.encryption_keys),
+                                 connections.ConnectionSpec(name="c", iss="https://c.example/fhir", client_id="c")).id
+        snapshots.upsert_page(session, cid or 0, "Patient", [patient_record_from_patient(p) for p in held])
+        snapshots.mark_deleted(session, cid or 0, "Patient", ["pat-000001"])  # deleted: no longer held
+        snapshots.upsert_page(session, cid or 0, "Patient", [patient_record_from_patient(patients["pat-000003"])])
+    visits = [{"fhir_id": f"enc-{p}", "patient_id": p} for p in ("pat-000001", "pat-000003", "pat-000004")]
+    visits.append({"fhir_id": "enc-nobody", "patient_id": None})
+    with database.session() as session:
+        keeps = population_keeps(session, cid or 0, "Encounter", visits)
+        assert [v["fhir_id"] for v in visits if keeps(v)] == ["enc-pat-000003"]
+        rows = [{"fhir_id": p} for p in ("pat-000002", "pat-000099", "pat-000004")]
+        keeps = population_keeps(session, cid or 0, "Patient", rows)
+        assert [r["fhir_id"] for r in rows if keeps(r)] == ["pat-000002", "pat-000099"]

@@ -1,0 +1,45 @@
+"""Which strategy each stream syncs by, and whether what it stores is kept to a Group's patients: plain rules
+over a stream and its connection, shared by the engine and by the page store (so neither imports the other).
+"""
+
+from __future__ import annotations
+
+from fhir_mappings.written import WRITTEN_TYPES
+from prm.models import Connection
+from prm.snapshot_models import SyncStream
+
+# Types in the Patient compartment (FHIR R4 CompartmentDefinition): what a Group-level export holds.
+GROUP_EXPORTED = ("Patient", "RelatedPerson", "Encounter", "Appointment")
+
+
+def strategy_of(stream: SyncStream, connection: Connection) -> tuple[str, str]:
+    """(initial, incremental) strategy: IT's override, else what `prm connection check` found."""
+    found = (connection.capability_profile.get("sync") or {}).get("strategy") or {}
+    initial = found.get("initial", "search")
+    incremental = found.get("incremental", "search-last-updated")
+    if stream.strategy == "search":
+        initial, incremental = "search", "search-last-updated"
+    elif stream.strategy == "bulk":
+        initial = "bulk-export-group" if connection.export_group else "bulk-export-system"
+    elif stream.strategy == "patient":
+        incremental = "patient-by-patient"
+        initial = initial if initial.startswith("bulk-export") else "patient-by-patient"
+    elif stream.strategy == "reread":
+        incremental = "full-reread"
+        initial = initial if initial.startswith("bulk-export") else "search"
+    if stream.resource_type in WRITTEN_TYPES:
+        initial = "search"  # ours are found by our identifier system, not exported wholesale
+    if initial == "bulk-export-group" and (not connection.export_group or stream.resource_type not in GROUP_EXPORTED):
+        initial = "search"  # no Group named, or a directory type: those are outside the patients' compartments
+    return initial, incremental
+
+
+def kept_to_group(stream: SyncStream, connection: Connection) -> bool:
+    """The stream loaded a Group's records by a Group-level export and goes on with type-level searches (or
+    re-reads): what those bring is stored only for the Group's population (workers.sync_population).
+
+    Why: IT names the Group so that the PRM holds that clinic's patients and nobody else's. Type-level searches
+    after the export return every patient, visit and booking of the EHR that changed, other clinics' too. Read
+    patient by patient instead, a Group of thousands would cost thousands of requests a pass."""
+    initial, incremental = strategy_of(stream, connection)
+    return initial == "bulk-export-group" and incremental != "patient-by-patient"
