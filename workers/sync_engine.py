@@ -163,7 +163,7 @@ def _sync_steps(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, conne
     else:
         read_windows(ctx, access, stream_id, run, lease, deadline, progress, ehr_sorts=_ehr_sorts(connection))
     if run.caught_up and kept_to_group(stream, connection):  # the Group's newcomers, whose records are older
-        read_newcomers(ctx, access, connection, stream_id, run, progress)
+        read_newcomers(ctx, access, connection, stream_id, run, lease, deadline, progress)
     marks: dict[str, datetime | None] = {}
     if run.caught_up:
         if first_load:

@@ -84,14 +84,21 @@ def patient_windows(ctx: WorkerContext, access: EhrAccess, connection: Connectio
 
 
 def read_newcomers(ctx: WorkerContext, access: EhrAccess, connection: Connection, stream_id: int, run: StreamRun,
-                   progress: Progress | None) -> None:
+                   lease: StreamLease, deadline: float, progress: Progress | None) -> None:
     """For a stream kept to a Group's patients (workers.sync_strategy.kept_to_group), whose type-level searches
     find what changed but never a record older than the cursor: the whole record of each patient new to the
     population (a new member of the Group, a record one was merged into, for Patient; a Patient newly held,
-    for the others), once. The cursor is the type-level searches': this leaves it alone."""
+    for the others), once. The cursor is the type-level searches': this leaves it alone.
+
+    Each patient is noted as read with its step, so a run out of time (a Group whose export came before this
+    rule has every member to read once) leaves the rest to the next run, which comes at once (not caught up)."""
     stream, known, read = _population(ctx, access, connection, stream_id)
     newcomers = [p for p in sorted(known) if p not in read]
-    for _, searches in _steps(stream.resource_type, newcomers, read, []):
+    for index, (_, searches) in enumerate(_steps(stream.resource_type, newcomers, read, [])):
+        if index and (time.monotonic() > deadline or not lease.renew()):
+            run.caught_up = False
+            run.notes.append("time or lease ran out reading the Group's newcomers: the next run goes on")
+            return
         for params, whole in searches:
             page: Page | None = access.reader.search(stream.resource_type, params)
             while page is not None:

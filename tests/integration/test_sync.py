@@ -516,6 +516,21 @@ def test_a_group_scoped_connection_never_takes_in_other_patients_as_they_change(
         quiet = fresh.run_all(GROUP_EXPORTED)
         assert sum(run.stored for run in quiet.values()) == 0, "newcomers are read whole once"
 
+        # A Group exported before this rule noted no member as read: each is read whole once, a run at a time
+        # as the time budget allows, the next run at once.
+        with fresh.ctx.db.session() as session:
+            [stream] = [s for s in streams.of_connection(session, fresh.connection_id)
+                        if s.resource_type == "Encounter"]
+            for row in session.exec(select(StreamPatient).where(StreamPatient.stream_id == stream.id,
+                                                                col(StreamPatient.patient_id).in_(members[:3]))):
+                session.delete(row)
+        runs = [run_stream(fresh.ctx, stream.id or 0, time_budget_s=0)]
+        while not runs[-1].caught_up and len(runs) < 5:
+            runs.append(run_stream(fresh.ctx, stream.id or 0, time_budget_s=0))
+        assert [run.caught_up for run in runs] == [False, False, True], "one patient a run when out of time"
+        assert sum(run.stored for run in runs) == len(fresh.server("Encounter", members[:3]))
+        assert_group_in_step(fresh, [*members, joining])
+
 
 def test_a_group_member_merged_into_a_record_outside_the_group_is_followed(tmp_path: Path) -> None:
     """Where patients are known only through the export Group, a member the EHR merges into a new record
