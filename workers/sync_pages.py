@@ -30,7 +30,6 @@ class PageResult:
     deleted: int = 0
     skipped: int = 0
     met_stored: bool = False  # expected as new rows, the page held one the snapshot had (so it was upserted)
-    outside: int = 0  # rows of patients outside a Group-scoped connection's population, not stored
 
 
 def commit_page(ctx: WorkerContext, stream_id: int, resources: list[dict[str, Any]], *,
@@ -46,13 +45,10 @@ def commit_page(ctx: WorkerContext, stream_id: int, resources: list[dict[str, An
         stream: SyncStream = streams.get(session, stream_id)
         seen = (lambda fhir_id, stamp: streams.already_seen(stream, fhir_id, stamp)) if move_cursor else None
         prepared = prepare_page(stream.resource_type, resources, seen)
-        outside = 0
         if not of_population and prepared.rows and _kept_to_group(session, stream):
             keeps = population_keeps(session, stream.connection_id, stream.resource_type, prepared.rows)
-            kept = [row for row in prepared.rows if keeps(row)]
-            outside, prepared.rows = len(prepared.rows) - len(kept), kept
+            prepared.rows = [row for row in prepared.rows if keeps(row)]  # the cursor still moves past the rest
         result = _store(ctx, session, stream, prepared, deleted_ids or [], move_cursor, client)
-        result.outside = outside
         if then is not None:
             then(stream)
         if stream.resource_type in WRITTEN_TYPES:  # status back: the PRM item follows the EHR
