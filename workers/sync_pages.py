@@ -16,7 +16,7 @@ from prm.models import Connection
 from prm.snapshot_models import SyncStream
 from workers.page_prep import PreparedPage, prepare_page
 from workers.runtime import WorkerContext
-from workers.sync_population import population_keeps
+from workers.sync_population import keep_to_population
 from workers.sync_strategy import GROUP_EXPORTED, kept_to_group
 from workers.writeback_status import follow_written
 
@@ -45,9 +45,8 @@ def commit_page(ctx: WorkerContext, stream_id: int, resources: list[dict[str, An
         stream: SyncStream = streams.get(session, stream_id)
         seen = (lambda fhir_id, stamp: streams.already_seen(stream, fhir_id, stamp)) if move_cursor else None
         prepared = prepare_page(stream.resource_type, resources, seen)
-        if not of_population and prepared.rows and _kept_to_group(session, stream):
-            keeps = population_keeps(session, stream.connection_id, stream.resource_type, prepared.rows)
-            prepared.rows = [row for row in prepared.rows if keeps(row)]  # the cursor still moves past the rest
+        if not of_population and (prepared.rows or prepared.bad) and _kept_to_group(session, stream):
+            keep_to_population(session, stream.connection_id, stream.resource_type, prepared)
         result = _store(ctx, session, stream, prepared, deleted_ids or [], move_cursor, client)
         if then is not None:
             then(stream)

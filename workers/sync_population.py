@@ -3,9 +3,10 @@ kept_to_group). Type-level searches after the Group's export bring every changed
 keeps the rows of patients the snapshot holds, and drops the rest before they are stored.
 
 The population is the Patient records the snapshot holds (the export's members, and later newcomers read whole
-by `sync_patients.patient_windows(newcomers_only=True)`) and the records they were merged into. A row of a
-newcomer that a type-level page meets before its Patient record is held is dropped too: the newcomer's whole
-record is read once it joins, so nothing is lost.
+by `sync_patients.read_newcomers`) and the records they were merged into. A row of a newcomer that a
+type-level page meets before its Patient record is held is dropped too: the newcomer's whole record is read
+once it joins, so nothing is lost. A resource that failed the edge check is kept for IT's quarantine only where
+the patient it names is in the population, or where it names none that can be read.
 """
 
 from __future__ import annotations
@@ -16,8 +17,32 @@ from typing import Any
 from sqlmodel import Session
 
 from prm import snapshots
+from workers.page_prep import PreparedPage
 
 Row = dict[str, Any]
+
+
+def keep_to_population(session: Session, connection_id: int, resource_type: str, page: PreparedPage) -> None:
+    """Drop from the page the rows, and the refused resources, of patients outside the population."""
+    key = "fhir_id" if resource_type == "Patient" else "patient_id"
+    claimed = [(payload, error, claimed_patient(resource_type, payload)) for payload, error in page.bad]
+    keeps = population_keeps(session, connection_id, resource_type,
+                             [*page.rows, *({key: patient} for _, _, patient in claimed if patient)])
+    page.rows = [row for row in page.rows if keeps(row)]  # the cursor still moves past the rest
+    page.bad = [(payload, error) for payload, error, patient in claimed if patient is None or keeps({key: patient})]
+
+
+def claimed_patient(resource_type: str, resource: Row) -> str | None:
+    """The patient id a raw (possibly malformed) resource names, or None where it names none readably."""
+    if resource_type == "Patient":
+        return resource.get("id") if isinstance(resource.get("id"), str) else None
+    if resource_type == "Appointment":
+        holders = [p.get("actor") for p in resource.get("participant") or [] if isinstance(p, dict)]
+    else:
+        holders = [resource.get("patient" if resource_type == "RelatedPerson" else "subject")]
+    references = [h.get("reference") for h in holders if isinstance(h, dict)]
+    patients = [r.removeprefix("Patient/") for r in references if isinstance(r, str) and r.startswith("Patient/")]
+    return patients[0] if patients else None
 
 
 def population_keeps(session: Session, connection_id: int, resource_type: str,

@@ -11,7 +11,8 @@ from prm import connections, snapshots
 from prm.config import Settings
 from prm.crypto import SecretBox
 from prm.db import Database
-from workers.sync_population import population_keeps
+from workers.page_prep import PreparedPage
+from workers.sync_population import claimed_patient, keep_to_population, population_keeps
 
 DATA = Path(__file__).resolve().parents[3] / "ehr_sandbox" / "data" / "sandbox"
 
@@ -36,3 +37,29 @@ def test_a_page_keeps_the_rows_of_held_patients_and_of_records_they_were_merged_
         rows = [{"fhir_id": p} for p in ("pat-000002", "pat-000099", "pat-000004")]
         keeps = population_keeps(session, cid or 0, "Patient", rows)
         assert [r["fhir_id"] for r in rows if keeps(r)] == ["pat-000002", "pat-000099"]
+
+
+def test_a_refused_resource_is_kept_for_it_only_where_its_patient_is_held_or_cannot_be_told(
+        database: Database, settings: Settings) -> None:
+    """An outsider's malformed visit is no more the PRM's to keep than a valid one; one that names no readable
+    patient is kept, so IT still sees what the EHR sent wrong."""
+    with (DATA / "Patient.ndjson").open() as lines:
+        held = patient_record_from_patient(json.loads(next(lines)))
+    with database.session() as session:
+        cid = connections.upsert(session, settings.clock, SecretBox(settings.encryption_keys),
+                                 connections.ConnectionSpec(name="c", iss="https://c.example/fhir", client_id="c")).id
+        snapshots.upsert_page(session, cid or 0, "Patient", [held])
+    def visit(fhir_id: str, subject: object) -> dict:  # type: ignore[type-arg]
+        return {"resourceType": "Encounter", "id": fhir_id, "status": "nonsense", "subject": subject}
+
+    page = PreparedPage(rows=[{"fhir_id": "e1", "patient_id": held.fhir_id}, {"fhir_id": "e2", "patient_id": "x"}],
+                        bad=[(visit("b1", {"reference": f"Patient/{held.fhir_id}"}), "status"),
+                             (visit("b2", {"reference": "Patient/outsider"}), "status"),
+                             (visit("b3", "Patient/not-a-reference-object"), "subject")])
+    with database.session() as session:
+        keep_to_population(session, cid or 0, "Encounter", page)
+    assert [row["fhir_id"] for row in page.rows] == ["e1"]
+    assert [payload["id"] for payload, _ in page.bad] == ["b1", "b3"]
+    appointment = {"participant": [{"actor": {"reference": "Practitioner/p"}}, {"actor": {"reference": "Patient/q"}}]}
+    assert (claimed_patient("Appointment", appointment), claimed_patient("RelatedPerson", {"patient": 7}),
+            claimed_patient("Patient", {"id": "p1"})) == ("q", None, "p1")
