@@ -53,14 +53,9 @@ def patient_windows(ctx: WorkerContext, access: EhrAccess, connection: Connectio
     kept_at = time.monotonic()
     for index, (last, searches) in enumerate(steps):
         for params, whole in searches:
-            page: Page | None = access.reader.search(stream.resource_type, params)
-            if began is None and page is not None and page.server_time:
-                began = server_instant(page.server_time)
-            while page is not None:
-                result = commit_page(ctx, stream_id, page.resources, move_cursor=False, client=access.client_name,
-                                     of_population=True)
-                count_page(run, result.stored, 0, result.quarantined, progress)
-                page = access.reader.follow(page.next_url) if page.next_url else None
+            server_time = _store_search(ctx, access, stream_id, stream.resource_type, params, run, progress)
+            if began is None and server_time:
+                began = server_instant(server_time)
             read_whole += whole
         done_through = last
         if index + 1 == len(steps):
@@ -100,16 +95,25 @@ def read_newcomers(ctx: WorkerContext, access: EhrAccess, connection: Connection
             run.notes.append("time or lease ran out reading the Group's newcomers: the next run goes on")
             return
         for params, whole in searches:
-            page: Page | None = access.reader.search(stream.resource_type, params)
-            while page is not None:
-                result = commit_page(ctx, stream_id, page.resources, move_cursor=False, client=access.client_name,
-                                     of_population=True)
-                count_page(run, result.stored, 0, result.quarantined, progress)
-                page = access.reader.follow(page.next_url) if page.next_url else None
+            _store_search(ctx, access, stream_id, stream.resource_type, params, run, progress)
             with ctx.db.session() as session:
                 streams.note_patients_read(session, stream_id, whole)
     if newcomers:
         run.notes.append(f"{len(newcomers)} patient(s) new to the Group's population read whole")
+
+
+def _store_search(ctx: WorkerContext, access: EhrAccess, stream_id: int, resource_type: str,
+                  params: list[tuple[str, str]], run: StreamRun, progress: Progress | None) -> str | None:
+    """One search of the population's records, every page stored (no cursor moves: a pass keeps its own);
+    returns the server's time on its first page, if it gave one."""
+    page: Page | None = access.reader.search(resource_type, params)
+    server_time = page.server_time if page is not None else None
+    while page is not None:
+        result = commit_page(ctx, stream_id, page.resources, move_cursor=False, client=access.client_name,
+                             of_population=True)
+        count_page(run, result.stored, 0, result.quarantined, progress)
+        page = access.reader.follow(page.next_url) if page.next_url else None
+    return server_time
 
 
 def _population(ctx: WorkerContext, access: EhrAccess, connection: Connection,
