@@ -11,24 +11,35 @@ the write-back outbox, the audit trail); those are records of the PRM's own work
 Only a disabled connection is erased (no new runs start), and only while no worker holds one of its streams:
 the erasure takes every stream's lease in its own transaction, so a run under way makes it stop with a clear
 error rather than race it. Enabled again, the connection starts with a first load.
+
+`erase_patients` does the same for some patients of a connection that goes on: the patients who left the Group
+a connection is kept to (workers.sync_leavers), whose records the PRM no longer has a reason to hold.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import delete
-from sqlmodel import Session, col
+from sqlmodel import Session, col, select
 
 from prm import audit, connections, leases, streams
 from prm.clock import Clock
+from prm.db import in_chunks
 from prm.errors import NotFoundError, ValidationError
 from prm.snapshot_models import QuarantinedResource, StreamPatient, SyncStream, WrittenResource
 from prm.snapshot_rows import TABLES
 
 _KEPT = ("id", "connection_id", "resource_type", "enabled", "strategy", "interval_s")  # who it is, IT's settings
 LEASE_S = 300.0  # held only for the erasing transaction; a lapse covers a process that dies mid-way
+# The types in the Patient compartment the snapshot holds, and the column naming each row's patient.
+PATIENT_KEYED = {"Patient": "fhir_id", "RelatedPerson": "patient_id", "Encounter": "patient_id",
+                 "Appointment": "patient_id"}
+# Which patient a quarantined resource (raw, possibly malformed) names: fhir_mappings knows FHIR's shapes.
+ClaimedPatient = Callable[[str, dict[str, Any]], str | None]
 
 
 @dataclass(frozen=True)
@@ -56,12 +67,8 @@ def erase_snapshot(session: Session, clock: Clock, actor: audit.Actor, connectio
     if connection.enabled:
         raise ValidationError(f"connection {connection.name!r} is enabled: disable it first, so no sync starts "
                               "while its copy is erased")
-    holder, now = f"erase:{uuid.uuid4().hex}", clock()
     stream_rows = streams.of_connection(session, connection_id)
-    for stream in stream_rows:
-        if not leases.acquire(session, streams.lease_name(stream), holder, now, LEASE_S):
-            raise ValidationError(f"a worker is syncing {connection.name}'s {stream.resource_type} now: "
-                                  "erase again once its run has ended (within a few minutes)")
+    holder = _take_leases(session, clock, connection.name, stream_rows)
     rows = {resource_type: _delete_rows(session, connection_id, resource_type) for resource_type in TABLES}
     quarantined = session.execute(
         delete(QuarantinedResource).where(col(QuarantinedResource.connection_id) == connection_id)
@@ -77,6 +84,69 @@ def erase_snapshot(session: Session, clock: Clock, actor: audit.Actor, connectio
     audit.record(session, clock, actor, "sync.erase", connection_id=connection_id,
                  entity=f"Connection/{connection.name}", count=erased.total, detail=erased.words())
     return erased
+
+
+def erase_patients(session: Session, clock: Clock, actor: audit.Actor, connection_id: int,
+                   patient_ids: Collection[str], claimed_patient: ClaimedPatient,
+                   caller_stream_id: int | None = None) -> Erased:
+    """Erase these patients from the connection's copy in the caller's transaction, audited as
+    `sync.erase_patients` (counts only): their rows of the Patient compartment's types, the quarantined resources
+    that name them, and every stream's note that it read them whole (one who comes back is read whole again).
+
+    ValidationError when a worker is syncing one of those types now (the caller's own stream aside, whose lease
+    the caller holds): nothing erased, the caller tries again on a later run."""
+    connection = connections.get(session, connection_id)
+    if connection is None:
+        raise NotFoundError(f"no connection with id {connection_id}")
+    patients = sorted(set(patient_ids))
+    if not patients:
+        return Erased({}, 0)
+    stream_rows = [s for s in streams.of_connection(session, connection_id) if s.resource_type in PATIENT_KEYED]
+    holder = _take_leases(session, clock, connection.name, [s for s in stream_rows if s.id != caller_stream_id])
+    rows = {resource_type: 0 for resource_type in PATIENT_KEYED}
+    for chunk in in_chunks(patients):
+        for resource_type, key in PATIENT_KEYED.items():
+            table = TABLES[resource_type]
+            rows[resource_type] += int(session.execute(delete(table).where(
+                col(table.connection_id) == connection_id,  # type: ignore[attr-defined]
+                col(getattr(table, key)).in_(chunk))).rowcount)
+        if stream_ids := [stream.id for stream in stream_rows]:
+            session.execute(delete(StreamPatient).where(col(StreamPatient.stream_id).in_(stream_ids),
+                                                        col(StreamPatient.patient_id).in_(chunk)))
+    quarantined = _delete_quarantined_of(session, connection_id, set(patients), claimed_patient)
+    for stream in stream_rows:
+        if stream.id != caller_stream_id:
+            leases.release(session, streams.lease_name(stream), holder)
+    erased = Erased(rows, quarantined)
+    audit.record(session, clock, actor, "sync.erase_patients", connection_id=connection_id,
+                 entity=f"Connection/{connection.name}", count=erased.total,
+                 detail=f"{len(patients)} patient(s): {erased.words()}")
+    return erased
+
+
+def _take_leases(session: Session, clock: Clock, connection_name: str, stream_rows: list[SyncStream]) -> str:
+    """Every one of these streams' leases, for the caller's transaction (the caller releases them): the holder.
+    ValidationError when a worker holds one (nothing is changed yet)."""
+    holder, now = f"erase:{uuid.uuid4().hex}", clock()
+    for stream in stream_rows:
+        if not leases.acquire(session, streams.lease_name(stream), holder, now, LEASE_S):
+            raise ValidationError(f"a worker is syncing {connection_name}'s {stream.resource_type} now: "
+                                  "erase again once its run has ended (within a few minutes)")
+    return holder
+
+
+def _delete_quarantined_of(session: Session, connection_id: int, patients: set[str],
+                           claimed_patient: ClaimedPatient) -> int:
+    """Open quarantined resources of the compartment's types that name one of these patients (a resolved one
+    keeps no resource, nor any patient's)."""
+    open_rows = session.exec(select(QuarantinedResource).where(
+        col(QuarantinedResource.connection_id) == connection_id,
+        col(QuarantinedResource.resource_type).in_(list(PATIENT_KEYED)),
+        col(QuarantinedResource.resolved_at).is_(None)))
+    naming = [row for row in open_rows if claimed_patient(row.resource_type, row.payload) in patients]
+    for row in naming:
+        session.delete(row)
+    return len(naming)
 
 
 def _start_afresh(stream: SyncStream) -> None:

@@ -59,10 +59,15 @@ def mark_deleted(session: Session, connection_id: int, resource_type: str, fhir_
 def merge_survivors(session: Session, connection_id: int) -> set[str]:
     """The records live patients were merged into (`Patient.link` replaced-by), to follow: where the EHR lists
     patients only by a Group, a survivor outside it would otherwise never be read, nor its visits."""
-    query = select(PatientRecord.replaced_by).where(
+    return set(merge_links(session, connection_id).values())
+
+
+def merge_links(session: Session, connection_id: int) -> dict[str, str]:
+    """Live patient id -> the record it was merged into (`Patient.link` replaced-by), for those merged."""
+    query = select(PatientRecord.fhir_id, PatientRecord.replaced_by).where(
         col(PatientRecord.connection_id) == connection_id, col(PatientRecord.deleted).is_(False),
         col(PatientRecord.replaced_by).is_not(None))
-    return {fhir_id for fhir_id in session.exec(query) if fhir_id and is_id(fhir_id)}
+    return {merged: survivor for merged, survivor in session.exec(query) if survivor and is_id(survivor)}
 
 
 def live_ids(session: Session, connection_id: int, resource_type: str) -> set[str]:

@@ -29,10 +29,11 @@ from workers.stream_leases import LeaseLost, StreamLease, release_together, rene
 from workers.sync_deletions import PATIENT_PARAM, find_deletions
 from workers.sync_export_place import EXPORT_KIND, export_manifest
 from workers.sync_history import history_feeds, next_mark, read_history, store_history, store_news
+from workers.sync_leavers import drop_leavers
 from workers.sync_pages import commit_prepared
 from workers.sync_patients import patient_windows, read_newcomers
 from workers.sync_run import OVERLAP, Progress, StreamRun, count_page, server_instant
-from workers.sync_strategy import kept_to_group, strategy_of
+from workers.sync_strategy import group_population, kept_to_group, strategy_of
 from workers.sync_windows import RELOADED, read_windows, reread_all
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,8 @@ def _sync_steps(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, conne
         read_windows(ctx, access, stream_id, run, lease, deadline, progress, ehr_sorts=_ehr_sorts(connection))
     if run.caught_up and kept_to_group(stream, connection):  # the Group's newcomers, whose records are older
         read_newcomers(ctx, access, connection, stream_id, run, lease, deadline, progress)
+    if run.caught_up and not first_load and stream.resource_type == "Patient" and group_population(stream, connection):
+        drop_leavers(ctx, access, connection, stream_id, run)  # and its leavers, whose records go
     marks: dict[str, datetime | None] = {}
     if run.caught_up:
         if first_load:

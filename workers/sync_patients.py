@@ -26,6 +26,7 @@ from workers.runtime import WorkerContext
 from workers.stream_leases import StreamLease
 from workers.sync_deletions import ID_BATCH, PATIENT_PARAM, batches
 from workers.sync_pages import commit_page
+from workers.sync_population import group_members
 from workers.sync_run import OVERLAP, Progress, StreamRun, count_page, iso, server_instant
 
 PATIENT_KIND = "patient"  # the kind of pass a stream keeps the place of
@@ -44,7 +45,7 @@ def patient_windows(ctx: WorkerContext, access: EhrAccess, connection: Connectio
     changed for a patient already read in this pass is read again next time, never lost. Upserts are
     version-aware, so reading twice changes nothing.
     """
-    stream, known, read = _population(ctx, access, connection, stream_id)
+    stream, known, read = _population(ctx, access, connection, stream_id, run)
     position, began = streams.pass_place(stream, PATIENT_KIND)
     rest = [p for p in sorted(known) if position is None or p > position]
     since = [("_lastUpdated", f"ge{iso(stream.cursor)}")] if stream.cursor else []
@@ -87,7 +88,7 @@ def read_newcomers(ctx: WorkerContext, access: EhrAccess, connection: Connection
 
     Each patient is noted as read with its step, so a run out of time (a Group whose export came before this
     rule has every member to read once) leaves the rest to the next run, which comes at once (not caught up)."""
-    stream, known, read = _population(ctx, access, connection, stream_id)
+    stream, known, read = _population(ctx, access, connection, stream_id, run)
     newcomers = [p for p in sorted(known) if p not in read]
     for index, (_, searches) in enumerate(_steps(stream.resource_type, newcomers, read, [])):
         if index and (time.monotonic() > deadline or not lease.renew()):
@@ -116,8 +117,8 @@ def _store_search(ctx: WorkerContext, access: EhrAccess, stream_id: int, resourc
     return server_time
 
 
-def _population(ctx: WorkerContext, access: EhrAccess, connection: Connection,
-                stream_id: int) -> tuple[SyncStream, set[str], set[str]]:
+def _population(ctx: WorkerContext, access: EhrAccess, connection: Connection, stream_id: int,
+                run: StreamRun) -> tuple[SyncStream, set[str], set[str]]:
     """The stream, the patients whose records it reads (those the snapshot holds; for Patient also the records
     they were merged into and the export Group's members), and those it has read whole."""
     with ctx.db.session() as session:
@@ -127,7 +128,7 @@ def _population(ctx: WorkerContext, access: EhrAccess, connection: Connection,
             known |= snapshots.merge_survivors(session, stream.connection_id)
         read = streams.patients_read(session, stream_id)
     if stream.resource_type == "Patient" and connection.export_group:  # the Group's new members join
-        known |= set(access.reader.group_patients(connection.export_group))
+        known |= group_members(access, connection, run)
     return stream, known, read
 
 

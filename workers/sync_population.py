@@ -17,7 +17,10 @@ from typing import Any
 from sqlmodel import Session
 
 from prm import snapshots
+from prm.models import Connection
+from workers.ehr_access import EhrAccess
 from workers.page_prep import PreparedPage
+from workers.sync_run import StreamRun
 
 Row = dict[str, Any]
 
@@ -55,3 +58,11 @@ def population_keeps(session: Session, connection_id: int, resource_type: str,
     if resource_type == "Patient":
         held |= snapshots.merge_survivors(session, connection_id)
     return lambda row: row.get(key) in held
+
+
+def group_members(access: EhrAccess, connection: Connection, run: StreamRun) -> set[str]:
+    """The export Group's active members, read once a run: the Patient stream's population and its leavers
+    (workers.sync_leavers) both start from them, and a clinic's Group can list thousands."""
+    if run.group_members is None:
+        run.group_members = frozenset(access.reader.group_patients(connection.export_group or ""))
+    return set(run.group_members)

@@ -26,6 +26,7 @@ class StreamRun:
     server_started: datetime | None = None  # the EHR's clock when this run first read (search time or export)
     notes: list[str] = field(default_factory=list)
     companions: list[StreamRun] = field(default_factory=list)  # streams whose first load shared this export
+    group_members: frozenset[str] | None = None  # the export Group's, once read this run (sync_population)
 
 
 def count_page(run: StreamRun, stored: int, deleted: int, quarantined: int, progress: Progress | None) -> None:

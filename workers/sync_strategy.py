@@ -41,5 +41,11 @@ def kept_to_group(stream: SyncStream, connection: Connection) -> bool:
     Why: IT names the Group so that the PRM holds that clinic's patients and nobody else's. Type-level searches
     after the export return every patient, visit and booking of the EHR that changed, other clinics' too. Read
     patient by patient instead, a Group of thousands would cost thousands of requests a pass."""
-    initial, incremental = strategy_of(stream, connection)
-    return initial == "bulk-export-group" and incremental != "patient-by-patient"
+    return group_population(stream, connection) and strategy_of(stream, connection)[1] != "patient-by-patient"
+
+
+def group_population(stream: SyncStream, connection: Connection) -> bool:
+    """The stream's population is the export Group's members (and the records they were merged into): its first
+    load is the Group's export, whether later passes go patient by patient or search type-wide. One who leaves
+    the Group leaves the snapshot (workers.sync_leavers)."""
+    return strategy_of(stream, connection)[0] == "bulk-export-group"

@@ -483,6 +483,25 @@ def test_an_ehr_with_only_group_export_syncs_the_groups_patients_and_its_new_mem
         assert again["Encounter"].stored == 1 + len(fresh.server("Encounter", [joining]))
         assert_group_in_step(fresh, [*members, joining])
 
+        # One leaves the Group: their records leave the snapshot, and nothing of theirs comes back ...
+        leaver = members[1]
+        staying = [p for p in [*members, joining] if p != leaver]
+        assert fresh.server("Encounter", [leaver]) and fresh.server("Appointment", [leaver])
+        fresh.put(group_of("dental-patients", staying))
+        patients_run = fresh.run_all(("Patient",))["Patient"]
+        assert [n for n in patients_run.notes if "left Group" in n] == [
+            "1 patient(s) who left Group/dental-patients removed (Patient 1, "
+            f"Encounter {len(fresh.server('Encounter', [leaver]))}, Appointment "
+            f"{len(fresh.server('Appointment', [leaver]))}; 0 quarantined)"]
+        assert_group_in_step(fresh, staying)
+        fresh.run_all(GROUP_EXPORTED)
+        assert_group_in_step(fresh, staying)
+        # ... until they join again: then their whole record is read again, as any newcomer's.
+        fresh.put(group_of("dental-patients", [*staying, leaver]))
+        fresh.run_all(("Patient",))
+        fresh.run_all(tuple(t for t in GROUP_EXPORTED if t != "Patient"))
+        assert_group_in_step(fresh, [*staying, leaver])
+
 
 def test_a_group_scoped_connection_never_takes_in_other_patients_as_they_change(tmp_path: Path) -> None:
     """On an EHR that allows type-level searches too, the Group stays the population after its export: the
@@ -532,6 +551,21 @@ def test_a_group_scoped_connection_never_takes_in_other_patients_as_they_change(
         assert [run.caught_up for run in runs] == [False, False, True], "one patient a run when out of time"
         assert sum(run.stored for run in runs) == len(fresh.server("Encounter", members[:3]))
         assert_group_in_step(fresh, [*members, joining])
+
+        # A member the Group marks inactive has left it; a Group listing nobody is taken for a mistake.
+        leaver = members[2]
+        group = group_of("dental-patients", [*members, joining])
+        for member in group["member"]:  # type: ignore[attr-defined]
+            member["inactive"] = member["entity"]["reference"] == f"Patient/{leaver}"
+        fresh.put(group)
+        left = fresh.run_all(GROUP_EXPORTED)
+        assert any(n.startswith("1 patient(s) who left Group/dental-patients removed") for n in left["Patient"].notes)
+        staying = [p for p in [*members, joining] if p != leaver]
+        assert_group_in_step(fresh, staying)
+        fresh.put(group_of("dental-patients", []))
+        emptied = fresh.run_all(("Patient",))["Patient"]
+        assert any(n.startswith("Group/dental-patients lists no members: nobody is removed") for n in emptied.notes)
+        assert_group_in_step(fresh, staying)
 
 
 def test_a_group_member_merged_into_a_record_outside_the_group_is_followed(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from prm.crypto import SecretBox
 from prm.db import Database
 from prm.errors import ValidationError
 from prm.models import AuditRecord
-from prm.snapshot_erase import erase_snapshot
+from prm.snapshot_erase import erase_patients, erase_snapshot
 from prm.snapshot_models import QuarantinedResource, StreamPatient, SyncStream
 from prm.snapshot_rows import TABLES
 
@@ -132,3 +132,68 @@ def test_a_stream_a_worker_is_syncing_stops_the_erasure_and_nothing_goes(databas
     with database.session() as session:
         again = erase_snapshot(session, settings.clock, IT, cid)
     assert (again.total, again.words()) == (0, "no snapshot rows; 0 quarantined"), "erasing twice erases nothing"
+
+
+def visits_of(patient_id: str) -> list[dict]:  # type: ignore[type-arg]
+    with (DATA / "Encounter.ndjson").open() as lines:
+        found = [json.loads(line) for line in lines]
+    return [e for e in found if e["subject"]["reference"] == f"Patient/{patient_id}"]
+
+
+def claimed(resource_type: str, resource: dict) -> str | None:  # type: ignore[type-arg]
+    """The patient a quarantined test Encounter names (the worker passes fhir_mappings' full rule)."""
+    reference = (resource.get("subject") or {}).get("reference", "")
+    return reference.removeprefix("Patient/") or None
+
+
+def with_a_leaver(database: Database, settings: Settings) -> tuple[int, SyncStream]:
+    """The synced connection, plus pat-000002's visits and a quarantined visit of theirs and one of pat-000003."""
+    cid = synced_connection(database, settings, "grouped")
+    with database.session() as session:
+        snapshots.upsert_page(session, cid, "Encounter", [visit_from_encounter(e) for e in visits_of("pat-000002")])
+        for n, patient in enumerate(("pat-000002", "pat-000003")):
+            streams.quarantine(session, settings.clock, cid, "Encounter", {
+                "resourceType": "Encounter", "id": f"bad-{n}", "subject": {"reference": f"Patient/{patient}"}}, "x")
+        [patient_stream] = [s for s in streams.of_connection(session, cid) if s.resource_type == "Patient"]
+    return cid, patient_stream
+
+
+def test_erasing_a_patient_takes_their_records_and_only_theirs(database: Database, settings: Settings) -> None:
+    """A patient who left the connection's Group: their record, visits, quarantined resources and the note
+    that a stream read them whole go; the rest of the copy, the connection and its streams' state stay."""
+    cid, patient_stream = with_a_leaver(database, settings)
+    their_visits = len(visits_of("pat-000002"))
+    with database.session() as session:
+        before = counts(session, cid)
+        assert leases.acquire(session, streams.lease_name(patient_stream), "the-worker", settings.clock(), 120)
+        erased = erase_patients(session, settings.clock, IT, cid, ["pat-000002", "pat-000002"], claimed,
+                                caller_stream_id=patient_stream.id)
+    assert (erased.rows["Patient"], erased.rows["Encounter"], erased.quarantined) == (1, their_visits, 1)
+    with database.session() as session:
+        assert counts(session, cid) == {"Patient": before["Patient"] - 1,
+                                        "Encounter": before["Encounter"] - their_visits,
+                                        "quarantined": before["quarantined"] - 1, "stream patients": 0}
+        assert {q.fhir_id for q in session.exec(select(QuarantinedResource))} == {"bad", "bad-1"}
+        assert snapshots.live_ids(session, cid, "Patient") == {"pat-000003"}
+        assert all(s.phase == "incremental" for s in streams.of_connection(session, cid)), "its sync goes on"
+        [record] = session.exec(select(AuditRecord).where(AuditRecord.action == "sync.erase_patients")).all()
+        assert (record.count, record.detail) == (erased.total, f"1 patient(s): {erased.words()}")
+        assert not leases.acquire(session, streams.lease_name(patient_stream), "another", settings.clock(), 60), \
+            "the caller's own lease is the caller's to release"
+        again = erase_patients(session, settings.clock, IT, cid, ["pat-000002"], claimed,
+                               caller_stream_id=patient_stream.id)
+    assert again.total == 0, "erasing twice erases nothing"
+
+
+def test_a_worker_syncing_a_patients_type_postpones_their_erasure(database: Database, settings: Settings) -> None:
+    cid, _ = with_a_leaver(database, settings)
+    with database.session() as session:
+        before = counts(session, cid)
+        [visits] = [s for s in streams.of_connection(session, cid) if s.resource_type == "Encounter"]
+        assert leases.acquire(session, streams.lease_name(visits), "worker-2", settings.clock(), 120)
+    with pytest.raises(ValidationError, match="a worker is syncing grouped's Encounter now"), \
+            database.session() as session:
+        erase_patients(session, settings.clock, IT, cid, ["pat-000002"], claimed)
+    with database.session() as session:
+        assert counts(session, cid) == before
+        assert not session.exec(select(AuditRecord).where(AuditRecord.action == "sync.erase_patients")).all()

@@ -1,0 +1,69 @@
+"""The patients who left the Group a connection's population is: their records go from the snapshot.
+
+Why: IT names an export Group so that the PRM holds that clinic's patients and nobody else's (workers.
+sync_strategy.group_population). A patient who leaves it (moved to another practice, taken off the list,
+marked inactive in the Group) is no longer one of them. Kept, their record would stay in the PRM, no longer
+read by any pass (every pass reads the population), so growing stale while still shown to staff and still
+reminded and recalled. So each Patient run after the first load reads the Group once and erases, with
+`prm.snapshot_erase.erase_patients`, the held patients who are neither members nor a record a member was
+merged into (followed link by link). Their rows, their open quarantined resources and every stream's note
+that it read them whole go: one who joins again is read whole again, as any newcomer.
+
+An EHR answering with a Group of no members erases nobody: an emptied Group is far likelier a mistake at the EHR
+than every patient leaving at once, and the note says so (IT can erase the whole copy: `prm sync erase`). A
+worker syncing another of the patient's types at that moment postpones the erasure to a later Patient run.
+What the PRM itself made about a patient (care tickets, outreach, the audit trail) is kept under its own rules.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prm import audit, snapshots
+from prm.errors import ValidationError
+from prm.models import Connection
+from prm.snapshot_erase import erase_patients
+from workers.ehr_access import EhrAccess
+from workers.runtime import WorkerContext
+from workers.sync_population import claimed_patient, group_members
+from workers.sync_run import StreamRun
+
+log = logging.getLogger(__name__)
+
+
+def drop_leavers(ctx: WorkerContext, access: EhrAccess, connection: Connection, stream_id: int,
+                 run: StreamRun) -> None:
+    """Erase the held patients outside the export Group's population (the caller runs the Patient stream)."""
+    group = connection.export_group or ""
+    members = group_members(access, connection, run)
+    connection_id = connection.id or 0
+    if not members:
+        run.notes.append(f"Group/{group} lists no members: nobody is removed, since an emptied Group is likelier a "
+                         "mistake at the EHR (prm sync erase removes a whole copy)")
+        log.warning("connection %s: Group/%s lists no members; no patient removed", connection.name, group)
+        return
+    actor = audit.Actor("system", access.client_name, connection_id=connection_id)
+    try:
+        with ctx.db.session() as session:
+            held = snapshots.live_ids(session, connection_id, "Patient")
+            leavers = held - population_of(members, snapshots.merge_links(session, connection_id))
+            if not leavers:
+                return
+            erased = erase_patients(session, ctx.settings.clock, actor, connection_id, leavers, claimed_patient,
+                                    caller_stream_id=stream_id)
+    except ValidationError as busy:  # nothing erased: the next Patient run tries again
+        run.notes.append(f"{len(leavers)} patient(s) who left Group/{group} stay until a later run: {busy}")
+        log.info("connection %s: leavers of Group/%s wait: %s", connection.name, group, busy)
+        return
+    run.notes.append(f"{len(leavers)} patient(s) who left Group/{group} removed ({erased.words()})")
+    log.info("connection %s: %d patient(s) who left Group/%s removed (%s)", connection.name, len(leavers), group,
+             erased.words())
+
+
+def population_of(members: set[str], merged_into: dict[str, str]) -> set[str]:
+    """The members and the records they were merged into, link after link (a survivor merged again)."""
+    population, frontier = set(members), set(members)
+    while frontier:
+        frontier = {merged_into[p] for p in frontier if p in merged_into} - population
+        population |= frontier
+    return population
