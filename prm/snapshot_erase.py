@@ -7,6 +7,9 @@ Tasks and Communications as the EHR had them), its quarantined resources, the pa
 and each stream's sync state (cursor, marks, counters, a pass under way). What stays: the connection, IT's
 settings on each stream (strategy, interval, paused), and what the PRM itself made (care tickets, outreach,
 the write-back outbox, the audit trail); those are records of the PRM's own work, kept under their own rules.
+A Bulk export the EHR is still writing for the streams keeps its place too (a status URL, no patient data):
+many EHRs refuse a second export while one runs, so enabled again the streams go on with it, or cancel it
+(DELETE on its status URL) before they start another (workers.sync_export_place).
 
 Only a disabled connection is erased (no new runs start), and only while no worker holds one of its streams:
 the erasure takes every stream's lease in its own transaction, so a run under way makes it stop with a clear
@@ -34,6 +37,7 @@ from prm.snapshot_models import QuarantinedResource, StreamPatient, SyncStream, 
 from prm.snapshot_rows import TABLES
 
 _KEPT = ("id", "connection_id", "resource_type", "enabled", "strategy", "interval_s")  # who it is, IT's settings
+_PASS = ("pass_kind", "pass_position", "pass_started")
 LEASE_S = 300.0  # held only for the erasing transaction; a lapse covers a process that dies mid-way
 # The types in the Patient compartment the snapshot holds, and the column naming each row's patient.
 PATIENT_KEYED = {"Patient": "fhir_id", "RelatedPerson": "patient_id", "Encounter": "patient_id",
@@ -150,9 +154,11 @@ def _delete_quarantined_of(session: Session, connection_id: int, patients: set[s
 
 
 def _start_afresh(stream: SyncStream) -> None:
-    """The sync state of a new stream (cursor, marks, counters, errors, a pass under way); IT's settings stay."""
+    """The sync state of a new stream (cursor, marks, counters, errors, a pass under way); IT's settings stay,
+    and the place of an export under way at the EHR."""
+    kept = _KEPT + (_PASS if stream.pass_kind == streams.EXPORT_UNDER_WAY else ())
     for name, info in SyncStream.model_fields.items():
-        if name not in _KEPT:
+        if name not in kept:
             setattr(stream, name, info.get_default(call_default_factory=True))
 
 

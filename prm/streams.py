@@ -23,6 +23,9 @@ from prm.snapshot_models import QuarantinedResource, StreamPatient, SyncStream
 SYNC_TYPES = ("Organization", "Location", "PractitionerRole", "Patient", "RelatedPerson", "Encounter",
               "Appointment", "Task", "Communication")
 LEASE_PREFIX = "sync-stream:"
+# The kind of pass a Bulk export under way keeps on its streams: the position is its status URL (as JSON with its
+# types and Group; workers.sync_export_place).
+EXPORT_UNDER_WAY = "export"
 # IT's choice per stream: auto (what `prm connection check` found), bulk (first load by Bulk export), search
 # (type-level searches throughout), patient (patient by patient over the known population), reread (every
 # resource read again each pass: for an EHR whose searches ignore `_lastUpdated` though it lists the search).

@@ -25,7 +25,7 @@ from workers.ehr_access import EhrAccess
 from workers.runtime import WorkerContext
 
 log = logging.getLogger(__name__)
-EXPORT_KIND = "export"  # the kind of pass a stream keeps the place of
+EXPORT_KIND = streams.EXPORT_UNDER_WAY  # the kind of pass a stream keeps the place of
 
 
 def export_manifest(ctx: WorkerContext, access: EhrAccess, members: Sequence[SyncStream], group: str | None,

@@ -22,6 +22,7 @@ from ehr_sandbox.config import SandboxConfig
 from prm import audit, connections, snapshots, streams
 from prm.errors import AuthExpiredError, PermanentEhrError
 from prm.models import Lease
+from prm.snapshot_erase import erase_snapshot
 from prm.snapshot_models import QuarantinedResource, SyncStream
 from prm.snapshot_rows import EncodedRows
 from tests.integration.sync_env import SyncEnv, sync_database
@@ -124,6 +125,31 @@ def test_an_export_stored_again_after_a_cut_upserts_what_the_cut_run_stored(env:
     assert tried["Encounter"] == [False], "refused once, then upserted without trying"
     assert runs["Encounter"].stored == len(env.server("Encounter"))
     assert tried["Patient"] and all(tried["Patient"])
+    in_step(env)
+
+
+def test_an_export_under_way_outlives_an_erasure_and_is_gone_on_with(env: SyncEnv, faulty: FaultyEhr) -> None:
+    """IT erases the copy while the EHR still holds the export a cut-off first load was storing: the erasure
+    takes the rows stored so far and keeps the export's place (a status URL), so enabled again the streams read
+    that export again rather than kick off a second one, which many EHRs refuse while one runs."""
+    check_connection(env.ctx, env.connection_id)
+    faulty.proxy.add_fault(r"^/fhir/bulk-files/.*/Patient\.ndjson$", method="GET", status=400)
+    with pytest.raises(PermanentEhrError):
+        env.run_all(TYPES)
+    assert env.snapshot("Encounter"), "Encounter pages were stored before the cut"
+    it, clock = audit.Actor(kind="admin", name="it", role="it_admin"), env.ctx.settings.clock
+    with env.ctx.db.session() as session:
+        connections.set_enabled(session, clock, it, "ehr", False)
+    with env.ctx.db.session() as session:
+        erased = erase_snapshot(session, clock, it, env.connection_id)
+    assert erased.rows["Encounter"] > 0 and not env.snapshot("Encounter")
+    with env.ctx.db.session() as session:
+        assert {s.pass_kind for s in streams.of_connection(session, env.connection_id)
+                if s.resource_type in TYPES} == {streams.EXPORT_UNDER_WAY}
+        connections.set_enabled(session, clock, it, "ehr", True)
+    runs = env.run_all(TYPES)
+    assert all(run.caught_up and "bulk export" in run.notes for run in runs.values())
+    assert faulty.proxy.count("GET", r"^/fhir/\$export$") == 1, "the kept export, read again"
     in_step(env)
 
 
