@@ -8,6 +8,7 @@ mid-sync; a second 401 is the caller's to handle.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,6 +19,9 @@ from connector.polite import PoliteClient
 from prm.errors import AuthExpiredError, PermanentEhrError, ValidationError
 from prm.fhir_names import is_id, is_type
 
+# A literal reference's type and id at its end (relative or absolute), with or without `/_history/<version>`.
+_REFERENCE = re.compile(r"(?:^|/)(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})"
+                        r"(?:/_history/[A-Za-z0-9\-.]{1,64})?$")
 log = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
@@ -145,16 +149,35 @@ def page_of(body: dict[str, Any]) -> Page:
                 stamp if isinstance(stamp, str) else None)
 
 
-def group_patient_ids(group: dict[str, Any]) -> list[str]:
-    """The ids of the Patients a Group lists as active members (relative or absolute references), in order."""
+@dataclass(frozen=True)
+class GroupRoster:
+    """A Group's active members: the Patients its references name (in order, once each), and how many members
+    name nobody readable (an identifier only, a contained or `urn:` reference): who those are is unknown."""
+
+    patients: tuple[str, ...]
+    unresolved: int = 0
+
+
+def group_roster(group: dict[str, Any]) -> GroupRoster:
+    """The Group's active members (relative, absolute or versioned references); members of other types (a
+    Practitioner in a person Group) are no patients, and not unresolved either."""
     found: list[str] = []
+    unresolved = 0
     for member in group.get("member") or []:
         if not isinstance(member, dict) or member.get("inactive") is True:
             continue
-        parts = str((member.get("entity") or {}).get("reference", "")).split("/")
-        if len(parts) >= 2 and parts[-2] == "Patient" and is_id(parts[-1]) and parts[-1] not in found:
-            found.append(parts[-1])
-    return found
+        reference = (member.get("entity") or {}).get("reference")
+        match = _REFERENCE.search(reference) if isinstance(reference, str) else None
+        if match is None:
+            unresolved += 1
+        elif match["type"] == "Patient" and match["id"] not in found:
+            found.append(match["id"])
+    return GroupRoster(tuple(found), unresolved)
+
+
+def group_patient_ids(group: dict[str, Any]) -> list[str]:
+    """The ids of the Patients a Group lists as active members, in order."""
+    return list(group_roster(group).patients)
 
 
 def _keep_since(next_url: str | None, asked: str) -> str | None:
@@ -210,7 +233,10 @@ class FhirReader:
 
     def group_patients(self, group_id: str) -> list[str]:
         """The Patients a Group lists as active members (the clinic's population on a Group-export EHR)."""
-        return group_patient_ids(self.read("Group", group_id))
+        return list(self.group_roster(group_id).patients)
+
+    def group_roster(self, group_id: str) -> GroupRoster:
+        return group_roster(self.read("Group", group_id))
 
     def ids(self, resource_type: str, params: list[tuple[str, str]] | None = None) -> Iterator[str]:
         """Every id the search finds (`_elements=id`, large pages): what still exists, to reconcile deletions."""

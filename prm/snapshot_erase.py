@@ -42,6 +42,9 @@ LEASE_S = 300.0  # held only for the erasing transaction; a lapse covers a proce
 # The types in the Patient compartment the snapshot holds, and the column naming each row's patient.
 PATIENT_KEYED = {"Patient": "fhir_id", "RelatedPerson": "patient_id", "Encounter": "patient_id",
                  "Appointment": "patient_id"}
+# The streams that store a patient's rows or note them read whole (patient by patient, our Tasks and
+# Communications are searched per patient too): each is leased while patients are erased.
+_HOLD_PATIENTS = (*PATIENT_KEYED, "Task", "Communication")
 # Which patient a quarantined resource (raw, possibly malformed) names: fhir_mappings knows FHIR's shapes.
 ClaimedPatient = Callable[[str, dict[str, Any]], str | None]
 
@@ -95,17 +98,18 @@ def erase_patients(session: Session, clock: Clock, actor: audit.Actor, connectio
                    caller_stream_id: int | None = None) -> Erased:
     """Erase these patients from the connection's copy in the caller's transaction, audited as
     `sync.erase_patients` (counts only): their rows of the Patient compartment's types, the quarantined resources
-    that name them, and every stream's note that it read them whole (one who comes back is read whole again).
+    that name them, and every stream's note that it read them whole (one who comes back is read whole again,
+    our Tasks and Communications about them too).
 
-    ValidationError when a worker is syncing one of those types now (the caller's own stream aside, whose lease
-    the caller holds): nothing erased, the caller tries again on a later run."""
+    ValidationError when a worker is syncing one of those streams now (the caller's own stream aside, whose
+    lease the caller holds): nothing erased, the caller tries again on a later run."""
     connection = connections.get(session, connection_id)
     if connection is None:
         raise NotFoundError(f"no connection with id {connection_id}")
     patients = sorted(set(patient_ids))
     if not patients:
         return Erased({}, 0)
-    stream_rows = [s for s in streams.of_connection(session, connection_id) if s.resource_type in PATIENT_KEYED]
+    stream_rows = [s for s in streams.of_connection(session, connection_id) if s.resource_type in _HOLD_PATIENTS]
     holder = _take_leases(session, clock, connection.name, [s for s in stream_rows if s.id != caller_stream_id])
     rows = {resource_type: 0 for resource_type in PATIENT_KEYED}
     for chunk in in_chunks(patients):

@@ -16,7 +16,7 @@ from sqlmodel import Session, SQLModel, col, select
 from prm.db import in_chunks
 from prm.fhir_names import is_id
 from prm.pg_copy import COPY_FROM_ROWS
-from prm.snapshot_models import PatientRecord, WrittenResource, tombstone_values
+from prm.snapshot_models import Booking, PatientRecord, RelatedContact, Visit, WrittenResource, tombstone_values
 from prm.snapshot_rows import TABLES, encode_rows, newest_by_id, store_encoded, store_new, upsert_statement
 
 __all__ = [
@@ -60,6 +60,18 @@ def merge_survivors(session: Session, connection_id: int) -> set[str]:
     """The records live patients were merged into (`Patient.link` replaced-by), to follow: where the EHR lists
     patients only by a Group, a survivor outside it would otherwise never be read, nor its visits."""
     return set(merge_links(session, connection_id).values())
+
+
+def patients_named(session: Session, connection_id: int) -> set[str]:
+    """Every patient a live row of the Patient compartment names: the Patients held, and the patients of the
+    visits, bookings and contacts held (one stored without its patient's record is named too)."""
+    named = live_ids(session, connection_id, "Patient")
+    for table in (Visit, Booking, RelatedContact):
+        query = select(table.patient_id).distinct().where(
+            col(table.connection_id) == connection_id, col(table.deleted).is_(False),
+            col(table.patient_id).is_not(None))
+        named.update(p for p in session.exec(query) if p)
+    return named
 
 
 def merge_links(session: Session, connection_id: int) -> dict[str, str]:

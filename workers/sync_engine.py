@@ -166,7 +166,7 @@ def _sync_steps(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, conne
     if run.caught_up and kept_to_group(stream, connection):  # the Group's newcomers, whose records are older
         read_newcomers(ctx, access, connection, stream_id, run, lease, deadline, progress)
     if run.caught_up and not first_load and stream.resource_type == "Patient" and group_population(stream, connection):
-        drop_leavers(ctx, access, connection, stream_id, run)  # and its leavers, whose records go
+        drop_leavers(ctx, access, connection, stream_id, run, lease)  # and its leavers, whose records go
     marks: dict[str, datetime | None] = {}
     if run.caught_up:
         if first_load:
@@ -298,7 +298,9 @@ def _finish_export(ctx: WorkerContext, connection: Connection, manifest: dict[st
         scoped = [member for member, _, _ in held
                   if _patient_scoped(member, connection) or kept_to_group(member, connection)]
         if scoped:
-            covered = members if members is not None else snapshots.live_ids(session, connection.id or 0, "Patient")
+            held_now = snapshots.live_ids(session, connection.id or 0, "Patient")
+            # A member who joined after the export began (a kept one resumed later, say) is not in it: read whole.
+            covered = held_now if members is None else set(members) & held_now
             for member in scoped:
                 streams.note_patients_read(session, member.id or 0, covered)
         for member, _, run in held:

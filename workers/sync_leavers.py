@@ -9,9 +9,12 @@ reminded and recalled. So each Patient run after the first load reads the Group 
 merged into (followed link by link). Their rows, their open quarantined resources and every stream's note
 that it read them whole go: one who joins again is read whole again, as any newcomer.
 
-An EHR answering with a Group of no members erases nobody: an emptied Group is far likelier a mistake at the EHR
-than every patient leaving at once, and the note says so (IT can erase the whole copy: `prm sync erase`). A
-worker syncing another of the patient's types at that moment postpones the erasure to a later Patient run.
+Who left is told only from a Group fhir-prm can read whole: one that lists no members (far likelier a mistake
+at the EHR than every patient leaving at once) or names some by no readable Patient reference (an identifier
+only) erases nobody, and the note says so (IT can erase the whole copy: `prm sync erase`). The held patients
+are those any patient-keyed row names, not only those with a Patient row: a row stored without its patient's
+leaves too. A worker syncing another of the patient's types at that moment postpones the erasure to a later
+Patient run.
 What the PRM itself made about a patient (care tickets, outreach, the audit trail) is kept under its own rules.
 """
 
@@ -25,30 +28,36 @@ from prm.models import Connection
 from prm.snapshot_erase import erase_patients
 from workers.ehr_access import EhrAccess
 from workers.runtime import WorkerContext
-from workers.sync_population import claimed_patient, group_members
+from workers.stream_leases import LeaseLost, StreamLease
+from workers.sync_population import claimed_patient, group_roster
 from workers.sync_run import StreamRun
 
 log = logging.getLogger(__name__)
 
 
 def drop_leavers(ctx: WorkerContext, access: EhrAccess, connection: Connection, stream_id: int,
-                 run: StreamRun) -> None:
-    """Erase the held patients outside the export Group's population (the caller runs the Patient stream)."""
+                 run: StreamRun, lease: StreamLease) -> None:
+    """Erase the patients held outside the export Group's population; the caller runs the Patient stream, whose
+    lease is renewed in the erasing transaction (LeaseLost, nothing erased, when another worker has it)."""
     group = connection.export_group or ""
-    members = group_members(access, connection, run)
+    roster = group_roster(access, connection, run)
     connection_id = connection.id or 0
-    if not members:
-        run.notes.append(f"Group/{group} lists no members: nobody is removed, since an emptied Group is likelier a "
-                         "mistake at the EHR (prm sync erase removes a whole copy)")
-        log.warning("connection %s: Group/%s lists no members; no patient removed", connection.name, group)
+    if not roster.patients or roster.unresolved:
+        why = (f"Group/{group} names {roster.unresolved} member(s) by no Patient reference fhir-prm can read"
+               if roster.unresolved else f"Group/{group} lists no members")
+        run.notes.append(f"{why}: nobody is removed, since who left cannot be told (prm sync erase removes a "
+                         "whole copy)")
+        log.warning("connection %s: %s; no patient removed", connection.name, why)
         return
     actor = audit.Actor("system", access.client_name, connection_id=connection_id)
     try:
         with ctx.db.session() as session:
-            held = snapshots.live_ids(session, connection_id, "Patient")
-            leavers = held - population_of(members, snapshots.merge_links(session, connection_id))
+            named = snapshots.patients_named(session, connection_id)
+            leavers = named - population_of(set(roster.patients), snapshots.merge_links(session, connection_id))
             if not leavers:
                 return
+            if not lease.take_in(session):
+                raise LeaseLost(lease.name)
             erased = erase_patients(session, ctx.settings.clock, actor, connection_id, leavers, claimed_patient,
                                     caller_stream_id=stream_id)
     except ValidationError as busy:  # nothing erased: the next Patient run tries again
@@ -61,9 +70,12 @@ def drop_leavers(ctx: WorkerContext, access: EhrAccess, connection: Connection, 
 
 
 def population_of(members: set[str], merged_into: dict[str, str]) -> set[str]:
-    """The members and the records they were merged into, link after link (a survivor merged again)."""
+    """The members and the records merged with them either way, link after link: the record a member was merged
+    into (a survivor merged again too), and a held record merged into a member (the EHR may list only the
+    survivor; the patient's overview shows visits under either record)."""
     population, frontier = set(members), set(members)
     while frontier:
-        frontier = {merged_into[p] for p in frontier if p in merged_into} - population
+        frontier = ({merged_into[p] for p in frontier if p in merged_into}
+                    | {old for old, survivor in merged_into.items() if survivor in frontier}) - population
         population |= frontier
     return population

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlmodel import Session
 
+from connector.fhir_reader import GroupRoster
 from prm import snapshots
 from prm.models import Connection
 from workers.ehr_access import EhrAccess
@@ -61,8 +62,13 @@ def population_keeps(session: Session, connection_id: int, resource_type: str,
 
 
 def group_members(access: EhrAccess, connection: Connection, run: StreamRun) -> set[str]:
+    """The export Group's active Patient members (`group_roster`)."""
+    return set(group_roster(access, connection, run).patients)
+
+
+def group_roster(access: EhrAccess, connection: Connection, run: StreamRun) -> GroupRoster:
     """The export Group's active members, read once a run: the Patient stream's population and its leavers
     (workers.sync_leavers) both start from them, and a clinic's Group can list thousands."""
-    if run.group_members is None:
-        run.group_members = frozenset(access.reader.group_patients(connection.export_group or ""))
-    return set(run.group_members)
+    if run.group_roster is None:
+        run.group_roster = access.reader.group_roster(connection.export_group or "")
+    return run.group_roster

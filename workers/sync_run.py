@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from connector.fhir_reader import GroupRoster
+
 Progress = Callable[[str, int], None]
 # A cursor or mark taken from the EHR's clock is set this far back: a change the EHR committed with an earlier
 # stamp after we read (long transactions, clocks of several nodes) is read again next time, never lost.
@@ -26,7 +28,7 @@ class StreamRun:
     server_started: datetime | None = None  # the EHR's clock when this run first read (search time or export)
     notes: list[str] = field(default_factory=list)
     companions: list[StreamRun] = field(default_factory=list)  # streams whose first load shared this export
-    group_members: frozenset[str] | None = None  # the export Group's, once read this run (sync_population)
+    group_roster: GroupRoster | None = None  # the export Group's members, once read this run (sync_population)
 
 
 def count_page(run: StreamRun, stored: int, deleted: int, quarantined: int, progress: Progress | None) -> None:

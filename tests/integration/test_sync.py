@@ -566,6 +566,13 @@ def test_a_group_scoped_connection_never_takes_in_other_patients_as_they_change(
         emptied = fresh.run_all(("Patient",))["Patient"]
         assert any(n.startswith("Group/dental-patients lists no members: nobody is removed") for n in emptied.notes)
         assert_group_in_step(fresh, staying)
+        unreadable = group_of("dental-patients", staying[1:])  # one leaves, one joins known by an identifier only
+        unreadable["member"].append({"entity": {"identifier": {"system": "urn:mrn", "value": "88"}}})  # type: ignore[attr-defined]
+        fresh.put(unreadable)
+        untold = fresh.run_all(("Patient",))["Patient"]
+        assert any(n.startswith("Group/dental-patients names 1 member(s) by no Patient reference fhir-prm can read: "
+                                "nobody is removed") for n in untold.notes)
+        assert staying[0] in {i for i, _ in fresh.snapshot("Patient")}
 
 
 def test_a_group_member_merged_into_a_record_outside_the_group_is_followed(tmp_path: Path) -> None:

@@ -153,6 +153,33 @@ def test_an_export_under_way_outlives_an_erasure_and_is_gone_on_with(env: SyncEn
     in_step(env)
 
 
+def test_a_member_who_joined_after_a_kept_group_export_began_is_read_whole(tmp_path: Path) -> None:
+    """A Group's export cut off, then gone on with in a later run: a patient who joined the Group meanwhile is
+    not in it, so is not counted as read from it (the Group read now lists them), and is read whole."""
+    with FaultyEhr(SandboxConfig(profile="group-export-only", port=0, fhir_internal_port=0)) as ehr, \
+            sync_database(ehr.stack, tmp_path) as grouped:
+        patients = sorted(i for i, _ in grouped.server("Patient"))
+        members, joining = patients[:20], patients[40]
+
+        def group(listed: list[str]) -> dict[str, object]:
+            return {"resourceType": "Group", "id": "dental", "type": "person", "actual": True,
+                    "member": [{"entity": {"reference": f"Patient/{p}"}} for p in listed]}
+
+        grouped.put(group(members))
+        grouped.set_export_group("dental")
+        check_connection(grouped.ctx, grouped.connection_id)
+        types = ("Patient", "Encounter")
+        ehr.proxy.add_fault(r"^/fhir/bulk-status/", method="GET", status=400)
+        with pytest.raises(PermanentEhrError):
+            grouped.run_all(types)
+        grouped.put(group([*members, joining]))
+        grouped.run_all(types)
+        grouped.run_all(types)  # the joiner's Patient record first, then their visits
+        assert ehr.proxy.count("GET", r"^/fhir/Group/dental/\$export$") == 1, "the kept export, gone on with"
+        for resource_type in types:
+            assert grouped.snapshot(resource_type) == grouped.server(resource_type, [*members, joining])
+
+
 def test_a_kept_export_the_ehr_has_forgotten_is_replaced_once(env: SyncEnv, faulty: FaultyEhr) -> None:
     check_connection(env.ctx, env.connection_id)
     faulty.proxy.add_fault(r"^/fhir/bulk-status/", method="GET", status=400)

@@ -8,7 +8,15 @@ import pytest
 import requests
 
 from connector.bulk import BulkExport
-from connector.fhir_reader import Authed, _keep_since, group_patient_ids, in_last_updated_order, page_of
+from connector.fhir_reader import (
+    Authed,
+    GroupRoster,
+    _keep_since,
+    group_patient_ids,
+    group_roster,
+    in_last_updated_order,
+    page_of,
+)
 from connector.polite import PoliteClient
 from prm.errors import PermanentEhrError
 from tests.support.fault_proxy import FaultProxy
@@ -50,8 +58,13 @@ def test_a_groups_patients_are_its_active_patient_members() -> None:
         {"entity": {"reference": "Practitioner/x"}},
         {"entity": {"reference": "Patient/p-1"}},
         {"entity": {"display": "no reference"}},
+        {"entity": {"reference": "Patient/p-4/_history/2"}},
+        {"entity": {"identifier": {"system": "urn:mrn", "value": "123"}}},
+        {"entity": {"reference": "urn:uuid:5a0c"}},
     ]}
-    assert group_patient_ids(group) == ["p-1", "p-2"]
+    assert group_patient_ids(group) == ["p-1", "p-2", "p-4"]
+    assert group_roster(group) == GroupRoster(("p-1", "p-2", "p-4"), unresolved=3), \
+        "members it cannot tell are counted: who they are is unknown"
 
 
 def test_anything_but_a_bundle_is_permanent() -> None:

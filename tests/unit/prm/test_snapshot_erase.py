@@ -154,8 +154,9 @@ def with_a_leaver(database: Database, settings: Settings) -> tuple[int, SyncStre
         for n, patient in enumerate(("pat-000002", "pat-000003")):
             streams.quarantine(session, settings.clock, cid, "Encounter", {
                 "resourceType": "Encounter", "id": f"bad-{n}", "subject": {"reference": f"Patient/{patient}"}}, "x")
-        [patient_stream] = [s for s in streams.of_connection(session, cid) if s.resource_type == "Patient"]
-    return cid, patient_stream
+        by_type = {s.resource_type: s for s in streams.of_connection(session, cid)}
+        session.add(StreamPatient(stream_id=by_type["Task"].id or 0, patient_id="pat-000002"))  # ours, searched
+    return cid, by_type["Patient"]
 
 
 def test_erasing_a_patient_takes_their_records_and_only_theirs(database: Database, settings: Settings) -> None:
@@ -170,6 +171,7 @@ def test_erasing_a_patient_takes_their_records_and_only_theirs(database: Databas
                                 caller_stream_id=patient_stream.id)
     assert (erased.rows["Patient"], erased.rows["Encounter"], erased.quarantined) == (1, their_visits, 1)
     with database.session() as session:
+        assert before["stream patients"] == 2, "the Encounter stream's note and the Task stream's"
         assert counts(session, cid) == {"Patient": before["Patient"] - 1,
                                         "Encounter": before["Encounter"] - their_visits,
                                         "quarantined": before["quarantined"] - 1, "stream patients": 0}
@@ -185,13 +187,16 @@ def test_erasing_a_patient_takes_their_records_and_only_theirs(database: Databas
     assert again.total == 0, "erasing twice erases nothing"
 
 
-def test_a_worker_syncing_a_patients_type_postpones_their_erasure(database: Database, settings: Settings) -> None:
+@pytest.mark.parametrize("busy", ["Encounter", "Task"])
+def test_a_worker_syncing_a_patients_type_postpones_their_erasure(database: Database, settings: Settings,
+                                                                  busy: str) -> None:
+    """Encounter stores their visits; Task, searched patient by patient, notes them read whole."""
     cid, _ = with_a_leaver(database, settings)
     with database.session() as session:
         before = counts(session, cid)
-        [visits] = [s for s in streams.of_connection(session, cid) if s.resource_type == "Encounter"]
-        assert leases.acquire(session, streams.lease_name(visits), "worker-2", settings.clock(), 120)
-    with pytest.raises(ValidationError, match="a worker is syncing grouped's Encounter now"), \
+        [syncing] = [s for s in streams.of_connection(session, cid) if s.resource_type == busy]
+        assert leases.acquire(session, streams.lease_name(syncing), "worker-2", settings.clock(), 120)
+    with pytest.raises(ValidationError, match=f"a worker is syncing grouped's {busy} now"), \
             database.session() as session:
         erase_patients(session, settings.clock, IT, cid, ["pat-000002"], claimed)
     with database.session() as session:
