@@ -191,8 +191,8 @@ def judge_resources(statement: dict[str, Any], findings: Findings) -> dict[str, 
                 findings.error(f"the CapabilityStatement lists no {lacking} for {rtype}, which sync needs")
             else:
                 findings.warn(f"the CapabilityStatement lists no {lacking} for {rtype}: {WITHOUT_READ[rtype]} "
-                              "(pause its stream so it stops asking: the connection page, or `prm sync pause "
-                              f"--connection NAME --type {rtype}`)")
+                              "if the EHR refuses it (its stream then pauses itself, and a check that finds it "
+                              "offered resumes it)")
     return out
 
 

@@ -30,6 +30,8 @@ class Profile:
     # Subscriptions as the CapabilityStatement lists them: "backport" (topic-based, R4 Backport IG) or "criteria"
     # (plain R4 only: a search as criteria, empty rest-hook notifications; the backport is not listed)
     subscriptions: str = "backport"
+    # resource types the EHR does not hold: left out of the CapabilityStatement, and 404 (not-supported) if asked
+    unserved_types: frozenset[str] = field(default_factory=frozenset)
 
 
 PROFILES: dict[str, Profile] = {p.name: p for p in [
@@ -63,6 +65,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
             "_lastUpdated search: no window can find what changed", ignores_sort=True, ignores_last_updated=True),
     Profile("criteria-subscriptions", "Plain R4 Subscriptions only (a search as criteria, empty notifications), "
             "no topic-based ones", subscriptions="criteria"),
+    Profile("no-related-person", "Holds no RelatedPerson (no guardians or carers): unlisted, and 404 if asked",
+            unserved_types=frozenset({"RelatedPerson"})),
     Profile("racy-conditional-create", "If-None-Exist is a search, a pause and a blind create: parallel conditional "
             "creates make duplicates, then every one for that identifier is 412", conditional_create_race_s=0.3),
 ]}

@@ -54,6 +54,7 @@ def _with_smart_security(cap: dict[str, Any], smart: SmartAuth) -> dict[str, Any
                     res["extension"] = [e for e in res.get("extension", []) if "backport" not in e.get("url", "")]
                     res["operation"] = [op for op in res.get("operation", [])
                                         if op.get("name") not in ("status", "$status")]
+        rest["resource"] = [r for r in rest.get("resource", []) if r.get("type") not in smart.profile.unserved_types]
         levels = smart.profile.export_levels
         if "system" not in levels:
             rest["operation"] = [op for op in rest.get("operation", []) if op.get("name") != "export"]
@@ -108,6 +109,8 @@ def build_blueprint(smart: SmartAuth) -> Blueprint:
                            {"WWW-Authenticate": f'Bearer realm="{smart.iss}", error="invalid_token"'})
         if not smart.profile.history and "_history" in path.split("/"):
             return outcome(404, "not-supported", "this EHR does not support _history")
+        if path.split("/")[0] in smart.profile.unserved_types:
+            return outcome(404, "not-supported", f"this EHR holds no {path.split('/')[0]}")
         args = list(request.args.items(multi=True))
         inter = classify(request.method, path)
         patient = token.user.patient if token.user else None

@@ -271,6 +271,9 @@ class SyncStream(SQLModel, table=True):
     connection_id: int = Field(foreign_key="connection.id", index=True)
     resource_type: str = Field(max_length=30)
     enabled: bool = True
+    # Why the sync paused the stream itself (the EHR refused a type its check found unlisted or not granted);
+    # None when IT paused it, or it runs. IT's pause or resume clears it; a check finding the type resumes it.
+    pause_note: str | None = Field(default=None, max_length=500)
     strategy: str = Field(default="auto", max_length=20)  # auto | bulk | search | patient (IT may override)
     phase: str = Field(default="initial", max_length=20)  # initial | incremental
     interval_s: int = 300

@@ -90,6 +90,31 @@ def set_enabled(session: Session, clock: Clock, actor: audit.Actor, connection_i
                         "sync.resume" if enabled else "sync.pause", None)
 
 
+def pause_refused(session: Session, clock: Clock, actor: audit.Actor, stream: SyncStream, note: str) -> None:
+    """The EHR refused a type that its check found it does not offer us (unlisted, or not granted): the stream
+    pauses as if IT had paused it (it stops asking and stops counting as failing), with why, audited as
+    `sync.pause`. Only the refusal and the check together pause it: a type the CapabilityStatement leaves out
+    but the EHR serves is synced, and a refusal of a type the check found offered is an error for IT."""
+    stream.enabled, stream.pause_note = False, note[:500]
+    session.add(stream)
+    audit.record(session, clock, actor, "sync.pause", connection_id=stream.connection_id, entity=stream.resource_type,
+                 detail="the EHR refused a type it does not offer")
+
+
+def resume_offered(session: Session, clock: Clock, actor: audit.Actor, connection_id: int,
+                   offered: Collection[str]) -> list[SyncStream]:
+    """After a check: streams the sync paused for a refusal (`pause_refused`) whose type the EHR now offers run
+    again from where they stopped, audited as `sync.resume`; returns them (the caller makes their runs due)."""
+    resumed = [s for s in of_connection(session, connection_id)
+               if not s.enabled and s.pause_note and s.resource_type in offered]
+    for stream in resumed:
+        stream.enabled, stream.pause_note = True, None
+        session.add(stream)
+        audit.record(session, clock, actor, "sync.resume", connection_id=connection_id, entity=stream.resource_type,
+                     detail="the EHR's check found the type offered")
+    return resumed
+
+
 INTERVAL_LIMITS_S = (30, 86400)  # a run at most every 30 s (the EHR's request budget still applies), at least daily
 
 
@@ -115,6 +140,8 @@ def _change_each(session: Session, clock: Clock, actor: audit.Actor, connection_
     for stream in _named(session, connection_id, resource_types):
         if getattr(stream, field) != value:
             setattr(stream, field, value)
+            if field == "enabled":  # IT's word on a stream the sync paused for a refusal replaces the sync's
+                stream.pause_note = None
             session.add(stream)
             audit.record(session, clock, actor, action, connection_id=connection_id, entity=stream.resource_type,
                          detail=detail)

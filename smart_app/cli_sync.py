@@ -29,6 +29,7 @@ def _when(value: datetime | None) -> str:
 def _status_row(name: str, stream: SyncStream, now: datetime, open_quarantined: int, held: int) -> dict[str, Any]:
     lag = (now - stream.caught_up_at).total_seconds() if stream.caught_up_at else None
     return {"connection": name, "type": stream.resource_type, "phase": stream.phase, "enabled": stream.enabled,
+            "pause_note": stream.pause_note,
             "strategy": stream.strategy, "interval_s": stream.interval_s,
             "cursor": stream.cursor.isoformat() if stream.cursor else None,
             "last_success": stream.last_success_at.isoformat() if stream.last_success_at else None,
@@ -91,7 +92,7 @@ def sync_status(name: str | None, as_json: bool) -> None:
             continue
         success = (row["last_success"] or "never")[:19].replace("T", " ")
         cursor = (row["cursor"] or "-")[:19].replace("T", " ")
-        under_way = "" if row["enabled"] else "[paused] "
+        under_way = "" if row["enabled"] else f"[paused: {row['pause_note']}] " if row["pause_note"] else "[paused] "
         under_way += f"[{row['pass']['kind']} pass under way] " if row["pass"] else ""
         under_way += f"[reading everything again: {row['reload']}] " if row["reload"] else ""
         click.echo(f"{row['connection']:14} {row['type']:17} {row['phase']:11} {row['held']:>9} "

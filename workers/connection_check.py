@@ -1,5 +1,6 @@
 """`prm connection check` wired: load a connection with its secrets, probe the EHR, store and audit the profile,
-and bring the check of our Subscriptions at that EHR forward."""
+bring the check of our Subscriptions at that EHR forward, and resume the streams the sync paused for a type the
+EHR now offers."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ from typing import Any
 from sqlmodel import Session
 
 from connector import capability
-from prm import audit, connections, jobs
+from prm import audit, connections, jobs, streams
 from prm.crypto import SecretBox
 from prm.errors import NotFoundError
 from prm.models import Connection
 from workers import subscriptions
 from workers.backend_auth import backend_credentials
 from workers.runtime import WorkerContext
+from workers.stream_offers import not_offered
+from workers.sync import SYNC_STREAM
 
 log = logging.getLogger(__name__)
 CHECKER = audit.Actor(kind="system", name="connection-check")
@@ -44,6 +47,9 @@ def check_connection(ctx: WorkerContext, connection_id: int, actor: audit.Actor 
         if row is None:
             raise NotFoundError(f"connection {connection_id} was removed during the check")
         connections.record_capability(session, ctx.settings.clock, row, profile)
+        offered = [t for t in streams.SYNC_TYPES if not_offered(row, t) is None]
+        for stream in streams.resume_offered(session, ctx.settings.clock, actor or CHECKER, connection_id, offered):
+            jobs.wake(session, SYNC_STREAM, stream.id or 0, ctx.settings.clock())  # paused for a refusal: offered now
         if row.enabled and row.backend_client_id and subscriptions.usable(row):
             # IT checks a connection after a change at the EHR (an upgrade, a restore, other topics): our
             # Subscriptions there are checked at the sweeper's next pass, not at the end of the usual interval.

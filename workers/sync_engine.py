@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
-from prm import connections, snapshots, streams
-from prm.errors import AuthExpiredError
+from prm import audit, connections, snapshots, streams
+from prm.errors import AuthExpiredError, loggable
 from prm.models import Connection
 from prm.snapshot_models import SyncStream
 from workers.ehr_access import EhrAccess, access_for
@@ -26,6 +26,7 @@ from workers.page_prep import PreparedPage, Target, prepare_lines
 from workers.prep_helper import Preparer, preparer
 from workers.runtime import WorkerContext
 from workers.stream_leases import LeaseLost, StreamLease, release_together, renew_together
+from workers.stream_offers import pause_note
 from workers.sync_deletions import PATIENT_PARAM, find_deletions
 from workers.sync_export_place import EXPORT_KIND, export_manifest
 from workers.sync_history import history_feeds, next_mark, read_history, store_history, store_news
@@ -37,6 +38,7 @@ from workers.sync_strategy import group_population, kept_to_group, strategy_of
 from workers.sync_windows import RELOADED, read_windows, reread_all
 
 log = logging.getLogger(__name__)
+SYNCER = audit.Actor("system", "sync")  # what the sync itself decides about a stream
 AFTER_EXPORT_AT_ONCE = 4  # the polite client's default bound on requests in flight
 Held = list[tuple[SyncStream, StreamLease, StreamRun]]  # the streams a run holds, each with its lease
 
@@ -80,16 +82,23 @@ def run_stream(ctx: WorkerContext, stream_id: int, *, time_budget_s: float = 120
                                              deadline, progress) for member, member_lease, member_run in held]:
                     finished.result()
     except Exception as exc:
+        note = pause_note(connection, stream.resource_type, exc) if len(held) == 1 else None
         with ctx.db.session() as session:
             for member, _, _ in held:
                 fresh = streams.get(session, member.id or 0)
                 streams.record_error(fresh, ctx.settings.clock, f"{type(exc).__name__}: {exc}")
+                if note is not None:  # a type the EHR does not offer us: not a failure to alert on
+                    streams.pause_refused(session, ctx.settings.clock, SYNCER, fresh, note)
                 session.add(fresh)
             if isinstance(exc, AuthExpiredError):  # refused again after re-authenticating: IT must act
                 connections.flag_for_it(session, ctx.settings.clock, stream.connection_id,
                                         f"the EHR refused the backend token after re-authentication "
                                         f"({stream.resource_type} sync): {exc}")
-        raise
+        if note is None:
+            raise
+        log.warning("stream %s (%s): paused, the EHR refuses a type it does not offer: %s", stream.id,
+                    stream.resource_type, loggable(exc))
+        run.notes.append(note)
     finally:
         release_together(ctx, [member_lease for _, member_lease, _ in held])
     return run

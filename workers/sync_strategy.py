@@ -7,6 +7,7 @@ from __future__ import annotations
 from fhir_mappings.written import WRITTEN_TYPES
 from prm.models import Connection
 from prm.snapshot_models import SyncStream
+from workers.stream_offers import not_offered
 
 # Types in the Patient compartment (FHIR R4 CompartmentDefinition): what a Group-level export holds.
 GROUP_EXPORTED = ("Patient", "RelatedPerson", "Encounter", "Appointment")
@@ -29,6 +30,8 @@ def strategy_of(stream: SyncStream, connection: Connection) -> tuple[str, str]:
         initial = initial if initial.startswith("bulk-export") else "search"
     if stream.resource_type in WRITTEN_TYPES:
         initial = "search"  # ours are found by our identifier system, not exported wholesale
+    elif not_offered(connection, stream.resource_type):
+        initial = "search"  # not in an export's _type, which a strict EHR refuses whole for one unknown type
     if initial == "bulk-export-group" and (not connection.export_group or stream.resource_type not in GROUP_EXPORTED):
         initial = "search"  # no Group named, or a directory type: those are outside the patients' compartments
     return initial, incremental

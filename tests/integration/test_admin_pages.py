@@ -21,7 +21,7 @@ from sqlmodel import col, select
 
 from ehr_sandbox.stack import SandboxStack
 from fhir_mappings.patient import patient_record_from_patient
-from prm import leases, snapshots, streams
+from prm import audit, leases, snapshots, streams
 from prm.crypto import SecretBox
 from prm.db import Database
 from prm.models import AuditRecord, Connection, Job
@@ -702,6 +702,33 @@ def test_it_pauses_a_stream_the_ehr_does_not_offer_and_resumes_it(live_app: Live
     changes = rows(live_app, AuditRecord, col(AuditRecord.action).in_(("sync.pause", "sync.resume")))
     assert [(r.action, r.entity) for r in sorted(changes, key=lambda r: r.id or 0)] == [
         ("sync.pause", "PractitionerRole"), ("sync.resume", "PractitionerRole")]
+
+
+def test_a_stream_the_sync_paused_for_a_refusal_says_why_until_it_resumes(live_app: LiveApp, sandbox: SandboxStack,
+                                                                        accounts: dict[str, str]) -> None:
+    """The EHR refused a type its check found it does not offer (workers.stream_offers): the row says paused
+    by the sync and why, as `prm sync status` does; IT's resume runs it again and the note goes."""
+    with_streams(live_app, sandbox)
+    row = connection(live_app, "sandbox")
+    assert row is not None
+    why = ("the EHR refused Location (HTTP 404) and its CapabilityStatement lists no Location: paused; a check of "
+           "the connection that finds it offered resumes it")
+    database = Database(live_app.database_url)
+    try:
+        with database.session() as session:
+            [location] = [s for s in streams.of_connection(session, row.id or 0) if s.resource_type == "Location"]
+            streams.pause_refused(session, lambda: datetime.now(UTC), audit.Actor("system", "sync"), location, why)
+    finally:
+        database.dispose()
+    page = signed_in(live_app, accounts["it_admin"]).get("/admin/connections/sandbox").text
+    assert re.search(r'<tr data-type="Location">.*?<span class="paused">paused</span> '
+                     r'<small class="pause-note">by the sync: the EHR refused Location \(HTTP 404\)', page, re.S)
+    table = live_app.prm("sync", "status", "--connection", "sandbox").stdout.splitlines()
+    assert f"[paused: {why}]" in next(line for line in table if line.split()[1] == "Location")
+    resumed = live_app.prm("sync", "resume", "--connection", "sandbox", "--type", "Location")
+    assert resumed.returncode == 0, resumed.stderr
+    status = json.loads(live_app.prm("sync", "status", "--connection", "sandbox", "--json").stdout)
+    assert [(r["enabled"], r["pause_note"]) for r in status if r.get("type") == "Location"] == [(True, None)]
 
 
 def test_it_erases_a_disabled_connections_synced_copy_having_typed_its_name(live_app: LiveApp,

@@ -137,8 +137,8 @@ def test_resources_list_interactions_and_name_what_is_missing() -> None:
     assert "the CapabilityStatement lists no search for Encounter, which sync needs" in findings.errors
     assert "the CapabilityStatement lists no read and search for Appointment, which sync needs" in findings.errors
     assert ("the CapabilityStatement lists no read and search for RelatedPerson: guardians and contacts will not "
-            "be synced (pause its stream so it stops asking: the connection page, or `prm sync pause --connection "
-            "NAME --type RelatedPerson`)") in findings.warnings
+            "be synced if the EHR refuses it (its stream then pauses itself, and a check that finds it offered "
+            "resumes it)") in findings.warnings
     assert judge_statement_version({"fhirVersion": "5.0.0"}, findings) == "5.0.0"
     assert findings.errors[-1] == "the CapabilityStatement says FHIR 5.0.0; fhir-prm speaks FHIR R4 (4.0.x)"
 

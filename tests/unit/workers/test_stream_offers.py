@@ -1,0 +1,45 @@
+"""Which refusals pause a stream: an optional type the check found unlisted, lacking an interaction, or not
+granted, refused by the EHR (403, 404, 405, or 400 not-supported); nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prm.errors import PermanentEhrError, TransientEhrError
+from prm.models import Connection
+from workers.stream_offers import not_offered, pause_note
+
+
+def checked(**resources: dict[str, Any]) -> Connection:
+    return Connection(name="ehr", iss="https://ehr.example/fhir", client_id="prm",
+                      capability_profile={"resources": resources})
+
+
+OFFERED = {"listed": True, "read": True, "search": True, "granted": "rs"}
+
+
+def test_an_optional_type_is_not_offered_when_unlisted_lacking_read_or_search_or_not_granted() -> None:
+    assert not_offered(checked(Location={"listed": False}), "Location") == \
+        "its CapabilityStatement lists no Location"
+    assert not_offered(checked(Location={**OFFERED, "search": False}), "Location") == \
+        "its CapabilityStatement lists no search for Location"
+    assert not_offered(checked(Location={**OFFERED, "granted": "r"}), "Location") == \
+        "our backend client was not granted Location search"
+    assert not_offered(checked(Location=OFFERED), "Location") is None
+    assert not_offered(checked(Location={**OFFERED, "granted": None}), "Location") is None, "no token: unknown"
+    assert not_offered(Connection(name="ehr", iss="https://x", client_id="p"), "Location") is None, "never checked"
+    assert not_offered(checked(Patient={"listed": False}), "Patient") is None, "sync cannot do without it"
+
+
+def test_only_the_ehrs_refusal_of_a_type_it_does_not_offer_pauses() -> None:
+    unlisted = checked(RelatedPerson={"listed": False})
+    for refusal in (PermanentEhrError("no", 404), PermanentEhrError("no", 403), PermanentEhrError("no", 405),
+                    PermanentEhrError("no", 400, ("not-supported",))):
+        assert pause_note(unlisted, "RelatedPerson", refusal) == (
+            f"the EHR refused RelatedPerson (HTTP {refusal.status}) and its CapabilityStatement lists no "
+            "RelatedPerson: paused; a check of the connection that finds it offered resumes it")
+    for other in (PermanentEhrError("bad", 400, ("invalid",)), PermanentEhrError("gone", 410),
+                  TransientEhrError("busy"), ValueError("ours")):
+        assert pause_note(unlisted, "RelatedPerson", other) is None, other
+    assert pause_note(checked(RelatedPerson=OFFERED), "RelatedPerson", PermanentEhrError("no", 404)) is None, \
+        "a type the check found offered: an error for IT"
