@@ -138,9 +138,10 @@ def _change_each(session: Session, clock: Clock, actor: audit.Actor, connection_
     in the same transaction; returns those changed (an unchanged stream is neither written nor audited)."""
     changed = []
     for stream in _named(session, connection_id, resource_types):
-        if getattr(stream, field) != value:
+        # IT's pause of a stream the sync paused for a refusal is a change too: IT's now, which no check resumes
+        if getattr(stream, field) != value or (field == "enabled" and stream.pause_note):
             setattr(stream, field, value)
-            if field == "enabled":  # IT's word on a stream the sync paused for a refusal replaces the sync's
+            if field == "enabled":  # IT's word replaces the sync's
                 stream.pause_note = None
             session.add(stream)
             audit.record(session, clock, actor, action, connection_id=connection_id, entity=stream.resource_type,

@@ -17,7 +17,7 @@ from prm.models import Connection
 from workers import subscriptions
 from workers.backend_auth import backend_credentials
 from workers.runtime import WorkerContext
-from workers.stream_offers import not_offered
+from workers.stream_offers import offered
 from workers.sync import SYNC_STREAM
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,8 @@ def check_connection(ctx: WorkerContext, connection_id: int, actor: audit.Actor 
         if row is None:
             raise NotFoundError(f"connection {connection_id} was removed during the check")
         connections.record_capability(session, ctx.settings.clock, row, profile)
-        offered = [t for t in streams.SYNC_TYPES if not_offered(row, t) is None]
-        for stream in streams.resume_offered(session, ctx.settings.clock, actor or CHECKER, connection_id, offered):
+        offered_now = [t for t in streams.SYNC_TYPES if offered(row, t)]  # seen offered, not merely unknown
+        for stream in streams.resume_offered(session, ctx.settings.clock, actor or CHECKER, connection_id, offered_now):
             jobs.wake(session, SYNC_STREAM, stream.id or 0, ctx.settings.clock())  # paused for a refusal: offered now
         if row.enabled and row.backend_client_id and subscriptions.usable(row):
             # IT checks a connection after a change at the EHR (an upgrade, a restore, other topics): our

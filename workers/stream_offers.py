@@ -11,8 +11,11 @@ patients, visits, bookings and our own Tasks and Communications are errors the c
 
 from __future__ import annotations
 
+from connector.backend import BackendAuthError
 from prm.errors import PermanentEhrError
 from prm.models import Connection
+from prm.snapshot_models import SyncStream
+from workers.sync_run import StreamRun
 
 OPTIONAL_TYPES = ("RelatedPerson", "Organization", "Location", "PractitionerRole")  # sync goes on without them
 REFUSALS = (403, 404, 405)  # "not for you", "no such type here", "not that interaction"
@@ -35,17 +38,31 @@ def not_offered(connection: Connection, resource_type: str) -> str | None:
     return None
 
 
+def offered(connection: Connection, resource_type: str) -> bool:
+    """The last check saw the EHR offer this type to our client: listed with read and search, search granted.
+    Only this resumes a stream the sync paused; a check that could not tell (the EHR down, no token) does not."""
+    entry = ((connection.capability_profile or {}).get("resources") or {}).get(resource_type) or {}
+    granted = entry.get("granted")
+    return (entry.get("listed") is True and entry.get("read") is True and entry.get("search") is True
+            and isinstance(granted, str) and "s" in granted)
+
+
 def refused(exc: BaseException) -> bool:
-    """The EHR said no to the request itself, not to what it held: no retry changes that."""
-    return isinstance(exc, PermanentEhrError) and (
+    """The EHR said no to the request itself, not to what it held: no retry changes that. The token endpoint's
+    refusal is about our client, not the type."""
+    return isinstance(exc, PermanentEhrError) and not isinstance(exc, BackendAuthError) and (
         exc.status in REFUSALS or (exc.status == 400 and "not-supported" in exc.codes))
 
 
-def pause_note(connection: Connection, resource_type: str, exc: BaseException) -> str | None:
-    """The note a stream pauses with when this failure is the EHR refusing a type it does not offer, else None."""
-    why = not_offered(connection, resource_type) if refused(exc) else None
+def pause_note(connection: Connection, stream: SyncStream, run: StreamRun, exc: BaseException) -> str | None:
+    """The note a stream pauses with when this failure is the EHR refusing a type it does not offer, else None.
+    Only a stream the EHR has never served: none of its runs succeeded and this one stored no page (a refused
+    paging link or one patient's refusal, mid-way through a type the EHR serves, is an error for IT)."""
+    if stream.last_success_at is not None or run.pages or not refused(exc):
+        return None
+    why = not_offered(connection, stream.resource_type)
     if why is None:
         return None
     status = exc.status if isinstance(exc, PermanentEhrError) else None
-    return (f"the EHR refused {resource_type} (HTTP {status}) and {why}: paused; a check of the connection that "
-            "finds it offered resumes it")
+    return (f"the EHR refused {stream.resource_type} (HTTP {status}) and {why}: paused; a check of the "
+            "connection that finds it offered resumes it")

@@ -82,11 +82,12 @@ def run_stream(ctx: WorkerContext, stream_id: int, *, time_budget_s: float = 120
                                              deadline, progress) for member, member_lease, member_run in held]:
                     finished.result()
     except Exception as exc:
-        note = pause_note(connection, stream.resource_type, exc) if len(held) == 1 else None
+        note = pause_note(connection, stream, run, exc) if len(held) == 1 else None
         with ctx.db.session() as session:
             for member, _, _ in held:
                 fresh = streams.get(session, member.id or 0)
                 streams.record_error(fresh, ctx.settings.clock, f"{type(exc).__name__}: {exc}")
+                note = note if fresh.enabled else None  # IT paused it meanwhile: IT's pause, not the sync's
                 if note is not None:  # a type the EHR does not offer us: not a failure to alert on
                     streams.pause_refused(session, ctx.settings.clock, SYNCER, fresh, note)
                 session.add(fresh)

@@ -14,7 +14,17 @@ GROUP_EXPORTED = ("Patient", "RelatedPerson", "Encounter", "Appointment")
 
 
 def strategy_of(stream: SyncStream, connection: Connection) -> tuple[str, str]:
-    """(initial, incremental) strategy: IT's override, else what `prm connection check` found."""
+    """(initial, incremental) strategy: IT's override, else what `prm connection check` found. A type the check
+    found not offered (workers.stream_offers) is left out of a Bulk export's `_type`, which a strict EHR refuses
+    whole for one type it does not hold: its first load searches (or goes patient by patient), so a refusal is
+    its own. It stays kept to an export Group's patients all the same (`group_population`)."""
+    initial, incremental = _planned(stream, connection)
+    if initial.startswith("bulk-export") and not_offered(connection, stream.resource_type):
+        initial = "patient-by-patient" if incremental == "patient-by-patient" else "search"
+    return initial, incremental
+
+
+def _planned(stream: SyncStream, connection: Connection) -> tuple[str, str]:
     found = (connection.capability_profile.get("sync") or {}).get("strategy") or {}
     initial = found.get("initial", "search")
     incremental = found.get("incremental", "search-last-updated")
@@ -30,8 +40,6 @@ def strategy_of(stream: SyncStream, connection: Connection) -> tuple[str, str]:
         initial = initial if initial.startswith("bulk-export") else "search"
     if stream.resource_type in WRITTEN_TYPES:
         initial = "search"  # ours are found by our identifier system, not exported wholesale
-    elif not_offered(connection, stream.resource_type):
-        initial = "search"  # not in an export's _type, which a strict EHR refuses whole for one unknown type
     if initial == "bulk-export-group" and (not connection.export_group or stream.resource_type not in GROUP_EXPORTED):
         initial = "search"  # no Group named, or a directory type: those are outside the patients' compartments
     return initial, incremental
@@ -44,11 +52,11 @@ def kept_to_group(stream: SyncStream, connection: Connection) -> bool:
     Why: IT names the Group so that the PRM holds that clinic's patients and nobody else's. Type-level searches
     after the export return every patient, visit and booking of the EHR that changed, other clinics' too. Read
     patient by patient instead, a Group of thousands would cost thousands of requests a pass."""
-    return group_population(stream, connection) and strategy_of(stream, connection)[1] != "patient-by-patient"
+    return group_population(stream, connection) and _planned(stream, connection)[1] != "patient-by-patient"
 
 
 def group_population(stream: SyncStream, connection: Connection) -> bool:
     """The stream's population is the export Group's members (and the records they were merged into): its first
     load is the Group's export, whether later passes go patient by patient or search type-wide. One who leaves
     the Group leaves the snapshot (workers.sync_leavers)."""
-    return strategy_of(stream, connection)[0] == "bulk-export-group"
+    return _planned(stream, connection)[0] == "bulk-export-group"

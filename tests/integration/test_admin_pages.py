@@ -728,7 +728,8 @@ def test_a_stream_the_sync_paused_for_a_refusal_says_why_until_it_resumes(live_a
     resumed = live_app.prm("sync", "resume", "--connection", "sandbox", "--type", "Location")
     assert resumed.returncode == 0, resumed.stderr
     status = json.loads(live_app.prm("sync", "status", "--connection", "sandbox", "--json").stdout)
-    assert [(r["enabled"], r["pause_note"]) for r in status if r.get("type") == "Location"] == [(True, None)]
+    assert [(r["enabled"], r["pause_note"]) for r in status if "enabled" in r and r["type"] == "Location"] == [
+        (True, None)], "a stream's row (other rows name a type too)"
 
 
 def test_it_erases_a_disabled_connections_synced_copy_having_typed_its_name(live_app: LiveApp,

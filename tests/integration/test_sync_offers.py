@@ -66,6 +66,12 @@ def test_a_type_the_ehr_does_not_hold_pauses_itself_and_the_rest_syncs(tmp_path:
             streams.set_enabled(session, fresh.ctx.settings.clock, IT, fresh.connection_id, True, ["RelatedPerson"])
         assert stream_of(fresh, "RelatedPerson").pause_note is None
         assert fresh.run_all(("RelatedPerson",))["RelatedPerson"].notes == [PAUSED], "refused again: paused again"
+        with fresh.ctx.db.session() as session:  # IT pauses it itself: IT's pause now, which no check resumes
+            taken = streams.set_enabled(session, fresh.ctx.settings.clock, IT, fresh.connection_id, False,
+                                        ["RelatedPerson"])
+        assert [s.resource_type for s in taken] == ["RelatedPerson"]
+        held = stream_of(fresh, "RelatedPerson")
+        assert (held.enabled, held.pause_note) == (False, None)
 
 
 def test_a_check_that_finds_the_type_offered_resumes_the_stream_the_sync_paused(tmp_path: Path) -> None:

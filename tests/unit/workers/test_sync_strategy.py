@@ -7,7 +7,7 @@ import pytest
 
 from prm.models import Connection
 from prm.snapshot_models import SyncStream
-from workers.sync_strategy import kept_to_group, strategy_of
+from workers.sync_strategy import group_population, kept_to_group, strategy_of
 
 
 def connection(initial: str, export_group: str | None = None, incremental: str = "patient-by-patient") -> Connection:
@@ -77,3 +77,19 @@ def test_after_a_group_export_type_level_searches_are_kept_to_the_groups_patient
     assert not kept_to_group(stream("Encounter", "search"), grouped)
     assert not kept_to_group(stream("Encounter"), connection("bulk-export-group", "dental"))  # patient by patient
     assert not kept_to_group(stream("Encounter"), connection("bulk-export-system", "dental", "search-last-updated"))
+
+
+def test_a_type_the_ehr_does_not_offer_leaves_the_export_yet_stays_kept_to_the_group() -> None:
+    """Out of the export's `_type` (a strict EHR refuses a whole export for one type it does not hold), so its
+    first load searches, or goes patient by patient; what it stores is still only the Group's patients'."""
+    unlisted = {"resources": {"RelatedPerson": {"listed": False}}}
+    for initial, incremental, first in [("bulk-export-group", "search-last-updated", "search"),
+                                        ("bulk-export-group", "patient-by-patient", "patient-by-patient"),
+                                        ("bulk-export-system", "search-last-updated", "search")]:
+        grouped = connection(initial, "dental" if initial.endswith("group") else None, incremental)
+        grouped.capability_profile = {**grouped.capability_profile, **unlisted}
+        assert strategy_of(stream("RelatedPerson"), grouped) == (first, incremental)
+        assert strategy_of(stream("Encounter"), grouped) == (initial, incremental), "the others are exported"
+        assert group_population(stream("RelatedPerson"), grouped) is initial.endswith("group")
+        assert kept_to_group(stream("RelatedPerson"), grouped) is (
+            initial.endswith("group") and incremental != "patient-by-patient")
