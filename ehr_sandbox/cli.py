@@ -29,7 +29,7 @@ from ehr_sandbox.demo_clock import demo_start
 from ehr_sandbox.profiles import PROFILES
 from ehr_sandbox.stack import SandboxStack
 from prm.clock import running_from
-from prm.config import load_settings
+from prm.config import DEMO_CLOCK_FILE, load_settings
 from prm.connections import DEFAULT_BACKEND_SCOPES, DEFAULT_USER_SCOPES, SUBSCRIPTION_SCOPES
 
 DATASET_NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)  # the data set's "now" (ehr_sandbox/data/README.md)
@@ -52,6 +52,17 @@ def backend_client(app_url: str) -> SandboxClient:
     so the sandbox shows changes arriving within seconds."""
     return SandboxClient(client_id=BACKEND_CLIENT_ID, scopes=SANDBOX_BACKEND_SCOPES, auth_method="private_key_jwt",
                          jwks_url=f"{app_url}/.well-known/jwks.json", grant_types=["client_credentials"])
+
+
+def _keep_demo_clock(env: dict[str, str]) -> None:
+    """Keep the demo's clock beside its database (prm.config.demo_clock), so a `prm` command in another shell
+    shares it; a demo on today's clock, or on a database elsewhere, leaves none behind."""
+    path = load_settings(env).instance_dir / DEMO_CLOCK_FILE
+    if env.get("PRM_NOW") and not env.get("PRM_DATABASE_URL"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(env["PRM_NOW"] + "\n", encoding="utf-8")
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _report_check(env: dict[str, str]) -> None:
@@ -120,6 +131,7 @@ def up(port: int, fhir_port: int, app_port: int, profile: str, real_time: bool, 
                 click.echo(f"  the demo's clock goes on from {start:%Y-%m-%d %H:%M:%S} UTC, where it had got to in "
                            f"this database (remove {state_dir.parent} to start fhir-prm and the EHR afresh at "
                            f"{DATASET_NOW:%Y-%m-%d %H:%M} UTC)")
+        _keep_demo_clock(env)
         _prm(["connection", "add", "--name", "sandbox", "--iss", stack.iss, "--client-id", CLIENT_ID,
               "--frame-origin", stack.ehr_url, "--role-map", "Practitioner/prac-rdc-05=it_admin",
               "--backend-client-id", BACKEND_CLIENT_ID, "--backend-auth", "private_key_jwt",
@@ -136,7 +148,10 @@ def up(port: int, fhir_port: int, app_port: int, profile: str, real_time: bool, 
         click.secho(f"  Open the sandbox EHR:  {stack.ehr_url}/", bold=True)
         click.echo(f"  fhir-prm:              {app_url}   (iss {stack.iss})")
         click.echo("  Pick a patient: fhir-prm opens in the chart's sidebar via SMART EHR launch. Ctrl-C stops.")
-        if env.get("PRM_NOW"):  # a `prm` command in another shell would otherwise judge lags and due dates by today
+        if env.get("PRM_NOW") and not env.get("PRM_DATABASE_URL"):
+            click.echo(f"  prm commands in another shell, from this directory, share the demo's clock (kept in "
+                       f"{state_dir.parent / DEMO_CLOCK_FILE}; or: export PRM_NOW={env['PRM_NOW']})")
+        elif env.get("PRM_NOW"):  # a `prm` command in another shell would otherwise judge lags and due dates by today
             click.echo(f"  prm commands in another shell share the demo's clock with: export PRM_NOW={env['PRM_NOW']}")
         click.echo("")
         sys.stdout.flush()

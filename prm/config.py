@@ -117,6 +117,29 @@ def _url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
     return raw
 
 
+DEMO_CLOCK_FILE = "demo-clock"  # in the instance directory: the PRM_NOW of the demo that uses its database
+
+
+def demo_clock(instance_dir: Path) -> str | None:
+    """The clock `ehr-sandbox up` runs the demo on, kept beside the demo's database, else None.
+
+    Why: the demo runs on the data set's clock, days behind today. A `prm` command in another shell that did
+    not export the printed PRM_NOW read the same database by today's clock: every lag days long, every due
+    date days past. Kept with the database, the clock is shared by whoever opens it; PRM_NOW set wins."""
+    path = instance_dir / DEMO_CLOCK_FILE
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"{path} cannot be read: {exc}") from exc
+    try:
+        clock_from_setting(value)
+    except (ConfigError, ValueError) as exc:
+        raise ConfigError(f"{path} does not hold a PRM_NOW value ({exc}): remove it, or start the demo again") from exc
+    return value or None
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read PRM_* variables; raise ConfigError naming the first bad one."""
     env = os.environ if env is None else env
@@ -135,14 +158,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if redis_url:
         _url("PRM_REDIS_URL", redis_url, ("redis", "rediss"))
     public_url = _url("PRM_PUBLIC_URL", env.get("PRM_PUBLIC_URL", "http://127.0.0.1:8000"), ("http", "https"))
+    instance_dir = Path(env.get("PRM_INSTANCE_DIR", "instance"))
     return Settings(
         secret_key=secret,
         encryption_keys=_fernet_keys(keys_raw),
-        instance_dir=Path(env.get("PRM_INSTANCE_DIR", "instance")),
+        instance_dir=instance_dir,
         database_url=database_url,
         redis_url=redis_url,
         public_url=public_url.rstrip("/"),
-        now=env.get("PRM_NOW") or None,
+        # the demo's clock belongs to the instance's own database, never to one named by PRM_DATABASE_URL
+        now=env.get("PRM_NOW") or (None if database_url else demo_clock(instance_dir)),
         health_check_interval_s=_number(env, "PRM_HEALTH_CHECK_INTERVAL_S", 300.0, 1.0),
         sweep_interval_s=_number(env, "PRM_SWEEP_INTERVAL_S", 5.0, 0.2),
         job_lease_s=_number(env, "PRM_JOB_LEASE_S", 120.0, 1.0),

@@ -90,10 +90,19 @@ def test_ehr_sandbox_up_starts_the_ehr_and_the_app_and_prints_the_url(tmp_path: 
         assert (tmp_path / "instance" / "prm.db").exists()
         assert (tmp_path / "instance" / "ehr-sandbox" / "sekmet.db").exists(), "the EHR's data kept beside it"
         assert "connection check: OK" in process.log_tail(200)  # backend services work on a first run
-        # The app runs on the data set's clock; the line that lets `prm` in another shell share it:
+        # The app runs on the data set's clock, kept beside its database so `prm` in another shell shares it:
         shared = next(line for line in process.log_tail(200).splitlines() if "export PRM_NOW=" in line)
-        clock = clock_from_setting(shared.split("export PRM_NOW=", 1)[1].strip())
-        assert abs(clock() - DATASET_NOW) < timedelta(minutes=15)
+        value = shared.split("export PRM_NOW=", 1)[1].strip().rstrip(")")
+        assert abs(clock_from_setting(value)() - DATASET_NOW) < timedelta(minutes=15)
+        assert (tmp_path / "instance" / "demo-clock").read_text(encoding="utf-8").strip() == value
+
+        def lags() -> list[int]:  # `prm` in another shell, no PRM_NOW exported: lags by the demo's clock
+            shown = prm("sync", "status", "--json", env=env, cwd=tmp_path)
+            assert shown.returncode == 0, shown.stderr
+            return [row["lag_s"] for row in json.loads(shown.stdout) if row.get("lag_s") is not None]
+
+        wait_until(lambda: bool(lags()), 60, what="a stream caught up")
+        assert max(lags()) < 3600, "by today's clock every lag would be days since the data set's now"
     finally:
         process.stop(signal.SIGTERM, timeout_s=30)
     assert process.proc is not None and process.proc.returncode is not None

@@ -64,6 +64,22 @@ def test_prm_now_freezes_the_clock() -> None:
     assert settings.clock() == settings.clock()
 
 
+def test_the_demos_clock_kept_beside_its_database_is_shared_unless_prm_now_says_otherwise(tmp_path: Path) -> None:
+    """`ehr-sandbox up` keeps its clock in the instance directory: a `prm` command in another shell reads the
+    demo's database on the demo's clock, not today's. PRM_NOW wins; a database named elsewhere ignores it."""
+    instance = {**BASE, "PRM_INSTANCE_DIR": str(tmp_path)}
+    assert load_settings(instance).now is None, "no demo: today's clock"
+    (tmp_path / "demo-clock").write_text("2026-11-20T12:00:00Z\n", encoding="utf-8")
+    assert load_settings(instance).clock() == datetime(2026, 11, 20, 12, tzinfo=UTC)
+    assert load_settings({**instance, "PRM_NOW": "2026-11-21T08:00:00Z"}).clock() == datetime(2026, 11, 21, 8,
+                                                                                               tzinfo=UTC)
+    elsewhere = {**instance, "PRM_DATABASE_URL": "postgresql+psycopg://prm:prm@127.0.0.1:5432/prm"}
+    assert load_settings(elsewhere).now is None, "not the demo's database"
+    (tmp_path / "demo-clock").write_text("next tuesday\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="demo-clock does not hold a PRM_NOW value"):
+        load_settings(instance)
+
+
 @pytest.mark.parametrize(
     ("env", "named"),
     [
