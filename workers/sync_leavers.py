@@ -5,17 +5,17 @@ sync_strategy.group_population). A patient who leaves it (moved to another pract
 marked inactive in the Group) is no longer one of them. Kept, their record would stay in the PRM, no longer
 read by any pass (every pass reads the population), so growing stale while still shown to staff and still
 reminded and recalled. So each Patient run after the first load reads the Group once and erases, with
-`prm.snapshot_erase.erase_patients`, the held patients who are neither members nor a record a member was
-merged into (followed link by link). Their rows, their open quarantined resources and every stream's note
-that it read them whole go: one who joins again is read whole again, as any newcomer.
+`prm.snapshot_erase.erase_patients`, the held patients who are neither members nor merged with one, either
+way (`population_of`). Their rows, their open quarantined resources and every stream's note that it read them
+whole go: one who joins again is read whole again, as any newcomer.
 
 Who left is told only from a Group fhir-prm can read whole: one that lists no members (far likelier a mistake
 at the EHR than every patient leaving at once) or names some by no readable Patient reference (an identifier
 only) erases nobody, and the note says so (IT can erase the whole copy: `prm sync erase`). The held patients
 are those any patient-keyed row names, not only those with a Patient row: a row stored without its patient's
 leaves too. A worker syncing another of the patient's types at that moment postpones the erasure to a later
-Patient run.
-What the PRM itself made about a patient (care tickets, outreach, the audit trail) is kept under its own rules.
+Patient run. What the PRM itself made about a patient (care tickets, outreach, the audit trail) is kept under
+its own rules.
 """
 
 from __future__ import annotations
