@@ -287,7 +287,7 @@ def choose_sync(export: dict[str, bool], type_level: bool | None, last_updated: 
         initial = "bulk-export-system"
         if export_group:
             findings.warn("an export Group is set but the EHR lists no Group-level $export: the first sync "
-                          "exports at system level")
+                          "exports at system level (every patient's records cross, only the Group's are kept)")
     elif type_level is not False:
         initial = "search"
         findings.warn("no Bulk Data $export: the first sync will page through searches instead (slower)")

@@ -43,6 +43,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
     Profile("refresh-reuse-detection", "A reused rotated refresh token revokes the whole token family",
             refresh_reuse_detection=True),
     Profile("no-export", "No Bulk Data $export", export_levels=frozenset()),
+    Profile("system-export-only", "$export only at system level (no Group or Patient level)",
+            export_levels=frozenset({"system"})),
     Profile("patient-scoped-only", "Type-level searches must name a patient", patient_scoped_searches_only=True),
     Profile("group-export-only", "$export only for a Group, and type-level searches must name a patient (as large "
             "hospital EHRs do)", export_levels=frozenset({"group"}), patient_scoped_searches_only=True),

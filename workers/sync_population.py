@@ -1,6 +1,7 @@
 """A Group-scoped connection's population: the patients whose records the PRM keeps (workers.sync_strategy.
-kept_to_group). Type-level searches after the Group's export bring every changed record of the EHR; a page
-keeps the rows of patients the snapshot holds, and drops the rest before they are stored.
+kept_to_group). Type-level searches bring every changed record of the EHR; a page keeps the rows of patients
+the snapshot holds, and drops the rest before they are stored. A system-level export (an EHR with no
+Group-level one) holds every patient's records: its pages keep the Group's members' (`keep_members`).
 
 The population is the Patient records the snapshot holds (the export's members, and later newcomers read whole
 by `sync_patients.read_newcomers`) and the records they were merged into. A row of a newcomer that a
@@ -12,6 +13,7 @@ the patient it names is in the population, or where it names none that can be re
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from sqlmodel import Session
@@ -34,6 +36,19 @@ def keep_to_population(session: Session, connection_id: int, resource_type: str,
                              [*page.rows, *({key: patient} for _, _, patient in claimed if patient)])
     page.rows = [row for row in page.rows if keeps(row)]  # the cursor still moves past the rest
     page.bad = [(payload, error) for payload, error, patient in claimed if patient is None or keeps({key: patient})]
+
+
+def keep_members(resource_type: str, page: PreparedPage, members: frozenset[str]) -> None:
+    """Keep, of a system-level export's page, the rows (mapped or encoded) and refused resources of the Group's
+    members only: the export holds every patient's, and a Group's connection stores its members'. A refused
+    resource naming no readable patient stays, for IT's quarantine."""
+    key = "fhir_id" if resource_type == "Patient" else "patient_id"
+    if page.encoded is not None:
+        at = page.encoded.columns.index(key)
+        page.encoded = replace(page.encoded, rows=[row for row in page.encoded.rows if row[at] in members])
+    page.rows = [row for row in page.rows if row.get(key) in members]
+    page.bad = [(payload, error) for payload, error in page.bad
+                if (patient := claimed_patient(resource_type, payload)) is None or patient in members]
 
 
 def claimed_patient(resource_type: str, resource: Row) -> str | None:

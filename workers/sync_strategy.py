@@ -46,17 +46,18 @@ def _planned(stream: SyncStream, connection: Connection) -> tuple[str, str]:
 
 
 def kept_to_group(stream: SyncStream, connection: Connection) -> bool:
-    """The stream loaded a Group's records by a Group-level export and goes on with type-level searches (or
+    """The stream's population is the export Group's (`group_population`) and it reads type-wide (searches or
     re-reads): what those bring is stored only for the Group's population (workers.sync_population).
 
-    Why: IT names the Group so that the PRM holds that clinic's patients and nobody else's. Type-level searches
-    after the export return every patient, visit and booking of the EHR that changed, other clinics' too. Read
-    patient by patient instead, a Group of thousands would cost thousands of requests a pass."""
+    Why: type-level searches return every patient, visit and booking of the EHR that changed, other clinics' too.
+    Read patient by patient instead, a Group of thousands would cost thousands of requests a pass."""
     return group_population(stream, connection) and _planned(stream, connection)[1] != "patient-by-patient"
 
 
 def group_population(stream: SyncStream, connection: Connection) -> bool:
-    """The stream's population is the export Group's members (and the records they were merged into): its first
-    load is the Group's export, whether later passes go patient by patient or search type-wide. One who leaves
-    the Group leaves the snapshot (workers.sync_leavers)."""
-    return _planned(stream, connection)[0] == "bulk-export-group"
+    """The stream's population is the export Group's members (and the records merged with them): IT names the
+    Group so that the PRM holds that clinic's patients and nobody else's, however the EHR lets them be read (a
+    Group-level export; a system-level one, kept to the members as it is stored; searches, kept to the patients
+    held, with a new member's whole record read once). One who leaves the Group leaves the snapshot
+    (workers.sync_leavers). The directory types (Organization, Location, PractitionerRole) are read whole."""
+    return bool(connection.export_group) and stream.resource_type in GROUP_EXPORTED

@@ -117,6 +117,12 @@ def small_dataset(patients: int) -> Path:
     return out
 
 
+def group_of(group_id: str, patients: list[str]) -> dict[str, object]:
+    """A Group of these Patients, as an EHR lists a clinic's patients."""
+    return {"resourceType": "Group", "id": group_id, "type": "person", "actual": True, "name": "Dental patients",
+            "member": [{"entity": {"reference": f"Patient/{p}"}} for p in patients]}
+
+
 def backend_client(jwks: dict[str, Any], scopes: str) -> SandboxClient:
     return SandboxClient(client_id=BACKEND_CLIENT, scopes=scopes, auth_method="private_key_jwt", jwks=jwks,
                          grant_types=["client_credentials"])

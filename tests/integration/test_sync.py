@@ -19,7 +19,7 @@ from prm import audit, snapshots, streams
 from prm.errors import PermanentEhrError
 from prm.models import AuditRecord, Job
 from prm.snapshot_models import Booking, StreamPatient, SyncStream
-from tests.integration.sync_env import SyncEnv, small_dataset, sync_database, sync_env
+from tests.integration.sync_env import SyncEnv, group_of, small_dataset, sync_database, sync_env
 from tests.support.processes import run_prm
 from tests.support.settings import env_for
 from workers import sync_engine, sync_history
@@ -445,11 +445,6 @@ def test_a_patient_pass_goes_on_by_whole_batches(tmp_path: Path) -> None:
         with fresh.ctx.db.session() as session:
             assert set(newcomers) <= streams.patients_read(session, stream.id or 0)
         assert_in_step(fresh, ("Patient",))
-
-
-def group_of(group_id: str, patients: list[str]) -> dict[str, object]:
-    return {"resourceType": "Group", "id": group_id, "type": "person", "actual": True, "name": "Dental patients",
-            "member": [{"entity": {"reference": f"Patient/{p}"}} for p in patients]}
 
 
 def assert_group_in_step(env: SyncEnv, members: list[str]) -> None:

@@ -212,7 +212,8 @@ def test_a_named_export_group_is_preferred_and_a_missing_one_is_asked_for() -> N
     assert choose_sync({"system": True, "group": False, "patient": False}, True, True, no_group_level,
                        export_group=True)["initial"] == "bulk-export-system"
     assert no_group_level.warnings == ["an export Group is set but the EHR lists no Group-level $export: the first "
-                                       "sync exports at system level"]
+                                       "sync exports at system level (every patient's records cross, only the "
+                                       "Group's are kept)"]
 
 
 def test_subscriptions_are_usable_where_offered_topic_based_or_by_criteria_and_the_scope_granted() -> None:

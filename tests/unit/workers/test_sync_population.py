@@ -11,8 +11,8 @@ from prm import connections, snapshots
 from prm.config import Settings
 from prm.crypto import SecretBox
 from prm.db import Database
-from workers.page_prep import PreparedPage
-from workers.sync_population import claimed_patient, keep_to_population, population_keeps
+from workers.page_prep import PreparedPage, Target, prepare_lines
+from workers.sync_population import claimed_patient, keep_members, keep_to_population, population_keeps
 
 DATA = Path(__file__).resolve().parents[3] / "ehr_sandbox" / "data" / "sandbox"
 
@@ -63,3 +63,24 @@ def test_a_refused_resource_is_kept_for_it_only_where_its_patient_is_held_or_can
     appointment = {"participant": [{"actor": {"reference": "Practitioner/p"}}, {"actor": {"reference": "Patient/q"}}]}
     assert (claimed_patient("Appointment", appointment), claimed_patient("RelatedPerson", {"patient": 7}),
             claimed_patient("Patient", {"id": "p1"})) == ("q", None, "p1")
+
+
+def test_a_system_exports_page_keeps_the_group_members_rows_encoded_for_either_database() -> None:
+    with (DATA / "Encounter.ndjson").open() as lines:
+        lines_read = [(n, line.encode()) for n, line in enumerate(lines, 1)][:40]
+    members = frozenset({"pat-000002"})
+    theirs = {json.loads(raw)["id"] for _, raw in lines_read if json.loads(raw)["subject"]["reference"] ==
+              "Patient/pat-000002"}
+    assert theirs and len(theirs) < len(lines_read)
+    for dialect in ("sqlite", "postgresql"):
+        page = prepare_lines("Encounter", lines_read, Target(dialect, 1))
+        page.bad = [({"resourceType": "Encounter", "subject": {"reference": f"Patient/{p}"}}, "x")
+                    for p in ("pat-000002", "pat-000003")] + [({"resourceType": "Encounter"}, "no subject")]
+        keep_members("Encounter", page, members)
+        assert page.encoded is not None
+        at = page.encoded.columns.index("fhir_id")
+        assert {row[at] for row in page.encoded.rows} == theirs, dialect
+        assert [error for _, error in page.bad] == ["x", "no subject"], "a member's, and one naming nobody"
+    mapped = prepare_lines("Encounter", lines_read)
+    keep_members("Encounter", mapped, members)
+    assert {row["fhir_id"] for row in mapped.rows} == theirs

@@ -66,17 +66,17 @@ def test_streams_of_one_connection_can_need_different_exports() -> None:
     assert strategy_of(stream("Patient"), profile)[0] == "bulk-export-system"
 
 
-def test_after_a_group_export_type_level_searches_are_kept_to_the_groups_patients() -> None:
-    """Only where the Group's export loaded the stream and type-level reads go on: not for the directory or our
-    own resources, not where a system export loaded everyone, not where it is read patient by patient anyway
-    (that reads the population only), and not after IT asked for searches throughout."""
+def test_with_a_named_group_type_level_reads_are_kept_to_the_groups_patients() -> None:
+    """Whatever loaded the stream and however IT asked it to read (searches throughout, every resource each
+    pass): not for the directory or our own resources, and not where it is read patient by patient anyway (that
+    reads the population only)."""
     grouped = connection("bulk-export-group", "dental", incremental="search-last-updated")
     assert [t for t in ("Patient", "RelatedPerson", "Encounter", "Appointment", "Location", "Task")
             if kept_to_group(stream(t), grouped)] == ["Patient", "RelatedPerson", "Encounter", "Appointment"]
     assert kept_to_group(stream("Encounter", "reread"), grouped)
-    assert not kept_to_group(stream("Encounter", "search"), grouped)
+    assert kept_to_group(stream("Encounter", "search"), grouped)
     assert not kept_to_group(stream("Encounter"), connection("bulk-export-group", "dental"))  # patient by patient
-    assert not kept_to_group(stream("Encounter"), connection("bulk-export-system", "dental", "search-last-updated"))
+    assert kept_to_group(stream("Encounter"), connection("bulk-export-system", "dental", "search-last-updated"))
 
 
 def test_a_type_the_ehr_does_not_offer_leaves_the_export_yet_stays_kept_to_the_group() -> None:
@@ -93,3 +93,15 @@ def test_a_type_the_ehr_does_not_offer_leaves_the_export_yet_stays_kept_to_the_g
         assert group_population(stream("RelatedPerson"), grouped) is initial.endswith("group")
         assert kept_to_group(stream("RelatedPerson"), grouped) is (
             initial.endswith("group") and incremental != "patient-by-patient")
+
+
+def test_a_named_group_is_the_population_whatever_the_ehr_offers_to_read_it() -> None:
+    """No Group-level export (a system one, or none): the Group still says whose records are kept."""
+    for initial, incremental in [("bulk-export-system", "search-last-updated"), ("search", "search-last-updated"),
+                                 ("bulk-export-system", "patient-by-patient")]:
+        named = connection(initial, "dental", incremental)
+        for resource_type in ("Patient", "RelatedPerson", "Encounter", "Appointment"):
+            assert group_population(stream(resource_type), named)
+            assert kept_to_group(stream(resource_type), named) is (incremental != "patient-by-patient")
+        assert not group_population(stream("Location"), named), "the directory is read whole"
+        assert not group_population(stream("Encounter"), connection(initial, None, incremental)), "no Group named"

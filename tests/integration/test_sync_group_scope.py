@@ -1,0 +1,62 @@
+"""A named export Group is the population whatever the EHR offers: where it has no Group-level `$export`, the
+system-level export is kept to the Group's members as it is stored; where it has no `$export` at all, searches
+keep the patients held and each member's whole record is read once. Either way nobody else's records are
+stored, then or later."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.integration.sync_env import SyncEnv, group_of, sync_env
+from workers.connection_check import check_connection
+from workers.sync_strategy import GROUP_EXPORTED
+
+SYNCED = ("Organization", "Location", "PractitionerRole", "Patient", "RelatedPerson", "Encounter", "Appointment")
+DIRECTORY = ("Organization", "Location", "PractitionerRole")
+
+
+def in_step_with_the_group(env: SyncEnv, members: list[str]) -> None:
+    for resource_type in GROUP_EXPORTED:  # the members' records, and nobody else's
+        assert env.snapshot(resource_type) == env.server(resource_type, members), resource_type
+    for resource_type in DIRECTORY:  # read whole
+        assert env.snapshot(resource_type) == env.server(resource_type), resource_type
+
+
+def grouped(env: SyncEnv) -> list[str]:
+    """25 members, none merged (the data set merges pat-000025 into pat-000026: a survivor joins the population,
+    as test_sync shows)."""
+    members = [p for p in sorted(i for i, _ in env.server("Patient"))[:27] if p not in ("pat-000025", "pat-000026")]
+    env.put(group_of("dental-patients", members))
+    env.set_export_group("dental-patients")
+    return members
+
+
+def test_a_system_level_export_is_kept_to_the_groups_members(tmp_path: Path) -> None:
+    with sync_env(tmp_path, profile="system-export-only", patients=70) as fresh:
+        members = grouped(fresh)
+        profile = check_connection(fresh.ctx, fresh.connection_id)
+        assert profile["sync"]["strategy"]["initial"] == "bulk-export-system"
+        assert ("an export Group is set but the EHR lists no Group-level $export: the first sync exports at system "
+                "level (every patient's records cross, only the Group's are kept)") in profile["warnings"]
+        first = fresh.run_all(SYNCED)
+        assert all("bulk export" in first[t].notes for t in GROUP_EXPORTED)
+        assert first["Encounter"].stored == len(fresh.server("Encounter", members)), "only members' rows stored"
+        in_step_with_the_group(fresh, members)
+        quiet = fresh.run_all(SYNCED)
+        assert sum(run.stored for run in quiet.values()) == 0, "the members were read whole by the export"
+        in_step_with_the_group(fresh, members)
+
+
+def test_without_any_export_searches_keep_to_the_group_and_read_each_member_once(tmp_path: Path) -> None:
+    with sync_env(tmp_path, profile="no-export", patients=70) as fresh:
+        members = grouped(fresh)
+        profile = check_connection(fresh.ctx, fresh.connection_id)
+        assert profile["sync"]["strategy"]["initial"] == "search"
+        first = fresh.run_all(SYNCED)  # Patient first: its search stores nobody, then the members are read
+        for resource_type in GROUP_EXPORTED:
+            assert "25 patient(s) new to the Group's population read whole" in first[resource_type].notes
+        assert first["Patient"].stored == 25
+        in_step_with_the_group(fresh, members)
+        quiet = fresh.run_all(SYNCED)
+        assert sum(run.stored for run in quiet.values()) == 0
+        in_step_with_the_group(fresh, members)
