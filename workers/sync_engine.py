@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from prm import audit, connections, snapshots, streams
-from prm.errors import AuthExpiredError, loggable
+from prm.errors import AuthExpiredError, PermanentEhrError, loggable
 from prm.models import Connection
 from prm.snapshot_models import SyncStream
 from workers.ehr_access import EhrAccess, access_for
@@ -174,10 +174,10 @@ def _sync_steps(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, conne
         listed = reread_all(ctx, access, stream_id, run, lease, deadline, progress)
     else:
         read_windows(ctx, access, stream_id, run, lease, deadline, progress, ehr_sorts=_ehr_sorts(connection))
-    if run.caught_up and kept_to_group(stream, connection):  # the Group's newcomers, whose records are older
-        read_newcomers(ctx, access, connection, stream_id, run, lease, deadline, progress)
     if run.caught_up and not first_load and stream.resource_type == "Patient" and group_population(stream, connection):
-        drop_leavers(ctx, access, connection, stream_id, run, lease)  # and its leavers, whose records go
+        drop_leavers(ctx, access, connection, stream_id, run, lease)  # the Group's leavers, whose records go
+    if run.caught_up and kept_to_group(stream, connection):  # and its newcomers, whose records are older
+        read_newcomers(ctx, access, connection, stream_id, run, lease, deadline, progress)
     marks: dict[str, datetime | None] = {}
     if run.caught_up:
         if first_load:
@@ -218,7 +218,7 @@ def _bulk_initial(ctx: WorkerContext, access: EhrAccess, connection: Connection,
     by_type = {member.resource_type: (member, run) for member, _, run in held}
     group = _export_group(held[0][0], connection)
     scoped = connection.export_group and any(group_population(member, connection) for member, _, _ in held)
-    members = access.reader.group_patients(connection.export_group or "") if scoped else None  # whom it is for
+    members = _export_members(access, connection, level_group=group is not None) if scoped else None
     # A system-level export holds every patient's records: a Group's connection keeps its members' only.
     keep = (frozenset(members), {t for t, (m, _) in by_type.items() if group_population(m, connection)}) \
         if members is not None and not group else None
@@ -234,6 +234,20 @@ def _bulk_initial(ctx: WorkerContext, access: EhrAccess, connection: Connection,
             _store_export(ctx, access, manifest, held, by_type, prep, progress, keep)
     access.bulk.delete(status_url)
     _finish_export(ctx, connection, manifest, held, members)
+
+
+def _export_members(access: EhrAccess, connection: Connection, *, level_group: bool) -> list[str]:
+    """The export Group's members: whom a Group-level export is for, or whom a system-level one is kept to. A
+    system-level export cannot be kept to a Group that lists nobody or names members by no Patient reference
+    (it would keep nobody, or silently miss them): that is an error for IT, before the EHR does any work."""
+    roster = access.reader.group_roster(connection.export_group or "")
+    if not level_group and (not roster.patients or roster.unresolved):
+        why = (f"names {roster.unresolved} member(s) by no Patient reference fhir-prm can read" if roster.unresolved
+               else "lists no members")
+        raise PermanentEhrError(f"export Group/{connection.export_group} {why}: a system-level export cannot be kept "
+                                "to it (list the members by Patient reference, or remove the connection's export "
+                                "Group)")
+    return list(roster.patients)
 
 
 def _renew_all(ctx: WorkerContext, held: Held) -> None:

@@ -6,8 +6,8 @@ marked inactive in the Group) is no longer one of them. Kept, their record would
 read by any pass (every pass reads the population), so growing stale while still shown to staff and still
 reminded and recalled. So each Patient run after the first load reads the Group once and erases, with
 `prm.snapshot_erase.erase_patients`, the held patients who are neither members nor merged with one, either
-way (`population_of`). Their rows, their open quarantined resources and every stream's note that it read them
-whole go: one who joins again is read whole again, as any newcomer.
+way (`sync_population.population_of`). Their rows, their open quarantined resources and every stream's note
+that it read them whole go: one who joins again is read whole again, as any newcomer.
 
 Who left is told only from a Group fhir-prm can read whole: one that lists no members (far likelier a mistake
 at the EHR than every patient leaving at once) or names some by no readable Patient reference (an identifier
@@ -29,7 +29,7 @@ from prm.snapshot_erase import erase_patients
 from workers.ehr_access import EhrAccess
 from workers.runtime import WorkerContext
 from workers.stream_leases import LeaseLost, StreamLease
-from workers.sync_population import claimed_patient, group_roster
+from workers.sync_population import claimed_patient, group_roster, population_of
 from workers.sync_run import StreamRun
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,8 @@ def drop_leavers(ctx: WorkerContext, access: EhrAccess, connection: Connection, 
     roster = group_roster(access, connection, run)
     connection_id = connection.id or 0
     if not roster.patients or roster.unresolved:
-        why = (f"Group/{group} names {roster.unresolved} member(s) by no Patient reference fhir-prm can read"
-               if roster.unresolved else f"Group/{group} lists no members")
+        why = (f"Group/{group} names {roster.unresolved} member(s) by no Patient reference fhir-prm can read "
+               "(their records cannot be read either)" if roster.unresolved else f"Group/{group} lists no members")
         run.notes.append(f"{why}: nobody is removed, since who left cannot be told (prm sync erase removes a "
                          "whole copy)")
         log.warning("connection %s: %s; no patient removed", connection.name, why)
@@ -67,15 +67,3 @@ def drop_leavers(ctx: WorkerContext, access: EhrAccess, connection: Connection, 
     run.notes.append(f"{len(leavers)} patient(s) who left Group/{group} removed ({erased.words()})")
     log.info("connection %s: %d patient(s) who left Group/%s removed (%s)", connection.name, len(leavers), group,
              erased.words())
-
-
-def population_of(members: set[str], merged_into: dict[str, str]) -> set[str]:
-    """The members and the records merged with them either way, link after link: the record a member was merged
-    into (a survivor merged again too), and a held record merged into a member (the EHR may list only the
-    survivor; the patient's overview shows visits under either record)."""
-    population, frontier = set(members), set(members)
-    while frontier:
-        frontier = ({merged_into[p] for p in frontier if p in merged_into}
-                    | {old for old, survivor in merged_into.items() if survivor in frontier}) - population
-        population |= frontier
-    return population

@@ -26,8 +26,9 @@ from workers.runtime import WorkerContext
 from workers.stream_leases import StreamLease
 from workers.sync_deletions import ID_BATCH, PATIENT_PARAM, batches
 from workers.sync_pages import commit_page
-from workers.sync_population import group_members
+from workers.sync_population import group_members, group_roster, population_of
 from workers.sync_run import OVERLAP, Progress, StreamRun, count_page, iso, server_instant
+from workers.sync_strategy import group_population
 
 PATIENT_KIND = "patient"  # the kind of pass a stream keeps the place of
 KEEP_PLACE_EVERY_S = 5.0  # a run killed mid-pass redoes at most this much of it
@@ -46,6 +47,7 @@ def patient_windows(ctx: WorkerContext, access: EhrAccess, connection: Connectio
     version-aware, so reading twice changes nothing.
     """
     stream, known, read = _population(ctx, access, connection, stream_id, run)
+    known = _of_the_group(ctx, access, connection, stream, run, known)
     position, began = streams.pass_place(stream, PATIENT_KIND)
     rest = [p for p in sorted(known) if position is None or p > position]
     since = [("_lastUpdated", f"ge{iso(stream.cursor)}")] if stream.cursor else []
@@ -89,7 +91,7 @@ def read_newcomers(ctx: WorkerContext, access: EhrAccess, connection: Connection
     Each patient is noted as read with its step, so a run out of time (a Group whose export came before this
     rule has every member to read once) leaves the rest to the next run, which comes at once (not caught up)."""
     stream, known, read = _population(ctx, access, connection, stream_id, run)
-    newcomers = [p for p in sorted(known) if p not in read]
+    newcomers = sorted(_of_the_group(ctx, access, connection, stream, run, {p for p in known if p not in read}))
     for index, (_, searches) in enumerate(_steps(stream.resource_type, newcomers, read, [])):
         if index and (time.monotonic() > deadline or not lease.renew()):
             run.caught_up = False
@@ -115,6 +117,25 @@ def _store_search(ctx: WorkerContext, access: EhrAccess, stream_id: int, resourc
         count_page(run, result.stored, 0, result.quarantined, progress)
         page = access.reader.follow(page.next_url) if page.next_url else None
     return server_time
+
+
+def _of_the_group(ctx: WorkerContext, access: EhrAccess, connection: Connection, stream: SyncStream,
+                  run: StreamRun, patients: set[str]) -> set[str]:
+    """Of these patients, those in the export Group's population (its members and the records merged with
+    them), where the stream's population is the Group's and the Group can be read whole; else all of them.
+
+    Why: a patient held who has left the Group (or every non-member a connection held before its Group became
+    its population) is erased by the Patient stream's next run; reading their whole record first, a request
+    each, would be wasted, and for a hospital's worth of patients would take hours. The Group is read at most
+    once a run, and only when there is someone to read."""
+    if not patients or not group_population(stream, connection):
+        return patients
+    roster = group_roster(access, connection, run)
+    if not roster.patients or roster.unresolved:
+        return patients
+    with ctx.db.session() as session:
+        merged_into = snapshots.merge_links(session, stream.connection_id)
+    return patients & population_of(set(roster.patients), merged_into)
 
 
 def _population(ctx: WorkerContext, access: EhrAccess, connection: Connection, stream_id: int,

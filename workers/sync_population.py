@@ -19,6 +19,7 @@ from typing import Any
 from sqlmodel import Session
 
 from connector.fhir_reader import GroupRoster
+from fhir_mappings.common import ref_id
 from prm import snapshots
 from prm.models import Connection
 from workers.ehr_access import EhrAccess
@@ -59,9 +60,8 @@ def claimed_patient(resource_type: str, resource: Row) -> str | None:
         holders = [p.get("actor") for p in resource.get("participant") or [] if isinstance(p, dict)]
     else:
         holders = [resource.get("patient" if resource_type == "RelatedPerson" else "subject")]
-    references = [h.get("reference") for h in holders if isinstance(h, dict)]
-    patients = [r.removeprefix("Patient/") for r in references if isinstance(r, str) and r.startswith("Patient/")]
-    return patients[0] if patients else None
+    patients = [ref_id(h, "Patient") for h in holders if isinstance(h, dict) and isinstance(h.get("reference"), str)]
+    return next((p for p in patients if p), None)
 
 
 def population_keeps(session: Session, connection_id: int, resource_type: str,
@@ -87,3 +87,15 @@ def group_roster(access: EhrAccess, connection: Connection, run: StreamRun) -> G
     if run.group_roster is None:
         run.group_roster = access.reader.group_roster(connection.export_group or "")
     return run.group_roster
+
+
+def population_of(members: set[str], merged_into: dict[str, str]) -> set[str]:
+    """The members and the records merged with them either way, link after link: the record a member was merged
+    into (a survivor merged again too), and a held record merged into a member (the EHR may list only the
+    survivor; the patient's overview shows visits under either record)."""
+    population, frontier = set(members), set(members)
+    while frontier:
+        frontier = ({merged_into[p] for p in frontier if p in merged_into}
+                    | {old for old, survivor in merged_into.items() if survivor in frontier}) - population
+        population |= frontier
+    return population

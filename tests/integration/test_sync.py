@@ -565,8 +565,8 @@ def test_a_group_scoped_connection_never_takes_in_other_patients_as_they_change(
         unreadable["member"].append({"entity": {"identifier": {"system": "urn:mrn", "value": "88"}}})  # type: ignore[attr-defined]
         fresh.put(unreadable)
         untold = fresh.run_all(("Patient",))["Patient"]
-        assert any(n.startswith("Group/dental-patients names 1 member(s) by no Patient reference fhir-prm can read: "
-                                "nobody is removed") for n in untold.notes)
+        assert any(n.startswith("Group/dental-patients names 1 member(s) by no Patient reference fhir-prm can read "
+                                "(their records cannot be read either): nobody is removed") for n in untold.notes)
         assert staying[0] in {i for i, _ in fresh.snapshot("Patient")}
 
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from prm.errors import PermanentEhrError
 from tests.integration.sync_env import SyncEnv, group_of, sync_env
 from workers.connection_check import check_connection
 from workers.sync_strategy import GROUP_EXPORTED
@@ -60,3 +63,32 @@ def test_without_any_export_searches_keep_to_the_group_and_read_each_member_once
         quiet = fresh.run_all(SYNCED)
         assert sum(run.stored for run in quiet.values()) == 0
         in_step_with_the_group(fresh, members)
+
+
+def test_a_group_named_later_keeps_to_it_without_first_reading_the_others_whole(tmp_path: Path) -> None:
+    """A connection that held everyone, then given its clinic's Group: the non-members go at the Patient run,
+    and no stream reads their whole records first (a request each; hours for a hospital's worth)."""
+    with sync_env(tmp_path, profile="system-export-only", patients=70) as fresh:
+        check_connection(fresh.ctx, fresh.connection_id)
+        fresh.run_all(SYNCED)
+        assert len(fresh.snapshot("Patient")) == 70
+        members = grouped(fresh)
+        check_connection(fresh.ctx, fresh.connection_id)
+        visits = fresh.run_all(("Encounter",))["Encounter"]  # before the Patient run that erases the others
+        assert "25 patient(s) new to the Group's population read whole" in visits.notes
+        left = fresh.run_all(("Patient",))["Patient"]
+        assert any(n.startswith("45 patient(s) who left Group/dental-patients removed") for n in left.notes)
+        fresh.run_all(SYNCED)
+        in_step_with_the_group(fresh, members)
+
+
+def test_a_system_export_is_not_kept_to_a_group_that_lists_nobody(tmp_path: Path) -> None:
+    """It would keep nobody: a clear error for IT before the EHR does any work, and nothing stored."""
+    with sync_env(tmp_path, profile="system-export-only", patients=70) as fresh:
+        grouped(fresh)
+        check_connection(fresh.ctx, fresh.connection_id)
+        fresh.put(group_of("dental-patients", []))
+        with pytest.raises(PermanentEhrError, match="export Group/dental-patients lists no members: a system-level "
+                                                   "export cannot be kept to it"):
+            fresh.run_all(GROUP_EXPORTED)
+        assert all(not fresh.snapshot(t) for t in GROUP_EXPORTED)

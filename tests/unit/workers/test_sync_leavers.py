@@ -3,7 +3,7 @@ with them either way, link after link."""
 
 from __future__ import annotations
 
-from workers.sync_leavers import population_of
+from workers.sync_population import population_of
 
 
 def test_the_population_is_the_members_and_the_records_they_were_merged_into_link_after_link() -> None:

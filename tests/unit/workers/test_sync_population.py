@@ -84,3 +84,22 @@ def test_a_system_exports_page_keeps_the_group_members_rows_encoded_for_either_d
     mapped = prepare_lines("Encounter", lines_read)
     keep_members("Encounter", mapped, members)
     assert {row["fhir_id"] for row in mapped.rows} == theirs
+
+
+def test_a_refused_resource_names_its_patient_by_any_literal_reference() -> None:
+    for reference in ("Patient/pat-000002", "https://ehr.example/fhir/Patient/pat-000002",
+                      "Patient/pat-000002/_history/3"):
+        assert claimed_patient("Encounter", {"subject": {"reference": reference}}) == "pat-000002", reference
+    assert claimed_patient("Encounter", {"subject": {"reference": 7}}) is None
+    assert claimed_patient("Appointment", {"participant": [{"actor": {"reference": "Practitioner/x"}},
+                                                           {"actor": {"reference": "Patient/p-9"}}]}) == "p-9"
+
+
+def test_a_system_exports_patient_page_keeps_the_members_by_their_own_id() -> None:
+    with (DATA / "Patient.ndjson").open() as lines:
+        lines_read = [(n, line.encode()) for n, line in enumerate(lines, 1)][:5]
+    page = prepare_lines("Patient", lines_read, Target("sqlite", 1))
+    keep_members("Patient", page, frozenset({"pat-000001", "pat-000004"}))
+    assert page.encoded is not None
+    at = page.encoded.columns.index("fhir_id")
+    assert sorted(row[at] for row in page.encoded.rows) == ["pat-000001", "pat-000004"]
