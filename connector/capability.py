@@ -36,7 +36,7 @@ from connector.capability_rules import (
 )
 from connector.ehr_client import FHIR_JSON, EhrClient
 from connector.errors import outcome_text
-from connector.fhir_reader import group_patient_ids, in_last_updated_order
+from connector.fhir_reader import GroupRoster, group_roster, in_last_updated_order
 from prm.errors import EhrError, PrmError
 
 COUNT_PROBE = 1000
@@ -179,20 +179,34 @@ class _Probe:
         has_next = any(link.get("relation") == "next" for link in answer.body.get("link") or [])
         return page_size_limit(answer.body, COUNT_PROBE), {"request": shown, "entries": entries, "next": has_next}
 
-    def export_group(self, token: str, group_id: str) -> dict[str, Any]:
-        """The export Group must exist and be readable with the backend token; its size is reported, no ids."""
+    def export_group(self, token: str, group_id: str, initial: str) -> dict[str, Any]:
+        """The export Group must exist and be readable with the backend token; its size is reported, no ids.
+        Kept to by a system-level export (`initial`), it must list its members by Patient reference: else that
+        export would keep nobody, or miss them."""
         answer = _ask(self.http, "GET", f"{self.base}/Group/{group_id}", token, self.timeout)
         result: dict[str, Any] = {"request": f"GET Group/{group_id}", "status": answer.status}
         body = answer.body or {}
         if answer.status == 200 and body.get("resourceType") == "Group":
-            members = group_patient_ids(body)
-            result.update(ok=True, patients=len(members))
-            if not members:
-                self.findings.warn(f"export Group/{group_id} lists no patients: its export will be empty")
+            roster = group_roster(body)
+            result.update(ok=True, patients=len(roster.patients))
+            if roster.unresolved:
+                result["unresolved"] = roster.unresolved
+            self._judge_roster(group_id, roster, system_export=initial == "bulk-export-system")
         else:
             result.update(ok=False, detail=answer.detail)
             self.findings.error(f"the export Group could not be read (GET Group/{group_id} -> {answer.detail})")
         return result
+
+    def _judge_roster(self, group_id: str, roster: GroupRoster, *, system_export: bool) -> None:
+        kept = ": a system-level export cannot be kept to it" if system_export else ""
+        if not roster.patients:
+            say = self.findings.error if system_export else self.findings.warn
+            say(f"export Group/{group_id} lists no patients" + (kept or ": its export will be empty"))
+        elif roster.unresolved:
+            say = self.findings.error if system_export else self.findings.warn
+            say(f"export Group/{group_id} names {roster.unresolved} member(s) by no Patient reference fhir-prm can "
+                "read" + (kept or ": while it does, nobody who leaves the Group is removed, and without a "
+                          "Group-level export those members are not read"))
 
     def write_probe(self, token: str | None, rtype: str, statement_ok: bool | None, granted: str) -> dict[str, Any]:
         """$validate with a patient-free resource: the EHR's answer to a would-be write, nothing stored."""
@@ -293,7 +307,7 @@ def check(http: requests.Session, target: CheckTarget, timeout: float, now: date
                                        refused=f"{search['request']} -> {search.get('detail')}",
                                        export_group=target.export_group is not None)
         if target.export_group is not None:
-            sync["export_group"] = probe.export_group(token, target.export_group)
+            sync["export_group"] = probe.export_group(token, target.export_group, sync["strategy"]["initial"])
     profile["sync"] = sync
     profile["writes"] = {
         rtype: probe.write_probe(token, rtype,

@@ -82,13 +82,24 @@ def test_a_group_named_later_keeps_to_it_without_first_reading_the_others_whole(
         in_step_with_the_group(fresh, members)
 
 
-def test_a_system_export_is_not_kept_to_a_group_that_lists_nobody(tmp_path: Path) -> None:
-    """It would keep nobody: a clear error for IT before the EHR does any work, and nothing stored."""
+def test_a_system_export_is_not_kept_to_a_group_that_lists_nobody_or_members_it_cannot_read(tmp_path: Path) -> None:
+    """It would keep nobody, or miss members it cannot read: the check says so, and the sync stops with a clear
+    error before the EHR does any work, nothing stored."""
     with sync_env(tmp_path, profile="system-export-only", patients=70) as fresh:
         grouped(fresh)
         check_connection(fresh.ctx, fresh.connection_id)
         fresh.put(group_of("dental-patients", []))
+        checked = check_connection(fresh.ctx, fresh.connection_id)  # the check says so first
+        assert not checked["ok"] and ("export Group/dental-patients lists no patients: a system-level export cannot "
+                                      "be kept to it") in checked["errors"]
         with pytest.raises(PermanentEhrError, match="export Group/dental-patients lists no members: a system-level "
                                                    "export cannot be kept to it"):
             fresh.run_all(GROUP_EXPORTED)
         assert all(not fresh.snapshot(t) for t in GROUP_EXPORTED)
+        unreadable = group_of("dental-patients", ["pat-000001"])
+        unreadable["member"].append({"entity": {"identifier": {"system": "urn:mrn", "value": "88"}}})  # type: ignore[attr-defined]
+        fresh.put(unreadable)
+        checked = check_connection(fresh.ctx, fresh.connection_id)
+        assert checked["sync"]["export_group"]["unresolved"] == 1
+        assert ("export Group/dental-patients names 1 member(s) by no Patient reference fhir-prm can read: a "
+                "system-level export cannot be kept to it") in checked["errors"]
