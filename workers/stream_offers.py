@@ -64,5 +64,5 @@ def pause_note(connection: Connection, stream: SyncStream, run: StreamRun, exc: 
     if why is None:
         return None
     status = exc.status if isinstance(exc, PermanentEhrError) else None
-    return (f"the EHR refused {stream.resource_type} (HTTP {status}) and {why}: paused; a check of the "
-            "connection that finds it offered resumes it")
+    return (f"the EHR refused {stream.resource_type} (HTTP {status}) and {why}; a check of the connection "
+            "that finds it offered resumes it")

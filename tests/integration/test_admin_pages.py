@@ -711,8 +711,8 @@ def test_a_stream_the_sync_paused_for_a_refusal_says_why_until_it_resumes(live_a
     with_streams(live_app, sandbox)
     row = connection(live_app, "sandbox")
     assert row is not None
-    why = ("the EHR refused Location (HTTP 404) and its CapabilityStatement lists no Location: paused; a check of "
-           "the connection that finds it offered resumes it")
+    why = ("the EHR refused Location (HTTP 404) and its CapabilityStatement lists no Location; a check of the "
+           "connection that finds it offered resumes it")
     database = Database(live_app.database_url)
     try:
         with database.session() as session:

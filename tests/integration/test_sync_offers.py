@@ -20,8 +20,8 @@ from workers.sync import SYNC_STREAM
 
 SYNCED = ("Organization", "Location", "PractitionerRole", "Patient", "RelatedPerson", "Encounter", "Appointment")
 IT = audit.Actor(kind="admin", name="it", role="it_admin")
-PAUSED = ("the EHR refused RelatedPerson (HTTP 404) and its CapabilityStatement lists no RelatedPerson: paused; a "
-          "check of the connection that finds it offered resumes it")
+PAUSED = ("the EHR refused RelatedPerson (HTTP 404) and its CapabilityStatement lists no RelatedPerson; a check of "
+          "the connection that finds it offered resumes it")
 
 
 def stream_of(env: SyncEnv, resource_type: str) -> SyncStream:

@@ -43,7 +43,7 @@ def test_only_the_ehrs_refusal_of_a_type_it_does_not_offer_and_never_served_paus
                     PermanentEhrError("no", 400, ("not-supported",))):
         assert pause_note(unlisted, never, StreamRun("RelatedPerson"), refusal) == (
             f"the EHR refused RelatedPerson (HTTP {refusal.status}) and its CapabilityStatement lists no "
-            "RelatedPerson: paused; a check of the connection that finds it offered resumes it")
+            "RelatedPerson; a check of the connection that finds it offered resumes it")
     for other in (PermanentEhrError("bad", 400, ("invalid",)), PermanentEhrError("gone", 410),
                   TransientEhrError("busy"), ValueError("ours"),
                   BackendAuthError("the token endpoint said no", "invalid_client", 403)):
