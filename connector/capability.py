@@ -198,15 +198,15 @@ class _Probe:
         return result
 
     def _judge_roster(self, group_id: str, roster: GroupRoster, *, system_export: bool) -> None:
+        """An unreadable roster is an error where a system-level export must be kept to it, else a warning."""
+        say = self.findings.error if system_export else self.findings.warn
         kept = ": a system-level export cannot be kept to it" if system_export else ""
         if not roster.patients:
-            say = self.findings.error if system_export else self.findings.warn
             say(f"export Group/{group_id} lists no patients" + (kept or ": its export will be empty"))
-        elif roster.unresolved:
-            say = self.findings.error if system_export else self.findings.warn
-            say(f"export Group/{group_id} names {roster.unresolved} member(s) by no Patient reference fhir-prm can "
-                "read" + (kept or ": while it does, nobody who leaves the Group is removed, and without a "
-                          "Group-level export those members are not read"))
+        elif roster.unreadable:
+            say(f"export Group/{group_id} {roster.unreadable}" + (kept or ": while it does, nobody who leaves the "
+                                                                 "Group is removed, and without a Group-level export "
+                                                                 "those members are not read"))
 
     def write_probe(self, token: str | None, rtype: str, statement_ok: bool | None, granted: str) -> dict[str, Any]:
         """$validate with a patient-free resource: the EHR's answer to a would-be write, nothing stored."""

@@ -157,6 +157,14 @@ class GroupRoster:
     patients: tuple[str, ...]
     unresolved: int = 0
 
+    @property
+    def unreadable(self) -> str | None:
+        """Why who is in the Group cannot be told from it (it lists nobody, or names members by no Patient
+        reference), else None: nothing is kept to, or erased by, such a roster."""
+        if self.unresolved:
+            return f"names {self.unresolved} member(s) by no Patient reference fhir-prm can read"
+        return None if self.patients else "lists no members"
+
 
 def group_roster(group: dict[str, Any]) -> GroupRoster:
     """The Group's active members (relative, absolute or versioned references); members of other types (a
@@ -173,11 +181,6 @@ def group_roster(group: dict[str, Any]) -> GroupRoster:
         elif match["type"] == "Patient" and match["id"] not in found:
             found.append(match["id"])
     return GroupRoster(tuple(found), unresolved)
-
-
-def group_patient_ids(group: dict[str, Any]) -> list[str]:
-    """The ids of the Patients a Group lists as active members, in order."""
-    return list(group_roster(group).patients)
 
 
 def _keep_since(next_url: str | None, asked: str) -> str | None:
@@ -231,11 +234,8 @@ class FhirReader:
             raise PermanentEhrError(f"asked for {resource_type}, got {body.get('resourceType')!r}")
         return body
 
-    def group_patients(self, group_id: str) -> list[str]:
-        """The Patients a Group lists as active members (the clinic's population on a Group-export EHR)."""
-        return list(self.group_roster(group_id).patients)
-
     def group_roster(self, group_id: str) -> GroupRoster:
+        """The Group's active members (the clinic's population where IT named an export Group)."""
         return group_roster(self.read("Group", group_id))
 
     def ids(self, resource_type: str, params: list[tuple[str, str]] | None = None) -> Iterator[str]:

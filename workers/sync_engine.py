@@ -35,7 +35,7 @@ from workers.sync_pages import commit_prepared
 from workers.sync_patients import patient_windows, read_newcomers
 from workers.sync_population import keep_members
 from workers.sync_run import OVERLAP, Progress, StreamRun, count_page, server_instant
-from workers.sync_strategy import group_population, kept_to_group, strategy_of
+from workers.sync_strategy import GROUP_EXPORTED, group_population, kept_to_group, strategy_of
 from workers.sync_windows import RELOADED, read_windows, reread_all
 
 log = logging.getLogger(__name__)
@@ -217,11 +217,10 @@ def _bulk_initial(ctx: WorkerContext, access: EhrAccess, connection: Connection,
     from there on, less an overlap)."""
     by_type = {member.resource_type: (member, run) for member, _, run in held}
     group = _export_group(held[0][0], connection)
-    scoped = connection.export_group and any(group_population(member, connection) for member, _, _ in held)
+    scoped = any(group_population(member, connection) for member, _, _ in held)
     members = _export_members(access, connection, level_group=group is not None) if scoped else None
     # A system-level export holds every patient's records: a Group's connection keeps its members' only.
-    keep = (frozenset(members), {t for t, (m, _) in by_type.items() if group_population(m, connection)}) \
-        if members is not None and not group else None
+    members_only = frozenset(members) if members is not None and not group else None
     target = Target(ctx.db.engine.dialect.name, connection.id or 0)  # pages come back ready for the driver
     with preparer(ctx.settings.sync_prep_helper == "on", by_type, target) as prep:  # it starts while the EHR writes
 
@@ -231,7 +230,7 @@ def _bulk_initial(ctx: WorkerContext, access: EhrAccess, connection: Connection,
 
         status_url, manifest = export_manifest(ctx, access, [member for member, _, _ in held], group, waiting)
         with quiet_gc():
-            _store_export(ctx, access, manifest, held, by_type, prep, progress, keep)
+            _store_export(ctx, access, manifest, held, by_type, prep, progress, members_only)
     access.bulk.delete(status_url)
     _finish_export(ctx, connection, manifest, held, members)
 
@@ -241,12 +240,10 @@ def _export_members(access: EhrAccess, connection: Connection, *, level_group: b
     system-level export cannot be kept to a Group that lists nobody or names members by no Patient reference
     (it would keep nobody, or silently miss them): that is an error for IT, before the EHR does any work."""
     roster = access.reader.group_roster(connection.export_group or "")
-    if not level_group and (not roster.patients or roster.unresolved):
-        why = (f"names {roster.unresolved} member(s) by no Patient reference fhir-prm can read" if roster.unresolved
-               else "lists no members")
-        raise PermanentEhrError(f"export Group/{connection.export_group} {why}: a system-level export cannot be kept "
-                                "to it (list the members by Patient reference, or remove the connection's export "
-                                "Group)")
+    if not level_group and roster.unreadable:
+        raise PermanentEhrError(f"export Group/{connection.export_group} {roster.unreadable}: a system-level export "
+                                "cannot be kept to it (list the members by Patient reference, or remove the "
+                                "connection's export Group)")
     return list(roster.patients)
 
 
@@ -268,21 +265,20 @@ EXPORT_PAGE_LINES = 500
 
 def _store_export(ctx: WorkerContext, access: EhrAccess, manifest: dict[str, Any],
                   held: Held, by_type: dict[str, tuple[SyncStream, StreamRun]],
-                  prep: Preparer, progress: Progress | None,
-                  keep: tuple[frozenset[str], set[str]] | None = None) -> None:
+                  prep: Preparer, progress: Progress | None, members_only: frozenset[str] | None = None) -> None:
     """Each output file of a held type, read line by line into pages: the preparer parses, checks and maps a
     page while this thread stores the one before it into its stream. When the preparer is behind (its pages
     cost more than storing them), this thread prepares the page in hand itself rather than wait: it would
     idle otherwise. An export's pages are independent (no cursor moves until it is all in), so their order
     does not matter. They go in as new rows until a type's page meets stored ones (an export read again after
-    a cut): that type is upserted from then on. `keep`: (members, types): those types' pages keep only the
-    members' rows (a system-level export for a Group's connection)."""
+    a cut): that type is upserted from then on. `members_only`: the patient-compartment types' pages keep only
+    these patients' rows (a system-level export for a Group's connection)."""
     pending: deque[tuple[SyncStream, StreamRun]] = deque()
     upserting: set[str] = set()  # types a page of which met rows already stored (a resumed load): no more tries
 
     def store(member: SyncStream, run: StreamRun, page: PreparedPage) -> None:
-        if keep is not None and member.resource_type in keep[1]:
-            keep_members(member.resource_type, page, keep[0])
+        if members_only is not None and member.resource_type in GROUP_EXPORTED:
+            keep_members(member.resource_type, page, members_only)
         result = commit_prepared(ctx, member.id or 0, page, client=access.client_name,
                                  expect_new=member.resource_type not in upserting)
         if result.met_stored:

@@ -42,9 +42,9 @@ def drop_leavers(ctx: WorkerContext, access: EhrAccess, connection: Connection, 
     group = connection.export_group or ""
     roster = group_roster(access, connection, run)
     connection_id = connection.id or 0
-    if not roster.patients or roster.unresolved:
-        why = (f"Group/{group} names {roster.unresolved} member(s) by no Patient reference fhir-prm can read "
-               "(their records cannot be read either)" if roster.unresolved else f"Group/{group} lists no members")
+    if roster.unreadable:
+        why = f"Group/{group} {roster.unreadable}" + (" (their records cannot be read either)" if roster.unresolved
+                                                      else "")
         run.notes.append(f"{why}: nobody is removed, since who left cannot be told (prm sync erase removes a "
                          "whole copy)")
         log.warning("connection %s: %s; no patient removed", connection.name, why)

@@ -131,7 +131,7 @@ def _of_the_group(ctx: WorkerContext, access: EhrAccess, connection: Connection,
     if not patients or not group_population(stream, connection):
         return patients
     roster = group_roster(access, connection, run)
-    if not roster.patients or roster.unresolved:
+    if roster.unreadable:
         return patients
     with ctx.db.session() as session:
         merged_into = snapshots.merge_links(session, stream.connection_id)

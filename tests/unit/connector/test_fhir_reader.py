@@ -12,7 +12,6 @@ from connector.fhir_reader import (
     Authed,
     GroupRoster,
     _keep_since,
-    group_patient_ids,
     group_roster,
     in_last_updated_order,
     page_of,
@@ -62,7 +61,7 @@ def test_a_groups_patients_are_its_active_patient_members() -> None:
         {"entity": {"identifier": {"system": "urn:mrn", "value": "123"}}},
         {"entity": {"reference": "urn:uuid:5a0c"}},
     ]}
-    assert group_patient_ids(group) == ["p-1", "p-2", "p-4"]
+    assert list(group_roster(group).patients) == ["p-1", "p-2", "p-4"]
     assert group_roster(group) == GroupRoster(("p-1", "p-2", "p-4"), unresolved=3), \
         "members it cannot tell are counted: who they are is unknown"
 
