@@ -129,6 +129,9 @@ def check(scope: str, patient: str | None, profile: Profile, inter: Interaction,
             raise Denied(403, "forbidden", f"{inter.rtype} searches must name a patient (patient= or subject=)")
         if inter.rtype == "Patient" and not names & {"_id", "identifier"}:
             raise Denied(403, "forbidden", "Patient searches must give _id or identifier")
+    if profile.patient_lists == "refused" and inter.kind == "search" and inter.rtype in COMPARTMENT_TYPES and any(
+            k in PATIENT_PARAMS and "," in v for k, v in args):
+        raise Denied(400, "not-supported", "a search names one patient (patient= takes a single id)")
     contexts = allowing(scopes, inter.rtype, inter.perm)
     if not contexts:
         raise Denied(403, "forbidden", f"no granted scope allows {inter.kind} ({inter.perm}) on {inter.rtype}")

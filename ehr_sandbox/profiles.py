@@ -17,6 +17,10 @@ class Profile:
     # where $export may be asked (system, group, patient); none: no $export, bulk status or files at all
     export_levels: frozenset[str] = frozenset({"system", "group", "patient"})
     patient_scoped_searches_only: bool = False  # type-level searches need patient/subject (_id for Patient)
+    # a patient/subject search naming several patients (`patient=A,B`): "any" answers them all (FHIR's OR, as
+    # sekmet does), "refused" is a 400 (one patient a search, as large hospital EHRs allow), "first-only"
+    # silently answers the first patient's records alone (a server that drops the rest of the list)
+    patient_lists: str = "any"
     refused_writes: frozenset[str] = field(default_factory=frozenset)  # resource types whose create/update -> 403
     id_token_fault: str | None = None  # expired | wrong-aud | bad-signature | wrong-issuer: a broken id_token
     history: bool = True  # _history interactions (404 and left out of the CapabilityStatement when False)
@@ -47,7 +51,11 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
             export_levels=frozenset({"system"})),
     Profile("patient-scoped-only", "Type-level searches must name a patient", patient_scoped_searches_only=True),
     Profile("group-export-only", "$export only for a Group, and type-level searches must name a patient (as large "
-            "hospital EHRs do)", export_levels=frozenset({"group"}), patient_scoped_searches_only=True),
+            "hospital EHRs do), one patient a search", export_levels=frozenset({"group"}),
+            patient_scoped_searches_only=True, patient_lists="refused"),
+    Profile("patient-lists-first-only", "Type-level searches must name a patient, and a list of patients is "
+            "answered with the first one's records alone", patient_scoped_searches_only=True,
+            patient_lists="first-only"),
     Profile("task-writes-refused", "Task create/update is forbidden", refused_writes=frozenset({"Task"})),
     Profile("short-token-reuse-detection", "Access tokens live 5 seconds and a reused refresh token revokes all",
             access_token_lifetime_s=5, refresh_reuse_detection=True),

@@ -9,7 +9,7 @@ import requests
 from flask import Blueprint, Response, request
 
 from . import racy
-from .access import Denied, Interaction, check, classify, patient_refs
+from .access import PATIENT_PARAMS, Denied, Interaction, check, classify, patient_refs
 from .authz import SmartAuth
 
 REQUEST_HEADERS = ("Content-Type", "Accept", "Prefer", "If-None-Exist", "If-Match", "If-None-Match",
@@ -128,6 +128,8 @@ def build_blueprint(smart: SmartAuth) -> Blueprint:
                     return relay(forward(path, args, data=loosened))
         if smart.profile.last_updated_to_the_second and inter.kind == "search":
             args = [(k, WHOLE_SECOND.sub(r"\1", v)) if k == "_lastUpdated" else (k, v) for k, v in args]
+        if smart.profile.patient_lists == "first-only" and inter.kind == "search":
+            args = [(k, v.split(",")[0]) if k in PATIENT_PARAMS else (k, v) for k, v in args]
         if smart.profile.ignores_sort and inter.kind == "search" and "/" not in path.strip("/"):
             ignored = ("_sort", "_lastUpdated") if smart.profile.ignores_last_updated else ("_sort",)
             args = [(k, v) for k, v in args if k not in ignored] + [("_sort", "-_lastUpdated")]

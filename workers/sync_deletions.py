@@ -19,6 +19,7 @@ from prm import snapshots, streams
 from prm.errors import PermanentEhrError
 from prm.snapshot_models import SyncStream
 from workers.ehr_access import EhrAccess
+from workers.patient_lists import patients_per_search
 from workers.runtime import WorkerContext
 from workers.stream_leases import StreamLease
 from workers.sync_pages import commit_page
@@ -120,7 +121,8 @@ def _still_there(access: EhrAccess, resource_type: str, missing: list[str], para
 
 def _ids_patient_by_patient(ctx: WorkerContext, access: EhrAccess, stream: SyncStream,
                             params: list[tuple[str, str]], lease: StreamLease) -> set[str]:
-    """Every id of the type on an EHR that lists only per patient: one listing per known patient."""
+    """Every id of the type on an EHR that lists only per patient: one listing per known patient, or per
+    batch of them where the EHR answers a list of patients (workers.patient_lists)."""
     with ctx.db.session() as session:
         population = sorted(snapshots.live_ids(session, stream.connection_id, "Patient"))
     found: set[str] = set()
@@ -128,9 +130,10 @@ def _ids_patient_by_patient(ctx: WorkerContext, access: EhrAccess, stream: SyncS
         for batch in batches(population, ID_BATCH):
             found |= _all_ids(access, "Patient", [("_id", ",".join(batch))], lease)
         return found
-    for patient_id in population:
-        found |= _all_ids(access, stream.resource_type,
-                          [(PATIENT_PARAM[stream.resource_type], f"Patient/{patient_id}"), *params], lease)
+    per_search = patients_per_search(ctx, access.reader, stream.connection_id, population) if population else 1
+    for batch in batches(population, per_search):
+        named = ",".join(f"Patient/{patient_id}" for patient_id in batch)
+        found |= _all_ids(access, stream.resource_type, [(PATIENT_PARAM[stream.resource_type], named), *params], lease)
     return found
 
 

@@ -1,6 +1,7 @@
 """Patient by patient: how a stream syncs on an EHR that allows patient-scoped searches only (common in
-production). One `_lastUpdated` window per known patient (or batch of patient ids, for Patient itself), all
-from the same cursor; a patient this stream has not read in full yet (new to the population: the export
+production). One `_lastUpdated` window per known patient, or per batch of them (Patient by `_id`; the
+others where the EHR answers a search naming several patients in full, workers.patient_lists), all from the same
+cursor; a patient this stream has not read in full yet (new to the population: the export
 Group's new members, the record a known patient was merged into, or someone another stream found) has no
 window: their whole record is read once.
 
@@ -14,6 +15,7 @@ were never read, and the first ones were read again every run.)
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime
 
 from connector.fhir_reader import Page
@@ -22,6 +24,7 @@ from prm import snapshots, streams
 from prm.models import Connection
 from prm.snapshot_models import SyncStream
 from workers.ehr_access import EhrAccess
+from workers.patient_lists import patients_per_search
 from workers.runtime import WorkerContext
 from workers.stream_leases import StreamLease
 from workers.sync_deletions import ID_BATCH, PATIENT_PARAM, batches
@@ -51,7 +54,7 @@ def patient_windows(ctx: WorkerContext, access: EhrAccess, connection: Connectio
     position, began = streams.pass_place(stream, PATIENT_KIND)
     rest = [p for p in sorted(known) if position is None or p > position]
     since = [("_lastUpdated", f"ge{iso(stream.cursor)}")] if stream.cursor else []
-    steps = _steps(stream.resource_type, rest, read, since)
+    steps = _steps(stream.resource_type, rest, read, since, _per_search(ctx, access, stream, rest))
     done_through, read_whole = position, []
     kept_at = time.monotonic()
     for index, (last, searches) in enumerate(steps):
@@ -92,7 +95,8 @@ def read_newcomers(ctx: WorkerContext, access: EhrAccess, connection: Connection
     rule has every member to read once) leaves the rest to the next run, which comes at once (not caught up)."""
     stream, known, read = _population(ctx, access, connection, stream_id, run)
     newcomers = sorted(_of_the_group(ctx, access, connection, stream, run, {p for p in known if p not in read}))
-    for index, (_, searches) in enumerate(_steps(stream.resource_type, newcomers, read, [])):
+    steps = _steps(stream.resource_type, newcomers, read, [], _per_search(ctx, access, stream, newcomers))
+    for index, (_, searches) in enumerate(steps):
         if index and (time.monotonic() > deadline or not lease.renew()):
             run.caught_up = False
             run.notes.append("time or lease ran out reading the Group's newcomers: the next run goes on")
@@ -153,20 +157,33 @@ def _population(ctx: WorkerContext, access: EhrAccess, connection: Connection, s
     return stream, known, read
 
 
-def _steps(resource_type: str, patients: list[str], read: set[str], since: list[tuple[str, str]]) -> list[Step]:
-    """The pass over these patients, in id order: Patients by `_id` in batches (those read before since the
-    cursor, the new ones whole: up to two searches a batch), other types one search a patient."""
+def _steps(resource_type: str, patients: list[str], read: set[str], since: list[tuple[str, str]],
+           per_search: int) -> list[Step]:
+    """The pass over these patients, in id order, a batch a step: Patients by `_id`, ID_BATCH at a time; other
+    types by their patient parameter, `per_search` patients a search (one where the EHR takes no list, see
+    workers.patient_lists). A batch's patients read before are asked for since the cursor, its new ones whole:
+    up to two searches a batch."""
+    named: Callable[[list[str]], list[tuple[str, str]]]
     if resource_type == "Patient":
-        steps: list[Step] = []
-        for batch in batches(patients, ID_BATCH):
-            known, new = [p for p in batch if p in read], [p for p in batch if p not in read]
-            steps.append((batch[-1], [([("_id", ",".join(ids)), *extra], whole)
-                                      for ids, extra, whole in ((known, since, []), (new, [], new)) if ids]))
-        return steps
-    key = PATIENT_PARAM[resource_type]
-    ours = [("identifier", f"{IDENTIFIER_SYSTEM}|")] if resource_type in WRITTEN_TYPES else []
-    return [(p, [([(key, f"Patient/{p}"), ("_sort", "_lastUpdated"), *(since if p in read else []), *ours],
-                  [] if p in read else [p])]) for p in patients]
+        size, named = ID_BATCH, lambda ids: [("_id", ",".join(ids))]
+    else:
+        key = PATIENT_PARAM[resource_type]
+        ours = [("identifier", f"{IDENTIFIER_SYSTEM}|")] if resource_type in WRITTEN_TYPES else []
+        size, named = per_search, lambda ids: [(key, ",".join(f"Patient/{p}" for p in ids)),
+                                               ("_sort", "_lastUpdated"), *ours]
+    steps: list[Step] = []
+    for batch in batches(patients, size):
+        known, new = [p for p in batch if p in read], [p for p in batch if p not in read]
+        steps.append((batch[-1], [([*named(ids), *extra], whole)
+                                  for ids, extra, whole in ((known, since, []), (new, [], new)) if ids]))
+    return steps
+
+
+def _per_search(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, patients: list[str]) -> int:
+    """Patients a search names for this stream: Patient's own batches need no verdict."""
+    if stream.resource_type == "Patient" or len(patients) < 2:
+        return 1
+    return patients_per_search(ctx, access.reader, stream.connection_id, patients)
 
 
 def _keep_place(ctx: WorkerContext, stream_id: int, done_through: str | None, began: datetime | None,

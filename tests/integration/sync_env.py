@@ -50,6 +50,11 @@ class SyncEnv:
                 runs.update({companion.resource_type: companion for companion in run.companions})
         return runs
 
+    def patient_lists(self) -> dict[str, Any] | None:
+        """Whether the EHR was found to answer a search naming several patients in full (workers.patient_lists)."""
+        with self.ctx.db.session() as session:
+            return connections.patient_lists_verdict(session, self.connection_id)
+
     def snapshot(self, resource_type: str) -> set[tuple[str, str | None]]:
         with self.ctx.db.session() as session:
             return snapshots.versions(session, self.connection_id, resource_type)

@@ -21,7 +21,7 @@ from sqlmodel import col, select
 
 from ehr_sandbox.stack import SandboxStack
 from fhir_mappings.patient import patient_record_from_patient
-from prm import audit, leases, snapshots, streams
+from prm import audit, connections, leases, snapshots, streams
 from prm.crypto import SecretBox
 from prm.db import Database
 from prm.models import AuditRecord, Connection, Job
@@ -277,7 +277,16 @@ def test_it_checks_a_connection_from_its_page(live_app: LiveApp, accounts: dict[
     """"Check now" probes the EHR as `prm connection check` does, stores the profile and audits it as the admin's;
     a practice manager sees no button and may not post one."""
     admin = signed_in(live_app, accounts["it_admin"])
+    db = Database(live_app.database_url)
+    try:  # what the sync found out itself (workers.patient_lists) is shown until a check asks again
+        with db.session() as session:
+            sandbox_id = connections.by_name(session, "sandbox").id or 0
+            connections.keep_patient_lists_verdict(session, sandbox_id, {
+                "allowed": False, "detail": "refused (400): one patient a search"})
+    finally:
+        db.dispose()
     page = admin.get("/admin/connections/sandbox").text
+    assert ">Patient lists (one search naming several patients) refused (400): one patient a search.</p>" in page
     token = re.search(r'action="/admin/connections/sandbox/check" class="inline">\s*'
                       r'<input type="hidden" name="csrf_token" value="([^"]+)"', page)
     assert token and 'id="check-connection"' in page
@@ -291,6 +300,7 @@ def test_it_checks_a_connection_from_its_page(live_app: LiveApp, accounts: dict[
     assert checked is not None and checked.capability_checked_at is not None and checked.capability_profile
     shown = admin.get("/admin/connections/sandbox").text
     assert f"checked {checked.capability_checked_at:%Y-%m-%d %H:%M} UTC" in shown
+    assert 'id="patient-lists"' not in shown, "the check starts the profile afresh: the sync asks again"
     manager = signed_in(live_app, accounts["practice_manager"])
     assert 'id="check-connection"' not in manager.get("/admin/connections/sandbox").text
     minted = csrf.issue(TEST_SECRET, hashlib.sha256(manager.cookies["prm_admin"].encode()).hexdigest(),

@@ -475,6 +475,29 @@ def test_patient_scoped_only_profile(profile_ehr: Any, backend_key: RSAKey) -> N
     assert fhir(ehr, "GET", "Patient", token, params={"_id": "pat-000001"}).status_code == 200
 
 
+@pytest.mark.parametrize(("profile", "answer"), [("patient-scoped-only", "both"), ("group-export-only", "refused"),
+                                                 ("patient-lists-first-only", "first")])
+def test_a_search_naming_two_patients_per_profile(profile_ehr: Any, backend_key: RSAKey, profile: str,
+                                                  answer: str) -> None:
+    """FHIR's OR (`patient=A,B`) as sekmet answers it; refused, as EHRs taking one patient a search do; or the
+    first patient's records alone, as a server that drops the rest of the list silently would."""
+    ehr = profile_ehr(profile)
+    token = backend_token(ehr, backend_key, "system/*.rs").json()["access_token"]
+
+    def visits(patients: str) -> requests.Response:
+        return fhir(ehr, "GET", "Encounter", token, params={"patient": patients, "_count": "200"})
+
+    first, second = ({e["resource"]["id"] for e in visits(p).json().get("entry", [])}
+                     for p in ("Patient/pat-000001", "Patient/pat-000002"))
+    both = visits("Patient/pat-000001,Patient/pat-000002")
+    assert first and second
+    if answer == "refused":
+        assert both.status_code == 400 and both.json()["issue"][0]["code"] == "not-supported"
+    else:
+        found = {e["resource"]["id"] for e in both.json().get("entry", [])}
+        assert found == (first | second if answer == "both" else first)
+
+
 def test_task_writes_refused_profile(profile_ehr: Any, backend_key: RSAKey) -> None:
     ehr = profile_ehr("task-writes-refused")
     token = backend_token(ehr, backend_key, "system/Task.cru").json()["access_token"]

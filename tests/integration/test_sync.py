@@ -15,7 +15,7 @@ from sqlmodel import col, select
 from ehr_sandbox.config import SandboxConfig
 from ehr_sandbox.stack import SandboxStack
 from fhir_mappings.written import IDENTIFIER_SYSTEM
-from prm import audit, snapshots, streams
+from prm import audit, connections, snapshots, streams
 from prm.errors import PermanentEhrError
 from prm.models import AuditRecord, Job
 from prm.snapshot_models import Booking, StreamPatient, SyncStream
@@ -25,6 +25,7 @@ from tests.support.settings import env_for
 from workers import sync_engine, sync_history
 from workers.connection_check import check_connection
 from workers.page_prep import PreparedPage, Target, prepare_lines
+from workers.patient_lists import LIST_SIZE
 from workers.prep_helper import Helper, Lines
 from workers.sync import SYNC_STREAM
 from workers.sync_connection import sync_connection
@@ -392,13 +393,21 @@ def test_an_ehr_that_only_allows_patient_searches_is_read_patient_by_patient(tmp
         assert again["Patient"].deleted == 1 and again["Encounter"].deleted == 1
         assert kept and kept <= fresh.snapshot("Encounter")
         assert_in_step(fresh, ("Patient", "Encounter"))
+        verdict = fresh.patient_lists()
+        assert verdict is not None and verdict["allowed"] is True, "this EHR answers a list of patients in full"
+        assert again["Encounter"].pages == 2, "69 patients, fifty a search: two pages, not 69"
 
 
-def test_a_patient_by_patient_pass_longer_than_a_run_goes_on_where_the_run_stopped(tmp_path: Path) -> None:
-    """A large population outlasts a job's time: each run goes on from the last patient the run before it
-    finished (one patient a run here, with no time to spare), and the pass ends with the snapshot equal to the
-    EHR's. Started afresh each run, as it was, the pass never ended and the last patients were never read."""
-    with sync_env(tmp_path, profile="patient-scoped-only", patients=70) as fresh:
+@pytest.mark.parametrize(("profile", "per_search"), [("patient-lists-first-only", 1),
+                                                    ("patient-scoped-only", LIST_SIZE)])
+def test_a_patient_by_patient_pass_longer_than_a_run_goes_on_where_the_run_stopped(
+        tmp_path: Path, profile: str, per_search: int) -> None:
+    """A large population outlasts a job's time: each run goes on from the last patient (or batch of them) the
+    run before it finished (one step a run here, with no time to spare), and the pass ends with the snapshot
+    equal to the EHR's. Started afresh each run, as it was, the pass never ended and the last patients were never
+    read. An EHR that answers a list of patients with the first one's records alone is asked one patient a
+    search: fifty a search there, the changes of patients after a batch's first were never seen."""
+    with sync_env(tmp_path, profile=profile, patients=70) as fresh:
         check_connection(fresh.ctx, fresh.connection_id)
         fresh.run_all(("Patient", "Encounter"))
         patients = sorted(i for i, _ in fresh.server("Patient"))
@@ -418,12 +427,14 @@ def test_a_patient_by_patient_pass_longer_than_a_run_goes_on_where_the_run_stopp
         assert shown["caught_up"] < shown["last_success"], "the lag runs from the last run that read it all"
         while not runs[-1].caught_up and len(runs) < len(patients) + 2:
             runs.append(run_stream(fresh.ctx, stream.id or 0, time_budget_s=0))
-        assert len(runs) == len(patients), "one patient a run, each run on from the one before"
+        assert len(runs) == -(-len(patients) // per_search), "one step a run, each run on from the one before"
         assert runs[-1].caught_up and sum(run.stored for run in runs) == 3
         assert_in_step(fresh, ("Encounter",))
         with fresh.ctx.db.session() as session:
             ended = streams.get(session, stream.id or 0)
         assert (ended.pass_kind, ended.pass_position, ended.pass_started) == (None, None, None)
+        verdict = fresh.patient_lists()
+        assert verdict is not None and verdict["allowed"] is (per_search > 1), verdict
 
 
 def test_a_patient_pass_goes_on_by_whole_batches(tmp_path: Path) -> None:
@@ -477,6 +488,9 @@ def test_an_ehr_with_only_group_export_syncs_the_groups_patients_and_its_new_mem
         again = fresh.run_all(tuple(t for t in GROUP_EXPORTED if t != "Patient"))  # ... and is read in full
         assert again["Encounter"].stored == 1 + len(fresh.server("Encounter", [joining]))
         assert_group_in_step(fresh, [*members, joining])
+        verdict = fresh.patient_lists()
+        assert verdict is not None and (verdict["allowed"], verdict["detail"]) == (
+            False, "refused (400): one patient a search"), "this EHR takes one patient a search"
 
         # One leaves the Group: their records leave the snapshot, and nothing of theirs comes back ...
         leaver = members[1]
@@ -532,19 +546,32 @@ def test_a_group_scoped_connection_never_takes_in_other_patients_as_they_change(
         quiet = fresh.run_all(GROUP_EXPORTED)
         assert sum(run.stored for run in quiet.values()) == 0, "newcomers are read whole once"
 
-        # A Group exported before this rule noted no member as read: each is read whole once, a run at a time
-        # as the time budget allows, the next run at once.
+        # A Group exported before this rule noted no member as read: each is read whole once, a step a run as
+        # the time budget allows, the next run at once. This EHR answers a list of patients: one search, one step.
         with fresh.ctx.db.session() as session:
             [stream] = [s for s in streams.of_connection(session, fresh.connection_id)
                         if s.resource_type == "Encounter"]
-            for row in session.exec(select(StreamPatient).where(StreamPatient.stream_id == stream.id,
-                                                                col(StreamPatient.patient_id).in_(members[:3]))):
-                session.delete(row)
+
+        def forget_three() -> None:
+            with fresh.ctx.db.session() as session:
+                for row in session.exec(select(StreamPatient).where(
+                        StreamPatient.stream_id == stream.id, col(StreamPatient.patient_id).in_(members[:3]))):
+                    session.delete(row)
+
+        forget_three()
+        runs = [run_stream(fresh.ctx, stream.id or 0, time_budget_s=0)]
+        assert runs[0].caught_up, "three newcomers, one search: one step, no time needed for more"
+        assert runs[0].stored == len(fresh.server("Encounter", members[:3]))
+        verdict = fresh.patient_lists()
+        assert verdict is not None and verdict["allowed"] is True, "asked when two newcomers were first read"
+        # Where the EHR takes one patient a search, a patient a step, a run when out of time.
+        forget_three()
+        with fresh.ctx.db.session() as session:
+            connections.keep_patient_lists_verdict(session, fresh.connection_id, {**verdict, "allowed": False})
         runs = [run_stream(fresh.ctx, stream.id or 0, time_budget_s=0)]
         while not runs[-1].caught_up and len(runs) < 5:
             runs.append(run_stream(fresh.ctx, stream.id or 0, time_budget_s=0))
         assert [run.caught_up for run in runs] == [False, False, True], "one patient a run when out of time"
-        assert sum(run.stored for run in runs) == len(fresh.server("Encounter", members[:3]))
         assert_group_in_step(fresh, [*members, joining])
 
         # A member the Group marks inactive has left it; a Group listing nobody is taken for a mistake.
