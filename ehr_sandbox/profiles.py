@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class Profile:
     # a patient/subject search naming several patients (`patient=A,B`): "any" answers them all (FHIR's OR, as
     # sekmet does), "refused" is a 400 (one patient a search, as large hospital EHRs allow), "first-only"
     # silently answers the first patient's records alone (a server that drops the rest of the list)
-    patient_lists: str = "any"
+    patient_lists: Literal["any", "refused", "first-only"] = "any"
     refused_writes: frozenset[str] = field(default_factory=frozenset)  # resource types whose create/update -> 403
     id_token_fault: str | None = None  # expired | wrong-aud | bad-signature | wrong-issuer: a broken id_token
     history: bool = True  # _history interactions (404 and left out of the CapabilityStatement when False)

@@ -272,25 +272,6 @@ def record_capability(session: Session, clock: Clock, row: Connection, profile: 
     session.add(row)
 
 
-def patient_lists_verdict(session: Session, connection_id: int) -> dict[str, Any] | None:
-    """Whether the EHR answers a search naming several patients in full (workers.patient_lists), if asked."""
-    row = session.get(Connection, connection_id)
-    if row is None:
-        raise NotFoundError(f"no connection with id {connection_id}")
-    found = ((row.capability_profile or {}).get("sync") or {}).get("patient_lists")
-    return found if isinstance(found, dict) else None
-
-
-def keep_patient_lists_verdict(session: Session, connection_id: int, verdict: dict[str, Any]) -> None:
-    """Kept in the capability profile's sync section, beside what the check found, until the next check."""
-    row = session.get(Connection, connection_id)
-    if row is None:
-        raise NotFoundError(f"no connection with id {connection_id}")
-    profile = row.capability_profile or {}
-    row.capability_profile = {**profile, "sync": {**(profile.get("sync") or {}), "patient_lists": verdict}}
-    session.add(row)
-
-
 def flag_for_it(session: Session, clock: Clock, connection_id: int, reason: str) -> None:
     """The EHR refused our token even after a fresh one: background work on it needs IT, say so where IT looks."""
     row = session.get(Connection, connection_id)

@@ -274,6 +274,9 @@ class SyncStream(SQLModel, table=True):
     # Why the sync paused the stream itself (the EHR refused a type its check found unlisted or not granted);
     # None when IT paused it, or it runs. IT's pause or resume clears it; a check finding the type resumes it.
     pause_note: str | None = Field(default=None, max_length=500)
+    # Whether the EHR answers a search of this type naming several patients in full (workers.patient_lists):
+    # None until the sync asks; a check of the connection clears it.
+    patient_lists: dict[str, Any] | None = Field(default=None, sa_type=JSON, nullable=True)
     strategy: str = Field(default="auto", max_length=20)  # auto | bulk | search | patient (IT may override)
     phase: str = Field(default="initial", max_length=20)  # initial | incremental
     interval_s: int = 300

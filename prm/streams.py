@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, func, update
 from sqlmodel import Session, col, select
@@ -99,6 +100,21 @@ def pause_refused(session: Session, clock: Clock, actor: audit.Actor, stream: Sy
     session.add(stream)
     audit.record(session, clock, actor, "sync.pause", connection_id=stream.connection_id, entity=stream.resource_type,
                  detail="the EHR refused a type it does not offer")
+
+
+def keep_patient_lists(session: Session, stream_id: int, verdict: dict[str, Any]) -> None:
+    """What the EHR answered when asked whether a search of the stream's type may name several patients."""
+    stream = get(session, stream_id)
+    stream.patient_lists = verdict
+    session.add(stream)
+
+
+def forget_patient_lists(session: Session, connection_id: int) -> None:
+    """A check of the connection: the EHR may have changed (an upgrade), so each stream asks it again."""
+    for stream in of_connection(session, connection_id):
+        if stream.patient_lists is not None:
+            stream.patient_lists = None
+            session.add(stream)
 
 
 def resume_offered(session: Session, clock: Clock, actor: audit.Actor, connection_id: int,

@@ -158,7 +158,8 @@ def connection_detail(name: str) -> str:
                            open_quarantined={t: n for (_, t), n in open_counts.items()},
                            strategies=streams.STRATEGIES, subscriptions=subscribed,
                            subscription_support=(row.capability_profile or {}).get("subscriptions") or {},
-                           patient_lists=((row.capability_profile or {}).get("sync") or {}).get("patient_lists"),
+                           patient_lists=[(s.resource_type, s.patient_lists.get("detail")) for s in sync_streams
+                                          if s.patient_lists],
                            subscription_scopes=connections.SUBSCRIPTION_SCOPES, lag=admin_present.lag,
                            health=admin_present.health_lines(row.health_detail or {}),
                            woken=request.args.get("woken", type=int),

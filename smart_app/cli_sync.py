@@ -37,7 +37,8 @@ def _status_row(name: str, stream: SyncStream, now: datetime, open_quarantined: 
             "lag_s": round(lag) if lag is not None else None, "pages": stream.pages,
             "held": held, "resources": stream.resources_synced, "deleted": stream.deleted_synced,
             "quarantined": stream.quarantined, "quarantined_open": open_quarantined, "error": stream.last_error,
-            "pass": _pass_row(stream), "reload": streams.reload_state(stream)}
+            "pass": _pass_row(stream), "reload": streams.reload_state(stream),
+            "patient_lists": stream.patient_lists}
 
 
 def _pass_row(stream: SyncStream) -> dict[str, Any] | None:

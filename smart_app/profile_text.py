@@ -64,10 +64,8 @@ def _bundles_line(bundles: dict[str, Any]) -> str:
 def _sync_line(sync: dict[str, Any], count_limit: int | None) -> str:
     strategy = sync.get("strategy") or {}
     export = [level for level, on in (sync.get("export") or {}).items() if on]
-    lists = sync.get("patient_lists") or {}  # found by the sync's first patient-scoped pass (workers.patient_lists)
     return (f"initial {strategy.get('initial', '?')}, incremental {strategy.get('incremental', '?')}; "
-            f"$export {'/'.join(export) or 'none'}; _count limit {count_limit if count_limit is not None else '?'}"
-            + (f"; patient lists {lists['detail']}" if lists.get("detail") else ""))
+            f"$export {'/'.join(export) or 'none'}; _count limit {count_limit if count_limit is not None else '?'}")
 
 
 def _subscriptions_line(subscriptions: dict[str, Any]) -> str:

@@ -1,6 +1,6 @@
 """`prm connection check` wired: load a connection with its secrets, probe the EHR, store and audit the profile,
-bring the check of our Subscriptions at that EHR forward, and resume the streams the sync paused for a type the
-EHR now offers."""
+bring the check of our Subscriptions at that EHR forward, resume the streams the sync paused for a type the
+EHR now offers, and have each stream ask again whether a search may name several patients."""
 
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ def check_connection(ctx: WorkerContext, connection_id: int, actor: audit.Actor 
         if row is None:
             raise NotFoundError(f"connection {connection_id} was removed during the check")
         connections.record_capability(session, ctx.settings.clock, row, profile)
+        streams.forget_patient_lists(session, connection_id)  # the EHR may have changed: each stream asks again
         offered_now = [t for t in streams.SYNC_TYPES if offered(row, t)]  # seen offered, not merely unknown
         for stream in streams.resume_offered(session, ctx.settings.clock, actor or CHECKER, connection_id, offered_now):
             jobs.wake(session, SYNC_STREAM, stream.id or 0, ctx.settings.clock())  # paused for a refusal: offered now

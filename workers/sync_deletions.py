@@ -19,16 +19,13 @@ from prm import snapshots, streams
 from prm.errors import PermanentEhrError
 from prm.snapshot_models import SyncStream
 from workers.ehr_access import EhrAccess
-from workers.patient_lists import patients_per_search
+from workers.patient_lists import naming, patients_per_search, refused_mid_pass
 from workers.runtime import WorkerContext
 from workers.stream_leases import StreamLease
 from workers.sync_pages import commit_page
 
 log = logging.getLogger(__name__)
 RECONCILE_EVERY = timedelta(hours=6)
-# The search parameter naming a type's patient, where an EHR allows patient-scoped searches only.
-PATIENT_PARAM = {"Encounter": "patient", "Appointment": "patient", "RelatedPerson": "patient",
-                 "Task": "patient", "Communication": "patient"}
 LEASE_CHECK_IDS = 500  # ids listed between looks at whether the lease is due for renewal
 ID_BATCH = 50  # ids per `_id` search (a URL stays well under common 8 KB limits)
 GONE = (404, 410)
@@ -130,11 +127,21 @@ def _ids_patient_by_patient(ctx: WorkerContext, access: EhrAccess, stream: SyncS
         for batch in batches(population, ID_BATCH):
             found |= _all_ids(access, "Patient", [("_id", ",".join(batch))], lease)
         return found
-    per_search = patients_per_search(ctx, access.reader, stream.connection_id, population) if population else 1
+    per_search = patients_per_search(ctx, access.reader, stream.id or 0, stream.resource_type, population)
     for batch in batches(population, per_search):
-        named = ",".join(f"Patient/{patient_id}" for patient_id in batch)
-        found |= _all_ids(access, stream.resource_type, [(PATIENT_PARAM[stream.resource_type], named), *params], lease)
+        found |= _ids_of_patients(ctx, access, stream, batch, params, lease)
     return found
+
+
+def _ids_of_patients(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, patients: list[str],
+                     params: list[tuple[str, str]], lease: StreamLease) -> set[str]:
+    """The type's ids these patients' records have; a list the EHR refuses after all, one patient a search."""
+    try:
+        return _all_ids(access, stream.resource_type, [naming(stream.resource_type, patients), *params], lease)
+    except PermanentEhrError as exc:
+        if len(patients) == 1 or not refused_mid_pass(ctx, stream.id or 0, stream.resource_type, exc):
+            raise
+    return set().union(*(_ids_of_patients(ctx, access, stream, [p], params, lease) for p in patients))
 
 
 def _all_ids(access: EhrAccess, resource_type: str, params: list[tuple[str, str]] | None,

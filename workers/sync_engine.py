@@ -23,11 +23,12 @@ from prm.snapshot_models import SyncStream
 from workers.ehr_access import EhrAccess, access_for
 from workers.gc_quiet import quiet_gc
 from workers.page_prep import PreparedPage, Target, prepare_lines
+from workers.patient_lists import PATIENT_PARAM
 from workers.prep_helper import Preparer, preparer
 from workers.runtime import WorkerContext
 from workers.stream_leases import LeaseLost, StreamLease, release_together, renew_together
 from workers.stream_offers import pause_note
-from workers.sync_deletions import PATIENT_PARAM, find_deletions
+from workers.sync_deletions import find_deletions
 from workers.sync_export_place import EXPORT_KIND, export_manifest
 from workers.sync_history import history_feeds, next_mark, read_history, store_history, store_news
 from workers.sync_leavers import drop_leavers

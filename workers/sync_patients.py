@@ -18,16 +18,15 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
-from connector.fhir_reader import Page
-from fhir_mappings.written import IDENTIFIER_SYSTEM, WRITTEN_TYPES
 from prm import snapshots, streams
+from prm.errors import PermanentEhrError
 from prm.models import Connection
 from prm.snapshot_models import SyncStream
 from workers.ehr_access import EhrAccess
-from workers.patient_lists import patients_per_search
+from workers.patient_lists import naming, one_by_one, patients_per_search, refused_mid_pass, type_params
 from workers.runtime import WorkerContext
 from workers.stream_leases import StreamLease
-from workers.sync_deletions import ID_BATCH, PATIENT_PARAM, batches
+from workers.sync_deletions import ID_BATCH, batches
 from workers.sync_pages import commit_page
 from workers.sync_population import group_members, group_roster, population_of
 from workers.sync_run import OVERLAP, Progress, StreamRun, count_page, iso, server_instant
@@ -59,7 +58,7 @@ def patient_windows(ctx: WorkerContext, access: EhrAccess, connection: Connectio
     kept_at = time.monotonic()
     for index, (last, searches) in enumerate(steps):
         for params, whole in searches:
-            server_time = _store_search(ctx, access, stream_id, stream.resource_type, params, run, progress)
+            server_time = _store_search(ctx, access, stream_id, stream.resource_type, params, run, progress, lease)
             if began is None and server_time:
                 began = server_instant(server_time)
             read_whole += whole
@@ -102,7 +101,7 @@ def read_newcomers(ctx: WorkerContext, access: EhrAccess, connection: Connection
             run.notes.append("time or lease ran out reading the Group's newcomers: the next run goes on")
             return
         for params, whole in searches:
-            _store_search(ctx, access, stream_id, stream.resource_type, params, run, progress)
+            _store_search(ctx, access, stream_id, stream.resource_type, params, run, progress, lease)
             with ctx.db.session() as session:
                 streams.note_patients_read(session, stream_id, whole)
     if newcomers:
@@ -110,17 +109,31 @@ def read_newcomers(ctx: WorkerContext, access: EhrAccess, connection: Connection
 
 
 def _store_search(ctx: WorkerContext, access: EhrAccess, stream_id: int, resource_type: str,
-                  params: list[tuple[str, str]], run: StreamRun, progress: Progress | None) -> str | None:
-    """One search of the population's records, every page stored (no cursor moves: a pass keeps its own);
-    returns the server's time on its first page, if it gave one."""
-    page: Page | None = access.reader.search(resource_type, params)
-    server_time = page.server_time if page is not None else None
-    while page is not None:
-        result = commit_page(ctx, stream_id, page.resources, move_cursor=False, client=access.client_name,
-                             of_population=True)
-        count_page(run, result.stored, 0, result.quarantined, progress)
-        page = access.reader.follow(page.next_url) if page.next_url else None
-    return server_time
+                  params: list[tuple[str, str]], run: StreamRun, progress: Progress | None,
+                  lease: StreamLease) -> str | None:
+    """One search of the population's records, every page stored (no cursor moves: a pass keeps its own), the
+    lease kept between pages (a batch's whole records can be many); returns the server's time on its first
+    page, if it gave one. A search naming several patients that the EHR refuses after all is made again one
+    patient a search (workers.patient_lists.refused_mid_pass)."""
+    try:
+        page = access.reader.search(resource_type, params)
+        server_time = page.server_time
+        while True:
+            result = commit_page(ctx, stream_id, page.resources, move_cursor=False, client=access.client_name,
+                                 of_population=True)
+            count_page(run, result.stored, 0, result.quarantined, progress)
+            if not page.next_url:
+                return server_time
+            lease.keep()
+            page = access.reader.follow(page.next_url)
+    except PermanentEhrError as exc:
+        singles = one_by_one(resource_type, params)
+        if not singles or not refused_mid_pass(ctx, stream_id, resource_type, exc):
+            raise
+        run.notes.append(f"a search naming {len(singles)} patients was refused: one patient a search from now on")
+        times = [_store_search(ctx, access, stream_id, resource_type, single, run, progress, lease)
+                 for single in singles]
+        return next((t for t in times if t), None)
 
 
 def _of_the_group(ctx: WorkerContext, access: EhrAccess, connection: Connection, stream: SyncStream,
@@ -167,10 +180,7 @@ def _steps(resource_type: str, patients: list[str], read: set[str], since: list[
     if resource_type == "Patient":
         size, named = ID_BATCH, lambda ids: [("_id", ",".join(ids))]
     else:
-        key = PATIENT_PARAM[resource_type]
-        ours = [("identifier", f"{IDENTIFIER_SYSTEM}|")] if resource_type in WRITTEN_TYPES else []
-        size, named = per_search, lambda ids: [(key, ",".join(f"Patient/{p}" for p in ids)),
-                                               ("_sort", "_lastUpdated"), *ours]
+        size, named = per_search, lambda ids: [naming(resource_type, ids), *type_params(resource_type)]
     steps: list[Step] = []
     for batch in batches(patients, size):
         known, new = [p for p in batch if p in read], [p for p in batch if p not in read]
@@ -180,10 +190,10 @@ def _steps(resource_type: str, patients: list[str], read: set[str], since: list[
 
 
 def _per_search(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, patients: list[str]) -> int:
-    """Patients a search names for this stream: Patient's own batches need no verdict."""
-    if stream.resource_type == "Patient" or len(patients) < 2:
-        return 1
-    return patients_per_search(ctx, access.reader, stream.connection_id, patients)
+    """Patients a search names for this stream (Patient's `_id` batches are ID_BATCH, whatever this says)."""
+    if stream.resource_type == "Patient":
+        return ID_BATCH
+    return patients_per_search(ctx, access.reader, stream.id or 0, stream.resource_type, patients)
 
 
 def _keep_place(ctx: WorkerContext, stream_id: int, done_through: str | None, began: datetime | None,

@@ -50,10 +50,12 @@ class SyncEnv:
                 runs.update({companion.resource_type: companion for companion in run.companions})
         return runs
 
-    def patient_lists(self) -> dict[str, Any] | None:
-        """Whether the EHR was found to answer a search naming several patients in full (workers.patient_lists)."""
+    def patient_lists(self, resource_type: str) -> dict[str, Any] | None:
+        """What the EHR answered the type's stream: may a search name several patients (workers.patient_lists)?"""
         with self.ctx.db.session() as session:
-            return connections.patient_lists_verdict(session, self.connection_id)
+            [stream] = [s for s in streams.of_connection(session, self.connection_id)
+                        if s.resource_type == resource_type]
+            return stream.patient_lists
 
     def snapshot(self, resource_type: str) -> set[tuple[str, str | None]]:
         with self.ctx.db.session() as session:

@@ -280,13 +280,17 @@ def test_it_checks_a_connection_from_its_page(live_app: LiveApp, accounts: dict[
     db = Database(live_app.database_url)
     try:  # what the sync found out itself (workers.patient_lists) is shown until a check asks again
         with db.session() as session:
-            sandbox_id = connections.by_name(session, "sandbox").id or 0
-            connections.keep_patient_lists_verdict(session, sandbox_id, {
-                "allowed": False, "detail": "refused (400): one patient a search"})
+            kept = [s for s in streams.ensure(session, connections.by_name(session, "sandbox").id or 0)
+                    if s.resource_type in ("Appointment", "Encounter")]
+        for stream, detail in zip(kept, ("answered in full: 50 patients a search",
+                                         "refused (400): one patient a search"), strict=True):
+            with db.session() as session:
+                streams.keep_patient_lists(session, stream.id or 0, {"allowed": None, "detail": detail})
     finally:
         db.dispose()
     page = admin.get("/admin/connections/sandbox").text
-    assert ">Patient lists (one search naming several patients) refused (400): one patient a search.</p>" in page
+    assert (f">Searches naming several patients: {kept[0].resource_type} answered in full: 50 patients a search; "
+            f"{kept[1].resource_type} refused (400): one patient a search.</p>") in page
     token = re.search(r'action="/admin/connections/sandbox/check" class="inline">\s*'
                       r'<input type="hidden" name="csrf_token" value="([^"]+)"', page)
     assert token and 'id="check-connection"' in page

@@ -15,7 +15,7 @@ from sqlmodel import col, select
 from ehr_sandbox.config import SandboxConfig
 from ehr_sandbox.stack import SandboxStack
 from fhir_mappings.written import IDENTIFIER_SYSTEM
-from prm import audit, connections, snapshots, streams
+from prm import audit, snapshots, streams
 from prm.errors import PermanentEhrError
 from prm.models import AuditRecord, Job
 from prm.snapshot_models import Booking, StreamPatient, SyncStream
@@ -393,7 +393,7 @@ def test_an_ehr_that_only_allows_patient_searches_is_read_patient_by_patient(tmp
         assert again["Patient"].deleted == 1 and again["Encounter"].deleted == 1
         assert kept and kept <= fresh.snapshot("Encounter")
         assert_in_step(fresh, ("Patient", "Encounter"))
-        verdict = fresh.patient_lists()
+        verdict = fresh.patient_lists("Encounter")
         assert verdict is not None and verdict["allowed"] is True, "this EHR answers a list of patients in full"
         assert again["Encounter"].pages == 2, "69 patients, fifty a search: two pages, not 69"
 
@@ -433,7 +433,7 @@ def test_a_patient_by_patient_pass_longer_than_a_run_goes_on_where_the_run_stopp
         with fresh.ctx.db.session() as session:
             ended = streams.get(session, stream.id or 0)
         assert (ended.pass_kind, ended.pass_position, ended.pass_started) == (None, None, None)
-        verdict = fresh.patient_lists()
+        verdict = fresh.patient_lists("Encounter")
         assert verdict is not None and verdict["allowed"] is (per_search > 1), verdict
 
 
@@ -488,9 +488,28 @@ def test_an_ehr_with_only_group_export_syncs_the_groups_patients_and_its_new_mem
         again = fresh.run_all(tuple(t for t in GROUP_EXPORTED if t != "Patient"))  # ... and is read in full
         assert again["Encounter"].stored == 1 + len(fresh.server("Encounter", [joining]))
         assert_group_in_step(fresh, [*members, joining])
-        verdict = fresh.patient_lists()
+        verdict = fresh.patient_lists("Encounter")
         assert verdict is not None and (verdict["allowed"], verdict["detail"]) == (
             False, "refused (400): one patient a search"), "this EHR takes one patient a search"
+        # As if it had answered lists before an upgrade: the pass's searches and the id listing are refused, and
+        # each is made again one patient a search; from then on, one patient a search.
+        with fresh.ctx.db.session() as session:
+            [stream] = [s for s in streams.of_connection(session, fresh.connection_id)
+                        if s.resource_type == "Encounter"]
+            streams.keep_patient_lists(session, stream.id or 0, {**verdict, "allowed": True})
+            stream.reconciled_at = None  # the id comparison due (no type-level `_history` here)
+            session.add(stream)
+        changed = fresh.read("Encounter", encounter)
+        fresh.put({**changed, "status": "cancelled" if changed["status"] != "cancelled" else "finished"})
+        gone = next(i for i, _ in fresh.server("Encounter", [members[5]]))
+        fresh.delete("Encounter", gone)
+        upgraded = fresh.run_all(("Encounter",))["Encounter"]
+        assert "a search naming 31 patients was refused: one patient a search from now on" in upgraded.notes
+        assert (upgraded.stored, upgraded.deleted) == (1, 1)
+        assert_group_in_step(fresh, [*members, joining])
+        verdict = fresh.patient_lists("Encounter")
+        assert verdict is not None and (verdict["allowed"], verdict["detail"]) == (
+            False, "refused mid-pass (400): one patient a search")
 
         # One leaves the Group: their records leave the snapshot, and nothing of theirs comes back ...
         leaver = members[1]
@@ -562,16 +581,17 @@ def test_a_group_scoped_connection_never_takes_in_other_patients_as_they_change(
         runs = [run_stream(fresh.ctx, stream.id or 0, time_budget_s=0)]
         assert runs[0].caught_up, "three newcomers, one search: one step, no time needed for more"
         assert runs[0].stored == len(fresh.server("Encounter", members[:3]))
-        verdict = fresh.patient_lists()
+        verdict = fresh.patient_lists("Encounter")
         assert verdict is not None and verdict["allowed"] is True, "asked when two newcomers were first read"
         # Where the EHR takes one patient a search, a patient a step, a run when out of time.
         forget_three()
         with fresh.ctx.db.session() as session:
-            connections.keep_patient_lists_verdict(session, fresh.connection_id, {**verdict, "allowed": False})
+            streams.keep_patient_lists(session, stream.id or 0, {**verdict, "allowed": False})
         runs = [run_stream(fresh.ctx, stream.id or 0, time_budget_s=0)]
         while not runs[-1].caught_up and len(runs) < 5:
             runs.append(run_stream(fresh.ctx, stream.id or 0, time_budget_s=0))
         assert [run.caught_up for run in runs] == [False, False, True], "one patient a run when out of time"
+        assert sum(run.stored for run in runs) == len(fresh.server("Encounter", members[:3]))
         assert_group_in_step(fresh, [*members, joining])
 
         # A member the Group marks inactive has left it; a Group listing nobody is taken for a mistake.

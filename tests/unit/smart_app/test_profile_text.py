@@ -37,9 +37,6 @@ def test_a_green_profile_summarises_its_sections() -> None:
     assert text[3].endswith("Task rsc") and text[4].endswith("Task yes (probe accepted)")
     assert text[5].endswith("initial bulk-export-system, incremental search-last-updated; $export system; "
                             "_count limit 1000")
-    profile["sync"]["patient_lists"] = {"allowed": False, "detail": "refused (400): one patient a search"}
-    assert [t for t, _ in render("x", profile)][5].endswith(
-        "_count limit 1000; patient lists refused (400): one patient a search"), "what the sync found, once it asked"
 
 
 def test_bundles_and_conditional_create_per_written_type() -> None:

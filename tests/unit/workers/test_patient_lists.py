@@ -1,102 +1,139 @@
-"""A search names fifty patients only where the EHR answered two patients' list with exactly both patients'
-visits; a refusal, a short answer or nobody to compare means one patient a search. And a pass's steps name a
-batch of patients a search, read-before ones since the cursor, new ones whole."""
+"""A search names fifty patients only where the EHR answered a list of fifty, with two patients whose records
+differ first and last, with both patients' records and nobody else's; a refusal, a short or foreign answer, or
+nobody to compare means one patient a search. And a pass's steps name a batch of patients a search, read-before
+ones since the cursor, new ones whole."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from connector.fhir_reader import Page
 from fhir_mappings.written import IDENTIFIER_SYSTEM
 from prm.errors import PermanentEhrError, TransientEhrError
-from workers.patient_lists import LIST_SIZE, PROBE_CANDIDATES, needs_asking, probe
+from workers.patient_lists import (
+    ANSWER_PAGES,
+    LIST_SIZE,
+    PROBE_CANDIDATES,
+    needs_asking,
+    one_by_one,
+    probe,
+    type_params,
+)
 from workers.sync_patients import _steps
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
-VISITS = {"p1": ["e1", "e2"], "p2": [], "p3": ["e3"], "p4": ["e4", "e5"]}
+VISITS = {"p1": ["e1", "e2"], "p2": [], "p3": ["e3"], "p4": ["e4", "e5"], "p5": ["e1"]}  # p5 shares p1's visit
+POPULATION = ["p1", "p2", "p3", "p4", "p5"] + [f"q{i:02}" for i in range(60)]
 
 
 class Ehr:
-    """Encounters by patient; `lists` says how a list of patients is answered: in full, first-only, refused."""
+    """Encounters by patient. `lists`: how a list of patients is answered: "any" (in full), "first-only",
+    "capped" (the first ten values read), "ignored" (every visit it holds), "looping" (a next link to itself)."""
 
-    def __init__(self, lists: str = "any", page_size: int = 100, failure: Exception | None = None) -> None:
+    def __init__(self, lists: str = "any", page_size: int = 100, failure: Exception | None = None,
+                 visits: dict[str, list[str]] | None = None) -> None:
         self.lists, self.page_size, self.failure = lists, page_size, failure
-        self.asked: list[str] = []
+        self.visits = VISITS if visits is None else visits
+        self.asked: list[list[str]] = []
         self.followed = 0
 
     def search(self, resource_type: str, params: list[tuple[str, str]]) -> Page:
-        assert resource_type == "Encounter"
-        named = dict(params)["patient"]
-        self.asked.append(named)
-        patients = [ref.removeprefix("Patient/") for ref in named.split(",")]
+        assert resource_type == "Encounter" and ("_sort", "_lastUpdated") in params
+        patients = [ref.removeprefix("Patient/") for ref in dict(params)["patient"].split(",")]
+        self.asked.append(patients)
         if len(patients) > 1 and self.failure is not None:
             raise self.failure
-        if self.lists == "first-only":
-            patients = patients[:1]
-        if self.lists == "ignored" and len(patients) > 1:  # every visit it holds
-            return self._page([v for visits in VISITS.values() for v in visits] + [f"x{i}" for i in range(500)], 0)
-        ids = [visit for patient in patients for visit in VISITS.get(patient, [])]
-        return self._page(ids, 0)
+        if self.lists == "ignored" and len(patients) > 1:
+            return self._page([f"x{i}" for i in range(500)] + [v for ids in self.visits.values() for v in ids], 0)
+        patients = {"first-only": patients[:1], "capped": patients[:10]}.get(self.lists, patients) \
+            if len(patients) > 1 else patients
+        return self._page(list(dict.fromkeys(v for p in patients for v in self.visits.get(p, []))), 0)
 
     def follow(self, next_url: str) -> Page:
         self.followed += 1
         ids, start = next_url.split("|")
-        return self._page(ids.split(","), int(start))
+        return self._page(ids.split(","), 0 if self.lists == "looping" else int(start))
 
     def _page(self, ids: list[str], start: int) -> Page:
         end = start + self.page_size
         link = f"{','.join(ids)}|{end}" if end < len(ids) else None
-        return Page([{"resourceType": "Encounter", "id": i} for i in ids[start:end]], link, None)
+        return Page([self._visit(i) for i in ids[start:end]], link, None)
+
+    def _visit(self, fhir_id: str) -> dict[str, Any]:
+        holder = next((p for p, ids in self.visits.items() if fhir_id in ids), "stranger")
+        return {"resourceType": "Encounter", "id": fhir_id, "subject": {"reference": f"Patient/{holder}"}}
 
 
-def test_a_list_answered_with_both_patients_visits_allows_fifty_a_search() -> None:
+def test_a_list_of_fifty_answered_with_both_patients_records_allows_fifty_a_search() -> None:
     ehr = Ehr()
-    verdict = probe(ehr, ["p1", "p2", "p3", "p4"], NOW)
-    assert verdict == {"asked_at": NOW.isoformat(), "probe": "Encounter?patient=<2 patients>", "allowed": True,
+    verdict = probe(ehr, "Encounter", POPULATION, NOW)
+    assert verdict == {"asked_at": NOW.isoformat(), "probe": "Encounter?patient=<50 patients>", "allowed": True,
                        "detail": f"answered in full: {LIST_SIZE} patients a search"}
-    assert ehr.asked == ["Patient/p1", "Patient/p2", "Patient/p3", "Patient/p1,Patient/p3"], \
-        "a patient without visits proves nothing: the next one is asked"
-    paged = Ehr(page_size=2)  # the list's answer spans pages: all are read before comparing
-    assert probe(paged, ["p1", "p4"], NOW)["allowed"] is True
+    assert ehr.asked[:3] == [["p1"], ["p2"], ["p3"]], "a patient without records proves nothing: the next is asked"
+    [listed] = ehr.asked[3:]
+    assert len(listed) == LIST_SIZE and (listed[0], listed[-1]) == ("p1", "p3"), "the two first and last"
+    assert probe(Ehr(page_size=2), "Encounter", ["p1", "p4"], NOW)["allowed"] is True, "an answer over pages"
 
 
-def test_a_list_answered_with_the_first_patients_visits_alone_means_one_patient_a_search() -> None:
-    verdict = probe(Ehr("first-only"), ["p1", "p3"], NOW)
-    assert verdict["allowed"] is False
-    assert verdict["detail"] == "answered with 2 visits, not the 3 the two patients have: one patient a search"
-    assert "p1" not in str(verdict) and "p3" not in str(verdict), "IT's words name no patient"
+@pytest.mark.parametrize(("lists", "detail"), [
+    ("first-only", "answered without 1 of the records asked for (a list cut short): one patient a search"),
+    ("capped", "answered without 1 of the records asked for (a list cut short): one patient a search"),
+    ("ignored", "answered with records of patients it did not name: one patient a search")])
+def test_a_list_answered_otherwise_means_one_patient_a_search(lists: str, detail: str) -> None:
+    ehr = Ehr(lists, page_size=2)
+    verdict = probe(ehr, "Encounter", POPULATION, NOW)
+    assert (verdict["allowed"], verdict["detail"]) == (False, detail)
+    assert not any(p in str(verdict) for p in VISITS), "IT's words name no patient"
+    if lists == "ignored":
+        assert ehr.followed == 0, "an answer that ignored the list is read no further than its first stranger"
 
 
-def test_a_list_answered_with_more_than_both_patients_visits_is_read_no_further_than_that() -> None:
-    ignoring = Ehr("ignored", page_size=2)
-    verdict = probe(ignoring, ["p1", "p3"], NOW)
-    assert (verdict["allowed"], verdict["detail"]) == (
-        False, "answered with 4+ visits, not the 3 the two patients have: one patient a search")
-    assert ignoring.followed == 1, "not the 250 pages of every visit the server holds"
+def test_patients_sharing_records_are_no_pair_to_compare() -> None:
+    """p1 and p5 share a visit (a merged pair, a group booking): a list answered with p1's alone would pass."""
+    ehr = Ehr("first-only")
+    verdict = probe(ehr, "Encounter", ["p1", "p5", "p3"], NOW)
+    assert verdict["allowed"] is False and ehr.asked[:3] == [["p1"], ["p5"], ["p3"]]
+    assert (ehr.asked[3][0], ehr.asked[3][-1]) == ("p1", "p3")
 
 
-@pytest.mark.parametrize("status", [400, 403, 404, 422])
+@pytest.mark.parametrize("status", [400, 403, 404, 413, 414, 422])
 def test_a_refused_list_means_one_patient_a_search(status: int) -> None:
-    verdict = probe(Ehr(failure=PermanentEhrError("one patient", status)), ["p1", "p3"], NOW)
+    verdict = probe(Ehr(failure=PermanentEhrError("one patient", status)), "Encounter", POPULATION, NOW)
     assert (verdict["allowed"], verdict["detail"]) == (False, f"refused ({status}): one patient a search")
 
 
-def test_a_failing_ehr_gives_no_verdict_and_the_run_fails_as_any_run_would() -> None:
+def test_a_failing_ehr_gives_no_answer_and_the_run_fails_as_any_run_would() -> None:
     for failure in (TransientEhrError("busy"), PermanentEhrError("gone", 410)):
         with pytest.raises(type(failure)):
-            probe(Ehr(failure=failure), ["p1", "p3"], NOW)
+            probe(Ehr(failure=failure), "Encounter", POPULATION, NOW)
+
+
+def test_a_next_link_that_loops_ends_the_answer() -> None:
+    ehr = Ehr("looping", page_size=2)
+    verdict = probe(ehr, "Encounter", ["p1", "p3"], NOW)
+    assert (verdict["allowed"], ehr.followed) == (False, 1), "a page with nothing new ends it"
+
+
+def test_an_answer_longer_than_it_is_worth_reading_is_no_answer() -> None:
+    many = {"p3": ["e3"], "p6": ["e6"], **{f"q{i:02}": [f"v{i}"] for i in range(60)}}
+    ehr = Ehr("any", page_size=1, visits=many)
+    verdict = probe(ehr, "Encounter", ["p3", "p6", *(f"q{i:02}" for i in range(60))], NOW)
+    assert verdict["allowed"] is None and verdict["detail"].startswith(f"answered with more than {ANSWER_PAGES} pages")
+    assert ehr.followed == ANSWER_PAGES - 1
 
 
 def test_nobody_to_compare_is_no_answer_asked_again_a_day_later() -> None:
-    crowded = Ehr(page_size=1)  # p1's and p4's visits do not fit a page: no exact comparison
-    verdict = probe(crowded, ["p1", "p2", "p4"] + [f"q{i}" for i in range(20)], NOW)
+    crowded = Ehr(page_size=1)  # p1's and p4's records do not fit a page: no exact comparison
+    verdict = probe(crowded, "Encounter", ["p1", "p2", "p4"] + [f"q{i}" for i in range(20)], NOW)
     assert verdict["allowed"] is None and "asked again in a day" in verdict["detail"]
     assert len(crowded.asked) == PROBE_CANDIDATES, "a bounded number of patients is tried"
     assert needs_asking(None, NOW)
     assert not needs_asking(verdict, NOW + timedelta(hours=23))
     assert needs_asking(verdict, NOW + timedelta(hours=25))
+    assert needs_asking({**verdict, "asked_at": "not a time"}, NOW)
     assert not needs_asking({**verdict, "allowed": False}, NOW + timedelta(days=30)), "an answer stands"
     assert not needs_asking({**verdict, "allowed": True}, NOW + timedelta(days=30))
 
@@ -115,3 +152,11 @@ def test_a_pass_names_a_batch_of_patients_a_search_the_known_since_the_cursor_th
                       ("identifier", f"{IDENTIFIER_SYSTEM}|"), *since]
     one_each = _steps("Encounter", ["p1", "p2"], set(), [], per_search=1)
     assert [last for last, _ in one_each] == ["p1", "p2"], "where the EHR takes no list: a patient a step"
+
+
+def test_a_refused_list_is_asked_again_one_patient_a_search() -> None:
+    params = [("patient", "Patient/p1,Patient/p2"), *type_params("Task")]
+    assert one_by_one("Task", params) == [[("patient", "Patient/p1"), *type_params("Task")],
+                                          [("patient", "Patient/p2"), *type_params("Task")]]
+    assert one_by_one("Task", [("patient", "Patient/p1"), *type_params("Task")]) == [], "one patient: as it is"
+    assert one_by_one("Patient", [("_id", "p1,p2")]) == [], "Patient's own batches are not lists of patients"
