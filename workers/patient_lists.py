@@ -5,11 +5,13 @@ new members are read whole one by one.
 
 Not every EHR takes a list. Large hospital EHRs take one patient a search and refuse more, a server may cap how
 many values it reads, and one may answer the first patient alone and say nothing, which would lose the others'
-records without an error. So each stream asks the EHR once, with its own type and parameters, before it names
-more than one patient: two patients of the population whose records differ are asked for one by one, then in a
-list of LIST_SIZE with one first and the other last. The list is used only if its answer holds both patients'
-records and no record of a patient it did not name. A list refused mid-pass after all (the EHR changed) means
-one patient a search from then on, that batch included.
+records without an error. So each stream asks the EHR once, with its own type and the parameters its searches
+use, before it names more than one patient: two patients of the population whose records differ are asked for
+one by one, then in a list as long as the lists it would send (LIST_SIZE, or the whole population where that is
+smaller) with one first and the other last. The list is used only if its answer holds both patients' records and
+no record of a patient it did not name. Any other answer, a failure included, means one patient a search, as
+before; a list refused mid-pass after all (the EHR changed) means one patient a search from then on, that
+batch included.
 
 The answer is kept on the stream (`SyncStream.patient_lists`), where IT sees it, until a check of the
 connection clears it (an upgraded EHR is asked again); an EHR with nobody to compare yet is asked again a day
@@ -26,7 +28,7 @@ from connector.fhir_reader import Page
 from fhir_mappings.common import ref_id
 from fhir_mappings.written import IDENTIFIER_SYSTEM, WRITTEN_TYPES
 from prm import streams
-from prm.errors import PermanentEhrError
+from prm.errors import PermanentEhrError, TransientEhrError
 from workers.runtime import WorkerContext
 
 # The search parameter naming a type's patient, where an EHR allows patient-scoped searches only.
@@ -34,10 +36,11 @@ PATIENT_PARAM = {"Encounter": "patient", "Appointment": "patient", "RelatedPerso
                  "Task": "patient", "Communication": "patient"}
 LIST_SIZE = 50  # patients a search names where the EHR answers lists (a URL stays well under common 8 KB limits)
 PROBE_CANDIDATES = 12  # patients asked one by one at most, looking for two whose records differ and fit a page
-PROBE_COUNT = 100
-ANSWER_PAGES = 20  # the list's answer is read no further: an EHR that ignored the list would page through all
-ASK_AGAIN = timedelta(days=1)  # after a probe that found nobody to compare
-REFUSALS = (400, 403, 404, 413, 414, 422)  # a list, or a URL that long, refused
+# The list's answer is read no further once both patients' records are in it with nobody else's (an EHR that
+# ignored the list would page through every record it holds; its first pages show a stranger).
+ANSWER_PAGES = 20
+ASK_AGAIN = timedelta(days=1)  # after a probe that found nobody to compare, or failed
+REFUSALS = (400, 403, 404, 413, 414, 422)  # mid-pass: a list, or a URL that long, refused
 
 
 class Searcher(Protocol):
@@ -70,19 +73,23 @@ def type_params(resource_type: str) -> list[tuple[str, str]]:
 
 
 def patients_per_search(ctx: WorkerContext, reader: Searcher, stream_id: int, resource_type: str,
-                        population: list[str]) -> int:
-    """LIST_SIZE where the EHR has shown it answers a list of patients of the stream's type in full, else 1;
-    asked first, once, where the population has two patients to compare."""
+                        population: list[str], keep: Callable[[], None]) -> int:
+    """How many patients the stream's searches name: as many as the EHR has shown it answers in full (up to
+    LIST_SIZE), else 1. Asked first, once, where the population (every patient the stream reads, not a pass's
+    rest) has two patients to compare, and again where it has grown past the list that was asked; `keep` renews
+    the stream's lease between the probe's requests."""
     now = ctx.settings.clock()
     with ctx.db.session() as session:
         verdict = streams.get(session, stream_id).patient_lists
-    if needs_asking(verdict, now):
+    if needs_asking(verdict, now, len(population)):
         if len(population) < 2:
             return 1
-        verdict = probe(reader, resource_type, population, now)
+        verdict = probe(reader, resource_type, population, now, keep)
         with ctx.db.session() as session:
             streams.keep_patient_lists(session, stream_id, verdict)
-    return LIST_SIZE if verdict is not None and verdict.get("allowed") is True else 1
+    if verdict is None or verdict.get("allowed") is not True:
+        return 1
+    return max(1, min(LIST_SIZE, int(verdict.get("size") or 1)))
 
 
 def refused_mid_pass(ctx: WorkerContext, stream_id: int, resource_type: str, error: PermanentEhrError) -> bool:
@@ -97,41 +104,44 @@ def refused_mid_pass(ctx: WorkerContext, stream_id: int, resource_type: str, err
     return True
 
 
-def needs_asking(verdict: dict[str, Any] | None, now: datetime) -> bool:
-    """Never asked, or asked more than ASK_AGAIN ago without an answer (nobody to compare then)."""
+def needs_asking(verdict: dict[str, Any] | None, now: datetime, population: int) -> bool:
+    """Never asked; asked more than ASK_AGAIN ago without an answer (nobody to compare then, or it failed); or
+    allowed for a shorter list than this population now makes."""
     if verdict is None:
         return True
-    if verdict.get("allowed") is not None:
+    if verdict.get("allowed") is True:
+        return int(verdict.get("size") or 0) < min(LIST_SIZE, population)
+    if verdict.get("allowed") is False:
         return False
     try:
         return datetime.fromisoformat(str(verdict.get("asked_at"))) < now - ASK_AGAIN
-    except ValueError:
+    except (TypeError, ValueError):
         return True
 
 
-def probe(reader: Searcher, resource_type: str, population: list[str], now: datetime) -> dict[str, Any]:
-    """Ask the EHR (see the module docstring): `allowed` True, False (the list refused, or answered without a
-    named patient's records or with an unnamed one's), or None (nobody to compare, or an answer too long to
-    read). A refusal of a one-patient search is the stream's own error, raised. Its words name no patient."""
-    verdict: dict[str, Any] = {"asked_at": now.isoformat(),
-                               "probe": f"{resource_type}?{PATIENT_PARAM[resource_type]}=<{LIST_SIZE} patients>"}
-    pair = _two_patients(reader, resource_type, population)
+def probe(reader: Searcher, resource_type: str, population: list[str], now: datetime,
+          keep: Callable[[], None]) -> dict[str, Any]:
+    """Ask the EHR (see the module docstring): `allowed` True (with the list's `size`), False (the list refused,
+    or answered without a named patient's records or with an unnamed one's), or None (nobody to compare, or the
+    list's search failed: asked again in a day). A failed one-patient search is the stream's own error, raised
+    as the pass would raise it. Its words name no patient."""
+    size = min(LIST_SIZE, len(population))
+    verdict: dict[str, Any] = {"asked_at": now.isoformat(), "size": size,
+                               "probe": f"{resource_type}?{PATIENT_PARAM[resource_type]}=<{size} patients>"}
+    pair = _two_patients(reader, resource_type, population, keep)
     if pair is None:
         return {**verdict, "allowed": None,
                 "detail": f"not asked yet: no two of the first {PROBE_CANDIDATES} patients have records that "
                           "differ and fit a page (asked again in a day): one patient a search"}
     (first, first_ids), (second, second_ids) = pair
-    listed = [first, *[p for p in population if p not in (first, second)][:LIST_SIZE - 2], second]
+    listed = [first, *[p for p in population if p not in (first, second)][:size - 2], second]
     try:
-        answer = _answer(reader, resource_type, listed)
+        found, strangers = _answer(reader, resource_type, listed, first_ids | second_ids, keep)
     except PermanentEhrError as exc:
-        if exc.status not in REFUSALS:
-            raise
         return {**verdict, "allowed": False, "detail": f"refused ({exc.status}): one patient a search"}
-    if answer is None:
-        return {**verdict, "allowed": None, "detail": f"answered with more than {ANSWER_PAGES} pages (asked again "
-                                                      "in a day): one patient a search"}
-    found, strangers = answer
+    except TransientEhrError:
+        return {**verdict, "allowed": None, "detail": "not answered (the EHR was busy or did not answer; asked "
+                                                      "again in a day): one patient a search"}
     if strangers:
         return {**verdict, "allowed": False,
                 "detail": "answered with records of patients it did not name: one patient a search"}
@@ -139,17 +149,17 @@ def probe(reader: Searcher, resource_type: str, population: list[str], now: date
     if missing:
         return {**verdict, "allowed": False, "detail": f"answered without {missing} of the records asked for (a "
                                                        "list cut short): one patient a search"}
-    return {**verdict, "allowed": True, "detail": f"answered in full: {LIST_SIZE} patients a search"}
+    return {**verdict, "allowed": True, "detail": f"answered in full: {size} patients a search"}
 
 
-def _two_patients(reader: Searcher, resource_type: str,
-                  population: list[str]) -> tuple[tuple[str, set[str]], tuple[str, set[str]]] | None:
-    """Two patients whose records (asked for one by one) exist, fit a page each, and share none (a list answered
-    with one patient's alone must show)."""
+def _two_patients(reader: Searcher, resource_type: str, population: list[str],
+                  keep: Callable[[], None]) -> tuple[tuple[str, set[str]], tuple[str, set[str]]] | None:
+    """Two patients whose records (asked for one by one, as a pass asks) exist, fit a page each, and share none
+    (a list answered with one patient's alone must show)."""
     found: tuple[str, set[str]] | None = None
     for patient in population[:PROBE_CANDIDATES]:
-        page = reader.search(resource_type, [naming(resource_type, [patient]), *type_params(resource_type),
-                                             ("_count", str(PROBE_COUNT))])
+        keep()
+        page = reader.search(resource_type, [naming(resource_type, [patient]), *type_params(resource_type)])
         ids = {str(r.get("id")) for r in page.resources}
         if page.next_url or not ids:
             continue
@@ -160,24 +170,26 @@ def _two_patients(reader: Searcher, resource_type: str,
     return None
 
 
-def _answer(reader: Searcher, resource_type: str, listed: list[str]) -> tuple[set[str], bool] | None:
-    """The list's answer: the ids found, and whether a record names none of the listed patients (reading stops
-    there); None where it runs past ANSWER_PAGES. A page that adds nothing new ends it (a link that loops)."""
+def _answer(reader: Searcher, resource_type: str, listed: list[str], expected: set[str],
+            keep: Callable[[], None]) -> tuple[set[str], bool]:
+    """The list's answer as far as it is read: the ids found, and whether a record names none of the listed
+    patients (reading stops there). Read to its end, or ANSWER_PAGES pages once the expected records are all in
+    it; a page that adds nothing new ends it (a link that loops)."""
     names = _patients_named(resource_type)
     asked = set(listed)
-    page = reader.search(resource_type, [naming(resource_type, listed), *type_params(resource_type),
-                                         ("_count", str(PROBE_COUNT))])
+    keep()
+    page = reader.search(resource_type, [naming(resource_type, listed), *type_params(resource_type)])
     found: set[str] = set()
-    for pages_read in range(1, ANSWER_PAGES + 1):
+    for pages_read in range(1, 10 * ANSWER_PAGES + 1):
         new = {str(r.get("id")) for r in page.resources} - found
         found |= new
         if any(not names(r) & asked for r in page.resources):
             return found, True
-        if not page.next_url or not new:
+        if not page.next_url or not new or (pages_read >= ANSWER_PAGES and expected <= found):
             return found, False
-        if pages_read < ANSWER_PAGES:
-            page = reader.follow(page.next_url)
-    return None
+        keep()
+        page = reader.follow(page.next_url)
+    return found, False
 
 
 def _patients_named(resource_type: str) -> Callable[[dict[str, Any]], set[str]]:

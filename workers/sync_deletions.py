@@ -119,7 +119,8 @@ def _still_there(access: EhrAccess, resource_type: str, missing: list[str], para
 def _ids_patient_by_patient(ctx: WorkerContext, access: EhrAccess, stream: SyncStream,
                             params: list[tuple[str, str]], lease: StreamLease) -> set[str]:
     """Every id of the type on an EHR that lists only per patient: one listing per known patient, or per
-    batch of them where the EHR answers a list of patients (workers.patient_lists)."""
+    batch of them where the EHR answers a list of patients (workers.patient_lists); a list refused after all,
+    one patient a listing from there on. Patients themselves by `_id`, ID_BATCH a listing."""
     with ctx.db.session() as session:
         population = sorted(snapshots.live_ids(session, stream.connection_id, "Patient"))
     found: set[str] = set()
@@ -127,21 +128,27 @@ def _ids_patient_by_patient(ctx: WorkerContext, access: EhrAccess, stream: SyncS
         for batch in batches(population, ID_BATCH):
             found |= _all_ids(access, "Patient", [("_id", ",".join(batch))], lease)
         return found
-    per_search = patients_per_search(ctx, access.reader, stream.id or 0, stream.resource_type, population)
-    for batch in batches(population, per_search):
-        found |= _ids_of_patients(ctx, access, stream, batch, params, lease)
-    return found
+    return _ids_of_patients(ctx, access, stream, population, params, lease)
 
 
-def _ids_of_patients(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, patients: list[str],
+def _ids_of_patients(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, population: list[str],
                      params: list[tuple[str, str]], lease: StreamLease) -> set[str]:
-    """The type's ids these patients' records have; a list the EHR refuses after all, one patient a search."""
-    try:
-        return _all_ids(access, stream.resource_type, [naming(stream.resource_type, patients), *params], lease)
-    except PermanentEhrError as exc:
-        if len(patients) == 1 or not refused_mid_pass(ctx, stream.id or 0, stream.resource_type, exc):
-            raise
-    return set().union(*(_ids_of_patients(ctx, access, stream, [p], params, lease) for p in patients))
+    """The type's ids these patients' records have, as many patients a listing as the EHR answers in full."""
+    per_search = patients_per_search(ctx, access.reader, stream.id or 0, stream.resource_type, population,
+                                     lease.keep)
+    found: set[str] = set()
+    at = 0
+    while at < len(population):
+        batch = population[at:at + per_search]
+        try:
+            found |= _all_ids(access, stream.resource_type, [naming(stream.resource_type, batch), *params], lease)
+        except PermanentEhrError as exc:
+            if len(batch) == 1 or not refused_mid_pass(ctx, stream.id or 0, stream.resource_type, exc):
+                raise
+            per_search = 1
+            continue  # the same patients, one a listing
+        at += len(batch)
+    return found
 
 
 def _all_ids(access: EhrAccess, resource_type: str, params: list[tuple[str, str]] | None,

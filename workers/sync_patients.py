@@ -7,15 +7,14 @@ window: their whole record is read once.
 
 A population is large and a run is short (a job's time budget), so a pass goes on where the last run stopped:
 the population is walked in id order, and the stream keeps the last patient done, and who among the new ones
-was read whole, every few seconds and when the run stops. Each run asks for at least one patient, so a pass
-always ends. (Started afresh each run, a pass over more patients than one run reaches never ended: the rest
-were never read, and the first ones were read again every run.)
+was read whole, every few seconds and when the run stops. Each run does at least one step (a patient, or a
+batch of them), so a pass always ends. (Started afresh each run, a pass over more patients than one run
+reaches never ended: the rest were never read, and the first ones were read again every run.)
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from datetime import datetime
 
 from prm import snapshots, streams
@@ -53,7 +52,7 @@ def patient_windows(ctx: WorkerContext, access: EhrAccess, connection: Connectio
     position, began = streams.pass_place(stream, PATIENT_KIND)
     rest = [p for p in sorted(known) if position is None or p > position]
     since = [("_lastUpdated", f"ge{iso(stream.cursor)}")] if stream.cursor else []
-    steps = _steps(stream.resource_type, rest, read, since, _per_search(ctx, access, stream, rest))
+    steps = _steps(stream.resource_type, rest, read, since, _per_search(ctx, access, stream, known, lease))
     done_through, read_whole = position, []
     kept_at = time.monotonic()
     for index, (last, searches) in enumerate(steps):
@@ -94,7 +93,7 @@ def read_newcomers(ctx: WorkerContext, access: EhrAccess, connection: Connection
     rule has every member to read once) leaves the rest to the next run, which comes at once (not caught up)."""
     stream, known, read = _population(ctx, access, connection, stream_id, run)
     newcomers = sorted(_of_the_group(ctx, access, connection, stream, run, {p for p in known if p not in read}))
-    steps = _steps(stream.resource_type, newcomers, read, [], _per_search(ctx, access, stream, newcomers))
+    steps = _steps(stream.resource_type, newcomers, read, [], _per_search(ctx, access, stream, known, lease))
     for index, (_, searches) in enumerate(steps):
         if index and (time.monotonic() > deadline or not lease.renew()):
             run.caught_up = False
@@ -113,27 +112,36 @@ def _store_search(ctx: WorkerContext, access: EhrAccess, stream_id: int, resourc
                   lease: StreamLease) -> str | None:
     """One search of the population's records, every page stored (no cursor moves: a pass keeps its own), the
     lease kept between pages (a batch's whole records can be many); returns the server's time on its first
-    page, if it gave one. A search naming several patients that the EHR refuses after all is made again one
-    patient a search (workers.patient_lists.refused_mid_pass)."""
+    page, if it gave one. A search naming several patients that the EHR refuses after all is made one patient
+    a search, as is every list after it this run (workers.patient_lists.refused_mid_pass)."""
+    singles = one_by_one(resource_type, params)
+    if singles and run.lists_refused:
+        return _store_one_by_one(ctx, access, stream_id, resource_type, singles, run, progress, lease)
     try:
         page = access.reader.search(resource_type, params)
-        server_time = page.server_time
-        while True:
-            result = commit_page(ctx, stream_id, page.resources, move_cursor=False, client=access.client_name,
-                                 of_population=True)
-            count_page(run, result.stored, 0, result.quarantined, progress)
-            if not page.next_url:
-                return server_time
-            lease.keep()
-            page = access.reader.follow(page.next_url)
     except PermanentEhrError as exc:
-        singles = one_by_one(resource_type, params)
         if not singles or not refused_mid_pass(ctx, stream_id, resource_type, exc):
             raise
-        run.notes.append(f"a search naming {len(singles)} patients was refused: one patient a search from now on")
-        times = [_store_search(ctx, access, stream_id, resource_type, single, run, progress, lease)
-                 for single in singles]
-        return next((t for t in times if t), None)
+        run.lists_refused = True
+        run.notes.append("a search naming several patients was refused: one patient a search from now on")
+        return _store_one_by_one(ctx, access, stream_id, resource_type, singles, run, progress, lease)
+    server_time = page.server_time
+    while True:
+        result = commit_page(ctx, stream_id, page.resources, move_cursor=False, client=access.client_name,
+                             of_population=True)
+        count_page(run, result.stored, 0, result.quarantined, progress)
+        if not page.next_url:
+            return server_time
+        lease.keep()
+        page = access.reader.follow(page.next_url)
+
+
+def _store_one_by_one(ctx: WorkerContext, access: EhrAccess, stream_id: int, resource_type: str,
+                      singles: list[list[tuple[str, str]]], run: StreamRun, progress: Progress | None,
+                      lease: StreamLease) -> str | None:
+    times = [_store_search(ctx, access, stream_id, resource_type, single, run, progress, lease)
+             for single in singles]
+    return next((t for t in times if t), None)
 
 
 def _of_the_group(ctx: WorkerContext, access: EhrAccess, connection: Connection, stream: SyncStream,
@@ -171,29 +179,32 @@ def _population(ctx: WorkerContext, access: EhrAccess, connection: Connection, s
 
 
 def _steps(resource_type: str, patients: list[str], read: set[str], since: list[tuple[str, str]],
-           per_search: int) -> list[Step]:
-    """The pass over these patients, in id order, a batch a step: Patients by `_id`, ID_BATCH at a time; other
-    types by their patient parameter, `per_search` patients a search (one where the EHR takes no list, see
-    workers.patient_lists). A batch's patients read before are asked for since the cursor, its new ones whole:
-    up to two searches a batch."""
-    named: Callable[[list[str]], list[tuple[str, str]]]
-    if resource_type == "Patient":
-        size, named = ID_BATCH, lambda ids: [("_id", ",".join(ids))]
-    else:
-        size, named = per_search, lambda ids: [naming(resource_type, ids), *type_params(resource_type)]
+           size: int) -> list[Step]:
+    """The pass over these patients, in id order, `size` patients a step: Patients by `_id`; other types by
+    their patient parameter. A batch's patients read before are asked for since the cursor, its new ones whole:
+    up to two searches a step."""
     steps: list[Step] = []
     for batch in batches(patients, size):
         known, new = [p for p in batch if p in read], [p for p in batch if p not in read]
-        steps.append((batch[-1], [([*named(ids), *extra], whole)
+        steps.append((batch[-1], [([*_named(resource_type, ids), *extra], whole)
                                   for ids, extra, whole in ((known, since, []), (new, [], new)) if ids]))
     return steps
 
 
-def _per_search(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, patients: list[str]) -> int:
-    """Patients a search names for this stream (Patient's `_id` batches are ID_BATCH, whatever this says)."""
+def _named(resource_type: str, patients: list[str]) -> list[tuple[str, str]]:
+    if resource_type == "Patient":
+        return [("_id", ",".join(patients))]
+    return [naming(resource_type, patients), *type_params(resource_type)]
+
+
+def _per_search(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, population: set[str],
+                lease: StreamLease) -> int:
+    """Patients a step names: ID_BATCH Patients by `_id`; for other types as many as the EHR answers in full
+    (workers.patient_lists), asked of the stream's whole population, not a pass's rest."""
     if stream.resource_type == "Patient":
         return ID_BATCH
-    return patients_per_search(ctx, access.reader, stream.id or 0, stream.resource_type, patients)
+    return patients_per_search(ctx, access.reader, stream.id or 0, stream.resource_type, sorted(population),
+                               lease.keep)
 
 
 def _keep_place(ctx: WorkerContext, stream_id: int, done_through: str | None, began: datetime | None,

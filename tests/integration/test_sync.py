@@ -491,25 +491,6 @@ def test_an_ehr_with_only_group_export_syncs_the_groups_patients_and_its_new_mem
         verdict = fresh.patient_lists("Encounter")
         assert verdict is not None and (verdict["allowed"], verdict["detail"]) == (
             False, "refused (400): one patient a search"), "this EHR takes one patient a search"
-        # As if it had answered lists before an upgrade: the pass's searches and the id listing are refused, and
-        # each is made again one patient a search; from then on, one patient a search.
-        with fresh.ctx.db.session() as session:
-            [stream] = [s for s in streams.of_connection(session, fresh.connection_id)
-                        if s.resource_type == "Encounter"]
-            streams.keep_patient_lists(session, stream.id or 0, {**verdict, "allowed": True})
-            stream.reconciled_at = None  # the id comparison due (no type-level `_history` here)
-            session.add(stream)
-        changed = fresh.read("Encounter", encounter)
-        fresh.put({**changed, "status": "cancelled" if changed["status"] != "cancelled" else "finished"})
-        gone = next(i for i, _ in fresh.server("Encounter", [members[5]]))
-        fresh.delete("Encounter", gone)
-        upgraded = fresh.run_all(("Encounter",))["Encounter"]
-        assert "a search naming 31 patients was refused: one patient a search from now on" in upgraded.notes
-        assert (upgraded.stored, upgraded.deleted) == (1, 1)
-        assert_group_in_step(fresh, [*members, joining])
-        verdict = fresh.patient_lists("Encounter")
-        assert verdict is not None and (verdict["allowed"], verdict["detail"]) == (
-            False, "refused mid-pass (400): one patient a search")
 
         # One leaves the Group: their records leave the snapshot, and nothing of theirs comes back ...
         leaver = members[1]
@@ -529,6 +510,40 @@ def test_an_ehr_with_only_group_export_syncs_the_groups_patients_and_its_new_mem
         fresh.run_all(("Patient",))
         fresh.run_all(tuple(t for t in GROUP_EXPORTED if t != "Patient"))
         assert_group_in_step(fresh, [*staying, leaver])
+
+
+def test_a_list_refused_mid_pass_is_made_again_one_patient_a_search_and_not_sent_again(tmp_path: Path) -> None:
+    """An EHR that answered lists of patients, upgraded to take one patient a search: the pass's refused list,
+    and every list after it that run, is asked one patient a search (one note, nothing lost), and the next run
+    sends no list."""
+    with sync_env(tmp_path, profile="group-export-only", patients=70) as fresh:
+        members = sorted(i for i, _ in fresh.server("Patient"))[:60]
+        fresh.put(group_of("dental-patients", members))
+        fresh.set_export_group("dental-patients")
+        check_connection(fresh.ctx, fresh.connection_id)
+        fresh.run_all(SYNCED)
+        with fresh.ctx.db.session() as session:
+            [stream] = [s for s in streams.of_connection(session, fresh.connection_id)
+                        if s.resource_type == "Encounter"]
+            streams.keep_patient_lists(session, stream.id or 0, {"allowed": True, "size": 50, "detail": "in full"})
+            stream.reconciled_at = None  # the id comparison due (no type-level `_history` here)
+            session.add(stream)
+        for member in (members[0], members[55]):  # one in each batch of fifty
+            visit = fresh.read("Encounter", next(i for i, _ in fresh.server("Encounter", [member])))
+            fresh.put({**visit, "status": "cancelled" if visit["status"] != "cancelled" else "finished"})
+        fresh.delete("Encounter", next(i for i, _ in fresh.server("Encounter", [members[5]])))
+        upgraded = fresh.run_all(("Encounter",))["Encounter"]
+        assert [n for n in upgraded.notes if "refused" in n] == [
+            "a search naming several patients was refused: one patient a search from now on"]
+        assert (upgraded.stored, upgraded.deleted) == (2, 1)
+        assert_group_in_step(fresh, members)
+        verdict = fresh.patient_lists("Encounter")
+        assert verdict is not None and (verdict["allowed"], verdict["detail"]) == (
+            False, "refused mid-pass (400): one patient a search")
+        quiet = fresh.run_all(("Encounter",))["Encounter"]
+        assert not [n for n in quiet.notes if "refused" in n]
+        assert quiet.pages == len(members), "one patient a search, no list sent to be refused"
+        assert_group_in_step(fresh, members)
 
 
 def test_a_group_scoped_connection_never_takes_in_other_patients_as_they_change(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
-"""A search names fifty patients only where the EHR answered a list of fifty, with two patients whose records
-differ first and last, with both patients' records and nobody else's; a refusal, a short or foreign answer, or
-nobody to compare means one patient a search. And a pass's steps name a batch of patients a search, read-before
-ones since the cursor, new ones whole."""
+"""A search names fifty patients only where the EHR answered a list of fifty (or of the whole population,
+where smaller), with two patients whose records differ first and last, with both patients' records and nobody
+else's; a refusal, a failure, a short or foreign answer, or nobody to compare means one patient a search. And a
+pass's steps name a batch of patients a search, read-before ones since the cursor, new ones whole."""
 
 from __future__ import annotations
 
@@ -27,6 +27,11 @@ from workers.sync_patients import _steps
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 VISITS = {"p1": ["e1", "e2"], "p2": [], "p3": ["e3"], "p4": ["e4", "e5"], "p5": ["e1"]}  # p5 shares p1's visit
 POPULATION = ["p1", "p2", "p3", "p4", "p5"] + [f"q{i:02}" for i in range(60)]
+KEPT: list[int] = []
+
+
+def keep_lease() -> None:  # stands for the stream lease's keep
+    KEPT.append(1)
 
 
 class Ehr:
@@ -34,14 +39,15 @@ class Ehr:
     "capped" (the first ten values read), "ignored" (every visit it holds), "looping" (a next link to itself)."""
 
     def __init__(self, lists: str = "any", page_size: int = 100, failure: Exception | None = None,
-                 visits: dict[str, list[str]] | None = None) -> None:
-        self.lists, self.page_size, self.failure = lists, page_size, failure
+                 visits: dict[str, list[str]] | None = None, by_id: bool = False) -> None:
+        self.lists, self.page_size, self.failure, self.by_id = lists, page_size, failure, by_id
         self.visits = VISITS if visits is None else visits
         self.asked: list[list[str]] = []
         self.followed = 0
 
     def search(self, resource_type: str, params: list[tuple[str, str]]) -> Page:
-        assert resource_type == "Encounter" and ("_sort", "_lastUpdated") in params
+        assert resource_type == "Encounter" and ("_sort", "_lastUpdated") in params and "_count" not in dict(params), \
+            "asked as a pass asks"
         patients = [ref.removeprefix("Patient/") for ref in dict(params)["patient"].split(",")]
         self.asked.append(patients)
         if len(patients) > 1 and self.failure is not None:
@@ -50,7 +56,8 @@ class Ehr:
             return self._page([f"x{i}" for i in range(500)] + [v for ids in self.visits.values() for v in ids], 0)
         patients = {"first-only": patients[:1], "capped": patients[:10]}.get(self.lists, patients) \
             if len(patients) > 1 else patients
-        return self._page(list(dict.fromkeys(v for p in patients for v in self.visits.get(p, []))), 0)
+        found = list(dict.fromkeys(v for p in patients for v in self.visits.get(p, [])))
+        return self._page(sorted(found) if self.by_id else found, 0)
 
     def follow(self, next_url: str) -> Page:
         self.followed += 1
@@ -69,13 +76,14 @@ class Ehr:
 
 def test_a_list_of_fifty_answered_with_both_patients_records_allows_fifty_a_search() -> None:
     ehr = Ehr()
-    verdict = probe(ehr, "Encounter", POPULATION, NOW)
+    verdict = probe(ehr, "Encounter", POPULATION, NOW, keep_lease)
     assert verdict == {"asked_at": NOW.isoformat(), "probe": "Encounter?patient=<50 patients>", "allowed": True,
-                       "detail": f"answered in full: {LIST_SIZE} patients a search"}
+                       "size": LIST_SIZE, "detail": f"answered in full: {LIST_SIZE} patients a search"}
     assert ehr.asked[:3] == [["p1"], ["p2"], ["p3"]], "a patient without records proves nothing: the next is asked"
     [listed] = ehr.asked[3:]
     assert len(listed) == LIST_SIZE and (listed[0], listed[-1]) == ("p1", "p3"), "the two first and last"
-    assert probe(Ehr(page_size=2), "Encounter", ["p1", "p4"], NOW)["allowed"] is True, "an answer over pages"
+    paged = probe(Ehr(page_size=2), "Encounter", ["p1", "p4"], NOW, keep_lease)
+    assert paged["allowed"] is True, "an answer over pages"
 
 
 @pytest.mark.parametrize(("lists", "detail"), [
@@ -84,7 +92,7 @@ def test_a_list_of_fifty_answered_with_both_patients_records_allows_fifty_a_sear
     ("ignored", "answered with records of patients it did not name: one patient a search")])
 def test_a_list_answered_otherwise_means_one_patient_a_search(lists: str, detail: str) -> None:
     ehr = Ehr(lists, page_size=2)
-    verdict = probe(ehr, "Encounter", POPULATION, NOW)
+    verdict = probe(ehr, "Encounter", POPULATION, NOW, keep_lease)
     assert (verdict["allowed"], verdict["detail"]) == (False, detail)
     assert not any(p in str(verdict) for p in VISITS), "IT's words name no patient"
     if lists == "ignored":
@@ -94,63 +102,84 @@ def test_a_list_answered_otherwise_means_one_patient_a_search(lists: str, detail
 def test_patients_sharing_records_are_no_pair_to_compare() -> None:
     """p1 and p5 share a visit (a merged pair, a group booking): a list answered with p1's alone would pass."""
     ehr = Ehr("first-only")
-    verdict = probe(ehr, "Encounter", ["p1", "p5", "p3"], NOW)
+    verdict = probe(ehr, "Encounter", ["p1", "p5", "p3"], NOW, keep_lease)
     assert verdict["allowed"] is False and ehr.asked[:3] == [["p1"], ["p5"], ["p3"]]
     assert (ehr.asked[3][0], ehr.asked[3][-1]) == ("p1", "p3")
 
 
-@pytest.mark.parametrize("status", [400, 403, 404, 413, 414, 422])
+@pytest.mark.parametrize("status", [400, 403, 404, 405, 409, 414, 422])
 def test_a_refused_list_means_one_patient_a_search(status: int) -> None:
-    verdict = probe(Ehr(failure=PermanentEhrError("one patient", status)), "Encounter", POPULATION, NOW)
+    verdict = probe(Ehr(failure=PermanentEhrError("one patient", status)), "Encounter", POPULATION, NOW, keep_lease)
     assert (verdict["allowed"], verdict["detail"]) == (False, f"refused ({status}): one patient a search")
 
 
-def test_a_failing_ehr_gives_no_answer_and_the_run_fails_as_any_run_would() -> None:
-    for failure in (TransientEhrError("busy"), PermanentEhrError("gone", 410)):
-        with pytest.raises(type(failure)):
-            probe(Ehr(failure=failure), "Encounter", POPULATION, NOW)
+def test_a_list_that_fails_is_asked_again_a_day_later_and_one_patient_a_search_till_then() -> None:
+    verdict = probe(Ehr(failure=TransientEhrError("busy")), "Encounter", POPULATION, NOW, keep_lease)
+    assert verdict["allowed"] is None and verdict["detail"].startswith("not answered")
+    assert needs_asking(verdict, NOW + timedelta(days=2), len(POPULATION))
+
+
+def test_a_failing_one_patient_search_is_the_streams_own_error() -> None:
+    class Failing(Ehr):
+        def search(self, resource_type: str, params: list[tuple[str, str]]) -> Page:
+            raise PermanentEhrError("no Encounter scope", 403)
+
+    with pytest.raises(PermanentEhrError):
+        probe(Failing(), "Encounter", POPULATION, NOW, keep_lease)
 
 
 def test_a_next_link_that_loops_ends_the_answer() -> None:
     ehr = Ehr("looping", page_size=2)
-    verdict = probe(ehr, "Encounter", ["p1", "p3"], NOW)
+    verdict = probe(ehr, "Encounter", ["p1", "p3"], NOW, keep_lease)
     assert (verdict["allowed"], ehr.followed) == (False, 1), "a page with nothing new ends it"
 
 
-def test_an_answer_longer_than_it_is_worth_reading_is_no_answer() -> None:
+def test_an_answer_is_read_no_further_than_it_takes_once_both_patients_records_are_in_it() -> None:
     many = {"p3": ["e3"], "p6": ["e6"], **{f"q{i:02}": [f"v{i}"] for i in range(60)}}
-    ehr = Ehr("any", page_size=1, visits=many)
-    verdict = probe(ehr, "Encounter", ["p3", "p6", *(f"q{i:02}" for i in range(60))], NOW)
-    assert verdict["allowed"] is None and verdict["detail"].startswith(f"answered with more than {ANSWER_PAGES} pages")
-    assert ehr.followed == ANSWER_PAGES - 1
+    ehr = Ehr("any", page_size=1, visits=many, by_id=True)  # e3 and e6 on the first two pages
+    verdict = probe(ehr, "Encounter", ["p3", "p6", *(f"q{i:02}" for i in range(60))], NOW, keep_lease)
+    assert verdict["allowed"] is True
+    assert ehr.followed == ANSWER_PAGES - 1, "20 pages, not the 50 of the whole answer"
+    KEPT.clear()
+    probe(Ehr(), "Encounter", POPULATION, NOW, keep_lease)
+    assert len(KEPT) == 4, "the stream's lease is kept before each of the probe's four requests"
+
+
+def test_a_population_smaller_than_a_list_is_asked_with_all_of_it_and_again_once_it_grows() -> None:
+    small = probe(Ehr("capped"), "Encounter", ["p1", "p2", "p3"], NOW, keep_lease)
+    assert (small["allowed"], small["size"], small["detail"]) == (True, 3, "answered in full: 3 patients a search")
+    assert not needs_asking(small, NOW, 3) and needs_asking(small, NOW, 60)
+    grown = probe(Ehr("capped"), "Encounter", POPULATION, NOW, keep_lease)
+    assert (grown["allowed"], grown["size"]) == (False, LIST_SIZE), "the cap shows in a list of fifty"
 
 
 def test_nobody_to_compare_is_no_answer_asked_again_a_day_later() -> None:
     crowded = Ehr(page_size=1)  # p1's and p4's records do not fit a page: no exact comparison
-    verdict = probe(crowded, "Encounter", ["p1", "p2", "p4"] + [f"q{i}" for i in range(20)], NOW)
+    verdict = probe(crowded, "Encounter", ["p1", "p2", "p4"] + [f"q{i}" for i in range(20)], NOW, keep_lease)
     assert verdict["allowed"] is None and "asked again in a day" in verdict["detail"]
     assert len(crowded.asked) == PROBE_CANDIDATES, "a bounded number of patients is tried"
-    assert needs_asking(None, NOW)
-    assert not needs_asking(verdict, NOW + timedelta(hours=23))
-    assert needs_asking(verdict, NOW + timedelta(hours=25))
-    assert needs_asking({**verdict, "asked_at": "not a time"}, NOW)
-    assert not needs_asking({**verdict, "allowed": False}, NOW + timedelta(days=30)), "an answer stands"
-    assert not needs_asking({**verdict, "allowed": True}, NOW + timedelta(days=30))
+    assert needs_asking(None, NOW, 2)
+    assert not needs_asking(verdict, NOW + timedelta(hours=23), 23)
+    assert needs_asking(verdict, NOW + timedelta(hours=25), 23)
+    assert needs_asking({**verdict, "asked_at": "not a time"}, NOW, 23)
+    assert needs_asking({**verdict, "asked_at": None}, NOW, 23)
+    assert not needs_asking({**verdict, "allowed": False}, NOW + timedelta(days=30), 23), "an answer stands"
+    assert not needs_asking({**verdict, "allowed": True, "size": 23}, NOW + timedelta(days=30), 23)
 
 
 def test_a_pass_names_a_batch_of_patients_a_search_the_known_since_the_cursor_the_new_whole() -> None:
     since = [("_lastUpdated", "ge2026-11-20T11:00:00.000Z")]
-    steps = _steps("Encounter", ["p1", "p2", "p3"], {"p1", "p3"}, since, per_search=2)
+    steps = _steps("Encounter", ["p1", "p2", "p3"], {"p1", "p3"}, since, size=2)
     assert steps == [
         ("p2", [([("patient", "Patient/p1"), ("_sort", "_lastUpdated"), *since], []),
                 ([("patient", "Patient/p2"), ("_sort", "_lastUpdated")], ["p2"])]),
         ("p3", [([("patient", "Patient/p3"), ("_sort", "_lastUpdated"), *since], [])]),
     ]
-    [(last, [(params, whole)])] = _steps("Task", ["p1", "p2"], {"p1", "p2"}, since, per_search=LIST_SIZE)
+    [(last, [(params, whole)])] = _steps("Task", ["p1", "p2"], {"p1", "p2"}, since, size=LIST_SIZE)
     assert (last, whole) == ("p2", [])
     assert params == [("patient", "Patient/p1,Patient/p2"), ("_sort", "_lastUpdated"),
                       ("identifier", f"{IDENTIFIER_SYSTEM}|"), *since]
-    one_each = _steps("Encounter", ["p1", "p2"], set(), [], per_search=1)
+    one_each = _steps("Encounter", ["p1", "p2"], set(), [], size=1)
     assert [last for last, _ in one_each] == ["p1", "p2"], "where the EHR takes no list: a patient a step"
 
 
