@@ -13,9 +13,11 @@ no record of a patient it did not name. Any other answer, a failure included, me
 before; a list refused mid-pass after all (the EHR changed) means one patient a search from then on, that
 batch included.
 
-The answer is kept on the stream (`SyncStream.patient_lists`), where IT sees it, until a check of the
-connection clears it (an upgraded EHR is asked again); an EHR with nobody to compare yet is asked again a day
-later.
+The answer is kept on the stream (`SyncStream.patient_lists`), where IT sees it. It is asked again: a week
+later (an EHR changes; one that began answering part of a list would otherwise lose records until IT checked
+the connection); a day later where there was no answer (nobody to compare, or the list's search failed: the next
+patients of the population are tried); once a population twice the list's size has grown past it (at most daily);
+and when a check of the connection clears it. A new "no answer" leaves an earlier "yes" standing.
 """
 
 from __future__ import annotations
@@ -37,10 +39,12 @@ PATIENT_PARAM = {"Encounter": "patient", "Appointment": "patient", "RelatedPerso
 LIST_SIZE = 50  # patients a search names where the EHR answers lists (a URL stays well under common 8 KB limits)
 PROBE_CANDIDATES = 12  # patients asked one by one at most, looking for two whose records differ and fit a page
 # The list's answer is read no further once both patients' records are in it with nobody else's (an EHR that
-# ignored the list would page through every record it holds; its first pages show a stranger).
+# ignored the list would page through every record it holds; its first pages show a stranger), and never past
+# ANSWER_PAGE_LIMIT (no answer then: asked again in a day).
 ANSWER_PAGES = 20
-ASK_AGAIN = timedelta(days=1)  # after a probe that found nobody to compare, or failed
-REFUSALS = (400, 403, 404, 413, 414, 422)  # mid-pass: a list, or a URL that long, refused
+ANSWER_PAGE_LIMIT = 200
+ASK_AGAIN = timedelta(days=1)  # after a probe without an answer, or for a population that outgrew the list
+ANSWER_STANDS = timedelta(days=7)  # a yes or a no
 
 
 class Searcher(Protocol):
@@ -75,16 +79,17 @@ def type_params(resource_type: str) -> list[tuple[str, str]]:
 def patients_per_search(ctx: WorkerContext, reader: Searcher, stream_id: int, resource_type: str,
                         population: list[str], keep: Callable[[], None]) -> int:
     """How many patients the stream's searches name: as many as the EHR has shown it answers in full (up to
-    LIST_SIZE), else 1. Asked first, once, where the population (every patient the stream reads, not a pass's
-    rest) has two patients to compare, and again where it has grown past the list that was asked; `keep` renews
-    the stream's lease between the probe's requests."""
+    LIST_SIZE), else 1. Asked first where the population (every patient the stream reads, not a pass's rest)
+    has two patients to compare, and again as the module docstring says; `keep` renews the stream's lease
+    between the probe's requests."""
     now = ctx.settings.clock()
     with ctx.db.session() as session:
         verdict = streams.get(session, stream_id).patient_lists
-    if needs_asking(verdict, now, len(population)):
-        if len(population) < 2:
-            return 1
-        verdict = probe(reader, resource_type, population, now, keep)
+    if len(population) >= 2 and needs_asking(verdict, now, len(population)):
+        asked = probe(reader, resource_type, population, now, keep, tried=_tried(verdict))
+        if asked.get("allowed") is None and verdict is not None and verdict.get("allowed") is True:
+            asked = {**verdict, "asked_at": now.isoformat()}  # no answer this time: the earlier yes stands
+        verdict = asked
         with ctx.db.session() as session:
             streams.keep_patient_lists(session, stream_id, verdict)
     if verdict is None or verdict.get("allowed") is not True:
@@ -92,56 +97,74 @@ def patients_per_search(ctx: WorkerContext, reader: Searcher, stream_id: int, re
     return max(1, min(LIST_SIZE, int(verdict.get("size") or 1)))
 
 
-def refused_mid_pass(ctx: WorkerContext, stream_id: int, resource_type: str, error: PermanentEhrError) -> bool:
-    """A search naming several patients was refused after the EHR had answered one: keep one patient a search
-    from now on and say so (True); an error that is no refusal is not this (False: the caller raises it)."""
-    if error.status not in REFUSALS:
-        return False
+def list_failed(ctx: WorkerContext, stream_id: int, resource_type: str, error: Exception) -> None:
+    """A search naming several patients failed mid-pass after the EHR had answered one, and the same patients
+    were then read one by one: refused (a permanent error), one patient a search until the answer is asked
+    again; failed (a transient one, the polite client's retries spent), no answer, asked again in a day."""
+    refused = isinstance(error, PermanentEhrError)
+    status = getattr(error, "status", None)
     with ctx.db.session() as session:
         streams.keep_patient_lists(session, stream_id, {
             "asked_at": ctx.settings.clock().isoformat(), "probe": f"a pass's {resource_type} search",
-            "allowed": False, "detail": f"refused mid-pass ({error.status}): one patient a search"})
-    return True
+            "allowed": False if refused else None,
+            "detail": (f"refused mid-pass{f' (HTTP {status})' if status else ''}: one patient a search" if refused
+                       else "failed mid-pass (asked again in a day): one patient a search")})
 
 
 def needs_asking(verdict: dict[str, Any] | None, now: datetime, population: int) -> bool:
-    """Never asked; asked more than ASK_AGAIN ago without an answer (nobody to compare then, or it failed); or
-    allowed for a shorter list than this population now makes."""
+    """See the module docstring: never asked; a yes or a no older than ANSWER_STANDS; no answer older than
+    ASK_AGAIN; a yes for a list the population has outgrown twice over, older than ASK_AGAIN."""
     if verdict is None:
         return True
-    if verdict.get("allowed") is True:
-        return int(verdict.get("size") or 0) < min(LIST_SIZE, population)
-    if verdict.get("allowed") is False:
-        return False
     try:
-        return datetime.fromisoformat(str(verdict.get("asked_at"))) < now - ASK_AGAIN
+        age = now - datetime.fromisoformat(str(verdict.get("asked_at")))
     except (TypeError, ValueError):
         return True
+    allowed = verdict.get("allowed")
+    if allowed is None:
+        return age > ASK_AGAIN
+    if allowed is True and min(LIST_SIZE, population) >= 2 * int(verdict.get("size") or 1) and age > ASK_AGAIN:
+        return True
+    return age > ANSWER_STANDS
+
+
+def _tried(verdict: dict[str, Any] | None) -> int:
+    """Patients tried by earlier probes without an answer: the next probe tries the next ones."""
+    return int(verdict.get("tried") or 0) if verdict is not None and verdict.get("allowed") is None else 0
 
 
 def probe(reader: Searcher, resource_type: str, population: list[str], now: datetime,
-          keep: Callable[[], None]) -> dict[str, Any]:
+          keep: Callable[[], None], tried: int = 0) -> dict[str, Any]:
     """Ask the EHR (see the module docstring): `allowed` True (with the list's `size`), False (the list refused,
-    or answered without a named patient's records or with an unnamed one's), or None (nobody to compare, or the
-    list's search failed: asked again in a day). A failed one-patient search is the stream's own error, raised
-    as the pass would raise it. Its words name no patient."""
+    or answered without a named patient's records or with an unnamed one's), or None (nobody to compare among
+    the PROBE_CANDIDATES patients from the `tried`-th on, or the list's search failed or ran too long: asked
+    again in a day). A failed one-patient search is the stream's own error, raised as the pass would raise it.
+    Its words name no patient.
+
+    Not proven: a patient in the list whose records are all also another listed patient's (a group booking)
+    would hide a list cut short just before them; the two compared share none, first and last in the list."""
     size = min(LIST_SIZE, len(population))
     verdict: dict[str, Any] = {"asked_at": now.isoformat(), "size": size,
                                "probe": f"{resource_type}?{PATIENT_PARAM[resource_type]}=<{size} patients>"}
-    pair = _two_patients(reader, resource_type, population, keep)
+    pair = _two_patients(reader, resource_type, _candidates(population, tried), keep)
     if pair is None:
-        return {**verdict, "allowed": None,
-                "detail": f"not asked yet: no two of the first {PROBE_CANDIDATES} patients have records that "
-                          "differ and fit a page (asked again in a day): one patient a search"}
+        return {**verdict, "allowed": None, "tried": tried + PROBE_CANDIDATES,
+                "detail": f"not asked yet: no two of {PROBE_CANDIDATES} patients have records that differ and fit "
+                          "a page (others asked in a day): one patient a search"}
     (first, first_ids), (second, second_ids) = pair
     listed = [first, *[p for p in population if p not in (first, second)][:size - 2], second]
     try:
-        found, strangers = _answer(reader, resource_type, listed, first_ids | second_ids, keep)
+        answer = _answer(reader, resource_type, listed, first_ids | second_ids, keep)
     except PermanentEhrError as exc:
-        return {**verdict, "allowed": False, "detail": f"refused ({exc.status}): one patient a search"}
+        return {**verdict, "allowed": False,
+                "detail": f"refused{f' (HTTP {exc.status})' if exc.status else ''}: one patient a search"}
     except TransientEhrError:
         return {**verdict, "allowed": None, "detail": "not answered (the EHR was busy or did not answer; asked "
                                                       "again in a day): one patient a search"}
+    if answer is None:
+        return {**verdict, "allowed": None, "detail": f"answered with more than {ANSWER_PAGE_LIMIT} pages (asked "
+                                                      "again in a day): one patient a search"}
+    found, strangers = answer
     if strangers:
         return {**verdict, "allowed": False,
                 "detail": "answered with records of patients it did not name: one patient a search"}
@@ -152,12 +175,18 @@ def probe(reader: Searcher, resource_type: str, population: list[str], now: date
     return {**verdict, "allowed": True, "detail": f"answered in full: {size} patients a search"}
 
 
-def _two_patients(reader: Searcher, resource_type: str, population: list[str],
+def _candidates(population: list[str], tried: int) -> list[str]:
+    """PROBE_CANDIDATES patients from the `tried`-th on, round the population."""
+    start = tried % len(population)
+    return (population[start:] + population[:start])[:PROBE_CANDIDATES]
+
+
+def _two_patients(reader: Searcher, resource_type: str, candidates: list[str],
                   keep: Callable[[], None]) -> tuple[tuple[str, set[str]], tuple[str, set[str]]] | None:
     """Two patients whose records (asked for one by one, as a pass asks) exist, fit a page each, and share none
     (a list answered with one patient's alone must show)."""
     found: tuple[str, set[str]] | None = None
-    for patient in population[:PROBE_CANDIDATES]:
+    for patient in candidates:
         keep()
         page = reader.search(resource_type, [naming(resource_type, [patient]), *type_params(resource_type)])
         ids = {str(r.get("id")) for r in page.resources}
@@ -171,25 +200,26 @@ def _two_patients(reader: Searcher, resource_type: str, population: list[str],
 
 
 def _answer(reader: Searcher, resource_type: str, listed: list[str], expected: set[str],
-            keep: Callable[[], None]) -> tuple[set[str], bool]:
+            keep: Callable[[], None]) -> tuple[set[str], bool] | None:
     """The list's answer as far as it is read: the ids found, and whether a record names none of the listed
     patients (reading stops there). Read to its end, or ANSWER_PAGES pages once the expected records are all in
-    it; a page that adds nothing new ends it (a link that loops)."""
+    it; a page that adds nothing new ends it (a link that loops); None past ANSWER_PAGE_LIMIT pages."""
     names = _patients_named(resource_type)
     asked = set(listed)
     keep()
     page = reader.search(resource_type, [naming(resource_type, listed), *type_params(resource_type)])
     found: set[str] = set()
-    for pages_read in range(1, 10 * ANSWER_PAGES + 1):
+    for pages_read in range(1, ANSWER_PAGE_LIMIT + 1):
         new = {str(r.get("id")) for r in page.resources} - found
         found |= new
         if any(not names(r) & asked for r in page.resources):
             return found, True
         if not page.next_url or not new or (pages_read >= ANSWER_PAGES and expected <= found):
             return found, False
-        keep()
-        page = reader.follow(page.next_url)
-    return found, False
+        if pages_read < ANSWER_PAGE_LIMIT:
+            keep()
+            page = reader.follow(page.next_url)
+    return None
 
 
 def _patients_named(resource_type: str) -> Callable[[dict[str, Any]], set[str]]:

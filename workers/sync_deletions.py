@@ -16,10 +16,10 @@ from typing import TypeVar
 
 from fhir_mappings.written import IDENTIFIER_SYSTEM, WRITTEN_TYPES, is_ours
 from prm import snapshots, streams
-from prm.errors import PermanentEhrError
+from prm.errors import PermanentEhrError, TransientEhrError
 from prm.snapshot_models import SyncStream
 from workers.ehr_access import EhrAccess
-from workers.patient_lists import naming, patients_per_search, refused_mid_pass
+from workers.patient_lists import list_failed, naming, patients_per_search
 from workers.runtime import WorkerContext
 from workers.stream_leases import StreamLease
 from workers.sync_pages import commit_page
@@ -133,29 +133,53 @@ def _ids_patient_by_patient(ctx: WorkerContext, access: EhrAccess, stream: SyncS
 
 def _ids_of_patients(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, population: list[str],
                      params: list[tuple[str, str]], lease: StreamLease) -> set[str]:
-    """The type's ids these patients' records have, as many patients a listing as the EHR answers in full."""
+    """The type's ids these patients' records have, as many patients a listing as the EHR answers in full. A
+    listing naming several patients whose first page fails after all is made one patient a listing, from there
+    on, and the stream remembers it once those succeed (workers.patient_lists.list_failed)."""
     per_search = patients_per_search(ctx, access.reader, stream.id or 0, stream.resource_type, population,
-                                     lease.keep)
+                                     lease.keep) if len(population) >= 2 else 1
     found: set[str] = set()
-    at = 0
-    while at < len(population):
+    for at in range(0, len(population), per_search):
         batch = population[at:at + per_search]
         try:
-            found |= _all_ids(access, stream.resource_type, [naming(stream.resource_type, batch), *params], lease)
-        except PermanentEhrError as exc:
-            if len(batch) == 1 or not refused_mid_pass(ctx, stream.id or 0, stream.resource_type, exc):
-                raise
-            per_search = 1
-            continue  # the same patients, one a listing
-        at += len(batch)
+            found |= _all_ids(access, stream.resource_type, [naming(stream.resource_type, batch), *params], lease,
+                              first_page_apart=len(batch) > 1)
+        except FirstPageFailed as failed:
+            for patient in population[at:]:
+                found |= _all_ids(access, stream.resource_type, [naming(stream.resource_type, [patient]), *params],
+                                  lease)
+            list_failed(ctx, stream.id or 0, stream.resource_type, failed.error)
+            return found
     return found
 
 
-def _all_ids(access: EhrAccess, resource_type: str, params: list[tuple[str, str]] | None,
-             lease: StreamLease) -> set[str]:
-    """Every id of the type on the EHR; a paging link that expired mid-listing restarts it once."""
+class FirstPageFailed(Exception):
+    """A listing's first request failed (`error`): for a list of patients, the list's answer, not the listing's."""
+
+    def __init__(self, error: PermanentEhrError | TransientEhrError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _first_page_apart(ids: Iterator[str]) -> Iterator[str]:
+    """The ids, an error of the first request (before the first id) raised as FirstPageFailed."""
     try:
-        return _kept_listing(access.reader.ids(resource_type, params), lease)
+        first = next(ids)
+    except StopIteration:
+        return
+    except (PermanentEhrError, TransientEhrError) as exc:
+        raise FirstPageFailed(exc) from exc
+    yield first
+    yield from ids
+
+
+def _all_ids(access: EhrAccess, resource_type: str, params: list[tuple[str, str]] | None,
+             lease: StreamLease, first_page_apart: bool = False) -> set[str]:
+    """Every id of the type on the EHR; a paging link that expired mid-listing restarts it once.
+    `first_page_apart`: the first request's failure raised as FirstPageFailed."""
+    listing = access.reader.ids(resource_type, params)
+    try:
+        return _kept_listing(_first_page_apart(listing) if first_page_apart else listing, lease)
     except PermanentEhrError as exc:
         if exc.status not in GONE:
             raise

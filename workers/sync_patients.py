@@ -18,11 +18,11 @@ import time
 from datetime import datetime
 
 from prm import snapshots, streams
-from prm.errors import PermanentEhrError
+from prm.errors import PermanentEhrError, TransientEhrError
 from prm.models import Connection
 from prm.snapshot_models import SyncStream
 from workers.ehr_access import EhrAccess
-from workers.patient_lists import naming, one_by_one, patients_per_search, refused_mid_pass, type_params
+from workers.patient_lists import list_failed, naming, one_by_one, patients_per_search, type_params
 from workers.runtime import WorkerContext
 from workers.stream_leases import StreamLease
 from workers.sync_deletions import ID_BATCH, batches
@@ -52,7 +52,7 @@ def patient_windows(ctx: WorkerContext, access: EhrAccess, connection: Connectio
     position, began = streams.pass_place(stream, PATIENT_KIND)
     rest = [p for p in sorted(known) if position is None or p > position]
     since = [("_lastUpdated", f"ge{iso(stream.cursor)}")] if stream.cursor else []
-    steps = _steps(stream.resource_type, rest, read, since, _per_search(ctx, access, stream, known, lease))
+    steps = _steps(stream.resource_type, rest, read, since, _per_search(ctx, access, stream, known, rest, lease))
     done_through, read_whole = position, []
     kept_at = time.monotonic()
     for index, (last, searches) in enumerate(steps):
@@ -93,7 +93,8 @@ def read_newcomers(ctx: WorkerContext, access: EhrAccess, connection: Connection
     rule has every member to read once) leaves the rest to the next run, which comes at once (not caught up)."""
     stream, known, read = _population(ctx, access, connection, stream_id, run)
     newcomers = sorted(_of_the_group(ctx, access, connection, stream, run, {p for p in known if p not in read}))
-    steps = _steps(stream.resource_type, newcomers, read, [], _per_search(ctx, access, stream, known, lease))
+    steps = _steps(stream.resource_type, newcomers, read, [],
+                   _per_search(ctx, access, stream, known, newcomers, lease))
     for index, (_, searches) in enumerate(steps):
         if index and (time.monotonic() > deadline or not lease.renew()):
             run.caught_up = False
@@ -112,19 +113,23 @@ def _store_search(ctx: WorkerContext, access: EhrAccess, stream_id: int, resourc
                   lease: StreamLease) -> str | None:
     """One search of the population's records, every page stored (no cursor moves: a pass keeps its own), the
     lease kept between pages (a batch's whole records can be many); returns the server's time on its first
-    page, if it gave one. A search naming several patients that the EHR refuses after all is made one patient
-    a search, as is every list after it this run (workers.patient_lists.refused_mid_pass)."""
+    page, if it gave one. A search naming several patients whose first page fails after all (refused, or no
+    answer once the polite client's retries are spent) is made one patient a search, as is every list after it
+    this run, and the stream remembers it (workers.patient_lists.list_failed) once those searches succeed."""
     singles = one_by_one(resource_type, params)
-    if singles and run.lists_refused:
+    if singles and run.lists_failed:
         return _store_one_by_one(ctx, access, stream_id, resource_type, singles, run, progress, lease)
     try:
         page = access.reader.search(resource_type, params)
-    except PermanentEhrError as exc:
-        if not singles or not refused_mid_pass(ctx, stream_id, resource_type, exc):
+    except (PermanentEhrError, TransientEhrError) as exc:
+        if not singles:
             raise
-        run.lists_refused = True
-        run.notes.append("a search naming several patients was refused: one patient a search from now on")
-        return _store_one_by_one(ctx, access, stream_id, resource_type, singles, run, progress, lease)
+        server_time = _store_one_by_one(ctx, access, stream_id, resource_type, singles, run, progress, lease)
+        list_failed(ctx, stream_id, resource_type, exc)
+        run.lists_failed = True
+        what = "was refused" if isinstance(exc, PermanentEhrError) else "failed"
+        run.notes.append(f"a search naming several patients {what}: one patient a search from now on")
+        return server_time
     server_time = page.server_time
     while True:
         result = commit_page(ctx, stream_id, page.resources, move_cursor=False, client=access.client_name,
@@ -139,6 +144,7 @@ def _store_search(ctx: WorkerContext, access: EhrAccess, stream_id: int, resourc
 def _store_one_by_one(ctx: WorkerContext, access: EhrAccess, stream_id: int, resource_type: str,
                       singles: list[list[tuple[str, str]]], run: StreamRun, progress: Progress | None,
                       lease: StreamLease) -> str | None:
+    """Each one-patient search in turn; the first server time any gave (the earliest: a pass's start)."""
     times = [_store_search(ctx, access, stream_id, resource_type, single, run, progress, lease)
              for single in singles]
     return next((t for t in times if t), None)
@@ -198,11 +204,14 @@ def _named(resource_type: str, patients: list[str]) -> list[tuple[str, str]]:
 
 
 def _per_search(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, population: set[str],
-                lease: StreamLease) -> int:
+                reading: list[str], lease: StreamLease) -> int:
     """Patients a step names: ID_BATCH Patients by `_id`; for other types as many as the EHR answers in full
-    (workers.patient_lists), asked of the stream's whole population, not a pass's rest."""
+    (workers.patient_lists), asked of the stream's whole population, not a pass's rest; one where this run
+    reads fewer than two (nothing to ask the EHR for)."""
     if stream.resource_type == "Patient":
         return ID_BATCH
+    if len(reading) < 2:
+        return 1
     return patients_per_search(ctx, access.reader, stream.id or 0, stream.resource_type, sorted(population),
                                lease.keep)
 

@@ -29,7 +29,7 @@ class StreamRun:
     notes: list[str] = field(default_factory=list)
     companions: list[StreamRun] = field(default_factory=list)  # streams whose first load shared this export
     group_roster: GroupRoster | None = None  # the export Group's members, once read this run (sync_population)
-    lists_refused: bool = False  # a search naming several patients was refused this run: one a search (sync_patients)
+    lists_failed: bool = False  # a search naming several patients failed this run: one a search (sync_patients)
 
 
 def count_page(run: StreamRun, stored: int, deleted: int, quarantined: int, progress: Progress | None) -> None:

@@ -283,14 +283,14 @@ def test_it_checks_a_connection_from_its_page(live_app: LiveApp, accounts: dict[
             kept = [s for s in streams.ensure(session, connections.by_name(session, "sandbox").id or 0)
                     if s.resource_type in ("Appointment", "Encounter")]
         for stream, detail in zip(kept, ("answered in full: 50 patients a search",
-                                         "refused (400): one patient a search"), strict=True):
+                                         "refused (HTTP 400): one patient a search"), strict=True):
             with db.session() as session:
                 streams.keep_patient_lists(session, stream.id or 0, {"allowed": None, "detail": detail})
     finally:
         db.dispose()
     page = admin.get("/admin/connections/sandbox").text
     assert (f">Searches naming several patients: {kept[0].resource_type} answered in full: 50 patients a search; "
-            f"{kept[1].resource_type} refused (400): one patient a search.</p>") in page
+            f"{kept[1].resource_type} refused (HTTP 400): one patient a search.</p>") in page
     token = re.search(r'action="/admin/connections/sandbox/check" class="inline">\s*'
                       r'<input type="hidden" name="csrf_token" value="([^"]+)"', page)
     assert token and 'id="check-connection"' in page

@@ -490,7 +490,7 @@ def test_an_ehr_with_only_group_export_syncs_the_groups_patients_and_its_new_mem
         assert_group_in_step(fresh, [*members, joining])
         verdict = fresh.patient_lists("Encounter")
         assert verdict is not None and (verdict["allowed"], verdict["detail"]) == (
-            False, "refused (400): one patient a search"), "this EHR takes one patient a search"
+            False, "refused (HTTP 400): one patient a search"), "this EHR takes one patient a search"
 
         # One leaves the Group: their records leave the snapshot, and nothing of theirs comes back ...
         leaver = members[1]
@@ -525,7 +525,8 @@ def test_a_list_refused_mid_pass_is_made_again_one_patient_a_search_and_not_sent
         with fresh.ctx.db.session() as session:
             [stream] = [s for s in streams.of_connection(session, fresh.connection_id)
                         if s.resource_type == "Encounter"]
-            streams.keep_patient_lists(session, stream.id or 0, {"allowed": True, "size": 50, "detail": "in full"})
+            streams.keep_patient_lists(session, stream.id or 0, {"allowed": True, "size": 50, "detail": "in full",
+                                                                 "asked_at": fresh.ctx.settings.clock().isoformat()})
             stream.reconciled_at = None  # the id comparison due (no type-level `_history` here)
             session.add(stream)
         for member in (members[0], members[55]):  # one in each batch of fifty
@@ -539,7 +540,7 @@ def test_a_list_refused_mid_pass_is_made_again_one_patient_a_search_and_not_sent
         assert_group_in_step(fresh, members)
         verdict = fresh.patient_lists("Encounter")
         assert verdict is not None and (verdict["allowed"], verdict["detail"]) == (
-            False, "refused mid-pass (400): one patient a search")
+            False, "refused mid-pass (HTTP 400): one patient a search")
         quiet = fresh.run_all(("Encounter",))["Encounter"]
         assert not [n for n in quiet.notes if "refused" in n]
         assert quiet.pages == len(members), "one patient a search, no list sent to be refused"

@@ -14,6 +14,7 @@ from connector.fhir_reader import Page
 from fhir_mappings.written import IDENTIFIER_SYSTEM
 from prm.errors import PermanentEhrError, TransientEhrError
 from workers.patient_lists import (
+    ANSWER_PAGE_LIMIT,
     ANSWER_PAGES,
     LIST_SIZE,
     PROBE_CANDIDATES,
@@ -110,7 +111,9 @@ def test_patients_sharing_records_are_no_pair_to_compare() -> None:
 @pytest.mark.parametrize("status", [400, 403, 404, 405, 409, 414, 422])
 def test_a_refused_list_means_one_patient_a_search(status: int) -> None:
     verdict = probe(Ehr(failure=PermanentEhrError("one patient", status)), "Encounter", POPULATION, NOW, keep_lease)
-    assert (verdict["allowed"], verdict["detail"]) == (False, f"refused ({status}): one patient a search")
+    assert (verdict["allowed"], verdict["detail"]) == (False, f"refused (HTTP {status}): one patient a search")
+    bare = probe(Ehr(failure=PermanentEhrError("not a Bundle")), "Encounter", POPULATION, NOW, keep_lease)
+    assert (bare["allowed"], bare["detail"]) == (False, "refused: one patient a search")
 
 
 def test_a_list_that_fails_is_asked_again_a_day_later_and_one_patient_a_search_till_then() -> None:
@@ -148,23 +151,45 @@ def test_an_answer_is_read_no_further_than_it_takes_once_both_patients_records_a
 def test_a_population_smaller_than_a_list_is_asked_with_all_of_it_and_again_once_it_grows() -> None:
     small = probe(Ehr("capped"), "Encounter", ["p1", "p2", "p3"], NOW, keep_lease)
     assert (small["allowed"], small["size"], small["detail"]) == (True, 3, "answered in full: 3 patients a search")
-    assert not needs_asking(small, NOW, 3) and needs_asking(small, NOW, 60)
+    assert not needs_asking(small, NOW, 3) and not needs_asking(small, NOW + timedelta(days=2), 5)
+    assert not needs_asking(small, NOW, 60), "a grown population is asked again at most daily"
+    assert needs_asking(small, NOW + timedelta(days=2), 6), "twice the list's size: asked again"
     grown = probe(Ehr("capped"), "Encounter", POPULATION, NOW, keep_lease)
     assert (grown["allowed"], grown["size"]) == (False, LIST_SIZE), "the cap shows in a list of fifty"
 
 
-def test_nobody_to_compare_is_no_answer_asked_again_a_day_later() -> None:
+def test_nobody_to_compare_is_no_answer_asked_again_a_day_later_of_the_next_patients() -> None:
     crowded = Ehr(page_size=1)  # p1's and p4's records do not fit a page: no exact comparison
-    verdict = probe(crowded, "Encounter", ["p1", "p2", "p4"] + [f"q{i}" for i in range(20)], NOW, keep_lease)
-    assert verdict["allowed"] is None and "asked again in a day" in verdict["detail"]
-    assert len(crowded.asked) == PROBE_CANDIDATES, "a bounded number of patients is tried"
+    population = ["p1", "p2", "p4"] + [f"q{i:02}" for i in range(20)]
+    verdict = probe(crowded, "Encounter", population, NOW, keep_lease)
+    assert verdict["allowed"] is None and "others asked in a day" in verdict["detail"]
+    assert [p for [p] in crowded.asked] == population[:PROBE_CANDIDATES], "a bounded number of patients is tried"
+    assert verdict["tried"] == PROBE_CANDIDATES
+    later = Ehr(page_size=1)
+    probe(later, "Encounter", population, NOW, keep_lease, tried=verdict["tried"])
+    assert [p for [p] in later.asked] == (population[PROBE_CANDIDATES:] + population)[:PROBE_CANDIDATES], \
+        "the next patients, round the population"
     assert needs_asking(None, NOW, 2)
     assert not needs_asking(verdict, NOW + timedelta(hours=23), 23)
     assert needs_asking(verdict, NOW + timedelta(hours=25), 23)
     assert needs_asking({**verdict, "asked_at": "not a time"}, NOW, 23)
     assert needs_asking({**verdict, "asked_at": None}, NOW, 23)
-    assert not needs_asking({**verdict, "allowed": False}, NOW + timedelta(days=30), 23), "an answer stands"
-    assert not needs_asking({**verdict, "allowed": True, "size": 23}, NOW + timedelta(days=30), 23)
+
+
+def test_a_yes_or_a_no_stands_a_week() -> None:
+    for allowed in (True, False):
+        answer = {"asked_at": NOW.isoformat(), "allowed": allowed, "size": 23}
+        assert not needs_asking(answer, NOW + timedelta(days=6), 23)
+        assert needs_asking(answer, NOW + timedelta(days=8), 23), "an EHR changes: asked again"
+
+
+def test_an_answer_longer_than_the_page_limit_is_no_answer() -> None:
+    long = {"p1": ["e1"], "p9": ["e9"], **{f"q{i:02}": [f"v{i:02}-{j}" for j in range(5)] for i in range(48)}}
+    ehr = Ehr("any", page_size=1, visits=long)  # p1 first, p9 last: 242 pages, p9's record on the last
+    verdict = probe(ehr, "Encounter", ["p1", "p9", *(f"q{i:02}" for i in range(48))], NOW, keep_lease)
+    assert (verdict["allowed"], verdict["detail"]) == (
+        None, f"answered with more than {ANSWER_PAGE_LIMIT} pages (asked again in a day): one patient a search")
+    assert ehr.followed == ANSWER_PAGE_LIMIT - 1
 
 
 def test_a_pass_names_a_batch_of_patients_a_search_the_known_since_the_cursor_the_new_whole() -> None:

@@ -4,18 +4,21 @@ A list refused after all (an id listing here) is made again one patient a search
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from prm import connections, streams
 from prm.config import Settings
 from prm.crypto import SecretBox
 from prm.db import Database
-from prm.errors import PermanentEhrError
+from prm.errors import PermanentEhrError, TransientEhrError
 from tests.unit.workers.test_patient_lists import Ehr
-from workers import sync_deletions
+from workers import sync_deletions, sync_patients
 from workers.dispatch import InProcessDispatcher
 from workers.patient_lists import LIST_SIZE, patients_per_search
 from workers.runtime import WorkerContext
@@ -35,6 +38,11 @@ def encounter_stream(database: Database, settings: Settings) -> tuple[WorkerCont
     ctx = WorkerContext(settings=settings, db=database, box=SecretBox(settings.encryption_keys),
                         dispatcher=InProcessDispatcher(1))
     return ctx, stream.id or 0
+
+
+def days_later(ctx: WorkerContext, days: int) -> WorkerContext:
+    return WorkerContext(settings=replace(ctx.settings, now=(ctx.settings.clock() + timedelta(days=days)).isoformat()),
+                         db=ctx.db, box=ctx.box, dispatcher=ctx.dispatcher)
 
 
 def kept(ctx: WorkerContext, stream_id: int) -> dict[str, Any] | None:
@@ -66,10 +74,8 @@ def test_nobody_to_compare_is_asked_again_a_day_later(database: Database, settin
     asked = len(lonely.asked)
     assert patients_per_search(ctx, lonely, stream_id, "Encounter", POPULATION, keep_lease) == 1
     assert len(lonely.asked) == asked, "not asked again within the day"
-    later = WorkerContext(settings=replace(settings, now=(settings.clock() + timedelta(days=2)).isoformat()),
-                          db=database, box=ctx.box, dispatcher=ctx.dispatcher)
-    assert patients_per_search(later, Ehr(), stream_id, "Encounter", POPULATION, keep_lease) == len(POPULATION), \
-        "asked again"
+    again = patients_per_search(days_later(ctx, 2), Ehr(), stream_id, "Encounter", POPULATION, keep_lease)
+    assert again == len(POPULATION), "asked again"
 
 
 def test_a_population_grown_past_the_list_asked_is_asked_again(database: Database, settings: Settings) -> None:
@@ -77,39 +83,91 @@ def test_a_population_grown_past_the_list_asked_is_asked_again(database: Databas
     ctx, stream_id = encounter_stream(database, settings)
     assert patients_per_search(ctx, Ehr("capped"), stream_id, "Encounter", ["p1", "p2", "p3"], keep_lease) == 3
     grown = ["p1", "p2", "p3", "p4", "p5"] + [f"q{i:02}" for i in range(60)]
-    assert patients_per_search(ctx, Ehr("capped"), stream_id, "Encounter", grown, keep_lease) == 1
+    assert patients_per_search(ctx, Ehr("capped"), stream_id, "Encounter", grown, keep_lease) == 3, \
+        "asked again a day later at the most"
+    assert patients_per_search(days_later(ctx, 2), Ehr("capped"), stream_id, "Encounter", grown, keep_lease) == 1
     verdict = kept(ctx, stream_id)
     assert verdict is not None and (verdict["allowed"], verdict["size"]) == (False, LIST_SIZE)
 
 
-class Listing:
-    """An id listing that refuses a list of patients (as an EHR upgraded since it answered one would)."""
+def test_no_answer_on_asking_again_leaves_the_earlier_yes_standing(database: Database, settings: Settings) -> None:
+    ctx, stream_id = encounter_stream(database, settings)
+    assert patients_per_search(ctx, Ehr(), stream_id, "Encounter", POPULATION, keep_lease) == len(POPULATION)
+    week_on = days_later(ctx, 8)
+    busy = Ehr(failure=TransientEhrError("busy"))
+    assert patients_per_search(week_on, busy, stream_id, "Encounter", POPULATION, keep_lease) == len(POPULATION)
+    verdict = kept(ctx, stream_id)
+    assert verdict is not None and verdict["allowed"] is True
+    assert verdict["asked_at"] == week_on.settings.clock().isoformat(), "asked, so not asked again at once"
 
-    def __init__(self) -> None:
+
+def test_a_run_reading_fewer_than_two_patients_asks_nothing(database: Database, settings: Settings) -> None:
+    ctx, stream_id = encounter_stream(database, settings)
+    ehr = Ehr()
+    with database.session() as session:
+        stream = streams.get(session, stream_id)
+    access = SimpleNamespace(reader=ehr)
+    lease = SimpleNamespace(keep=lambda: None)
+    def per_search(reading: list[str]) -> int:
+        return sync_patients._per_search(ctx, access, stream, set(POPULATION), reading, lease)  # type: ignore[arg-type]
+
+    assert per_search([]) == 1 and per_search(["p1"]) == 1
+    assert ehr.asked == [] and kept(ctx, stream_id) is None
+    assert per_search(["p1", "p2"]) == len(POPULATION)
+
+
+class Listing:
+    """An id listing, page by page as the reader's: a list of patients fails on its first page (`fails`), or,
+    with `later`, on its second, after its first page's ids."""
+
+    def __init__(self, fails: Exception, later: bool = False) -> None:
+        self.fails, self.later = fails, later
         self.asked: list[str] = []
 
-    def ids(self, resource_type: str, params: list[tuple[str, str]]) -> list[str]:
+    def ids(self, resource_type: str, params: list[tuple[str, str]]) -> Iterator[str]:
         named = dict(params)["patient"]
         self.asked.append(named)
-        if "," in named:
-            raise PermanentEhrError("one patient a search", 400)
-        return [f"enc-{named.removeprefix('Patient/')}"]
+        patients = [ref.removeprefix("Patient/") for ref in named.split(",")]
+        if len(patients) > 1 and not self.later:
+            raise self.fails
+        yield f"enc-{patients[0]}"
+        if len(patients) > 1:
+            raise self.fails
+        yield from (f"enc-{p}" for p in patients[1:])
 
 
-def test_an_id_listing_refused_for_a_list_goes_on_one_patient_a_listing(database: Database,
-                                                                        settings: Settings) -> None:
+def listed_by(database: Database, settings: Settings, listing: Listing) -> tuple[set[str], dict[str, Any] | None]:
     ctx, stream_id = encounter_stream(database, settings)
     with database.session() as session:
-        streams.keep_patient_lists(session, stream_id, {"allowed": True, "size": LIST_SIZE, "detail": "in full"})
+        streams.keep_patient_lists(session, stream_id, {"allowed": True, "size": LIST_SIZE, "detail": "in full",
+                                                        "asked_at": settings.clock().isoformat()})
         stream = streams.get(session, stream_id)
-    listing = Listing()
-    patients = [f"p{i:03}" for i in range(120)]
     access = SimpleNamespace(reader=listing)
     lease = SimpleNamespace(keep=lambda: None)
-    found = sync_deletions._ids_of_patients(ctx, access, stream, patients, [], lease)  # type: ignore[arg-type]
-    assert found == {f"enc-{p}" for p in patients}
-    assert listing.asked == [",".join(f"Patient/{p}" for p in patients[:LIST_SIZE]),
-                             *(f"Patient/{p}" for p in patients)], "one refusal, then one patient a listing"
-    verdict = kept(ctx, stream_id)
-    assert verdict is not None and (verdict["allowed"], verdict["detail"]) == (
-        False, "refused mid-pass (400): one patient a search")
+    found = sync_deletions._ids_of_patients(ctx, access, stream, PATIENTS, [], lease)  # type: ignore[arg-type]
+    return found, kept(ctx, stream_id)
+
+
+PATIENTS = [f"p{i:03}" for i in range(120)]
+
+
+@pytest.mark.parametrize(("failure", "detail"), [
+    (PermanentEhrError("one patient a search", 400), "refused mid-pass (HTTP 400): one patient a search"),
+    (PermanentEhrError("method not allowed", 405), "refused mid-pass (HTTP 405): one patient a search"),
+    (PermanentEhrError("not a Bundle"), "refused mid-pass: one patient a search"),
+    (TransientEhrError("timed out"), "failed mid-pass (asked again in a day): one patient a search")])
+def test_an_id_listing_whose_list_fails_goes_on_one_patient_a_listing(database: Database, settings: Settings,
+                                                                      failure: Exception, detail: str) -> None:
+    listing = Listing(failure)
+    found, verdict = listed_by(database, settings, listing)
+    assert found == {f"enc-{p}" for p in PATIENTS}
+    assert listing.asked == [",".join(f"Patient/{p}" for p in PATIENTS[:LIST_SIZE]),
+                             *(f"Patient/{p}" for p in PATIENTS)], "one failure, then one patient a listing"
+    assert verdict is not None and verdict["detail"] == detail
+    assert verdict["allowed"] is (None if isinstance(failure, TransientEhrError) else False)
+
+
+def test_a_listing_that_fails_past_its_first_page_is_the_streams_error(database: Database,
+                                                                       settings: Settings) -> None:
+    with pytest.raises(PermanentEhrError):
+        listed_by(database, settings, Listing(PermanentEhrError("bad request", 400), later=True))
