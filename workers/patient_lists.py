@@ -5,19 +5,20 @@ new members are read whole one by one.
 
 Not every EHR takes a list. Large hospital EHRs take one patient a search and refuse more, a server may cap how
 many values it reads, and one may answer the first patient alone and say nothing, which would lose the others'
-records without an error. So each stream asks the EHR once, with its own type and the parameters its searches
-use, before it names more than one patient: two patients of the population whose records differ are asked for
-one by one, then in a list as long as the lists it would send (LIST_SIZE, or the whole population where that is
-smaller) with one first and the other last. The list is used only if its answer holds both patients' records and
-no record of a patient it did not name. Any other answer, a failure included, means one patient a search, as
-before; a list refused mid-pass after all (the EHR changed) means one patient a search from then on, that
-batch included.
+records without an error. So each stream asks the EHR before it names more than one patient, with its own type,
+`_sort` and identifier: two patients of the population whose records differ are asked for one by one, then in a
+list as long as the lists it would send (LIST_SIZE, or the whole population where that is smaller) with one
+first and the other last. The list is used only if its answer holds both patients' records and no record of a
+patient it did not name. Any other answer means one patient a search, as before. A list that fails mid-pass
+(the EHR changed, or cannot answer so much) is made again one patient a search, and so is every later one that
+run; the stream then has no answer, and asks again a day later.
 
 The answer is kept on the stream (`SyncStream.patient_lists`), where IT sees it. It is asked again: a week
 later (an EHR changes; one that began answering part of a list would otherwise lose records until IT checked
-the connection); a day later where there was no answer (nobody to compare, or the list's search failed: the next
-patients of the population are tried); once a population twice the list's size has grown past it (at most daily);
-and when a check of the connection clears it. A new "no answer" leaves an earlier "yes" standing.
+the connection); a day later where there was no answer (nobody to compare, or the list failed: the next patients
+of the population are tried); a day or more later once the population is twice the list's size; and when a
+check of the connection clears it. Asking again replaces the answer, a yes included: a yes is only ever one
+proven within the week.
 """
 
 from __future__ import annotations
@@ -86,10 +87,7 @@ def patients_per_search(ctx: WorkerContext, reader: Searcher, stream_id: int, re
     with ctx.db.session() as session:
         verdict = streams.get(session, stream_id).patient_lists
     if len(population) >= 2 and needs_asking(verdict, now, len(population)):
-        asked = probe(reader, resource_type, population, now, keep, tried=_tried(verdict))
-        if asked.get("allowed") is None and verdict is not None and verdict.get("allowed") is True:
-            asked = {**verdict, "asked_at": now.isoformat()}  # no answer this time: the earlier yes stands
-        verdict = asked
+        verdict = probe(reader, resource_type, population, now, keep, tried=_tried(verdict))
         with ctx.db.session() as session:
             streams.keep_patient_lists(session, stream_id, verdict)
     if verdict is None or verdict.get("allowed") is not True:
@@ -97,18 +95,13 @@ def patients_per_search(ctx: WorkerContext, reader: Searcher, stream_id: int, re
     return max(1, min(LIST_SIZE, int(verdict.get("size") or 1)))
 
 
-def list_failed(ctx: WorkerContext, stream_id: int, resource_type: str, error: Exception) -> None:
+def list_failed(ctx: WorkerContext, stream_id: int, resource_type: str) -> None:
     """A search naming several patients failed mid-pass after the EHR had answered one, and the same patients
-    were then read one by one: refused (a permanent error), one patient a search until the answer is asked
-    again; failed (a transient one, the polite client's retries spent), no answer, asked again in a day."""
-    refused = isinstance(error, PermanentEhrError)
-    status = getattr(error, "status", None)
+    were then read one by one: one patient a search until the answer is asked again, a day later."""
     with ctx.db.session() as session:
         streams.keep_patient_lists(session, stream_id, {
             "asked_at": ctx.settings.clock().isoformat(), "probe": f"a pass's {resource_type} search",
-            "allowed": False if refused else None,
-            "detail": (f"refused mid-pass{f' (HTTP {status})' if status else ''}: one patient a search" if refused
-                       else "failed mid-pass (asked again in a day): one patient a search")})
+            "allowed": None, "detail": "failed mid-pass (asked again in a day): one patient a search"})
 
 
 def needs_asking(verdict: dict[str, Any] | None, now: datetime, population: int) -> bool:
@@ -129,8 +122,9 @@ def needs_asking(verdict: dict[str, Any] | None, now: datetime, population: int)
 
 
 def _tried(verdict: dict[str, Any] | None) -> int:
-    """Patients tried by earlier probes without an answer: the next probe tries the next ones."""
-    return int(verdict.get("tried") or 0) if verdict is not None and verdict.get("allowed") is None else 0
+    """Where the last probe's candidates began, moved on where it found nobody to compare: the next probe tries
+    the next ones."""
+    return int(verdict.get("tried") or 0) if verdict is not None else 0
 
 
 def probe(reader: Searcher, resource_type: str, population: list[str], now: datetime,
@@ -138,17 +132,18 @@ def probe(reader: Searcher, resource_type: str, population: list[str], now: date
     """Ask the EHR (see the module docstring): `allowed` True (with the list's `size`), False (the list refused,
     or answered without a named patient's records or with an unnamed one's), or None (nobody to compare among
     the PROBE_CANDIDATES patients from the `tried`-th on, or the list's search failed or ran too long: asked
-    again in a day). A failed one-patient search is the stream's own error, raised as the pass would raise it.
-    Its words name no patient.
+    again in a day). A candidate whose own search is refused is passed over (the pass meets that error as its
+    own); a transient failure of one is raised, as it would fail the pass. Its words name no patient.
 
     Not proven: a patient in the list whose records are all also another listed patient's (a group booking)
     would hide a list cut short just before them; the two compared share none, first and last in the list."""
     size = min(LIST_SIZE, len(population))
-    verdict: dict[str, Any] = {"asked_at": now.isoformat(), "size": size,
+    tried %= len(population)
+    verdict: dict[str, Any] = {"asked_at": now.isoformat(), "size": size, "tried": tried,
                                "probe": f"{resource_type}?{PATIENT_PARAM[resource_type]}=<{size} patients>"}
     pair = _two_patients(reader, resource_type, _candidates(population, tried), keep)
     if pair is None:
-        return {**verdict, "allowed": None, "tried": tried + PROBE_CANDIDATES,
+        return {**verdict, "allowed": None, "tried": (tried + PROBE_CANDIDATES) % len(population),
                 "detail": f"not asked yet: no two of {PROBE_CANDIDATES} patients have records that differ and fit "
                           "a page (others asked in a day): one patient a search"}
     (first, first_ids), (second, second_ids) = pair
@@ -188,7 +183,10 @@ def _two_patients(reader: Searcher, resource_type: str, candidates: list[str],
     found: tuple[str, set[str]] | None = None
     for patient in candidates:
         keep()
-        page = reader.search(resource_type, [naming(resource_type, [patient]), *type_params(resource_type)])
+        try:
+            page = reader.search(resource_type, [naming(resource_type, [patient]), *type_params(resource_type)])
+        except PermanentEhrError:
+            continue  # not this patient: the pass meets the error as its own
         ids = {str(r.get("id")) for r in page.resources}
         if page.next_url or not ids:
             continue

@@ -134,52 +134,31 @@ def _ids_patient_by_patient(ctx: WorkerContext, access: EhrAccess, stream: SyncS
 def _ids_of_patients(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, population: list[str],
                      params: list[tuple[str, str]], lease: StreamLease) -> set[str]:
     """The type's ids these patients' records have, as many patients a listing as the EHR answers in full. A
-    listing naming several patients whose first page fails after all is made one patient a listing, from there
-    on, and the stream remembers it once those succeed (workers.patient_lists.list_failed)."""
+    listing naming several patients that fails, on any page, is made again one patient a listing, as is the
+    rest; the stream remembers it once those succeeded (workers.patient_lists.list_failed)."""
     per_search = patients_per_search(ctx, access.reader, stream.id or 0, stream.resource_type, population,
-                                     lease.keep) if len(population) >= 2 else 1
+                                     lease.keep)
     found: set[str] = set()
     for at in range(0, len(population), per_search):
         batch = population[at:at + per_search]
         try:
-            found |= _all_ids(access, stream.resource_type, [naming(stream.resource_type, batch), *params], lease,
-                              first_page_apart=len(batch) > 1)
-        except FirstPageFailed as failed:
+            found |= _all_ids(access, stream.resource_type, [naming(stream.resource_type, batch), *params], lease)
+        except (PermanentEhrError, TransientEhrError):
+            if len(batch) == 1:
+                raise
             for patient in population[at:]:
                 found |= _all_ids(access, stream.resource_type, [naming(stream.resource_type, [patient]), *params],
                                   lease)
-            list_failed(ctx, stream.id or 0, stream.resource_type, failed.error)
+            list_failed(ctx, stream.id or 0, stream.resource_type)
             return found
     return found
 
 
-class FirstPageFailed(Exception):
-    """A listing's first request failed (`error`): for a list of patients, the list's answer, not the listing's."""
-
-    def __init__(self, error: PermanentEhrError | TransientEhrError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-def _first_page_apart(ids: Iterator[str]) -> Iterator[str]:
-    """The ids, an error of the first request (before the first id) raised as FirstPageFailed."""
-    try:
-        first = next(ids)
-    except StopIteration:
-        return
-    except (PermanentEhrError, TransientEhrError) as exc:
-        raise FirstPageFailed(exc) from exc
-    yield first
-    yield from ids
-
-
 def _all_ids(access: EhrAccess, resource_type: str, params: list[tuple[str, str]] | None,
-             lease: StreamLease, first_page_apart: bool = False) -> set[str]:
-    """Every id of the type on the EHR; a paging link that expired mid-listing restarts it once.
-    `first_page_apart`: the first request's failure raised as FirstPageFailed."""
-    listing = access.reader.ids(resource_type, params)
+             lease: StreamLease) -> set[str]:
+    """Every id of the type on the EHR; a paging link that expired mid-listing restarts it once."""
     try:
-        return _kept_listing(_first_page_apart(listing) if first_page_apart else listing, lease)
+        return _kept_listing(access.reader.ids(resource_type, params), lease)
     except PermanentEhrError as exc:
         if exc.status not in GONE:
             raise

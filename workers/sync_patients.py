@@ -55,7 +55,9 @@ def patient_windows(ctx: WorkerContext, access: EhrAccess, connection: Connectio
     steps = _steps(stream.resource_type, rest, read, since, _per_search(ctx, access, stream, known, rest, lease))
     done_through, read_whole = position, []
     kept_at = time.monotonic()
-    for index, (last, searches) in enumerate(steps):
+    index = 0
+    while index < len(steps):
+        last, searches = steps[index]
         for params, whole in searches:
             server_time = _store_search(ctx, access, stream_id, stream.resource_type, params, run, progress, lease)
             if began is None and server_time:
@@ -64,6 +66,8 @@ def patient_windows(ctx: WorkerContext, access: EhrAccess, connection: Connectio
         done_through = last
         if index + 1 == len(steps):
             break
+        steps = _one_by_one_after(steps, index, run, stream.resource_type, rest, read, since)
+        index += 1
         if time.monotonic() > deadline or not lease.renew():
             _keep_place(ctx, stream_id, done_through, began, read_whole)
             run.notes.append("time or lease ran out mid-pass: the next run goes on from here")
@@ -95,15 +99,18 @@ def read_newcomers(ctx: WorkerContext, access: EhrAccess, connection: Connection
     newcomers = sorted(_of_the_group(ctx, access, connection, stream, run, {p for p in known if p not in read}))
     steps = _steps(stream.resource_type, newcomers, read, [],
                    _per_search(ctx, access, stream, known, newcomers, lease))
-    for index, (_, searches) in enumerate(steps):
+    index = 0
+    while index < len(steps):
         if index and (time.monotonic() > deadline or not lease.renew()):
             run.caught_up = False
             run.notes.append("time or lease ran out reading the Group's newcomers: the next run goes on")
             return
-        for params, whole in searches:
+        for params, whole in steps[index][1]:
             _store_search(ctx, access, stream_id, stream.resource_type, params, run, progress, lease)
             with ctx.db.session() as session:
                 streams.note_patients_read(session, stream_id, whole)
+        steps = _one_by_one_after(steps, index, run, stream.resource_type, newcomers, read, [])
+        index += 1
     if newcomers:
         run.notes.append(f"{len(newcomers)} patient(s) new to the Group's population read whole")
 
@@ -113,23 +120,30 @@ def _store_search(ctx: WorkerContext, access: EhrAccess, stream_id: int, resourc
                   lease: StreamLease) -> str | None:
     """One search of the population's records, every page stored (no cursor moves: a pass keeps its own), the
     lease kept between pages (a batch's whole records can be many); returns the server's time on its first
-    page, if it gave one. A search naming several patients whose first page fails after all (refused, or no
-    answer once the polite client's retries are spent) is made one patient a search, as is every list after it
-    this run, and the stream remembers it (workers.patient_lists.list_failed) once those searches succeed."""
+    page, if it gave one. A search naming several patients that fails, on any page (refused, or no answer once
+    the polite client's retries are spent), is made again one patient a search (what its pages stored is
+    upserted again, unchanged), as is every list after it this run; the stream remembers it once those searches
+    succeeded (workers.patient_lists.list_failed). A one-patient search's failure is the stream's own."""
     singles = one_by_one(resource_type, params)
     if singles and run.lists_failed:
         return _store_one_by_one(ctx, access, stream_id, resource_type, singles, run, progress, lease)
     try:
-        page = access.reader.search(resource_type, params)
-    except (PermanentEhrError, TransientEhrError) as exc:
+        return _store_pages(ctx, access, stream_id, resource_type, params, run, progress, lease)
+    except (PermanentEhrError, TransientEhrError):
         if not singles:
             raise
-        server_time = _store_one_by_one(ctx, access, stream_id, resource_type, singles, run, progress, lease)
-        list_failed(ctx, stream_id, resource_type, exc)
-        run.lists_failed = True
-        what = "was refused" if isinstance(exc, PermanentEhrError) else "failed"
-        run.notes.append(f"a search naming several patients {what}: one patient a search from now on")
-        return server_time
+    server_time = _store_one_by_one(ctx, access, stream_id, resource_type, singles, run, progress, lease)
+    list_failed(ctx, stream_id, resource_type)
+    run.lists_failed = True
+    run.notes.append("a search naming several patients failed: one patient a search this run, the list asked "
+                     "again in a day")
+    return server_time
+
+
+def _store_pages(ctx: WorkerContext, access: EhrAccess, stream_id: int, resource_type: str,
+                 params: list[tuple[str, str]], run: StreamRun, progress: Progress | None,
+                 lease: StreamLease) -> str | None:
+    page = access.reader.search(resource_type, params)
     server_time = page.server_time
     while True:
         result = commit_page(ctx, stream_id, page.resources, move_cursor=False, client=access.client_name,
@@ -144,10 +158,24 @@ def _store_search(ctx: WorkerContext, access: EhrAccess, stream_id: int, resourc
 def _store_one_by_one(ctx: WorkerContext, access: EhrAccess, stream_id: int, resource_type: str,
                       singles: list[list[tuple[str, str]]], run: StreamRun, progress: Progress | None,
                       lease: StreamLease) -> str | None:
-    """Each one-patient search in turn; the first server time any gave (the earliest: a pass's start)."""
-    times = [_store_search(ctx, access, stream_id, resource_type, single, run, progress, lease)
-             for single in singles]
+    """Each one-patient search in turn, the lease kept before each; the first server time any gave (the
+    earliest: a pass's start)."""
+    times = []
+    for single in singles:
+        lease.keep()
+        times.append(_store_search(ctx, access, stream_id, resource_type, single, run, progress, lease))
     return next((t for t in times if t), None)
+
+
+def _one_by_one_after(steps: list[Step], index: int, run: StreamRun, resource_type: str, patients: list[str],
+                      read: set[str], since: list[tuple[str, str]]) -> list[Step]:
+    """Once a list failed this run (`run.lists_failed`), the steps after `index` planned again one patient each:
+    the deadline, the lease and the place are then looked at per patient, as they were before lists."""
+    following = steps[index + 1][1] if index + 1 < len(steps) else []
+    if not run.lists_failed or not following or not one_by_one(resource_type, following[0][0]):
+        return steps
+    last = steps[index][0]
+    return steps[:index + 1] + _steps(resource_type, [p for p in patients if p > last], read, since, 1)
 
 
 def _of_the_group(ctx: WorkerContext, access: EhrAccess, connection: Connection, stream: SyncStream,

@@ -23,7 +23,8 @@ from workers.patient_lists import (
     probe,
     type_params,
 )
-from workers.sync_patients import _steps
+from workers.sync_patients import _one_by_one_after, _steps
+from workers.sync_run import StreamRun
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 VISITS = {"p1": ["e1", "e2"], "p2": [], "p3": ["e3"], "p4": ["e4", "e5"], "p5": ["e1"]}  # p5 shares p1's visit
@@ -79,7 +80,7 @@ def test_a_list_of_fifty_answered_with_both_patients_records_allows_fifty_a_sear
     ehr = Ehr()
     verdict = probe(ehr, "Encounter", POPULATION, NOW, keep_lease)
     assert verdict == {"asked_at": NOW.isoformat(), "probe": "Encounter?patient=<50 patients>", "allowed": True,
-                       "size": LIST_SIZE, "detail": f"answered in full: {LIST_SIZE} patients a search"}
+                       "size": LIST_SIZE, "tried": 0, "detail": f"answered in full: {LIST_SIZE} patients a search"}
     assert ehr.asked[:3] == [["p1"], ["p2"], ["p3"]], "a patient without records proves nothing: the next is asked"
     [listed] = ehr.asked[3:]
     assert len(listed) == LIST_SIZE and (listed[0], listed[-1]) == ("p1", "p3"), "the two first and last"
@@ -122,13 +123,24 @@ def test_a_list_that_fails_is_asked_again_a_day_later_and_one_patient_a_search_t
     assert needs_asking(verdict, NOW + timedelta(days=2), len(POPULATION))
 
 
-def test_a_failing_one_patient_search_is_the_streams_own_error() -> None:
-    class Failing(Ehr):
+def test_a_candidate_whose_own_search_is_refused_is_passed_over_and_a_transient_failure_raised() -> None:
+    class Refusing(Ehr):
         def search(self, resource_type: str, params: list[tuple[str, str]]) -> Page:
-            raise PermanentEhrError("no Encounter scope", 403)
+            if dict(params)["patient"] == "Patient/p1":
+                raise PermanentEhrError("not this patient", 403)
+            return super().search(resource_type, params)
 
-    with pytest.raises(PermanentEhrError):
-        probe(Failing(), "Encounter", POPULATION, NOW, keep_lease)
+    ehr = Refusing()
+    verdict = probe(ehr, "Encounter", POPULATION, NOW, keep_lease)
+    assert verdict["allowed"] is True and (ehr.asked[-1][0], ehr.asked[-1][-1]) == ("p3", "p4"), \
+        "the next two patients with records are compared"
+
+    class Down(Ehr):
+        def search(self, resource_type: str, params: list[tuple[str, str]]) -> Page:
+            raise TransientEhrError("down")
+
+    with pytest.raises(TransientEhrError):
+        probe(Down(), "Encounter", POPULATION, NOW, keep_lease)
 
 
 def test_a_next_link_that_loops_ends_the_answer() -> None:
@@ -214,3 +226,16 @@ def test_a_refused_list_is_asked_again_one_patient_a_search() -> None:
                                           [("patient", "Patient/p2"), *type_params("Task")]]
     assert one_by_one("Task", [("patient", "Patient/p1"), *type_params("Task")]) == [], "one patient: as it is"
     assert one_by_one("Patient", [("_id", "p1,p2")]) == [], "Patient's own batches are not lists of patients"
+
+
+def test_once_a_list_failed_the_rest_of_the_pass_is_planned_again_one_patient_a_step() -> None:
+    patients = ["p1", "p2", "p3", "p4", "p5"]
+    since = [("_lastUpdated", "ge2026-11-20T11:00:00.000Z")]
+    steps = _steps("Encounter", patients, set(patients), since, size=2)
+    run = StreamRun("Encounter")
+    assert _one_by_one_after(steps, 0, run, "Encounter", patients, set(patients), since) is steps, "no failure"
+    run.lists_failed = True
+    again = _one_by_one_after(steps, 0, run, "Encounter", patients, set(patients), since)
+    assert [last for last, _ in again] == ["p2", "p3", "p4", "p5"] and again[0] == steps[0]
+    assert again[1] == ("p3", [([("patient", "Patient/p3"), *type_params("Encounter"), *since], [])])
+    assert _one_by_one_after(again, 1, run, "Encounter", patients, set(patients), since) is again, "planned once"

@@ -1,6 +1,7 @@
-"""The EHR's answer is kept on the stream and asked once: reused after, asked again only where there was
-nobody to compare a day before, never asked with fewer than two patients; a check of the connection clears it.
-A list refused after all (an id listing here) is made again one patient a search, and remembered."""
+"""The EHR's answer is kept on the stream and reused: asked again a day after no answer, a week after a yes or
+a no, once the population is twice the list, never with fewer than two patients; a check of the connection
+clears it. A list that fails mid-pass, on any page (a pass's search, an id listing), is made again one patient a
+search, with no list again that run; a one-patient search's failure is the stream's own and changes no answer."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from connector.fhir_reader import Page
 from prm import connections, streams
 from prm.config import Settings
 from prm.crypto import SecretBox
@@ -20,8 +22,9 @@ from prm.errors import PermanentEhrError, TransientEhrError
 from tests.unit.workers.test_patient_lists import Ehr
 from workers import sync_deletions, sync_patients
 from workers.dispatch import InProcessDispatcher
-from workers.patient_lists import LIST_SIZE, patients_per_search
+from workers.patient_lists import LIST_SIZE, naming, patients_per_search, type_params
 from workers.runtime import WorkerContext
+from workers.sync_run import StreamRun
 
 POPULATION = ["p1", "p2", "p3", "p4"]
 
@@ -90,15 +93,14 @@ def test_a_population_grown_past_the_list_asked_is_asked_again(database: Databas
     assert verdict is not None and (verdict["allowed"], verdict["size"]) == (False, LIST_SIZE)
 
 
-def test_no_answer_on_asking_again_leaves_the_earlier_yes_standing(database: Database, settings: Settings) -> None:
+def test_asking_again_replaces_a_yes_even_with_no_answer(database: Database, settings: Settings) -> None:
+    """A yes is one proven within the week: a week on, an EHR that gives no answer gets one patient a search."""
     ctx, stream_id = encounter_stream(database, settings)
     assert patients_per_search(ctx, Ehr(), stream_id, "Encounter", POPULATION, keep_lease) == len(POPULATION)
-    week_on = days_later(ctx, 8)
     busy = Ehr(failure=TransientEhrError("busy"))
-    assert patients_per_search(week_on, busy, stream_id, "Encounter", POPULATION, keep_lease) == len(POPULATION)
+    assert patients_per_search(days_later(ctx, 8), busy, stream_id, "Encounter", POPULATION, keep_lease) == 1
     verdict = kept(ctx, stream_id)
-    assert verdict is not None and verdict["allowed"] is True
-    assert verdict["asked_at"] == week_on.settings.clock().isoformat(), "asked, so not asked again at once"
+    assert verdict is not None and verdict["allowed"] is None
 
 
 def test_a_run_reading_fewer_than_two_patients_asks_nothing(database: Database, settings: Settings) -> None:
@@ -151,23 +153,80 @@ def listed_by(database: Database, settings: Settings, listing: Listing) -> tuple
 PATIENTS = [f"p{i:03}" for i in range(120)]
 
 
-@pytest.mark.parametrize(("failure", "detail"), [
-    (PermanentEhrError("one patient a search", 400), "refused mid-pass (HTTP 400): one patient a search"),
-    (PermanentEhrError("method not allowed", 405), "refused mid-pass (HTTP 405): one patient a search"),
-    (PermanentEhrError("not a Bundle"), "refused mid-pass: one patient a search"),
-    (TransientEhrError("timed out"), "failed mid-pass (asked again in a day): one patient a search")])
+FAILED = "failed mid-pass (asked again in a day): one patient a search"
+
+
+@pytest.mark.parametrize(("failure", "later"), [
+    (PermanentEhrError("one patient a search", 400), False), (PermanentEhrError("method not allowed", 405), False),
+    (PermanentEhrError("not a Bundle"), False), (TransientEhrError("timed out"), False),
+    (PermanentEhrError("too many results", 400), True)])
 def test_an_id_listing_whose_list_fails_goes_on_one_patient_a_listing(database: Database, settings: Settings,
-                                                                      failure: Exception, detail: str) -> None:
-    listing = Listing(failure)
+                                                                      failure: Exception, later: bool) -> None:
+    """On any page: a list's answer fifty times a patient's is likelier to meet a cap or a timeout."""
+    listing = Listing(failure, later=later)
     found, verdict = listed_by(database, settings, listing)
     assert found == {f"enc-{p}" for p in PATIENTS}
     assert listing.asked == [",".join(f"Patient/{p}" for p in PATIENTS[:LIST_SIZE]),
                              *(f"Patient/{p}" for p in PATIENTS)], "one failure, then one patient a listing"
-    assert verdict is not None and verdict["detail"] == detail
-    assert verdict["allowed"] is (None if isinstance(failure, TransientEhrError) else False)
+    assert verdict is not None and (verdict["allowed"], verdict["detail"]) == (None, FAILED)
 
 
-def test_a_listing_that_fails_past_its_first_page_is_the_streams_error(database: Database,
-                                                                       settings: Settings) -> None:
+def test_a_failing_one_patient_listing_is_the_streams_error_and_changes_no_answer(database: Database,
+                                                                                  settings: Settings) -> None:
+    class LostScope(Listing):
+        def ids(self, resource_type: str, params: list[tuple[str, str]]) -> Iterator[str]:
+            self.asked.append(dict(params)["patient"])
+            raise PermanentEhrError("no Encounter scope", 403)
+            yield ""
+
     with pytest.raises(PermanentEhrError):
-        listed_by(database, settings, Listing(PermanentEhrError("bad request", 400), later=True))
+        listed_by(database, settings, LostScope(PermanentEhrError("unused")))
+    with database.session() as session:
+        [stream] = [s for s in streams.of_connection(session, connections.by_name(session, "riverside").id or 0)
+                    if s.resource_type == "Encounter"]
+    assert stream.patient_lists is not None and stream.patient_lists["allowed"] is True, "the yes stands"
+
+
+class Searching:
+    """A pass's searches: a list fails on its first page (or, with `later`, on its second); each patient alone
+    is answered with no records, at the EHR's time."""
+
+    def __init__(self, later: bool = False) -> None:
+        self.later = later
+        self.asked: list[list[tuple[str, str]]] = []
+
+    def search(self, resource_type: str, params: list[tuple[str, str]]) -> Page:
+        self.asked.append(params)
+        if "," in dict(params)["patient"]:
+            if not self.later:
+                raise TransientEhrError("timed out")
+            return Page([], "next-page", None, server_time="2026-11-20T11:00:00Z")
+        return Page([], None, None, server_time="2026-11-20T11:00:00Z")
+
+    def follow(self, next_url: str) -> Page:
+        raise PermanentEhrError("too many results", 400)
+
+
+@pytest.mark.parametrize("later", [False, True])
+def test_a_pass_whose_list_fails_reads_its_patients_one_by_one_and_sends_no_list_again_that_run(
+        database: Database, settings: Settings, later: bool) -> None:
+    ctx, stream_id = encounter_stream(database, settings)
+    ehr = Searching(later)
+    access = SimpleNamespace(reader=ehr, client_name="sync")
+    lease = SimpleNamespace(keep=lambda: None)
+    run = StreamRun("Encounter")
+    since = ("_lastUpdated", "ge2026-11-20T10:00:00.000Z")
+
+    def search(*patients: str) -> str | None:
+        params = [naming("Encounter", list(patients)), *type_params("Encounter"), since]
+        return sync_patients._store_search(ctx, access, stream_id, "Encounter", params, run, None, lease)  # type: ignore[arg-type]
+
+    assert search("p1", "p2") == "2026-11-20T11:00:00Z"
+    assert [dict(p)["patient"] for p in ehr.asked] == ["Patient/p1,Patient/p2", "Patient/p1", "Patient/p2"]
+    assert all(since in p for p in ehr.asked), "each patient asked as the list was: since the cursor"
+    search("p3", "p4")
+    assert [dict(p)["patient"] for p in ehr.asked[3:]] == ["Patient/p3", "Patient/p4"], "no list again this run"
+    assert run.lists_failed and run.notes == [
+        "a search naming several patients failed: one patient a search this run, the list asked again in a day"]
+    verdict = kept(ctx, stream_id)
+    assert verdict is not None and (verdict["allowed"], verdict["detail"]) == (None, FAILED)
