@@ -5,9 +5,9 @@ Revises: 0015
 Create Date: 2026-11-25
 
 `patient_lists` on a stream that reads patient by patient (or reads a Group's newcomers whole): what the EHR
-answered when the sync asked it, on two patients of the population, whether a search of the stream's type may
-name fifty patients at once (workers.patient_lists). None until asked; a check of the connection clears it, so
-an upgraded EHR is asked again.
+answered when the sync last asked whether a search of the stream's type may name up to fifty patients at once
+(workers.patient_lists), with when. None until asked; a check of the connection clears it, so an upgraded EHR
+is asked again.
 """
 from __future__ import annotations
 
