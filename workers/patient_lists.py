@@ -16,9 +16,9 @@ run; the stream then has no answer, and asks again a day later.
 The answer is kept on the stream (`SyncStream.patient_lists`), where IT sees it. It is asked again: a week
 later (an EHR changes; one that began answering part of a list would otherwise lose records until IT checked
 the connection); a day later where there was no answer (nobody to compare, or the list failed: the next patients
-of the population are tried); a day or more later once the population is twice the list's size; and when a
-check of the connection clears it. Asking again replaces the answer, a yes included: a yes is only ever one
-proven within the week.
+of the population are tried); a day or more later once the population has doubled and a longer list could be
+sent; and when a check of the connection clears it. Asking again replaces the answer, a yes included: a yes is
+only ever one proven within the week.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ PROBE_CANDIDATES = 12  # patients asked one by one at most, looking for two whos
 # ANSWER_PAGE_LIMIT (no answer then: asked again in a day).
 ANSWER_PAGES = 20
 ANSWER_PAGE_LIMIT = 200
-ASK_AGAIN = timedelta(days=1)  # after a probe without an answer, or for a population that outgrew the list
+ASK_AGAIN = timedelta(days=1)  # after a probe without an answer, or for a population that doubled
 ANSWER_STANDS = timedelta(days=7)  # a yes or a no
 
 
@@ -106,7 +106,7 @@ def list_failed(ctx: WorkerContext, stream_id: int, resource_type: str) -> None:
 
 def needs_asking(verdict: dict[str, Any] | None, now: datetime, population: int) -> bool:
     """See the module docstring: never asked; a yes or a no older than ANSWER_STANDS; no answer older than
-    ASK_AGAIN; a yes for a list the population has outgrown twice over, older than ASK_AGAIN."""
+    ASK_AGAIN; a yes older than ASK_AGAIN for a shorter list than could be sent now, the population doubled."""
     if verdict is None:
         return True
     try:
@@ -116,7 +116,8 @@ def needs_asking(verdict: dict[str, Any] | None, now: datetime, population: int)
     allowed = verdict.get("allowed")
     if allowed is None:
         return age > ASK_AGAIN
-    if allowed is True and min(LIST_SIZE, population) >= 2 * int(verdict.get("size") or 1) and age > ASK_AGAIN:
+    size = int(verdict.get("size") or 1)
+    if allowed is True and min(LIST_SIZE, population) > size and population >= 2 * size and age > ASK_AGAIN:
         return True
     return age > ANSWER_STANDS
 
@@ -132,8 +133,8 @@ def probe(reader: Searcher, resource_type: str, population: list[str], now: date
     """Ask the EHR (see the module docstring): `allowed` True (with the list's `size`), False (the list refused,
     or answered without a named patient's records or with an unnamed one's), or None (nobody to compare among
     the PROBE_CANDIDATES patients from the `tried`-th on, or the list's search failed or ran too long: asked
-    again in a day). A candidate whose own search is refused is passed over (the pass meets that error as its
-    own); a transient failure of one is raised, as it would fail the pass. Its words name no patient.
+    again in a day, from the next patients). A failing candidate never fails the stream (`_two_patients`).
+    Its words name no patient.
 
     Not proven: a patient in the list whose records are all also another listed patient's (a group booking)
     would hide a list cut short just before them; the two compared share none, first and last in the list."""
@@ -141,11 +142,11 @@ def probe(reader: Searcher, resource_type: str, population: list[str], now: date
     tried %= len(population)
     verdict: dict[str, Any] = {"asked_at": now.isoformat(), "size": size, "tried": tried,
                                "probe": f"{resource_type}?{PATIENT_PARAM[resource_type]}=<{size} patients>"}
-    pair = _two_patients(reader, resource_type, _candidates(population, tried), keep)
+    pair, asked, trouble = _two_patients(reader, resource_type, _candidates(population, tried), keep)
     if pair is None:
-        return {**verdict, "allowed": None, "tried": (tried + PROBE_CANDIDATES) % len(population),
-                "detail": f"not asked yet: no two of {PROBE_CANDIDATES} patients have records that differ and fit "
-                          "a page (others asked in a day): one patient a search"}
+        why = trouble or f"no two of {asked} patients have records that differ and fit a page"
+        return {**verdict, "allowed": None, "tried": (tried + asked) % len(population),
+                "detail": f"not asked yet: {why} (others asked in a day): one patient a search"}
     (first, first_ids), (second, second_ids) = pair
     listed = [first, *[p for p in population if p not in (first, second)][:size - 2], second]
     try:
@@ -176,25 +177,32 @@ def _candidates(population: list[str], tried: int) -> list[str]:
     return (population[start:] + population[:start])[:PROBE_CANDIDATES]
 
 
-def _two_patients(reader: Searcher, resource_type: str, candidates: list[str],
-                  keep: Callable[[], None]) -> tuple[tuple[str, set[str]], tuple[str, set[str]]] | None:
+def _two_patients(reader: Searcher, resource_type: str, candidates: list[str], keep: Callable[[], None]
+                  ) -> tuple[tuple[tuple[str, set[str]], tuple[str, set[str]]] | None, int, str | None]:
     """Two patients whose records (asked for one by one, as a pass asks) exist, fit a page each, and share none
-    (a list answered with one patient's alone must show)."""
+    (a list answered with one patient's alone must show); how many candidates were asked; and, where none
+    could be compared for a reason other than their records, that reason. A candidate whose search is refused
+    is passed over (the pass meets that error as its own); one whose search fails transiently ends the probe
+    (one bad record, or the EHR down: the retries are spent either way, and the next probe starts after it)."""
     found: tuple[str, set[str]] | None = None
-    for patient in candidates:
+    refused = 0
+    for asked, patient in enumerate(candidates, 1):
         keep()
         try:
             page = reader.search(resource_type, [naming(resource_type, [patient]), *type_params(resource_type)])
         except PermanentEhrError:
-            continue  # not this patient: the pass meets the error as its own
+            refused += 1
+            continue
+        except TransientEhrError:
+            return None, asked, "a patient's search failed"
         ids = {str(r.get("id")) for r in page.resources}
         if page.next_url or not ids:
             continue
         if found is None:
             found = (patient, ids)
         elif not ids & found[1]:
-            return found, (patient, ids)
-    return None
+            return (found, (patient, ids)), asked, None
+    return None, len(candidates), "every patient's search was refused" if refused == len(candidates) else None
 
 
 def _answer(reader: Searcher, resource_type: str, listed: list[str], expected: set[str],

@@ -119,8 +119,8 @@ def _still_there(access: EhrAccess, resource_type: str, missing: list[str], para
 def _ids_patient_by_patient(ctx: WorkerContext, access: EhrAccess, stream: SyncStream,
                             params: list[tuple[str, str]], lease: StreamLease) -> set[str]:
     """Every id of the type on an EHR that lists only per patient: one listing per known patient, or per
-    batch of them where the EHR answers a list of patients (workers.patient_lists); a list refused after all,
-    one patient a listing from there on. Patients themselves by `_id`, ID_BATCH a listing."""
+    batch of them where the EHR answers a list of patients (workers.patient_lists; a list that fails, one
+    patient a listing from there on). Patients themselves by `_id`, ID_BATCH a listing."""
     with ctx.db.session() as session:
         population = sorted(snapshots.live_ids(session, stream.connection_id, "Patient"))
     found: set[str] = set()

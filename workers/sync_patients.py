@@ -172,7 +172,7 @@ def _one_by_one_after(steps: list[Step], index: int, run: StreamRun, resource_ty
     """Once a list failed this run (`run.lists_failed`), the steps after `index` planned again one patient each:
     the deadline, the lease and the place are then looked at per patient, as they were before lists."""
     following = steps[index + 1][1] if index + 1 < len(steps) else []
-    if not run.lists_failed or not following or not one_by_one(resource_type, following[0][0]):
+    if not run.lists_failed or not any(one_by_one(resource_type, params) for params, _ in following):
         return steps
     last = steps[index][0]
     return steps[:index + 1] + _steps(resource_type, [p for p in patients if p > last], read, since, 1)

@@ -123,7 +123,9 @@ def test_a_list_that_fails_is_asked_again_a_day_later_and_one_patient_a_search_t
     assert needs_asking(verdict, NOW + timedelta(days=2), len(POPULATION))
 
 
-def test_a_candidate_whose_own_search_is_refused_is_passed_over_and_a_transient_failure_raised() -> None:
+def test_a_failing_candidate_never_fails_the_stream() -> None:
+    """Refused: passed over. Failing transiently (one bad record, or the EHR down): the probe ends with no answer
+    and the next one starts after it. Every one refused: IT is told so, not that nobody has records."""
     class Refusing(Ehr):
         def search(self, resource_type: str, params: list[tuple[str, str]]) -> Page:
             if dict(params)["patient"] == "Patient/p1":
@@ -135,12 +137,23 @@ def test_a_candidate_whose_own_search_is_refused_is_passed_over_and_a_transient_
     assert verdict["allowed"] is True and (ehr.asked[-1][0], ehr.asked[-1][-1]) == ("p3", "p4"), \
         "the next two patients with records are compared"
 
-    class Down(Ehr):
+    class Failing(Ehr):
         def search(self, resource_type: str, params: list[tuple[str, str]]) -> Page:
-            raise TransientEhrError("down")
+            if dict(params)["patient"] == "Patient/p2":
+                raise TransientEhrError("timed out")
+            return super().search(resource_type, params)
 
-    with pytest.raises(TransientEhrError):
-        probe(Down(), "Encounter", POPULATION, NOW, keep_lease)
+    failing = probe(Failing(), "Encounter", POPULATION, NOW, keep_lease)
+    assert (failing["allowed"], failing["tried"], failing["detail"]) == (
+        None, 2, "not asked yet: a patient's search failed (others asked in a day): one patient a search")
+
+    class Closed(Ehr):
+        def search(self, resource_type: str, params: list[tuple[str, str]]) -> Page:
+            raise PermanentEhrError("no Encounter scope", 403)
+
+    closed = probe(Closed(), "Encounter", POPULATION, NOW, keep_lease)
+    assert (closed["allowed"], closed["detail"]) == (
+        None, "not asked yet: every patient's search was refused (others asked in a day): one patient a search")
 
 
 def test_a_next_link_that_loops_ends_the_answer() -> None:
@@ -166,6 +179,11 @@ def test_a_population_smaller_than_a_list_is_asked_with_all_of_it_and_again_once
     assert not needs_asking(small, NOW, 3) and not needs_asking(small, NOW + timedelta(days=2), 5)
     assert not needs_asking(small, NOW, 60), "a grown population is asked again at most daily"
     assert needs_asking(small, NOW + timedelta(days=2), 6), "twice the list's size: asked again"
+    thirty = {"asked_at": NOW.isoformat(), "allowed": True, "size": 30}
+    assert needs_asking(thirty, NOW + timedelta(days=2), 1000), "a longer list could be sent: asked again"
+    assert not needs_asking(thirty, NOW + timedelta(days=2), 59)
+    full = {**thirty, "size": LIST_SIZE}
+    assert not needs_asking(full, NOW + timedelta(days=2), 1000), "no longer list is sent: the week stands"
     grown = probe(Ehr("capped"), "Encounter", POPULATION, NOW, keep_lease)
     assert (grown["allowed"], grown["size"]) == (False, LIST_SIZE), "the cap shows in a list of fifty"
 
@@ -174,7 +192,9 @@ def test_nobody_to_compare_is_no_answer_asked_again_a_day_later_of_the_next_pati
     crowded = Ehr(page_size=1)  # p1's and p4's records do not fit a page: no exact comparison
     population = ["p1", "p2", "p4"] + [f"q{i:02}" for i in range(20)]
     verdict = probe(crowded, "Encounter", population, NOW, keep_lease)
-    assert verdict["allowed"] is None and "others asked in a day" in verdict["detail"]
+    assert verdict["allowed"] is None and verdict["detail"] == (
+        "not asked yet: no two of 12 patients have records that differ and fit a page (others asked in a day): one "
+        "patient a search")
     assert [p for [p] in crowded.asked] == population[:PROBE_CANDIDATES], "a bounded number of patients is tried"
     assert verdict["tried"] == PROBE_CANDIDATES
     later = Ehr(page_size=1)
@@ -239,3 +259,8 @@ def test_once_a_list_failed_the_rest_of_the_pass_is_planned_again_one_patient_a_
     assert [last for last, _ in again] == ["p2", "p3", "p4", "p5"] and again[0] == steps[0]
     assert again[1] == ("p3", [([("patient", "Patient/p3"), *type_params("Encounter"), *since], [])])
     assert _one_by_one_after(again, 1, run, "Encounter", patients, set(patients), since) is again, "planned once"
+    six, read = [*patients, "p6"], {"p1", "p4"}
+    mixed = _steps("Encounter", six, read, since, size=3)  # p4 since the cursor alone, then p5 and p6 whole
+    assert [len(searches) for _, searches in mixed] == [2, 2]
+    assert [last for last, _ in _one_by_one_after(mixed, 0, run, "Encounter", six, read, since)] == [
+        "p3", "p4", "p5", "p6"], "a list in any search of the step, not only its first"
