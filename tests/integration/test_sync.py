@@ -547,6 +547,38 @@ def test_a_list_refused_mid_pass_is_made_again_one_patient_a_search_and_not_sent
         assert_group_in_step(fresh, members)
 
 
+def test_a_pass_out_of_time_after_its_list_failed_goes_on_one_patient_a_run(tmp_path: Path) -> None:
+    """A list fails in the first step, with no time to spare: that step's patients are read one by one, the
+    place is kept at its end, and the next runs go on one patient a step (the stream has no answer now), until
+    the snapshot equals the EHR's."""
+    with sync_env(tmp_path, profile="group-export-only", patients=70) as fresh:
+        members = sorted(i for i, _ in fresh.server("Patient"))[:60]
+        fresh.put(group_of("dental-patients", members))
+        fresh.set_export_group("dental-patients")
+        check_connection(fresh.ctx, fresh.connection_id)
+        fresh.run_all(SYNCED)
+        with fresh.ctx.db.session() as session:
+            [stream] = [s for s in streams.of_connection(session, fresh.connection_id)
+                        if s.resource_type == "Encounter"]
+            streams.keep_patient_lists(session, stream.id or 0, {"allowed": True, "size": 50, "detail": "in full",
+                                                                 "asked_at": fresh.ctx.settings.clock().isoformat()})
+        for member in (members[10], members[55]):
+            visit = fresh.read("Encounter", next(i for i, _ in fresh.server("Encounter", [member])))
+            fresh.put({**visit, "status": "cancelled" if visit["status"] != "cancelled" else "finished"})
+        runs = [run_stream(fresh.ctx, stream.id or 0, time_budget_s=0)]
+        with fresh.ctx.db.session() as session:
+            kept_at = streams.get(session, stream.id or 0).pass_position
+        assert not runs[0].caught_up and kept_at == members[49], "the failed list's patients, one by one, then out"
+        assert runs[0].notes.count(
+            "a search naming several patients failed: one patient a search this run, the list asked again in a day"
+        ) == 1
+        while not runs[-1].caught_up and len(runs) < 20:
+            runs.append(run_stream(fresh.ctx, stream.id or 0, time_budget_s=0))
+        assert len(runs) == 1 + 10, "then one patient a run: the ten after the failed list's fifty"
+        assert sum(run.stored for run in runs) >= 2
+        assert_group_in_step(fresh, members)
+
+
 def test_a_group_scoped_connection_never_takes_in_other_patients_as_they_change(tmp_path: Path) -> None:
     """On an EHR that allows type-level searches too, the Group stays the population after its export: the
     searches still find every changed record, but a non-member's changed visit is not stored (it was, and every
