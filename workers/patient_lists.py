@@ -172,9 +172,8 @@ def probe(reader: Searcher, resource_type: str, population: list[str], now: date
 
 
 def _candidates(population: list[str], tried: int) -> list[str]:
-    """PROBE_CANDIDATES patients from the `tried`-th on, round the population."""
-    start = tried % len(population)
-    return (population[start:] + population[:start])[:PROBE_CANDIDATES]
+    """PROBE_CANDIDATES patients from the `tried`-th on (within the population), round the population."""
+    return (population[tried:] + population[:tried])[:PROBE_CANDIDATES]
 
 
 def _two_patients(reader: Searcher, resource_type: str, candidates: list[str], keep: Callable[[], None]

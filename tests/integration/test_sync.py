@@ -512,26 +512,39 @@ def test_an_ehr_with_only_group_export_syncs_the_groups_patients_and_its_new_mem
         assert_group_in_step(fresh, [*staying, leaver])
 
 
+def sixty_members_said_to_answer_lists(fresh: SyncEnv) -> tuple[list[str], int]:
+    """A Group of sixty on an EHR that takes one patient a search, loaded; its Encounter stream told the EHR
+    answers lists of fifty, as if it had before an upgrade. The members, and the Encounter stream's id."""
+    members = sorted(i for i, _ in fresh.server("Patient"))[:60]
+    fresh.put(group_of("dental-patients", members))
+    fresh.set_export_group("dental-patients")
+    check_connection(fresh.ctx, fresh.connection_id)
+    fresh.run_all(SYNCED)
+    with fresh.ctx.db.session() as session:
+        [stream] = [s for s in streams.of_connection(session, fresh.connection_id) if s.resource_type == "Encounter"]
+        streams.keep_patient_lists(session, stream.id or 0, {"allowed": True, "size": 50, "detail": "in full",
+                                                             "asked_at": fresh.ctx.settings.clock().isoformat()})
+    return members, stream.id or 0
+
+
+def change_a_visit(fresh: SyncEnv, patient: str) -> None:
+    """One of the patient's visits cancelled, or finished if it was cancelled: a new version on the EHR."""
+    visit = fresh.read("Encounter", next(i for i, _ in fresh.server("Encounter", [patient])))
+    fresh.put({**visit, "status": "cancelled" if visit["status"] != "cancelled" else "finished"})
+
+
 def test_a_list_refused_mid_pass_is_made_again_one_patient_a_search_and_not_sent_again(tmp_path: Path) -> None:
     """An EHR that answered lists of patients, upgraded to take one patient a search: the pass's refused list,
     and every list after it that run, is asked one patient a search (one note, nothing lost), and the next run
     sends no list (the list is asked again a day later)."""
     with sync_env(tmp_path, profile="group-export-only", patients=70) as fresh:
-        members = sorted(i for i, _ in fresh.server("Patient"))[:60]
-        fresh.put(group_of("dental-patients", members))
-        fresh.set_export_group("dental-patients")
-        check_connection(fresh.ctx, fresh.connection_id)
-        fresh.run_all(SYNCED)
+        members, stream_id = sixty_members_said_to_answer_lists(fresh)
         with fresh.ctx.db.session() as session:
-            [stream] = [s for s in streams.of_connection(session, fresh.connection_id)
-                        if s.resource_type == "Encounter"]
-            streams.keep_patient_lists(session, stream.id or 0, {"allowed": True, "size": 50, "detail": "in full",
-                                                                 "asked_at": fresh.ctx.settings.clock().isoformat()})
+            stream = streams.get(session, stream_id)
             stream.reconciled_at = None  # the id comparison due (no type-level `_history` here)
             session.add(stream)
         for member in (members[0], members[55]):  # one in each batch of fifty
-            visit = fresh.read("Encounter", next(i for i, _ in fresh.server("Encounter", [member])))
-            fresh.put({**visit, "status": "cancelled" if visit["status"] != "cancelled" else "finished"})
+            change_a_visit(fresh, member)
         fresh.delete("Encounter", next(i for i, _ in fresh.server("Encounter", [members[5]])))
         upgraded = fresh.run_all(("Encounter",))["Encounter"]
         assert [n for n in upgraded.notes if "naming several" in n] == [
@@ -552,28 +565,18 @@ def test_a_pass_out_of_time_after_its_list_failed_goes_on_one_patient_a_run(tmp_
     place is kept at its end, and the next runs go on one patient a step (the stream has no answer now), until
     the snapshot equals the EHR's."""
     with sync_env(tmp_path, profile="group-export-only", patients=70) as fresh:
-        members = sorted(i for i, _ in fresh.server("Patient"))[:60]
-        fresh.put(group_of("dental-patients", members))
-        fresh.set_export_group("dental-patients")
-        check_connection(fresh.ctx, fresh.connection_id)
-        fresh.run_all(SYNCED)
-        with fresh.ctx.db.session() as session:
-            [stream] = [s for s in streams.of_connection(session, fresh.connection_id)
-                        if s.resource_type == "Encounter"]
-            streams.keep_patient_lists(session, stream.id or 0, {"allowed": True, "size": 50, "detail": "in full",
-                                                                 "asked_at": fresh.ctx.settings.clock().isoformat()})
+        members, stream_id = sixty_members_said_to_answer_lists(fresh)
         for member in (members[10], members[55]):
-            visit = fresh.read("Encounter", next(i for i, _ in fresh.server("Encounter", [member])))
-            fresh.put({**visit, "status": "cancelled" if visit["status"] != "cancelled" else "finished"})
-        runs = [run_stream(fresh.ctx, stream.id or 0, time_budget_s=0)]
+            change_a_visit(fresh, member)
+        runs = [run_stream(fresh.ctx, stream_id, time_budget_s=0)]
         with fresh.ctx.db.session() as session:
-            kept_at = streams.get(session, stream.id or 0).pass_position
+            kept_at = streams.get(session, stream_id).pass_position
         assert not runs[0].caught_up and kept_at == members[49], "the failed list's patients, one by one, then out"
         assert runs[0].notes.count(
             "a search naming several patients failed: one patient a search this run, the list asked again in a day"
         ) == 1
         while not runs[-1].caught_up and len(runs) < 20:
-            runs.append(run_stream(fresh.ctx, stream.id or 0, time_budget_s=0))
+            runs.append(run_stream(fresh.ctx, stream_id, time_budget_s=0))
         assert len(runs) == 1 + 10, "then one patient a run: the ten after the failed list's fifty"
         assert sum(run.stored for run in runs) >= 2
         assert_group_in_step(fresh, members)
@@ -597,8 +600,7 @@ def test_a_group_scoped_connection_never_takes_in_other_patients_as_they_change(
         fresh.put({**outsiders_patient, "gender": "other" if outsiders_patient.get("gender") != "other" else "male"})
 
         for patient in (members[0], outsider):
-            visit = fresh.read("Encounter", next(i for i, _ in fresh.server("Encounter", [patient])))
-            fresh.put({**visit, "status": "cancelled" if visit["status"] != "cancelled" else "finished"})
+            change_a_visit(fresh, patient)
         fresh.put(group_of("dental-patients", [*members, joining]))
         patients_run = fresh.run_all(("Patient",))["Patient"]
         assert patients_run.stored == 1 and "1 patient(s) new to the Group's population read whole" in \
