@@ -66,8 +66,11 @@ def overview(session: Session, connection: Connection, patient_id: str, now: dat
     year_ago = now - MISSED_WINDOW
     last_visit = _first(session, Visit, connection, ids, col(Visit.status).in_(CAME), col(Visit.start_at) <= now,
                         newest=True)
-    next_booking = _first(session, Booking, connection, ids, col(Booking.status).in_(AHEAD),
-                          col(Booking.start_at) > now, newest=False)
+    ahead = (col(Booking.status).in_(AHEAD), col(Booking.start_at) > now)
+    next_booking = min(
+        [b for b in [_first(session, Booking, connection, ids, *ahead, newest=False)] if b is not None]
+        + _shared_with(session, connection, ids, *ahead), key=lambda b: (b.start_at or now, b.fhir_id), default=None)
+    missed = (col(Booking.status) == MISSED, col(Booking.start_at) > year_ago, col(Booking.start_at) <= now)
     return PatientOverview(
         header=PatientHeader(fhir_id=record.fhir_id, display_name=record.display_name, birth_date=record.birth_date,
                              gender=record.gender, deceased=record.deceased),
@@ -78,8 +81,8 @@ def overview(session: Session, connection: Connection, patient_id: str, now: dat
         next_booking=_occasion(session, connection, next_booking),
         visits_past_year=_count(session, Visit, connection, ids, col(Visit.status).in_(CAME),
                                 col(Visit.start_at) > year_ago, col(Visit.start_at) <= now),
-        missed_past_year=_count(session, Booking, connection, ids, col(Booking.status) == MISSED,
-                                col(Booking.start_at) > year_ago, col(Booking.start_at) <= now),
+        missed_past_year=_count(session, Booking, connection, ids, *missed)
+        + len(_shared_with(session, connection, ids, *missed)),
     )
 
 
@@ -132,6 +135,17 @@ def _count(session: Session, model: type[Dated], connection: Connection, patient
     query = select(func.count()).select_from(model).where(
         *_of_person(model, connection, patient_ids), *conditions)  # type: ignore[arg-type]
     return int(session.exec(query).one())
+
+
+def _shared_with(session: Session, connection: Connection, patient_ids: list[str],
+                 *conditions: object) -> list[Booking]:
+    """Live shared bookings (a group session, a family's appointment) meeting the conditions on which the person
+    is booked but not as the first patient: those `_first` and `_count` do not find by the patient index."""
+    rows = session.exec(select(Booking).where(
+        col(Booking.connection_id) == connection.id, col(Booking.shared).is_(True),
+        col(Booking.deleted).is_(False), *conditions))  # type: ignore[arg-type]
+    person = set(patient_ids)
+    return [row for row in rows if row.patient_id not in person and not person.isdisjoint(row.other_patients)]
 
 
 def _as_of(session: Session, connection: Connection) -> datetime | None:

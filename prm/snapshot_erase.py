@@ -29,11 +29,11 @@ from typing import Any
 from sqlalchemy import delete
 from sqlmodel import Session, col, select
 
-from prm import audit, connections, leases, streams
+from prm import audit, connections, leases, snapshots, streams
 from prm.clock import Clock
 from prm.db import in_chunks
 from prm.errors import NotFoundError, ValidationError
-from prm.snapshot_models import QuarantinedResource, StreamPatient, SyncStream, WrittenResource
+from prm.snapshot_models import Booking, QuarantinedResource, StreamPatient, SyncStream, WrittenResource
 from prm.snapshot_rows import TABLES
 
 _KEPT = ("id", "connection_id", "resource_type", "enabled", "strategy", "interval_s")  # who it is, IT's settings
@@ -97,9 +97,10 @@ def erase_patients(session: Session, clock: Clock, actor: audit.Actor, connectio
                    patient_ids: Collection[str], claimed_patient: ClaimedPatient,
                    caller_stream_id: int | None = None) -> Erased:
     """Erase these patients from the connection's copy in the caller's transaction, audited as
-    `sync.erase_patients` (counts only): their rows of the Patient compartment's types, the quarantined resources
-    that name them, and every stream's note that it read them whole (one who comes back is read whole again,
-    our Tasks and Communications about them too).
+    `sync.erase_patients` (counts only): their rows of the Patient compartment's types (a shared booking only
+    where nobody else booked on it is held), the quarantined resources that name them, and every stream's note
+    that it read them whole (one who comes back is read whole again, our Tasks and Communications about them
+    too).
 
     ValidationError when a worker is syncing one of those streams now (the caller's own stream aside, whose
     lease the caller holds): nothing erased, the caller tries again on a later run."""
@@ -115,12 +116,15 @@ def erase_patients(session: Session, clock: Clock, actor: audit.Actor, connectio
     for chunk in in_chunks(patients):
         for resource_type, key in PATIENT_KEYED.items():
             table = TABLES[resource_type]
-            rows[resource_type] += int(session.execute(delete(table).where(
-                col(table.connection_id) == connection_id,  # type: ignore[attr-defined]
-                col(getattr(table, key)).in_(chunk))).rowcount)
+            conditions = [col(table.connection_id) == connection_id,  # type: ignore[attr-defined]
+                          col(getattr(table, key)).in_(chunk)]
+            if table is Booking:
+                conditions.append(col(Booking.shared).is_(False))
+            rows[resource_type] += int(session.execute(delete(table).where(*conditions)).rowcount)  # type: ignore[attr-defined]
         if stream_ids := [stream.id for stream in stream_rows]:
             session.execute(delete(StreamPatient).where(col(StreamPatient.stream_id).in_(stream_ids),
                                                         col(StreamPatient.patient_id).in_(chunk)))
+    rows["Appointment"] += _delete_shared_bookings_of(session, connection_id, set(patients))
     quarantined = _delete_quarantined_of(session, connection_id, set(patients), claimed_patient)
     for stream in stream_rows:
         if stream.id != caller_stream_id:
@@ -141,6 +145,28 @@ def _take_leases(session: Session, clock: Clock, connection_name: str, stream_ro
             raise ValidationError(f"a worker is syncing {connection_name}'s {stream.resource_type} now: "
                                   "erase again once its run has ended (within a few minutes)")
     return holder
+
+
+def _delete_shared_bookings_of(session: Session, connection_id: int, patients: set[str]) -> int:
+    """Shared bookings (a group session, a family's appointment) one of these patients is booked on, where no
+    other patient booked on it is still held: one booked with a patient who stays is that patient's too, and
+    stays. Called once their own Patient rows are gone; shared bookings are few."""
+    shared = session.exec(select(Booking).where(
+        col(Booking.connection_id) == connection_id, col(Booking.shared).is_(True),
+        col(Booking.deleted).is_(False))).all()
+    naming = [row for row in shared if not patients.isdisjoint(_booked(row))]
+    if not naming:
+        return 0
+    staying = snapshots.stamps_of(session, connection_id, "Patient",
+                                  sorted({p for row in naming for p in _booked(row)} - patients))
+    gone = [row for row in naming if not any(p in staying for p in _booked(row))]
+    for row in gone:
+        session.delete(row)
+    return len(gone)
+
+
+def _booked(row: Booking) -> list[str]:
+    return [p for p in (row.patient_id, *row.other_patients) if p]
 
 
 def _delete_quarantined_of(session: Session, connection_id: int, patients: set[str],

@@ -120,7 +120,10 @@ class VisitCreate(VisitBase):
 
 
 class BookingBase(SnapshotBase):
-    patient_id: str | None = Field(default=None, max_length=64)
+    patient_id: str | None = Field(default=None, max_length=64)  # the first patient booked on it
+    # The others booked on it (a group session, a couple's or a family's appointment): their sidebars show it too.
+    other_patients: list[str] = _json_list()
+    shared: bool = False  # more than one patient booked: the few rows whose other_patients are looked into
     status: str = Field(max_length=30)
     start_at: datetime | None = _dt()
     start_offset_min: int | None = None
@@ -137,11 +140,13 @@ class BookingBase(SnapshotBase):
 
 
 class Booking(BookingBase, table=True):
-    """An Appointment: who is booked, when, for what."""
+    """An Appointment: who is booked, when, for what. Found by its first patient through an index; a shared
+    one by any of its patients (`prm.patient_overview`)."""
 
     __table_args__ = (
         UniqueConstraint("connection_id", "fhir_id", name="uq_booking"),
         Index("ix_booking_patient", "connection_id", "patient_id", "start_at"),
+        Index("ix_booking_shared", "connection_id", "shared", "start_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

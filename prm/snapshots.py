@@ -64,12 +64,16 @@ def merge_survivors(session: Session, connection_id: int) -> set[str]:
 
 def patients_named(session: Session, connection_id: int) -> set[str]:
     """Every patient a live row of the Patient compartment names: the Patients held, and the patients of the
-    visits, bookings and contacts held (one stored without its patient's record is named too)."""
+    visits, bookings and contacts held (one stored without its patient's record is named too). A shared
+    booking names none here: it is kept for any patient booked on it, and goes with the last of them
+    (prm.snapshot_erase)."""
     named = live_ids(session, connection_id, "Patient")
     for table in (Visit, Booking, RelatedContact):
         query = select(table.patient_id).distinct().where(
             col(table.connection_id) == connection_id, col(table.deleted).is_(False),
             col(table.patient_id).is_not(None))
+        if table is Booking:
+            query = query.where(col(Booking.shared).is_(False))
         named.update(p for p in session.exec(query) if p)
     return named
 

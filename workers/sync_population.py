@@ -12,6 +12,7 @@ the patient it names is in the population, or where it names none that can be re
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -43,11 +44,11 @@ def keep_members(resource_type: str, page: PreparedPage, members: frozenset[str]
     """Keep, of a system-level export's page, the rows (mapped or encoded) and refused resources of the Group's
     members only: the export holds every patient's, and a Group's connection stores its members'. A refused
     resource naming no readable patient stays, for IT's quarantine."""
-    key = "fhir_id" if resource_type == "Patient" else "patient_id"
     if page.encoded is not None:
-        at = page.encoded.columns.index(key)
-        page.encoded = replace(page.encoded, rows=[row for row in page.encoded.rows if row[at] in members])
-    page.rows = [row for row in page.rows if row.get(key) in members]
+        names = encoded_patients(resource_type, page.encoded.columns)
+        page.encoded = replace(page.encoded, rows=[row for row in page.encoded.rows
+                                                   if not members.isdisjoint(names(row))])
+    page.rows = [row for row in page.rows if not members.isdisjoint(row_patients(resource_type, row))]
     page.bad = [(payload, error) for payload, error in page.bad
                 if (patient := claimed_patient(resource_type, payload)) is None or patient in members]
 
@@ -67,13 +68,36 @@ def claimed_patient(resource_type: str, resource: Row) -> str | None:
 def population_keeps(session: Session, connection_id: int, resource_type: str,
                      rows: list[Row]) -> Callable[[Row], bool]:
     """Whether a mapped row of this page belongs to the population: a Patient row by its own id, the others by
-    their patient's (a row with no patient belongs to nobody's record here)."""
-    key = "fhir_id" if resource_type == "Patient" else "patient_id"
-    asked = sorted({str(row[key]) for row in rows if row.get(key)})
+    their patient's, a booking by any patient booked on it (a row with no patient belongs to nobody's record
+    here)."""
+    asked = sorted({patient for row in rows for patient in row_patients(resource_type, row)})
     held = set(snapshots.stamps_of(session, connection_id, "Patient", asked)) if asked else set()
     if resource_type == "Patient":
         held |= snapshots.merge_survivors(session, connection_id)
-    return lambda row: row.get(key) in held
+    return lambda row: not held.isdisjoint(row_patients(resource_type, row))
+
+
+def row_patients(resource_type: str, row: Row) -> list[str]:
+    """The patients a mapped row is kept for: a Patient by its own id, a booking by every patient booked on it
+    (a group session is a member's even where its first patient is not), the others by their patient."""
+    if resource_type == "Patient":
+        return [row["fhir_id"]] if row.get("fhir_id") else []
+    others = row.get("other_patients") or [] if resource_type == "Appointment" else []
+    return [patient for patient in (row.get("patient_id"), *others) if patient]
+
+
+def encoded_patients(resource_type: str, columns: tuple[str, ...]) -> Callable[[tuple[Any, ...]], list[str]]:
+    """`row_patients` of rows encoded for the database driver (prm.snapshot_rows): a shared booking's other
+    patients are JSON text there, read only for the few rows marked shared."""
+    at = columns.index("fhir_id" if resource_type == "Patient" else "patient_id")
+    if resource_type != "Appointment":
+        return lambda row: [row[at]] if row[at] else []
+    at_shared, at_others = columns.index("shared"), columns.index("other_patients")
+
+    def booked(row: tuple[Any, ...]) -> list[str]:
+        others = json.loads(row[at_others]) if row[at_shared] else []
+        return [patient for patient in (row[at], *others) if patient]
+    return booked
 
 
 def group_members(access: EhrAccess, connection: Connection, run: StreamRun) -> set[str]:

@@ -6,8 +6,10 @@ stored, then or later."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
 
 from prm.errors import PermanentEhrError
 from tests.integration.sync_env import SyncEnv, group_of, sync_env
@@ -27,11 +29,27 @@ def in_step_with_the_group(env: SyncEnv, members: list[str]) -> None:
 
 def grouped(env: SyncEnv) -> list[str]:
     """25 members, none merged (the data set merges pat-000025 into pat-000026: a survivor joins the population,
-    as test_sync shows)."""
+    as test_sync shows), one of them booked on a group session a non-member is named first on."""
     members = [p for p in sorted(i for i, _ in env.server("Patient"))[:27] if p not in ("pat-000025", "pat-000026")]
     env.put(group_of("dental-patients", members))
     env.set_export_group("dental-patients")
+    env.put(group_session(env, members[3]))
+    assert ("appt-group-session", "1") in env.server("Appointment", [members[3]])
     return members
+
+
+def group_session(env: SyncEnv, member: str) -> dict[str, Any]:
+    """A non-member's booking in the data set (which books one patient an appointment) made a group session,
+    the member booked on it second: theirs as much as the non-member's, so the Group's copy keeps it."""
+    for outsider in sorted((i for i, _ in env.server("Patient")), reverse=True):
+        bundle = requests.get(f"{env.stack.fhir_internal_url}/Appointment?patient={outsider}&status=booked",
+                              timeout=30).json()
+        if bundle.get("entry"):
+            template = bundle["entry"][0]["resource"]
+            booked = {"actor": {"reference": f"Patient/{member}"}, "required": "required", "status": "accepted"}
+            return {**template, "id": "appt-group-session", "meta": {},
+                    "participant": [template["participant"][0], booked, *template["participant"][1:]]}
+    raise AssertionError("no booked appointment in the data set")
 
 
 def test_a_system_level_export_is_kept_to_the_groups_members(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from prm.db import Database
 from prm.migrate import pending_revisions, upgrade
 from prm.snapshot_models import (
     TOMBSTONE_KEEPS,
+    Booking,
     PatientRecord,
     QuarantinedResource,
     SyncStream,
@@ -107,10 +108,10 @@ def test_0013_asks_loaded_visit_and_booking_streams_to_read_everything_again(db_
                               "interval_s, cursor_ids, pages, resources_synced, deleted_synced, quarantined) "
                               "VALUES (:c, :t, true, 'auto', :p, 300, '[]', 0, 0, 0, 0)"),
                          {"c": loaded if phase == "incremental" else loading, "t": resource_type, "p": phase})
-    upgrade(database)
-    with database.session() as session:
-        asked = {(s.resource_type, s.phase): (s.reload_asked, s.reload_served, s.reload_serving)
-                 for s in session.exec(select(SyncStream))}
+    upgrade(database, "0013")
+    with database.engine.connect() as conn:  # as the table stands at 0013 (0017 asks Appointment streams again)
+        asked = {(t, p): (a, s, serving) for t, p, a, s, serving in conn.execute(text(
+            "SELECT resource_type, phase, reload_asked, reload_served, reload_serving FROM sync_stream"))}
     database.dispose()
     assert asked == {("Encounter", "incremental"): (1, 0, None), ("Appointment", "incremental"): (1, 0, None),
                      ("Patient", "incremental"): (0, 0, None), ("Encounter", "initial"): (0, 0, None)}
@@ -164,6 +165,40 @@ def test_0014_empties_stored_tombstones_and_resolved_quarantines(db_url: str, tm
     assert (visits["here"].patient_id, visits["here"].type_text) == ("pat-9", "Check-up")
     assert refused == {"gone": {}, "here": {"name": "Ada"}}
     assert errors == {"ValidationError: Patient/x is not a valid R4 Patient: birthDate: '…' does not match '…'"}
+
+
+def test_0017_keeps_stored_bookings_as_one_patients_and_asks_loaded_booking_streams_to_read_again(
+        db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A booking stored before 0017 holds its first patient alone: it stays theirs (not shared), and Appointment
+    streams past a first load read everything again, so a shared one gets its other patients; other streams and
+    a stream still loading are not asked."""
+    settings = make_settings(db_url, tmp_path)
+    database = Database(settings.database_url)
+    upgrade(database, "0016")
+    with database.session() as session:
+        cid, loading = (connections.upsert(session, settings.clock, SecretBox(settings.encryption_keys),
+                                           connections.ConnectionSpec(name=name, iss=f"https://{name}.example/fhir",
+                                                                      client_id=name)).id for name in ("c", "d"))
+    with database.engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO booking (connection_id, fhir_id, version_id, deleted, patient_id, status, start_at, "
+            "service_type_codes, appointment_type_codes, location_ids, practitioners, related_people) VALUES "
+            "(:c, 'appt-1', '1', false, 'pat-1', 'booked', '2026-11-27 09:00:00+00', '[]', '[]', '[]', '[]', '[]')"),
+            {"c": cid})
+        for resource_type, phase in (("Appointment", "incremental"), ("Encounter", "incremental"),
+                                     ("Appointment", "initial")):
+            conn.execute(text("INSERT INTO sync_stream (connection_id, resource_type, enabled, strategy, phase, "
+                              "interval_s, cursor_ids, pages, resources_synced, deleted_synced, quarantined) "
+                              "VALUES (:c, :t, true, 'auto', :p, 300, '[]', 0, 0, 0, 0)"),
+                         {"c": cid if phase == "incremental" else loading, "t": resource_type, "p": phase})
+    upgrade(database)
+    with database.session() as session:
+        booking = session.exec(select(Booking)).one()
+        asked = {(s.resource_type, s.phase): s.reload_asked for s in session.exec(select(SyncStream))}
+    database.dispose()
+    assert (booking.patient_id, booking.other_patients, booking.shared) == ("pat-1", [], False)
+    assert asked == {("Appointment", "incremental"): 1, ("Encounter", "incremental"): 0,
+                     ("Appointment", "initial"): 0}
 
 
 def test_the_migrations_build_what_the_models_declare(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]

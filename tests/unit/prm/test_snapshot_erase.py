@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from fhir_mappings.appointment import booking_from_appointment
 from fhir_mappings.encounter import visit_from_encounter
 from fhir_mappings.patient import patient_record_from_patient
 from prm import audit, connections, leases, snapshots, streams
@@ -185,6 +186,37 @@ def test_erasing_a_patient_takes_their_records_and_only_theirs(database: Databas
         again = erase_patients(session, settings.clock, IT, cid, ["pat-000002"], claimed,
                                caller_stream_id=patient_stream.id)
     assert again.total == 0, "erasing twice erases nothing"
+
+
+def test_a_group_session_goes_with_the_last_patient_booked_on_it_who_is_held(database: Database,
+                                                                             settings: Settings) -> None:
+    """pat-000002 leaves. Their own booking goes; group sessions they share with pat-000003, who stays, stay
+    (whoever is named first); one shared only with a patient the copy does not hold goes."""
+    cid, patient_stream = with_a_leaver(database, settings)
+    with (DATA / "Appointment.ndjson").open() as lines:
+        own = next(a for a in map(json.loads, lines) if a["participant"][0]["actor"]["reference"] ==
+                   "Patient/pat-000002")
+    others = own["participant"][1:]
+
+    def group(fhir_id: str, *patients: str) -> dict:  # type: ignore[type-arg]
+        return {**own, "id": fhir_id, "participant": [
+            *({"actor": {"reference": f"Patient/{p}"}, "status": "accepted"} for p in patients), *others]}
+
+    appointments = [own, group("appt-g1", "pat-000002", "pat-000003"), group("appt-g2", "pat-000003", "pat-000002"),
+                    group("appt-g3", "pat-000002", "pat-000099")]
+    with database.session() as session:
+        snapshots.upsert_page(session, cid, "Appointment", [booking_from_appointment(a) for a in appointments])
+        erased = erase_patients(session, settings.clock, IT, cid, ["pat-000002"], claimed,
+                                caller_stream_id=patient_stream.id)
+    assert erased.rows["Appointment"] == 2
+    with database.session() as session:
+        assert snapshots.live_ids(session, cid, "Appointment") == {"appt-g1", "appt-g2"}
+        assert "pat-000002" not in snapshots.patients_named(session, cid), \
+            "named first on a group session kept for another: not a leaver again next run"
+        again = erase_patients(session, settings.clock, IT, cid, ["pat-000003"], claimed)
+    assert again.rows["Appointment"] == 2
+    with database.session() as session:
+        assert snapshots.live_ids(session, cid, "Appointment") == set()
 
 
 @pytest.mark.parametrize("busy", ["Encounter", "Task"])

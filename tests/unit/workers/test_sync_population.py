@@ -103,3 +103,32 @@ def test_a_system_exports_patient_page_keeps_the_members_by_their_own_id() -> No
     assert page.encoded is not None
     at = page.encoded.columns.index("fhir_id")
     assert sorted(row[at] for row in page.encoded.rows) == ["pat-000001", "pat-000004"]
+
+
+def test_a_group_session_is_kept_for_any_member_booked_on_it_mapped_or_encoded(database: Database,
+                                                                               settings: Settings) -> None:
+    """A data set booking of an outsider made a group session with a member: kept, whoever is named first;
+    the outsider's own booking is not. The same for a Group-scoped search page and a system export's page."""
+    with (DATA / "Appointment.ndjson").open() as lines:
+        appointments = [json.loads(line) for line in lines]
+    outsider = next(a for a in appointments if a["participant"][0]["actor"]["reference"] == "Patient/pat-000002")
+    member = {"actor": {"reference": "Patient/pat-000001"}, "status": "accepted"}
+    group = [{**outsider, "id": "appt-group-1", "participant": [*outsider["participant"], member]},
+             {**outsider, "id": "appt-group-2", "participant": [member, *outsider["participant"]]}]
+    lines_read = [(n, json.dumps(a).encode()) for n, a in enumerate([outsider, *group], 1)]
+    for dialect in ("sqlite", "postgresql"):
+        page = prepare_lines("Appointment", lines_read, Target(dialect, 1))
+        keep_members("Appointment", page, frozenset({"pat-000001"}))
+        assert page.encoded is not None
+        at = page.encoded.columns.index("fhir_id")
+        assert sorted(row[at] for row in page.encoded.rows) == ["appt-group-1", "appt-group-2"], dialect
+    with (DATA / "Patient.ndjson").open() as lines:
+        first = patient_record_from_patient(json.loads(next(lines)))
+    with database.session() as session:
+        cid = connections.upsert(session, settings.clock, SecretBox(settings.encryption_keys),
+                                 connections.ConnectionSpec(name="c", iss="https://c.example/fhir", client_id="c")).id
+        snapshots.upsert_page(session, cid or 0, "Patient", [first])
+    mapped = prepare_lines("Appointment", lines_read)
+    with database.session() as session:
+        keep_to_population(session, cid or 0, "Appointment", mapped)
+    assert [row["fhir_id"] for row in mapped.rows] == ["appt-group-1", "appt-group-2"]
