@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel, select
 
 from prm import connections
+from prm.config import Settings
 from prm.crypto import SecretBox
 from prm.db import Database
 from prm.migrate import pending_revisions, upgrade
@@ -91,16 +92,22 @@ def test_0010_takes_a_synced_streams_last_success_as_its_caught_up_time(db_url: 
     assert caught_up == {"Patient": datetime(2026, 11, 20, 11, tzinfo=UTC), "Encounter": None}
 
 
+def two_connections(database: Database, settings: Settings) -> tuple[int, int]:
+    """Two connections' ids: one whose streams have loaded, one whose streams still load."""
+    with database.session() as session:
+        first, second = (connections.upsert(session, settings.clock, SecretBox(settings.encryption_keys),
+                                            connections.ConnectionSpec(name=name, iss=f"https://{name}.example/fhir",
+                                                                       client_id=name)).id or 0 for name in ("c", "d"))
+    return first, second
+
+
 def test_0013_asks_loaded_visit_and_booking_streams_to_read_everything_again(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Visits and bookings synced before 0013 have no `type_text`: their streams past a first load are asked to
     read everything again; streams of other types, or still loading (which read everything anyway), are not."""
     settings = make_settings(db_url, tmp_path)
     database = Database(settings.database_url)
     upgrade(database, "0012")
-    with database.session() as session:
-        loaded, loading = (connections.upsert(session, settings.clock, SecretBox(settings.encryption_keys),
-                                              connections.ConnectionSpec(name=name, iss=f"https://{name}.example/fhir",
-                                                                         client_id=name)).id for name in ("c", "d"))
+    loaded, loading = two_connections(database, settings)
     with database.engine.begin() as conn:
         for resource_type, phase in (("Encounter", "incremental"), ("Appointment", "incremental"),
                                      ("Patient", "incremental"), ("Encounter", "initial")):
@@ -175,10 +182,7 @@ def test_0017_keeps_stored_bookings_as_one_patients_and_asks_loaded_booking_stre
     settings = make_settings(db_url, tmp_path)
     database = Database(settings.database_url)
     upgrade(database, "0016")
-    with database.session() as session:
-        cid, loading = (connections.upsert(session, settings.clock, SecretBox(settings.encryption_keys),
-                                           connections.ConnectionSpec(name=name, iss=f"https://{name}.example/fhir",
-                                                                      client_id=name)).id for name in ("c", "d"))
+    cid, loading = two_connections(database, settings)
     with database.engine.begin() as conn:
         conn.execute(text(
             "INSERT INTO booking (connection_id, fhir_id, version_id, deleted, patient_id, status, start_at, "

@@ -11,6 +11,7 @@ from prm import connections, snapshots
 from prm.config import Settings
 from prm.crypto import SecretBox
 from prm.db import Database
+from prm.snapshot_models import PatientRecordCreate
 from workers.page_prep import PreparedPage, Target, prepare_lines
 from workers.sync_population import claimed_patient, keep_members, keep_to_population, population_keeps
 
@@ -39,16 +40,22 @@ def test_a_page_keeps_the_rows_of_held_patients_and_of_records_they_were_merged_
         assert [r["fhir_id"] for r in rows if keeps(r)] == ["pat-000002", "pat-000099"]
 
 
-def test_a_refused_resource_is_kept_for_it_only_where_its_patient_is_held_or_cannot_be_told(
-        database: Database, settings: Settings) -> None:
-    """An outsider's malformed visit is no more the PRM's to keep than a valid one; one that names no readable
-    patient is kept, so IT still sees what the EHR sent wrong."""
+def holding_the_first_patient(database: Database, settings: Settings) -> tuple[int, PatientRecordCreate]:
+    """A connection whose snapshot holds the data set's first patient (pat-000001) alone."""
     with (DATA / "Patient.ndjson").open() as lines:
         held = patient_record_from_patient(json.loads(next(lines)))
     with database.session() as session:
         cid = connections.upsert(session, settings.clock, SecretBox(settings.encryption_keys),
                                  connections.ConnectionSpec(name="c", iss="https://c.example/fhir", client_id="c")).id
         snapshots.upsert_page(session, cid or 0, "Patient", [held])
+    return cid or 0, held
+
+
+def test_a_refused_resource_is_kept_for_it_only_where_its_patient_is_held_or_cannot_be_told(
+        database: Database, settings: Settings) -> None:
+    """An outsider's malformed visit is no more the PRM's to keep than a valid one; one that names no readable
+    patient is kept, so IT still sees what the EHR sent wrong."""
+    cid, held = holding_the_first_patient(database, settings)
     def visit(fhir_id: str, subject: object) -> dict:  # type: ignore[type-arg]
         return {"resourceType": "Encounter", "id": fhir_id, "status": "nonsense", "subject": subject}
 
@@ -57,7 +64,7 @@ def test_a_refused_resource_is_kept_for_it_only_where_its_patient_is_held_or_can
                              (visit("b2", {"reference": "Patient/outsider"}), "status"),
                              (visit("b3", "Patient/not-a-reference-object"), "subject")])
     with database.session() as session:
-        keep_to_population(session, cid or 0, "Encounter", page)
+        keep_to_population(session, cid, "Encounter", page)
     assert [row["fhir_id"] for row in page.rows] == ["e1"]
     assert [payload["id"] for payload, _ in page.bad] == ["b1", "b3"]
     appointment = {"participant": [{"actor": {"reference": "Practitioner/p"}}, {"actor": {"reference": "Patient/q"}}]}
@@ -122,13 +129,8 @@ def test_a_group_session_is_kept_for_any_member_booked_on_it_mapped_or_encoded(d
         assert page.encoded is not None
         at = page.encoded.columns.index("fhir_id")
         assert sorted(row[at] for row in page.encoded.rows) == ["appt-group-1", "appt-group-2"], dialect
-    with (DATA / "Patient.ndjson").open() as lines:
-        first = patient_record_from_patient(json.loads(next(lines)))
-    with database.session() as session:
-        cid = connections.upsert(session, settings.clock, SecretBox(settings.encryption_keys),
-                                 connections.ConnectionSpec(name="c", iss="https://c.example/fhir", client_id="c")).id
-        snapshots.upsert_page(session, cid or 0, "Patient", [first])
+    cid, _ = holding_the_first_patient(database, settings)
     mapped = prepare_lines("Appointment", lines_read)
     with database.session() as session:
-        keep_to_population(session, cid or 0, "Appointment", mapped)
+        keep_to_population(session, cid, "Appointment", mapped)
     assert [row["fhir_id"] for row in mapped.rows] == ["appt-group-1", "appt-group-2"]
