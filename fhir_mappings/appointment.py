@@ -14,13 +14,14 @@ def booking_from_appointment(resource: dict[str, Any]) -> BookingCreate:
     start_at, start_offset = instant(resource.get("start"))
     end_at, end_offset = instant(resource.get("end"))
     actors = [p.get("actor") or {} for p in resource.get("participant", [])]
-    patients = booked_patients(resource)
+    booked, declined = appointment_patients(resource)
     reason = codes(resource.get("cancelationReason"))
     return BookingCreate(
         **meta(resource),
-        patient_id=patients[0] if patients else None,
-        other_patients=patients[1:],
-        shared=len(patients) > 1,
+        patient_id=next(iter(booked or declined), None),
+        other_patients=booked[1:],
+        declined_patients=declined if booked else declined[1:],
+        shared=len(booked) + len(declined) > 1,
         status=resource["status"],
         start_at=start_at, start_offset_min=start_offset, end_at=end_at, end_offset_min=end_offset,
         minutes_duration=resource.get("minutesDuration"),
@@ -35,20 +36,18 @@ def booking_from_appointment(resource: dict[str, Any]) -> BookingCreate:
     )
 
 
+def appointment_patients(resource: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The patients the appointment names, each once, in the order it first names them: those booked on it
+    (their participation is not `declined`; one named twice is booked where any entry is not), and those who
+    declined.
 
-def booked_patients(resource: dict[str, Any]) -> list[str]:
-    """The patients booked on the appointment, in the order it names them, each once: those whose participation
-    is not `declined`, or, where every patient declined (a booking the patient cancelled), the first named.
-
-    Why: a group session, a couple's or a family's appointment names several patients, and each one's sidebar
-    shows it; one who declined a place in a group session is not booked on it, while the others still are."""
-    named: list[str] = []
-    booked: list[str] = []
+    Why: a group session, a couple's or a family's appointment names several patients. Each one booked sees
+    it on their sidebar; one who declined a place does not, but the appointment still names them in the EHR
+    (a `patient` search finds it), so the snapshot keeps it with their records, as it keeps every record of
+    theirs."""
+    named: dict[str, bool] = {}  # patient -> booked (some entry of theirs not declined)
     for participant in resource.get("participant", []):
         patient = ref_id(participant.get("actor"), "Patient")
-        if patient is None or patient in named:
-            continue
-        named.append(patient)
-        if participant.get("status") != "declined":
-            booked.append(patient)
-    return booked or named[:1]
+        if patient is not None:
+            named[patient] = named.get(patient, False) or participant.get("status") != "declined"
+    return [p for p, booked in named.items() if booked], [p for p, booked in named.items() if not booked]

@@ -45,8 +45,8 @@ PATIENT_KEYED = {"Patient": "fhir_id", "RelatedPerson": "patient_id", "Encounter
 # The streams that store a patient's rows or note them read whole (patient by patient, our Tasks and
 # Communications are searched per patient too): each is leased while patients are erased.
 _HOLD_PATIENTS = (*PATIENT_KEYED, "Task", "Communication")
-# Which patient a quarantined resource (raw, possibly malformed) names: fhir_mappings knows FHIR's shapes.
-ClaimedPatient = Callable[[str, dict[str, Any]], str | None]
+# Which patients a quarantined resource (raw, possibly malformed) names: the workers know FHIR's shapes.
+ClaimedPatients = Callable[[str, dict[str, Any]], list[str]]
 
 
 @dataclass(frozen=True)
@@ -94,13 +94,14 @@ def erase_snapshot(session: Session, clock: Clock, actor: audit.Actor, connectio
 
 
 def erase_patients(session: Session, clock: Clock, actor: audit.Actor, connection_id: int,
-                   patient_ids: Collection[str], claimed_patient: ClaimedPatient,
+                   patient_ids: Collection[str], claimed_patients: ClaimedPatients, keeping: Collection[str],
                    caller_stream_id: int | None = None) -> Erased:
     """Erase these patients from the connection's copy in the caller's transaction, audited as
-    `sync.erase_patients` (counts only): their rows of the Patient compartment's types (a shared booking only
-    where nobody else booked on it is held), the quarantined resources that name them, and every stream's note
-    that it read them whole (one who comes back is read whole again, our Tasks and Communications about them
-    too).
+    `sync.erase_patients` (counts only): their rows of the Patient compartment's types, the quarantined resources
+    that name them, and every stream's note that it read them whole (one who comes back is read whole again,
+    our Tasks and Communications about them too). What names several patients (a group session, a family's
+    appointment) stays while one of them is `keeping`'s (the population) and not erased; a shared booking on
+    which none of them is goes, whoever it names.
 
     ValidationError when a worker is syncing one of those streams now (the caller's own stream aside, whose
     lease the caller holds): nothing erased, the caller tries again on a later run."""
@@ -108,7 +109,8 @@ def erase_patients(session: Session, clock: Clock, actor: audit.Actor, connectio
     if connection is None:
         raise NotFoundError(f"no connection with id {connection_id}")
     patients = sorted(set(patient_ids))
-    if not patients:
+    staying = set(keeping) - set(patients)
+    if not patients and not snapshots.shared_bookings_outside(session, connection_id, staying):
         return Erased({}, 0)
     stream_rows = [s for s in streams.of_connection(session, connection_id) if s.resource_type in _HOLD_PATIENTS]
     holder = _take_leases(session, clock, connection.name, [s for s in stream_rows if s.id != caller_stream_id])
@@ -124,8 +126,10 @@ def erase_patients(session: Session, clock: Clock, actor: audit.Actor, connectio
         if stream_ids := [stream.id for stream in stream_rows]:
             session.execute(delete(StreamPatient).where(col(StreamPatient.stream_id).in_(stream_ids),
                                                         col(StreamPatient.patient_id).in_(chunk)))
-    rows["Appointment"] += _delete_shared_bookings_of(session, connection_id, set(patients))
-    quarantined = _delete_quarantined_of(session, connection_id, set(patients), claimed_patient)
+    for booking in snapshots.shared_bookings_outside(session, connection_id, staying):
+        session.delete(booking)
+        rows["Appointment"] += 1
+    quarantined = _delete_quarantined_of(session, connection_id, set(patients), staying, claimed_patients)
     for stream in stream_rows:
         if stream.id != caller_stream_id:
             leases.release(session, streams.lease_name(stream), holder)
@@ -147,37 +151,17 @@ def _take_leases(session: Session, clock: Clock, connection_name: str, stream_ro
     return holder
 
 
-def _delete_shared_bookings_of(session: Session, connection_id: int, patients: set[str]) -> int:
-    """Shared bookings (a group session, a family's appointment) one of these patients is booked on, where no
-    other patient booked on it is still held: one booked with a patient who stays is that patient's too, and
-    stays. Called once their own Patient rows are gone; shared bookings are few."""
-    shared = session.exec(select(Booking).where(
-        col(Booking.connection_id) == connection_id, col(Booking.shared).is_(True),
-        col(Booking.deleted).is_(False))).all()
-    naming = [row for row in shared if not patients.isdisjoint(_booked(row))]
-    if not naming:
-        return 0
-    staying = snapshots.stamps_of(session, connection_id, "Patient",
-                                  sorted({p for row in naming for p in _booked(row)} - patients))
-    gone = [row for row in naming if not any(p in staying for p in _booked(row))]
-    for row in gone:
-        session.delete(row)
-    return len(gone)
-
-
-def _booked(row: Booking) -> list[str]:
-    return [p for p in (row.patient_id, *row.other_patients) if p]
-
-
-def _delete_quarantined_of(session: Session, connection_id: int, patients: set[str],
-                           claimed_patient: ClaimedPatient) -> int:
-    """Open quarantined resources of the compartment's types that name one of these patients (a resolved one
-    keeps no resource, nor any patient's)."""
+def _delete_quarantined_of(session: Session, connection_id: int, patients: set[str], staying: set[str],
+                           claimed_patients: ClaimedPatients) -> int:
+    """Open quarantined resources of the compartment's types that name one of these patients and none staying
+    (a resolved one keeps no resource, nor any patient's)."""
     open_rows = session.exec(select(QuarantinedResource).where(
         col(QuarantinedResource.connection_id) == connection_id,
         col(QuarantinedResource.resource_type).in_(list(PATIENT_KEYED)),
         col(QuarantinedResource.resolved_at).is_(None)))
-    naming = [row for row in open_rows if claimed_patient(row.resource_type, row.payload) in patients]
+    naming = [row for row in open_rows
+              if not patients.isdisjoint(claimed := claimed_patients(row.resource_type, row.payload))
+              and staying.isdisjoint(claimed)]
     for row in naming:
         session.delete(row)
     return len(naming)

@@ -120,10 +120,11 @@ class VisitCreate(VisitBase):
 
 
 class BookingBase(SnapshotBase):
-    patient_id: str | None = Field(default=None, max_length=64)  # the first patient booked on it
+    patient_id: str | None = Field(default=None, max_length=64)  # the first booked on it (else the first named)
     # The others booked on it (a group session, a couple's or a family's appointment): their sidebars show it too.
     other_patients: list[str] = _json_list()
-    shared: bool = False  # more than one patient booked: the few rows whose other_patients are looked into
+    declined_patients: list[str] = _json_list()  # named on it, their place declined: it is still in their record
+    shared: bool = False  # it names more than one patient: the few rows whose lists are looked into
     status: str = Field(max_length=30)
     start_at: datetime | None = _dt()
     start_offset_min: int | None = None
@@ -141,7 +142,7 @@ class BookingBase(SnapshotBase):
 
 class Booking(BookingBase, table=True):
     """An Appointment: who is booked, when, for what. Found by its first patient through an index; a shared
-    one by any of its patients (`prm.patient_overview`)."""
+    one by any patient booked on it (`prm.patient_overview`)."""
 
     __table_args__ = (
         UniqueConstraint("connection_id", "fhir_id", name="uq_booking"),
@@ -151,6 +152,11 @@ class Booking(BookingBase, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     connection_id: int = Field(foreign_key="connection.id")
+
+    @property
+    def patients(self) -> list[str]:
+        """Every patient it names, booked or not: whose records it belongs to."""
+        return [p for p in (self.patient_id, *self.other_patients, *self.declined_patients) if p]
 
 
 class BookingCreate(BookingBase):

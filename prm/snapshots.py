@@ -6,7 +6,7 @@ overwrite what an incremental sync already brought. Upserting the same page twic
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -65,8 +65,7 @@ def merge_survivors(session: Session, connection_id: int) -> set[str]:
 def patients_named(session: Session, connection_id: int) -> set[str]:
     """Every patient a live row of the Patient compartment names: the Patients held, and the patients of the
     visits, bookings and contacts held (one stored without its patient's record is named too). A shared
-    booking names none here: it is kept for any patient booked on it, and goes with the last of them
-    (prm.snapshot_erase)."""
+    booking names none here: it is kept while any patient it names is kept (`shared_bookings_outside`)."""
     named = live_ids(session, connection_id, "Patient")
     for table in (Visit, Booking, RelatedContact):
         query = select(table.patient_id).distinct().where(
@@ -76,6 +75,15 @@ def patients_named(session: Session, connection_id: int) -> set[str]:
             query = query.where(col(Booking.shared).is_(False))
         named.update(p for p in session.exec(query) if p)
     return named
+
+
+def shared_bookings_outside(session: Session, connection_id: int, patients: Collection[str]) -> list[Booking]:
+    """Live shared bookings (a group session, a family's appointment) that name none of these patients (a
+    population): nobody's to keep. Shared bookings are few."""
+    kept = set(patients)
+    rows = session.exec(select(Booking).where(
+        col(Booking.connection_id) == connection_id, col(Booking.shared).is_(True), col(Booking.deleted).is_(False)))
+    return [row for row in rows if kept.isdisjoint(row.patients)]
 
 
 def merge_links(session: Session, connection_id: int) -> dict[str, str]:

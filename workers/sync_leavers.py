@@ -7,7 +7,9 @@ read by any pass (every pass reads the population), so growing stale while still
 reminded and recalled. So each Patient run after the first load reads the Group once and erases, with
 `prm.snapshot_erase.erase_patients`, the held patients who are neither members nor merged with one, either
 way (`sync_population.population_of`). Their rows, their open quarantined resources and every stream's note
-that it read them whole go: one who joins again is read whole again, as any newcomer.
+that it read them whole go: one who joins again is read whole again, as any newcomer. A group session (or a
+family's appointment) stays while a patient it names is in the population, whoever it names first, and goes
+once none is.
 
 Who left is told only from a Group fhir-prm can read whole: one that lists no members (far likelier a mistake
 at the EHR than every patient leaving at once) or names some by no readable Patient reference (an identifier
@@ -29,7 +31,7 @@ from prm.snapshot_erase import erase_patients
 from workers.ehr_access import EhrAccess
 from workers.runtime import WorkerContext
 from workers.stream_leases import LeaseLost, StreamLease
-from workers.sync_population import claimed_patient, group_roster, population_of
+from workers.sync_population import claimed_patients, group_roster, population_of
 from workers.sync_run import StreamRun
 
 log = logging.getLogger(__name__)
@@ -52,14 +54,14 @@ def drop_leavers(ctx: WorkerContext, access: EhrAccess, connection: Connection, 
     actor = audit.Actor("system", access.client_name, connection_id=connection_id)
     try:
         with ctx.db.session() as session:
-            named = snapshots.patients_named(session, connection_id)
-            leavers = named - population_of(set(roster.patients), snapshots.merge_links(session, connection_id))
-            if not leavers:
+            population = population_of(set(roster.patients), snapshots.merge_links(session, connection_id))
+            leavers = snapshots.patients_named(session, connection_id) - population
+            if not leavers and not snapshots.shared_bookings_outside(session, connection_id, population):
                 return
             if not lease.take_in(session):
                 raise LeaseLost(lease.name)
-            erased = erase_patients(session, ctx.settings.clock, actor, connection_id, leavers, claimed_patient,
-                                    caller_stream_id=stream_id)
+            erased = erase_patients(session, ctx.settings.clock, actor, connection_id, leavers, claimed_patients,
+                                    keeping=population, caller_stream_id=stream_id)
     except ValidationError as busy:  # nothing erased: the next Patient run tries again
         run.notes.append(f"{len(leavers)} patient(s) who left Group/{group} stay until a later run: {busy}")
         log.info("connection %s: leavers of Group/%s wait: %s", connection.name, group, busy)

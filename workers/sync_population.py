@@ -32,12 +32,13 @@ Row = dict[str, Any]
 
 def keep_to_population(session: Session, connection_id: int, resource_type: str, page: PreparedPage) -> None:
     """Drop from the page the rows, and the refused resources, of patients outside the population."""
-    key = "fhir_id" if resource_type == "Patient" else "patient_id"
-    claimed = [(payload, error, claimed_patient(resource_type, payload)) for payload, error in page.bad]
-    keeps = population_keeps(session, connection_id, resource_type,
-                             [*page.rows, *({key: patient} for _, _, patient in claimed if patient)])
+    claims = [(payload, error, claimed_patients(resource_type, payload)) for payload, error in page.bad]
+    keeps = population_keeps(session, connection_id, resource_type, page.rows)
     page.rows = [row for row in page.rows if keeps(row)]  # the cursor still moves past the rest
-    page.bad = [(payload, error) for payload, error, patient in claimed if patient is None or keeps({key: patient})]
+    if claims:
+        held = population_held(session, connection_id, resource_type, {p for _, _, c in claims for p in c})
+        page.bad = [(payload, error) for payload, error, claimed in claims
+                    if not claimed or not held.isdisjoint(claimed)]
 
 
 def keep_members(resource_type: str, page: PreparedPage, members: frozenset[str]) -> None:
@@ -50,40 +51,54 @@ def keep_members(resource_type: str, page: PreparedPage, members: frozenset[str]
                                                    if not members.isdisjoint(names(row))])
     page.rows = [row for row in page.rows if not members.isdisjoint(row_patients(resource_type, row))]
     page.bad = [(payload, error) for payload, error in page.bad
-                if (patient := claimed_patient(resource_type, payload)) is None or patient in members]
+                if not (claimed := claimed_patients(resource_type, payload)) or not members.isdisjoint(claimed)]
 
 
-def claimed_patient(resource_type: str, resource: Row) -> str | None:
-    """The patient id a raw (possibly malformed) resource names, or None where it names none readably."""
+def claimed_patients(resource_type: str, resource: Row) -> list[str]:
+    """The patients a raw (possibly malformed) resource names readably, each once: a Patient its own id, an
+    Appointment every patient among its participants (declined or not: its statuses are not to be trusted),
+    the others their patient; none where it names none readably."""
     if resource_type == "Patient":
-        return resource.get("id") if isinstance(resource.get("id"), str) else None
+        return [resource["id"]] if isinstance(resource.get("id"), str) else []
     if resource_type == "Appointment":
         holders = [p.get("actor") for p in resource.get("participant") or [] if isinstance(p, dict)]
     else:
         holders = [resource.get("patient" if resource_type == "RelatedPerson" else "subject")]
     patients = [ref_id(h, "Patient") for h in holders if isinstance(h, dict) and isinstance(h.get("reference"), str)]
-    return next((p for p in patients if p), None)
+    return list(dict.fromkeys(p for p in patients if p))
 
 
 def population_keeps(session: Session, connection_id: int, resource_type: str,
                      rows: list[Row]) -> Callable[[Row], bool]:
-    """Whether a mapped row of this page belongs to the population: a Patient row by its own id, the others by
-    their patient's, a booking by any patient booked on it (a row with no patient belongs to nobody's record
-    here)."""
-    asked = sorted({patient for row in rows for patient in row_patients(resource_type, row)})
-    held = set(snapshots.stamps_of(session, connection_id, "Patient", asked)) if asked else set()
+    """Whether a mapped row of this page is kept: one of the population's (a Patient by its own id, a booking by
+    any patient it names, the others by their patient's; a row with no patient is nobody's record here), or
+    one the snapshot holds already, which takes its new version whoever it names now (a group session whose
+    member declined, a visit moved to another patient): the Patient run erases it where it is nobody's in the
+    population (workers.sync_leavers), where a row kept stale would show what the EHR no longer says."""
+    held = population_held(session, connection_id, resource_type,
+                           {patient for row in rows for patient in row_patients(resource_type, row)})
+    ids = sorted({str(row["fhir_id"]) for row in rows if row.get("fhir_id")})
+    stored = set(snapshots.stamps_of(session, connection_id, resource_type, ids)) if ids else set()
+    return lambda row: row.get("fhir_id") in stored or not held.isdisjoint(row_patients(resource_type, row))
+
+
+def population_held(session: Session, connection_id: int, resource_type: str, patients: set[str]) -> set[str]:
+    """Those of these patients the population holds (their Patient record; for Patient pages also the records
+    the held ones were merged into)."""
+    held = set(snapshots.stamps_of(session, connection_id, "Patient", sorted(patients))) if patients else set()
     if resource_type == "Patient":
         held |= snapshots.merge_survivors(session, connection_id)
-    return lambda row: not held.isdisjoint(row_patients(resource_type, row))
+    return held
 
 
 def row_patients(resource_type: str, row: Row) -> list[str]:
-    """The patients a mapped row is kept for: a Patient by its own id, a booking by every patient booked on it
+    """The patients a mapped row is kept for: a Patient by its own id, a booking by every patient it names
     (a group session is a member's even where its first patient is not), the others by their patient."""
     if resource_type == "Patient":
         return [row["fhir_id"]] if row.get("fhir_id") else []
-    others = row.get("other_patients") or [] if resource_type == "Appointment" else []
-    return [patient for patient in (row.get("patient_id"), *others) if patient]
+    if resource_type != "Appointment":
+        return [row["patient_id"]] if row.get("patient_id") else []
+    return [p for p in (row.get("patient_id"), *row.get("other_patients", ()), *row.get("declined_patients", ())) if p]
 
 
 def encoded_patients(resource_type: str, columns: tuple[str, ...]) -> Callable[[tuple[Any, ...]], list[str]]:
@@ -92,12 +107,12 @@ def encoded_patients(resource_type: str, columns: tuple[str, ...]) -> Callable[[
     at = columns.index("fhir_id" if resource_type == "Patient" else "patient_id")
     if resource_type != "Appointment":
         return lambda row: [row[at]] if row[at] else []
-    at_shared, at_others = columns.index("shared"), columns.index("other_patients")
+    at_shared, at_lists = columns.index("shared"), (columns.index("other_patients"), columns.index("declined_patients"))
 
-    def booked(row: tuple[Any, ...]) -> list[str]:
-        others = json.loads(row[at_others]) if row[at_shared] else []
+    def named(row: tuple[Any, ...]) -> list[str]:
+        others = [p for i in at_lists for p in json.loads(row[i])] if row[at_shared] else []
         return [patient for patient in (row[at], *others) if patient]
-    return booked
+    return named
 
 
 def group_members(access: EhrAccess, connection: Connection, run: StreamRun) -> set[str]:

@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 import requests
+from sqlmodel import select
 
 from prm.errors import PermanentEhrError
+from prm.snapshot_models import Booking
 from tests.integration.sync_env import SyncEnv, group_of, sync_env
 from workers.connection_check import check_connection
 from workers.sync_strategy import GROUP_EXPORTED
@@ -81,6 +83,14 @@ def test_without_any_export_searches_keep_to_the_group_and_read_each_member_once
         quiet = fresh.run_all(SYNCED)
         assert sum(run.stored for run in quiet.values()) == 0
         in_step_with_the_group(fresh, members)
+        session = fresh.read("Appointment", "appt-group-session")  # the member declines their place on it
+        fresh.put({**session, "participant": [{**p, "status": "declined"} if p["actor"]["reference"] ==
+                                              f"Patient/{members[3]}" else p for p in session["participant"]]})
+        fresh.run_all(SYNCED)
+        in_step_with_the_group(fresh, members)  # still in their record, as the EHR's patient search says
+        with fresh.ctx.db.session() as db:
+            [row] = db.exec(select(Booking).where(Booking.fhir_id == "appt-group-session")).all()
+        assert (row.other_patients, row.declined_patients) == ([], [members[3]]), "not on their sidebar"
 
 
 def test_a_group_named_later_keeps_to_it_without_first_reading_the_others_whole(tmp_path: Path) -> None:

@@ -138,24 +138,33 @@ def test_every_visit_and_booking_in_the_data_set_says_what_it_is_for() -> None:
     assert all(booking_from_appointment(r).type_text for r in load("Appointment").values())
 
 
-def test_a_shared_appointment_keeps_every_patient_booked_on_it_and_not_one_who_declined() -> None:
-    """A data set booking made a group session: two more patients (one named twice), a third who declined.
-    The data set books one patient an appointment: every one of its bookings is nobody else's."""
+def test_a_shared_appointment_keeps_every_patient_it_names_and_who_declined() -> None:
+    """A data set booking made a group session: two more patients (one named twice), a third who declined,
+    a fourth whose first entry declined and second did not. The first booked comes first. The data set books
+    one patient an appointment: every one of its bookings is nobody else's."""
     appointment = load("Appointment")["appt-000001-001"]
     assert [b for b in map(booking_from_appointment, load("Appointment").values()) if b.shared] == []
     first = next(p for p in appointment["participant"] if p["actor"]["reference"].startswith("Patient/"))
+    theirs = first["actor"]["reference"].removeprefix("Patient/")
     group = {**appointment, "participant": [*appointment["participant"], *(
         {"actor": {"reference": reference}, "required": "required", "status": status}
         for reference, status in (("Patient/pat-000002", "accepted"), ("Patient/pat-000003", "declined"),
                                   ("https://ehr.example/fhir/Patient/pat-000004", "tentative"),
-                                  ("Patient/pat-000002", "accepted")))]}
+                                  ("Patient/pat-000002", "accepted"), ("Patient/pat-000005", "declined"),
+                                  ("Patient/pat-000005", "needs-action")))]}
     booking = booking_from_appointment(group)
-    assert (booking.patient_id, booking.other_patients, booking.shared) == (
-        first["actor"]["reference"].removeprefix("Patient/"), ["pat-000002", "pat-000004"], True)
+    assert (booking.patient_id, booking.other_patients, booking.declined_patients, booking.shared) == (
+        theirs, ["pat-000002", "pat-000004", "pat-000005"], ["pat-000003"], True)
     first_declined = {**group, "participant": [{**first, "status": "declined"}, *group["participant"][1:]]}
     booking = booking_from_appointment(first_declined)
-    assert (booking.patient_id, booking.other_patients) == ("pat-000002", ["pat-000004"])
-    all_declined = {**appointment, "participant": [{**p, "status": "declined"} for p in group["participant"]]}
-    booking = booking_from_appointment(all_declined)
-    assert (booking.patient_id, booking.other_patients, booking.shared) == (first["actor"]["reference"][8:], [],
-                                                                           False), "a cancelled one stays theirs"
+    assert (booking.patient_id, booking.other_patients, booking.declined_patients) == (
+        "pat-000002", ["pat-000004", "pat-000005"], [theirs, "pat-000003"])
+    cancelled = {**group, "status": "cancelled",
+                 "participant": [{**p, "status": "declined"} for p in group["participant"]]}
+    booking = booking_from_appointment(cancelled)
+    assert (booking.patient_id, booking.other_patients, booking.declined_patients, booking.shared) == (
+        theirs, [], ["pat-000002", "pat-000003", "pat-000004", "pat-000005"], True), "still in each one's record"
+    alone = {**appointment, "participant": [{**p, "status": "declined"} for p in appointment["participant"]]}
+    booking = booking_from_appointment(alone)
+    assert (booking.patient_id, booking.other_patients, booking.declined_patients, booking.shared) == (
+        theirs, [], [], False)

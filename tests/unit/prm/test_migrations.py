@@ -200,7 +200,8 @@ def test_0017_keeps_stored_bookings_as_one_patients_and_asks_loaded_booking_stre
         booking = session.exec(select(Booking)).one()
         asked = {(s.resource_type, s.phase): s.reload_asked for s in session.exec(select(SyncStream))}
     database.dispose()
-    assert (booking.patient_id, booking.other_patients, booking.shared) == ("pat-1", [], False)
+    assert (booking.patient_id, booking.other_patients, booking.declined_patients, booking.shared) == (
+        "pat-1", [], [], False)
     assert asked == {("Appointment", "incremental"): 1, ("Encounter", "incremental"): 0,
                      ("Appointment", "initial"): 0}
 

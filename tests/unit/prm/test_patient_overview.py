@@ -194,20 +194,22 @@ def test_the_overview_is_as_fresh_as_its_three_streams(database: Database, setti
 def test_a_group_session_she_is_booked_on_shows_whoever_is_named_first(database: Database,
                                                                        settings: Settings) -> None:
     """Her clinic's group sessions name another patient first: the one tomorrow is her next booking, one she
-    missed counts, one later today whose place she declined does not; the other patient sees each of them."""
+    missed counts, one later today whose place she declined does not; the other patient sees each of them. One
+    naming first a duplicate record of hers (merged into hers) counts once."""
     appointments = of_patient("Appointment")
     template = copy.deepcopy(appointments[-1])
     own = [p for p in template["participant"] if not p["actor"]["reference"].startswith("Patient/")]
 
-    def session_of(fhir_id: str, status: str, day: str, hers: str) -> dict[str, Any]:
+    def session_of(fhir_id: str, status: str, day: str, hers: str, first: str = "pat-000275") -> dict[str, Any]:
         return {**template, "id": fhir_id, "status": status, "start": f"{day}T09:00:00-05:00",
                 "end": f"{day}T10:00:00-05:00", "participant": [
-                    {"actor": {"reference": "Patient/pat-000275"}, "status": "accepted"},
+                    {"actor": {"reference": f"Patient/{first}"}, "status": "accepted"},
                     {"actor": {"reference": f"Patient/{PATIENT}"}, "status": hers}, *own]}
 
     group = [session_of("appt-group-tomorrow", "booked", "2026-11-21", "accepted"),
              session_of("appt-group-missed", "noshow", "2026-10-05", "accepted"),
-             session_of("appt-group-declined", "booked", "2026-11-20", "declined")]
+             session_of("appt-group-declined", "booked", "2026-11-20", "declined"),
+             session_of("appt-both-records", "noshow", "2026-09-01", "accepted", first="pat-dup")]
     alone = stored(database, settings, of_patient("Encounter"), appointments, of_patient("Patient"))
     with database.session() as session:
         before = overview(session, alone, PATIENT, NOW)
@@ -215,14 +217,17 @@ def test_a_group_session_she_is_booked_on_shows_whoever_is_named_first(database:
         with_group = snapshots.upsert_page(session, alone.id or 0, "Appointment",
                                            [booking_from_appointment(a) for a in group])
         other = {**of_patient("Patient")[0], "id": "pat-000275"}
-        snapshots.upsert_page(session, alone.id or 0, "Patient", [patient_record_from_patient(other)])
-    assert with_group == 3
+        duplicate = {**of_patient("Patient")[0], "id": "pat-dup", "link": [
+            {"other": {"reference": f"Patient/{PATIENT}"}, "type": "replaced-by"}]}
+        snapshots.upsert_page(session, alone.id or 0, "Patient", [patient_record_from_patient(p)
+                                                                  for p in (other, duplicate)])
+    assert with_group == 4
     with database.session() as session:
         seen = overview(session, alone, PATIENT, NOW)
         theirs = overview(session, alone, "pat-000275", NOW)
     assert before is not None and before.next_booking is not None
     assert before.next_booking.at > datetime.fromisoformat("2026-11-21T09:00:00-05:00"), "tomorrow's comes first"
     assert seen is not None and seen.next_booking is not None and seen.next_booking.fhir_id == "appt-group-tomorrow"
-    assert seen.missed_past_year == before.missed_past_year + 1
+    assert seen.missed_past_year == before.missed_past_year + 2, "a session naming both her records counts once"
     assert theirs is not None and theirs.next_booking is not None
     assert (theirs.next_booking.fhir_id, theirs.missed_past_year) == ("appt-group-declined", 1)

@@ -23,10 +23,12 @@ from prm.models import AuditRecord
 from prm.snapshot_erase import erase_patients, erase_snapshot
 from prm.snapshot_models import QuarantinedResource, StreamPatient, SyncStream
 from prm.snapshot_rows import TABLES
+from workers.sync_population import claimed_patients
 
 DATA = Path(__file__).resolve().parents[3] / "ehr_sandbox" / "data" / "sandbox"
 T0 = datetime(2026, 11, 20, 12, tzinfo=UTC)
 IT = audit.Actor(kind="admin", name="it", role="it_admin")
+STAYING = frozenset({"pat-000003"})  # the population once pat-000002 has left
 
 
 def first(resource_type: str, n: int) -> list[dict]:  # type: ignore[type-arg]
@@ -141,12 +143,6 @@ def visits_of(patient_id: str) -> list[dict]:  # type: ignore[type-arg]
     return [e for e in found if e["subject"]["reference"] == f"Patient/{patient_id}"]
 
 
-def claimed(resource_type: str, resource: dict) -> str | None:  # type: ignore[type-arg]
-    """The patient a quarantined test Encounter names (the worker passes fhir_mappings' full rule)."""
-    reference = (resource.get("subject") or {}).get("reference", "")
-    return reference.removeprefix("Patient/") or None
-
-
 def with_a_leaver(database: Database, settings: Settings) -> tuple[int, SyncStream]:
     """The synced connection, plus pat-000002's visits and a quarantined visit of theirs and one of pat-000003."""
     cid = synced_connection(database, settings, "grouped")
@@ -168,8 +164,8 @@ def test_erasing_a_patient_takes_their_records_and_only_theirs(database: Databas
     with database.session() as session:
         before = counts(session, cid)
         assert leases.acquire(session, streams.lease_name(patient_stream), "the-worker", settings.clock(), 120)
-        erased = erase_patients(session, settings.clock, IT, cid, ["pat-000002", "pat-000002"], claimed,
-                                caller_stream_id=patient_stream.id)
+        erased = erase_patients(session, settings.clock, IT, cid, ["pat-000002", "pat-000002"], claimed_patients,
+                                keeping=STAYING, caller_stream_id=patient_stream.id)
     assert (erased.rows["Patient"], erased.rows["Encounter"], erased.quarantined) == (1, their_visits, 1)
     with database.session() as session:
         assert before["stream patients"] == 2, "the Encounter stream's note and the Task stream's"
@@ -183,15 +179,15 @@ def test_erasing_a_patient_takes_their_records_and_only_theirs(database: Databas
         assert (record.count, record.detail) == (erased.total, f"1 patient(s): {erased.words()}")
         assert not leases.acquire(session, streams.lease_name(patient_stream), "another", settings.clock(), 60), \
             "the caller's own lease is the caller's to release"
-        again = erase_patients(session, settings.clock, IT, cid, ["pat-000002"], claimed,
-                               caller_stream_id=patient_stream.id)
+        again = erase_patients(session, settings.clock, IT, cid, ["pat-000002"], claimed_patients,
+                               keeping=STAYING, caller_stream_id=patient_stream.id)
     assert again.total == 0, "erasing twice erases nothing"
 
 
-def test_a_group_session_goes_with_the_last_patient_booked_on_it_who_is_held(database: Database,
-                                                                             settings: Settings) -> None:
-    """pat-000002 leaves. Their own booking goes; group sessions they share with pat-000003, who stays, stay
-    (whoever is named first); one shared only with a patient the copy does not hold goes."""
+def test_a_group_session_stays_while_a_patient_booked_on_it_stays(database: Database, settings: Settings) -> None:
+    """pat-000002 leaves; pat-000003 and pat-000050 (a member the copy holds no record of yet) stay. pat-000002's
+    own booking goes; group sessions shared with one who stays stay, whoever is named first, as does a refused
+    one; one shared only with a non-member goes, and so does one of two non-members, though nobody is erased."""
     cid, patient_stream = with_a_leaver(database, settings)
     with (DATA / "Appointment.ndjson").open() as lines:
         own = next(a for a in map(json.loads, lines) if a["participant"][0]["actor"]["reference"] ==
@@ -203,18 +199,28 @@ def test_a_group_session_goes_with_the_last_patient_booked_on_it_who_is_held(dat
             *({"actor": {"reference": f"Patient/{p}"}, "status": "accepted"} for p in patients), *others]}
 
     appointments = [own, group("appt-g1", "pat-000002", "pat-000003"), group("appt-g2", "pat-000003", "pat-000002"),
-                    group("appt-g3", "pat-000002", "pat-000099")]
+                    group("appt-g3", "pat-000002", "pat-000099"), group("appt-g4", "pat-000002", "pat-000050")]
     with database.session() as session:
         snapshots.upsert_page(session, cid, "Appointment", [booking_from_appointment(a) for a in appointments])
-        erased = erase_patients(session, settings.clock, IT, cid, ["pat-000002"], claimed,
-                                caller_stream_id=patient_stream.id)
-    assert erased.rows["Appointment"] == 2
+        for refused in (group("bad-g1", "pat-000002", "pat-000003"), group("bad-g3", "pat-000002", "pat-000099")):
+            streams.quarantine(session, settings.clock, cid, "Appointment", {**refused, "status": "x"}, "status")
+        erased = erase_patients(session, settings.clock, IT, cid, ["pat-000002"], claimed_patients,
+                                keeping=STAYING | {"pat-000050"}, caller_stream_id=patient_stream.id)
+    assert (erased.rows["Appointment"], erased.quarantined) == (2, 2), "own and g3; bad-g3 and bad-0 (a visit)"
     with database.session() as session:
-        assert snapshots.live_ids(session, cid, "Appointment") == {"appt-g1", "appt-g2"}
+        assert snapshots.live_ids(session, cid, "Appointment") == {"appt-g1", "appt-g2", "appt-g4"}
+        assert {q.fhir_id for q in session.exec(select(QuarantinedResource))} == {"bad", "bad-1", "bad-g1"}
         assert "pat-000002" not in snapshots.patients_named(session, cid), \
             "named first on a group session kept for another: not a leaver again next run"
-        again = erase_patients(session, settings.clock, IT, cid, ["pat-000003"], claimed)
-    assert again.rows["Appointment"] == 2
+        snapshots.upsert_page(session, cid, "Appointment",
+                              [booking_from_appointment(group("appt-g5", "pat-000098", "pat-000099"))])
+        orphans = erase_patients(session, settings.clock, IT, cid, [], claimed_patients, keeping=STAYING)
+    assert orphans.rows["Appointment"] == 2, "g4 (pat-000050 no longer kept) and g5: nobody's"
+    with database.session() as session:
+        assert snapshots.live_ids(session, cid, "Appointment") == {"appt-g1", "appt-g2"}
+        nothing = erase_patients(session, settings.clock, IT, cid, [], claimed_patients, keeping=STAYING)
+        last = erase_patients(session, settings.clock, IT, cid, ["pat-000003"], claimed_patients, keeping=set())
+    assert (nothing.total, last.rows["Appointment"]) == (0, 2)
     with database.session() as session:
         assert snapshots.live_ids(session, cid, "Appointment") == set()
 
@@ -230,7 +236,7 @@ def test_a_worker_syncing_a_patients_type_postpones_their_erasure(database: Data
         assert leases.acquire(session, streams.lease_name(syncing), "worker-2", settings.clock(), 120)
     with pytest.raises(ValidationError, match=f"a worker is syncing grouped's {busy} now"), \
             database.session() as session:
-        erase_patients(session, settings.clock, IT, cid, ["pat-000002"], claimed)
+        erase_patients(session, settings.clock, IT, cid, ["pat-000002"], claimed_patients, keeping=STAYING)
     with database.session() as session:
         assert counts(session, cid) == before
         assert not session.exec(select(AuditRecord).where(AuditRecord.action == "sync.erase_patients")).all()

@@ -13,7 +13,7 @@ from prm.crypto import SecretBox
 from prm.db import Database
 from prm.snapshot_models import PatientRecordCreate
 from workers.page_prep import PreparedPage, Target, prepare_lines
-from workers.sync_population import claimed_patient, keep_members, keep_to_population, population_keeps
+from workers.sync_population import claimed_patients, keep_members, keep_to_population, population_keeps
 
 DATA = Path(__file__).resolve().parents[3] / "ehr_sandbox" / "data" / "sandbox"
 
@@ -68,8 +68,8 @@ def test_a_refused_resource_is_kept_for_it_only_where_its_patient_is_held_or_can
     assert [row["fhir_id"] for row in page.rows] == ["e1"]
     assert [payload["id"] for payload, _ in page.bad] == ["b1", "b3"]
     appointment = {"participant": [{"actor": {"reference": "Practitioner/p"}}, {"actor": {"reference": "Patient/q"}}]}
-    assert (claimed_patient("Appointment", appointment), claimed_patient("RelatedPerson", {"patient": 7}),
-            claimed_patient("Patient", {"id": "p1"})) == ("q", None, "p1")
+    assert (claimed_patients("Appointment", appointment), claimed_patients("RelatedPerson", {"patient": 7}),
+            claimed_patients("Patient", {"id": "p1"})) == (["q"], [], ["p1"])
 
 
 def test_a_system_exports_page_keeps_the_group_members_rows_encoded_for_either_database() -> None:
@@ -96,10 +96,12 @@ def test_a_system_exports_page_keeps_the_group_members_rows_encoded_for_either_d
 def test_a_refused_resource_names_its_patient_by_any_literal_reference() -> None:
     for reference in ("Patient/pat-000002", "https://ehr.example/fhir/Patient/pat-000002",
                       "Patient/pat-000002/_history/3"):
-        assert claimed_patient("Encounter", {"subject": {"reference": reference}}) == "pat-000002", reference
-    assert claimed_patient("Encounter", {"subject": {"reference": 7}}) is None
-    assert claimed_patient("Appointment", {"participant": [{"actor": {"reference": "Practitioner/x"}},
-                                                           {"actor": {"reference": "Patient/p-9"}}]}) == "p-9"
+        assert claimed_patients("Encounter", {"subject": {"reference": reference}}) == ["pat-000002"], reference
+    assert claimed_patients("Encounter", {"subject": {"reference": 7}}) == []
+    assert claimed_patients("Appointment", {"participant": [
+        {"actor": {"reference": "Practitioner/x"}}, {"actor": {"reference": "Patient/p-9"}},
+        {"actor": {"reference": "Patient/p-8"}, "status": "declined"}, {"actor": {"reference": "Patient/p-9"}}]}) == [
+        "p-9", "p-8"], "every patient a group session names, once"
 
 
 def test_a_system_exports_patient_page_keeps_the_members_by_their_own_id() -> None:
@@ -131,6 +133,32 @@ def test_a_group_session_is_kept_for_any_member_booked_on_it_mapped_or_encoded(d
         assert sorted(row[at] for row in page.encoded.rows) == ["appt-group-1", "appt-group-2"], dialect
     cid, _ = holding_the_first_patient(database, settings)
     mapped = prepare_lines("Appointment", lines_read)
+    refused = {**group[1], "id": "bad-group", "status": "nonsense"}
+    mapped.bad = [(refused, "status"), ({**outsider, "id": "bad-outsider", "status": "nonsense"}, "status")]
     with database.session() as session:
         keep_to_population(session, cid, "Appointment", mapped)
     assert [row["fhir_id"] for row in mapped.rows] == ["appt-group-1", "appt-group-2"]
+    assert [payload["id"] for payload, _ in mapped.bad] == ["bad-group"], "a member is booked on it, named second"
+
+
+def test_a_row_the_snapshot_holds_takes_its_new_version_whoever_it_names_now(database: Database,
+                                                                             settings: Settings) -> None:
+    """The EHR moves a member's visit, filed under the wrong patient, to a non-member's record: the new version
+    still replaces the one held (else the member's sidebar would keep showing a visit that is not theirs), and
+    the Patient run erases it then (workers.sync_leavers). A new visit of the non-member's is still dropped."""
+    cid, held = holding_the_first_patient(database, settings)
+    with (DATA / "Encounter.ndjson").open() as lines:
+        encounters = [json.loads(line) for line in lines]
+    theirs = next(e for e in encounters if e["subject"]["reference"] == f"Patient/{held.fhir_id}")
+    outsiders = next(e for e in encounters if e["subject"]["reference"] == "Patient/pat-000002")
+    with database.session() as session:
+        snapshots.upsert_page(session, cid, "Encounter", prepare_lines("Encounter", [(1, json.dumps(
+            theirs).encode())]).rows)
+    moved = {**theirs, "meta": {"lastUpdated": "2026-11-25T10:00:00Z"}, "subject": outsiders["subject"]}
+    page = prepare_lines("Encounter", [(1, json.dumps(moved).encode()), (2, json.dumps(outsiders).encode())])
+    with database.session() as session:
+        keep_to_population(session, cid, "Encounter", page)
+        snapshots.upsert_page(session, cid, "Encounter", page.rows)
+    assert [(row["fhir_id"], row["patient_id"]) for row in page.rows] == [(theirs["id"], "pat-000002")]
+    with database.session() as session:
+        assert snapshots.patients_named(session, cid) == {held.fhir_id, "pat-000002"}, "the next Patient run's leaver"
