@@ -14,7 +14,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import event, text
+from sqlalchemy import cast, event, exists, func, literal, text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.types import DateTime, TypeDecorator
@@ -194,6 +196,15 @@ def _insert_ignoring(session: Session, table: Any, conflict: list[str] | None) -
 
 
 IDS_PER_STATEMENT = 500  # values in one `IN (...)`: far below PostgreSQL's limit (65,535) and SQLite's (by build)
+
+
+def json_list_has_any(session: Session, column: Any, values: Sequence[str]) -> Any:
+    """A condition: the JSON list of strings in `column` holds one of `values`, evaluated by the database
+    (PostgreSQL's jsonb `?|`; SQLite's json_each), so a query can order, limit and count by it."""
+    if session.get_bind().dialect.name == "postgresql":
+        return cast(column, JSONB).has_any(postgresql.array(list(values)))
+    items = func.json_each(column).table_valued("value")
+    return exists(select(literal(1)).select_from(items).where(items.c.value.in_(list(values))))
 
 
 def in_chunks(ids: Sequence[str]) -> Iterator[list[str]]:

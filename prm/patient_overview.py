@@ -19,6 +19,7 @@ from typing import TypeVar
 from sqlmodel import Session, col, func, select
 
 from prm import clinic_zones
+from prm.db import json_list_has_any
 from prm.models import Connection
 from prm.patients import PatientHeader
 from prm.snapshot_models import Booking, PatientRecord, QuarantinedResource, Site, SyncStream, Visit
@@ -66,11 +67,7 @@ def overview(session: Session, connection: Connection, patient_id: str, now: dat
     year_ago = now - MISSED_WINDOW
     last_visit = _first(session, Visit, connection, ids, col(Visit.status).in_(CAME), col(Visit.start_at) <= now,
                         newest=True)
-    ahead = (col(Booking.status).in_(AHEAD), col(Booking.start_at) > now)
-    next_booking = min(
-        [b for b in [_first(session, Booking, connection, ids, *ahead, newest=False)] if b is not None]
-        + _shared_with(session, connection, ids, *ahead), key=lambda b: (b.start_at or now, b.fhir_id), default=None)
-    missed = (col(Booking.status) == MISSED, col(Booking.start_at) > year_ago, col(Booking.start_at) <= now)
+    next_booking = _next_booking(session, connection, ids, now)
     return PatientOverview(
         header=PatientHeader(fhir_id=record.fhir_id, display_name=record.display_name, birth_date=record.birth_date,
                              gender=record.gender, deceased=record.deceased),
@@ -81,8 +78,7 @@ def overview(session: Session, connection: Connection, patient_id: str, now: dat
         next_booking=_occasion(session, connection, next_booking),
         visits_past_year=_count(session, Visit, connection, ids, col(Visit.status).in_(CAME),
                                 col(Visit.start_at) > year_ago, col(Visit.start_at) <= now),
-        missed_past_year=_count(session, Booking, connection, ids, *missed)
-        + len(_shared_with(session, connection, ids, *missed)),
+        missed_past_year=_missed(session, connection, ids, now),
     )
 
 
@@ -117,35 +113,45 @@ def _same_person(session: Session, connection: Connection, record: PatientRecord
     return list(dict.fromkeys([*ids, *merged_in]))
 
 
-def _of_person(model: type[Dated], connection: Connection, patient_ids: Iterable[str]) -> list[object]:
-    """The live rows of the connection under any of the person's records."""
-    return [col(model.connection_id) == connection.id, col(model.patient_id).in_(list(patient_ids)),
-            col(model.deleted).is_(False)]
+def _of_person(session: Session, model: type[Dated], connection: Connection, patient_ids: Iterable[str],
+               shared: bool = False) -> list[object]:
+    """The live rows of the connection under any of the person's records, by the patient index; with `shared`,
+    the shared bookings (a group session, a family's appointment) one of them is booked on but not first, by
+    the shared rows' own index: two indexed queries, where one with an OR between them could scan the lot."""
+    ids = list(patient_ids)
+    live: list[object] = [col(model.connection_id) == connection.id, col(model.deleted).is_(False)]
+    if not shared:
+        return [*live, col(model.patient_id).in_(ids)]
+    return [*live, col(Booking.shared).is_(True), col(Booking.patient_id).not_in(ids),
+            json_list_has_any(session, Booking.other_patients, ids)]
 
 
 def _first(session: Session, model: type[Dated], connection: Connection, patient_ids: Iterable[str],
-           *conditions: object, newest: bool) -> Dated | None:
+           *conditions: object, newest: bool, shared: bool = False) -> Dated | None:
     start = col(model.start_at)
-    query = select(model).where(*_of_person(model, connection, patient_ids), *conditions)  # type: ignore[arg-type]
+    person = _of_person(session, model, connection, patient_ids, shared)
+    query = select(model).where(*person, *conditions)  # type: ignore[arg-type]
     return session.exec(query.order_by(start.desc() if newest else start.asc(), col(model.fhir_id)).limit(1)).first()
 
 
 def _count(session: Session, model: type[Dated], connection: Connection, patient_ids: Iterable[str],
-           *conditions: object) -> int:
+           *conditions: object, shared: bool = False) -> int:
     query = select(func.count()).select_from(model).where(
-        *_of_person(model, connection, patient_ids), *conditions)  # type: ignore[arg-type]
+        *_of_person(session, model, connection, patient_ids, shared), *conditions)  # type: ignore[arg-type]
     return int(session.exec(query).one())
 
 
-def _shared_with(session: Session, connection: Connection, patient_ids: list[str],
-                 *conditions: object) -> list[Booking]:
-    """Live shared bookings (a group session, a family's appointment) meeting the conditions on which the person
-    is booked but not as the first patient: those `_first` and `_count` do not find by the patient index."""
-    rows = session.exec(select(Booking).where(
-        col(Booking.connection_id) == connection.id, col(Booking.shared).is_(True),
-        col(Booking.deleted).is_(False), *conditions))  # type: ignore[arg-type]
-    person = set(patient_ids)
-    return [row for row in rows if row.patient_id not in person and not person.isdisjoint(row.other_patients)]
+def _next_booking(session: Session, connection: Connection, patient_ids: list[str], now: datetime) -> Booking | None:
+    ahead = (col(Booking.status).in_(AHEAD), col(Booking.start_at) > now)
+    found = [_first(session, Booking, connection, patient_ids, *ahead, newest=False, shared=shared)
+             for shared in (False, True)]
+    return min((b for b in found if b is not None), key=lambda b: (b.start_at or now, b.fhir_id), default=None)
+
+
+def _missed(session: Session, connection: Connection, patient_ids: list[str], now: datetime) -> int:
+    missed = (col(Booking.status) == MISSED, col(Booking.start_at) > now - MISSED_WINDOW,
+              col(Booking.start_at) <= now)
+    return sum(_count(session, Booking, connection, patient_ids, *missed, shared=shared) for shared in (False, True))
 
 
 def _as_of(session: Session, connection: Connection) -> datetime | None:

@@ -10,7 +10,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import delete, func, update
 from sqlmodel import Session, SQLModel, col, select
 
 from prm.db import in_chunks
@@ -54,6 +54,19 @@ def mark_deleted(session: Session, connection_id: int, resource_type: str, fhir_
         result = session.execute(update(table).where(*conditions).values(deleted=True, **emptied))
         marked += int(result.rowcount or 0)  # type: ignore[attr-defined]
     return marked
+
+
+def remove(session: Session, connection_id: int, resource_type: str, fhir_ids: Sequence[str]) -> int:
+    """Delete these rows outright, not tombstoned: rows no longer the PRM's to hold (their record left the
+    population a connection is kept to), which the EHR still has and may bring back if they return to it."""
+    table = TABLES[resource_type]
+    removed = 0
+    for chunk in in_chunks(fhir_ids):
+        conditions = [col(table.connection_id) == connection_id, col(table.fhir_id).in_(chunk)]  # type: ignore[attr-defined]
+        if table is WrittenResource:
+            conditions.append(col(WrittenResource.resource_type) == resource_type)
+        removed += int(session.execute(delete(table).where(*conditions)).rowcount or 0)  # type: ignore[attr-defined]
+    return removed
 
 
 def merge_survivors(session: Session, connection_id: int) -> set[str]:

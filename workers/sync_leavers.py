@@ -52,20 +52,23 @@ def drop_leavers(ctx: WorkerContext, access: EhrAccess, connection: Connection, 
         log.warning("connection %s: %s; no patient removed", connection.name, why)
         return
     actor = audit.Actor("system", access.client_name, connection_id=connection_id)
+    with ctx.db.session() as session:
+        population = population_of(set(roster.patients), snapshots.merge_links(session, connection_id))
+        leavers = snapshots.patients_named(session, connection_id) - population
+        if not leavers and not snapshots.shared_bookings_outside(session, connection_id, population):
+            return
+    # Shared bookings naming nobody in the Group go with the leavers; with none, they are said as such.
+    who = (f"{len(leavers)} patient(s) who left Group/{group}" if leavers
+           else f"shared bookings naming nobody in Group/{group}")
     try:
         with ctx.db.session() as session:
-            population = population_of(set(roster.patients), snapshots.merge_links(session, connection_id))
-            leavers = snapshots.patients_named(session, connection_id) - population
-            if not leavers and not snapshots.shared_bookings_outside(session, connection_id, population):
-                return
             if not lease.take_in(session):
                 raise LeaseLost(lease.name)
             erased = erase_patients(session, ctx.settings.clock, actor, connection_id, leavers, claimed_patients,
                                     keeping=population, caller_stream_id=stream_id)
     except ValidationError as busy:  # nothing erased: the next Patient run tries again
-        run.notes.append(f"{len(leavers)} patient(s) who left Group/{group} stay until a later run: {busy}")
-        log.info("connection %s: leavers of Group/%s wait: %s", connection.name, group, busy)
+        run.notes.append(f"{who} stay until a later run: {busy}")
+        log.info("connection %s: %s wait: %s", connection.name, who, busy)
         return
-    run.notes.append(f"{len(leavers)} patient(s) who left Group/{group} removed ({erased.words()})")
-    log.info("connection %s: %d patient(s) who left Group/%s removed (%s)", connection.name, len(leavers), group,
-             erased.words())
+    run.notes.append(f"{who} removed ({erased.words()})")
+    log.info("connection %s: %s removed (%s)", connection.name, who, erased.words())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from sqlmodel import Session
@@ -31,14 +32,29 @@ Row = dict[str, Any]
 
 
 def keep_to_population(session: Session, connection_id: int, resource_type: str, page: PreparedPage) -> None:
-    """Drop from the page the rows, and the refused resources, of patients outside the population."""
-    claims = [(payload, error, claimed_patients(resource_type, payload)) for payload, error in page.bad]
+    """Drop from the page the rows, and the refused resources, of patients outside the population.
+
+    A row the snapshot holds whose new version names nobody in it (a visit moved to another patient's record,
+    a group session every member left) leaves the snapshot with this page: kept, it would go on showing what
+    the EHR no longer says, as nothing reads it again. A refused new version of a held row stays for IT's
+    quarantine, whoever it names."""
     keeps = population_keeps(session, connection_id, resource_type, page.rows)
+    ids = {str(row["fhir_id"]) for row in page.rows if row.get("fhir_id")}
+    ids |= {payload["id"] for payload, _ in page.bad if isinstance(payload.get("id"), str)}
+    stored = snapshots.stamps_of(session, connection_id, resource_type, sorted(ids)) if ids else {}
+    leaving = [row["fhir_id"] for row in page.rows
+               if not keeps(row) and row.get("fhir_id") in stored and _not_older(row, stored[row["fhir_id"]])]
+    snapshots.remove(session, connection_id, resource_type, leaving)
     page.rows = [row for row in page.rows if keeps(row)]  # the cursor still moves past the rest
+    claims = [(payload, error, claimed_patients(resource_type, payload)) for payload, error in page.bad]
     if claims:
         held = population_held(session, connection_id, resource_type, {p for _, _, c in claims for p in c})
         page.bad = [(payload, error) for payload, error, claimed in claims
-                    if not claimed or not held.isdisjoint(claimed)]
+                    if not claimed or not held.isdisjoint(claimed) or payload.get("id") in stored]
+
+
+def _not_older(row: Row, stored: datetime | None) -> bool:
+    return stored is None or row.get("last_updated") is None or row["last_updated"] >= stored
 
 
 def keep_members(resource_type: str, page: PreparedPage, members: frozenset[str]) -> None:
@@ -70,16 +86,11 @@ def claimed_patients(resource_type: str, resource: Row) -> list[str]:
 
 def population_keeps(session: Session, connection_id: int, resource_type: str,
                      rows: list[Row]) -> Callable[[Row], bool]:
-    """Whether a mapped row of this page is kept: one of the population's (a Patient by its own id, a booking by
-    any patient it names, the others by their patient's; a row with no patient is nobody's record here), or
-    one the snapshot holds already, which takes its new version whoever it names now (a group session whose
-    member declined, a visit moved to another patient): the Patient run erases it where it is nobody's in the
-    population (workers.sync_leavers), where a row kept stale would show what the EHR no longer says."""
+    """Whether a mapped row of this page belongs to the population: a Patient by its own id, a booking by any
+    patient it names, the others by their patient's (a row with no patient is nobody's record here)."""
     held = population_held(session, connection_id, resource_type,
                            {patient for row in rows for patient in row_patients(resource_type, row)})
-    ids = sorted({str(row["fhir_id"]) for row in rows if row.get("fhir_id")})
-    stored = set(snapshots.stamps_of(session, connection_id, resource_type, ids)) if ids else set()
-    return lambda row: row.get("fhir_id") in stored or not held.isdisjoint(row_patients(resource_type, row))
+    return lambda row: not held.isdisjoint(row_patients(resource_type, row))
 
 
 def population_held(session: Session, connection_id: int, resource_type: str, patients: set[str]) -> set[str]:

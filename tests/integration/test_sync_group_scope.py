@@ -91,6 +91,11 @@ def test_without_any_export_searches_keep_to_the_group_and_read_each_member_once
         with fresh.ctx.db.session() as db:
             [row] = db.exec(select(Booking).where(Booking.fhir_id == "appt-group-session")).all()
         assert (row.other_patients, row.declined_patients) == ([], [members[3]]), "not on their sidebar"
+        visit = fresh.read("Encounter", next(i for i, _ in fresh.server("Encounter", [members[4]])))
+        fresh.put({**visit, "subject": {"reference": "Patient/pat-000070"}})  # refiled under a non-member
+        fresh.run_all(SYNCED)
+        assert visit["id"] not in {i for i, _ in fresh.snapshot("Encounter")}
+        in_step_with_the_group(fresh, members)
 
 
 def test_a_group_named_later_keeps_to_it_without_first_reading_the_others_whole(tmp_path: Path) -> None:

@@ -141,24 +141,29 @@ def test_a_group_session_is_kept_for_any_member_booked_on_it_mapped_or_encoded(d
     assert [payload["id"] for payload, _ in mapped.bad] == ["bad-group"], "a member is booked on it, named second"
 
 
-def test_a_row_the_snapshot_holds_takes_its_new_version_whoever_it_names_now(database: Database,
-                                                                             settings: Settings) -> None:
-    """The EHR moves a member's visit, filed under the wrong patient, to a non-member's record: the new version
-    still replaces the one held (else the member's sidebar would keep showing a visit that is not theirs), and
-    the Patient run erases it then (workers.sync_leavers). A new visit of the non-member's is still dropped."""
+def test_a_held_row_whose_new_version_names_nobody_in_the_population_leaves_with_its_page(
+        database: Database, settings: Settings) -> None:
+    """The EHR moves a member's visit, filed under the wrong patient, to a non-member's record, and takes the
+    patient off another (Encounter.subject is optional): both leave the snapshot with the page (kept, the
+    member's sidebar would go on showing visits not theirs); a refused new version of a third held visit stays
+    for IT's quarantine, though it names a non-member; a new visit of the non-member's is dropped."""
     cid, held = holding_the_first_patient(database, settings)
     with (DATA / "Encounter.ndjson").open() as lines:
         encounters = [json.loads(line) for line in lines]
-    theirs = next(e for e in encounters if e["subject"]["reference"] == f"Patient/{held.fhir_id}")
+    theirs = [e for e in encounters if e["subject"]["reference"] == f"Patient/{held.fhir_id}"][:3]
     outsiders = next(e for e in encounters if e["subject"]["reference"] == "Patient/pat-000002")
     with database.session() as session:
-        snapshots.upsert_page(session, cid, "Encounter", prepare_lines("Encounter", [(1, json.dumps(
-            theirs).encode())]).rows)
-    moved = {**theirs, "meta": {"lastUpdated": "2026-11-25T10:00:00Z"}, "subject": outsiders["subject"]}
-    page = prepare_lines("Encounter", [(1, json.dumps(moved).encode()), (2, json.dumps(outsiders).encode())])
+        snapshots.upsert_page(session, cid, "Encounter", prepare_lines("Encounter", [
+            (n, json.dumps(e).encode()) for n, e in enumerate(theirs, 1)]).rows)
+    later = {"lastUpdated": "2026-11-25T10:00:00Z"}
+    moved = {**theirs[0], "meta": later, "subject": outsiders["subject"]}
+    nobodys = {key: value for key, value in {**theirs[1], "meta": later}.items() if key != "subject"}
+    page = prepare_lines("Encounter", [(n, json.dumps(e).encode()) for n, e in enumerate(
+        [moved, nobodys, outsiders], 1)])
+    page.bad = [({**theirs[2], "meta": later, "subject": outsiders["subject"], "status": "nonsense"}, "status")]
     with database.session() as session:
         keep_to_population(session, cid, "Encounter", page)
-        snapshots.upsert_page(session, cid, "Encounter", page.rows)
-    assert [(row["fhir_id"], row["patient_id"]) for row in page.rows] == [(theirs["id"], "pat-000002")]
+    assert (page.rows, [payload["id"] for payload, _ in page.bad]) == ([], [theirs[2]["id"]])
     with database.session() as session:
-        assert snapshots.patients_named(session, cid) == {held.fhir_id, "pat-000002"}, "the next Patient run's leaver"
+        assert snapshots.live_ids(session, cid, "Encounter") == {theirs[2]["id"]}
+        assert snapshots.patients_named(session, cid) == {held.fhir_id}, "nobody to erase at the Patient run"
