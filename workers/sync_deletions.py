@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fhir_mappings.written import IDENTIFIER_SYSTEM, WRITTEN_TYPES, is_ours
 from prm import snapshots, streams
@@ -51,6 +51,7 @@ def find_deletions(ctx: WorkerContext, access: EhrAccess, stream_id: int, mark_b
     """
     marks: dict[str, datetime | None]
     gone: list[str] | None
+    refreshed: list[dict[str, Any]] = []
     if history_deleted is not None and mark_before_run is not None:  # the history said it all: no row to read
         gone, marks = history_deleted, {"history_mark": mark_before_run}
     else:
@@ -61,18 +62,20 @@ def find_deletions(ctx: WorkerContext, access: EhrAccess, stream_id: int, mark_b
         if gone is None:
             if listed is None and stream.reconciled_at is not None and now - stream.reconciled_at < RECONCILE_EVERY:
                 return 0, {}  # no _history here: ids are compared every RECONCILE_EVERY, not every run
-            gone = _reconcile(ctx, access, stream, patient_scoped, lease, listed)
+            gone, refreshed = _reconcile(ctx, access, stream, patient_scoped, lease, listed)
             marks["reconciled_at"] = now
-    if not gone:
+    if not gone and not refreshed:
         return 0, marks
-    result = commit_page(ctx, stream_id, [], deleted_ids=gone, move_cursor=False, client=access.client_name)
+    result = commit_page(ctx, stream_id, refreshed, deleted_ids=gone, move_cursor=False, client=access.client_name,
+                         read_by_id=True)
     return result.deleted, marks
 
 
 def _reconcile(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, patient_scoped: bool, lease: StreamLease,
-               listed: set[str] | None) -> list[str]:
+               listed: set[str] | None) -> tuple[list[str], list[dict[str, Any]]]:
     """The snapshot's live ids the EHR no longer has: missing from its listing, and not found when asked. Ids
-    still in quarantine are compared too (they never reached the snapshot): one the EHR deleted is resolved."""
+    still in quarantine are compared too (they never reached the snapshot): one the EHR deleted is resolved.
+    With them, what asking by id read of those it still has, to be stored (`_still_there`)."""
     params = [("identifier", f"{IDENTIFIER_SYSTEM}|")] if stream.resource_type in WRITTEN_TYPES else []
     if listed is not None:
         on_server = listed
@@ -85,24 +88,28 @@ def _reconcile(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, patien
         if stream.quarantined:
             known |= streams.open_quarantined_ids(session, stream.connection_id, stream.resource_type)
         missing = sorted(known - on_server)
-    still_there = _still_there(access, stream.resource_type, missing, params, lease,
-                               by_read=patient_scoped and stream.resource_type != "Patient")
+    still_there, read = _still_there(access, stream.resource_type, missing, params, lease,
+                                     by_read=patient_scoped and stream.resource_type != "Patient")
     if still_there:
-        log.info("stream %s: %d id(s) missing from the listing are still on the EHR (it shifted while it paged)",
-                 stream.id, len(still_there))
-    return [fhir_id for fhir_id in missing if fhir_id not in still_there]
+        log.info("stream %s: %d id(s) missing from the listing are still on the EHR (it shifted while it paged, "
+                 "or the resource now names another patient)", stream.id, len(still_there))
+    return [fhir_id for fhir_id in missing if fhir_id not in still_there], read
 
 
 def _still_there(access: EhrAccess, resource_type: str, missing: list[str], params: list[tuple[str, str]],
-                 lease: StreamLease, by_read: bool) -> set[str]:
+                 lease: StreamLease, by_read: bool) -> tuple[set[str], list[dict[str, Any]]]:
     """Of the ids a listing missed, those the EHR still has (with our identifier, for the types we write).
-    `_id` searches in batches; one read per id where the EHR allows patient-scoped searches only."""
+    `_id` searches in batches; one read per id where the EHR allows patient-scoped searches only, which also
+    returns what it read: a per-patient listing misses a resource that now names another patient (a visit
+    refiled), and its current version is what the snapshot must keep, or, outside a Group's population,
+    drop (workers.sync_population), not the old one under the old patient."""
     if not by_read:
         found: set[str] = set()
         for batch in batches(missing, ID_BATCH):
             found |= _all_ids(access, resource_type, [("_id", ",".join(batch)), *params], lease)
-        return found
-    alive = set()
+        return found, []
+    alive: set[str] = set()
+    read: list[dict[str, Any]] = []
     for fhir_id in missing:
         lease.keep()
         try:
@@ -113,7 +120,8 @@ def _still_there(access: EhrAccess, resource_type: str, missing: list[str], para
             raise
         if not params or is_ours(resource):
             alive.add(fhir_id)
-    return alive
+            read.append(resource)
+    return alive, read
 
 
 def _ids_patient_by_patient(ctx: WorkerContext, access: EhrAccess, stream: SyncStream,

@@ -17,7 +17,7 @@ from prm.snapshot_models import SyncStream
 from workers.page_prep import PreparedPage, prepare_page
 from workers.runtime import WorkerContext
 from workers.sync_population import keep_to_population
-from workers.sync_strategy import GROUP_EXPORTED, kept_to_group
+from workers.sync_strategy import GROUP_EXPORTED, group_population, kept_to_group
 from workers.writeback_status import follow_written
 
 log = logging.getLogger(__name__)
@@ -34,18 +34,21 @@ class PageResult:
 
 def commit_page(ctx: WorkerContext, stream_id: int, resources: list[dict[str, Any]], *,
                 deleted_ids: list[str] | None = None, move_cursor: bool = True, client: str = "sync",
-                then: Callable[[SyncStream], None] | None = None, of_population: bool = False) -> PageResult:
+                then: Callable[[SyncStream], None] | None = None, of_population: bool = False,
+                read_by_id: bool = False) -> PageResult:
     """Store one page in one transaction; the cursor only moves with the page it covers, and `then` marks
     the stream with what else the page settles (a re-read's place). An empty page with nothing to mark
     changes nothing, so it costs no transaction. A stream kept to a Group's patients stores only their rows
-    (workers.sync_population), unless the caller asked for the population's own records (`of_population`)."""
+    (workers.sync_population), unless the caller asked for the population's own records (`of_population`);
+    resources `read_by_id` are kept to a Group's population even on a stream read patient by patient, as
+    they may name anyone now (a visit refiled under another patient)."""
     if not resources and not deleted_ids and then is None:
         return PageResult()
     with ctx.db.session() as session:
         stream: SyncStream = streams.get(session, stream_id)
         seen = (lambda fhir_id, stamp: streams.already_seen(stream, fhir_id, stamp)) if move_cursor else None
         prepared = prepare_page(stream.resource_type, resources, seen)
-        if not of_population and (prepared.rows or prepared.bad) and _kept_to_group(session, stream):
+        if not of_population and (prepared.rows or prepared.bad) and _kept_to_group(session, stream, read_by_id):
             keep_to_population(session, stream.connection_id, stream.resource_type, prepared)
         result = _store(ctx, session, stream, prepared, deleted_ids or [], move_cursor, client)
         if then is not None:
@@ -69,11 +72,13 @@ def commit_prepared(ctx: WorkerContext, stream_id: int, prepared: PreparedPage, 
     return result
 
 
-def _kept_to_group(session: Session, stream: SyncStream) -> bool:
+def _kept_to_group(session: Session, stream: SyncStream, read_by_id: bool = False) -> bool:
     if stream.resource_type not in GROUP_EXPORTED:  # the usual case: no connection to read
         return False
     connection = session.get(Connection, stream.connection_id)
-    return connection is not None and kept_to_group(stream, connection)
+    if connection is None:
+        return False
+    return group_population(stream, connection) if read_by_id else kept_to_group(stream, connection)
 
 
 def _store(ctx: WorkerContext, session: Session, stream: SyncStream, prepared: PreparedPage, deleted_ids: list[str],

@@ -13,7 +13,7 @@ import requests
 from sqlmodel import select
 
 from prm.errors import PermanentEhrError
-from prm.snapshot_models import Booking
+from prm.snapshot_models import Booking, SyncStream
 from tests.integration.sync_env import SyncEnv, group_of, sync_env
 from workers.connection_check import check_connection
 from workers.sync_strategy import GROUP_EXPORTED
@@ -95,6 +95,28 @@ def test_without_any_export_searches_keep_to_the_group_and_read_each_member_once
         fresh.put({**visit, "subject": {"reference": "Patient/pat-000070"}})  # refiled under a non-member
         fresh.run_all(SYNCED)
         assert visit["id"] not in {i for i, _ in fresh.snapshot("Encounter")}
+        in_step_with_the_group(fresh, members)
+
+
+def test_a_visit_refiled_under_a_non_member_leaves_a_copy_read_patient_by_patient(tmp_path: Path) -> None:
+    """An EHR that lists records patient by patient: a member's visit refiled under a non-member is on no
+    listing of the member's any more. Asked by id at the id comparison, it is still there: its new version is
+    what the copy takes, and, naming nobody in the Group, the copy drops it, rather than keep the old one."""
+    with sync_env(tmp_path, profile="group-export-only", patients=70) as fresh:
+        members = grouped(fresh)
+        check_connection(fresh.ctx, fresh.connection_id)
+        fresh.run_all(SYNCED)  # the Group's export brings pat-000028 too (pat-000027's `seealso`) ...
+        fresh.run_all(SYNCED)  # ... a non-member, whom the next Patient run erases
+        in_step_with_the_group(fresh, members)
+        visit = fresh.read("Encounter", next(i for i, _ in fresh.server("Encounter", [members[4]])))
+        fresh.put({**visit, "subject": {"reference": "Patient/pat-000070"}})
+        with fresh.ctx.db.session() as db:  # no _history here: make the (6-hourly) id comparison due
+            for stream in db.exec(select(SyncStream)).all():
+                stream.reconciled_at = None
+                db.add(stream)
+        runs = fresh.run_all(SYNCED)
+        assert visit["id"] not in {i for i, _ in fresh.snapshot("Encounter")}
+        assert runs["Encounter"].deleted == 0, "not deleted at the EHR: refiled"
         in_step_with_the_group(fresh, members)
 
 
