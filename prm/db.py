@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import cast, event, exists, func, literal, text
+from sqlalchemy import cast, event, exists, false, func, literal, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect, Engine
@@ -201,6 +201,8 @@ IDS_PER_STATEMENT = 500  # values in one `IN (...)`: far below PostgreSQL's limi
 def json_list_has_any(session: Session, column: Any, values: Sequence[str]) -> Any:
     """A condition: the JSON list of strings in `column` holds one of `values`, evaluated by the database
     (PostgreSQL's jsonb `?|`; SQLite's json_each), so a query can order, limit and count by it."""
+    if not values:
+        return false()  # PostgreSQL cannot type an empty ARRAY[]; nothing is in an empty list anyway
     if session.get_bind().dialect.name == "postgresql":
         return cast(column, JSONB).has_any(postgresql.array(list(values)))
     items = func.json_each(column).table_valued("value")

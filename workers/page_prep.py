@@ -67,6 +67,7 @@ class PreparedPage:
     bad: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # (payload, error) to quarantine
     instants: list[tuple[str, datetime | None]] = field(default_factory=list)  # (id, lastUpdated) of each resource
     skipped: int = 0
+    left: int = 0  # held rows the page took out: their new version names nobody in the Group's population
 
 
 def last_updated(resource: dict[str, Any]) -> datetime | None:

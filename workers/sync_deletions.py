@@ -19,10 +19,12 @@ from prm import snapshots, streams
 from prm.errors import PermanentEhrError, TransientEhrError
 from prm.snapshot_models import SyncStream
 from workers.ehr_access import EhrAccess
+from workers.page_prep import last_updated
 from workers.patient_lists import list_failed, naming, patients_per_search
 from workers.runtime import WorkerContext
 from workers.stream_leases import StreamLease
 from workers.sync_pages import commit_page
+from workers.sync_run import EARLIEST
 
 log = logging.getLogger(__name__)
 RECONCILE_EVERY = timedelta(hours=6)
@@ -93,7 +95,19 @@ def _reconcile(ctx: WorkerContext, access: EhrAccess, stream: SyncStream, patien
     if still_there:
         log.info("stream %s: %d id(s) missing from the listing are still on the EHR (it shifted while it paged, "
                  "or the resource now names another patient)", stream.id, len(still_there))
-    return [fhir_id for fhir_id in missing if fhir_id not in still_there], read
+    return [fhir_id for fhir_id in missing if fhir_id not in still_there], _changed(ctx, stream, read)
+
+
+def _changed(ctx: WorkerContext, stream: SyncStream, read: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Of resources read by id, those newer than the snapshot's row, or with none (one in quarantine): an
+    unchanged one (a deleted patient's visit, listed under nobody) is not stored again every comparison."""
+    if not read:
+        return []
+    with ctx.db.session() as session:
+        held = snapshots.stamps_of(session, stream.connection_id, stream.resource_type,
+                                   sorted(str(r.get("id")) for r in read))
+    return [r for r in read if (stamp := held.get(str(r.get("id")), EARLIEST)) is None
+            or (at := last_updated(r)) is None or at > stamp]
 
 
 def _still_there(access: EhrAccess, resource_type: str, missing: list[str], params: list[tuple[str, str]],

@@ -29,6 +29,7 @@ class PageResult:
     quarantined: int = 0
     deleted: int = 0
     skipped: int = 0
+    left: int = 0  # held rows taken out as no longer the Group's population's (workers.sync_population)
     met_stored: bool = False  # expected as new rows, the page held one the snapshot had (so it was upserted)
 
 
@@ -83,7 +84,7 @@ def _kept_to_group(session: Session, stream: SyncStream, read_by_id: bool = Fals
 
 def _store(ctx: WorkerContext, session: Session, stream: SyncStream, prepared: PreparedPage, deleted_ids: list[str],
            move_cursor: bool, client: str, expect_new: bool = False) -> PageResult:
-    result = PageResult(skipped=prepared.skipped)
+    result = PageResult(skipped=prepared.skipped, left=prepared.left)
     if stream.quarantined:  # a stream that never quarantined anything has nothing to resolve: no query
         _resolve_quarantined(ctx, session, stream, prepared, deleted_ids)
     for payload, error in prepared.bad:
@@ -105,11 +106,13 @@ def _store(ctx: WorkerContext, session: Session, stream: SyncStream, prepared: P
     stream.resources_synced += result.stored
     stream.deleted_synced += result.deleted
     session.add(stream)
-    if result.stored or result.deleted or result.quarantined:
+    if result.stored or result.deleted or result.quarantined or result.left:
+        details = [f"quarantined {result.quarantined}"] * bool(result.quarantined) + [
+            f"left the Group's population {result.left}"] * bool(result.left)
         audit.record(session, ctx.settings.clock, audit.Actor("system", client, connection_id=stream.connection_id),
-                     "sync.page", entity=stream.resource_type, count=result.stored + result.deleted,
+                     "sync.page", entity=stream.resource_type, count=result.stored + result.deleted + result.left,
                      outcome="success" if not result.quarantined else "partial",
-                     detail=f"quarantined {result.quarantined}" if result.quarantined else None)
+                     detail="; ".join(details) or None)
     return result
 
 
@@ -127,3 +130,6 @@ def _resolve_quarantined(ctx: WorkerContext, session: Session, stream: SyncStrea
 def _warn(stream_id: int, result: PageResult) -> None:
     if result.quarantined:
         log.warning("stream %s: %d resource(s) quarantined", stream_id, result.quarantined)
+    if result.left:
+        log.info("stream %s: %d held resource(s) now name nobody in the Group's population: taken out",
+                 stream_id, result.left)

@@ -44,7 +44,7 @@ def keep_to_population(session: Session, connection_id: int, resource_type: str,
     stored = snapshots.stamps_of(session, connection_id, resource_type, sorted(ids)) if ids else {}
     leaving = [row["fhir_id"] for row in page.rows
                if not keeps(row) and row.get("fhir_id") in stored and _not_older(row, stored[row["fhir_id"]])]
-    snapshots.remove(session, connection_id, resource_type, leaving)
+    page.left += snapshots.remove(session, connection_id, resource_type, leaving)
     page.rows = [row for row in page.rows if keeps(row)]  # the cursor still moves past the rest
     claims = [(payload, error, claimed_patients(resource_type, payload)) for payload, error in page.bad]
     if claims:

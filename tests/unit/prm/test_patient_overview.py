@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from sqlmodel import col, func, select
+
 from fhir_mappings.appointment import booking_from_appointment
 from fhir_mappings.directory import site_from_location
 from fhir_mappings.encounter import visit_from_encounter
@@ -18,9 +20,10 @@ from fhir_mappings.patient import patient_record_from_patient
 from prm import connections, snapshots, streams
 from prm.config import Settings
 from prm.crypto import SecretBox
-from prm.db import Database
+from prm.db import Database, json_list_has_any
 from prm.models import Connection
 from prm.patient_overview import overview
+from prm.snapshot_models import Booking
 
 DATA = Path(__file__).resolve().parents[3] / "ehr_sandbox" / "data" / "sandbox"
 NOW = datetime.fromisoformat("2026-11-20T12:00:00+00:00")  # the data set's "now"
@@ -231,3 +234,15 @@ def test_a_group_session_she_is_booked_on_shows_whoever_is_named_first(database:
     assert seen.missed_past_year == before.missed_past_year + 2, "a session naming both her records counts once"
     assert theirs is not None and theirs.next_booking is not None
     assert (theirs.next_booking.fhir_id, theirs.missed_past_year) == ("appt-group-declined", 1)
+
+
+def test_asking_whether_a_shared_booking_names_nobody_finds_none(database: Database, settings: Settings) -> None:
+    """The helper the overview asks with, given no ids: no booking (PostgreSQL refuses an empty ARRAY[])."""
+    connection = stored(database, settings, [], of_patient("Appointment"), of_patient("Patient"))
+    with database.session() as session:
+        none = session.exec(select(func.count()).select_from(Booking).where(
+            col(Booking.connection_id) == connection.id,
+            json_list_has_any(session, Booking.other_patients, []))).one()
+        every = session.exec(select(func.count()).select_from(Booking).where(
+            col(Booking.connection_id) == connection.id)).one()
+    assert (none, every) == (0, len(of_patient("Appointment")))

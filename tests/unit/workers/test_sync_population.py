@@ -163,7 +163,7 @@ def test_a_held_row_whose_new_version_names_nobody_in_the_population_leaves_with
     page.bad = [({**theirs[2], "meta": later, "subject": outsiders["subject"], "status": "nonsense"}, "status")]
     with database.session() as session:
         keep_to_population(session, cid, "Encounter", page)
-    assert (page.rows, [payload["id"] for payload, _ in page.bad]) == ([], [theirs[2]["id"]])
+    assert (page.rows, [payload["id"] for payload, _ in page.bad], page.left) == ([], [theirs[2]["id"]], 2)
     with database.session() as session:
         assert snapshots.live_ids(session, cid, "Encounter") == {theirs[2]["id"]}
         assert snapshots.patients_named(session, cid) == {held.fhir_id}, "nobody to erase at the Patient run"
