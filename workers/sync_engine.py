@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
+from connector.fhir_reader import GroupRoster
 from prm import audit, connections, snapshots, streams
 from prm.errors import AuthExpiredError, PermanentEhrError, loggable
 from prm.models import Connection
@@ -219,9 +220,14 @@ def _bulk_initial(ctx: WorkerContext, access: EhrAccess, connection: Connection,
     by_type = {member.resource_type: (member, run) for member, _, run in held}
     group = _export_group(held[0][0], connection)
     scoped = any(group_population(member, connection) for member, _, _ in held)
-    members = _export_members(access, connection, level_group=group is not None) if scoped else None
-    # A system-level export holds every patient's records: a Group's connection keeps its members' only.
+    roster = _export_roster(access, connection, level_group=group is not None) if scoped else None
+    members = list(roster.patients) if roster is not None else None
+    # A system-level export holds every patient's records: a Group's connection keeps its members' only. A
+    # Group-level one holds the members' compartments, which take in a Patient whose `link` names a member (a
+    # `seealso` record of another person): its Patient pages keep the members' own, where the roster says who
+    # every member is (else the EHR's own reading of its Group is all there is).
     members_only = frozenset(members) if members is not None and not group else None
+    patients_only = frozenset(roster.patients) if group and roster is not None and not roster.unreadable else None
     target = Target(ctx.db.engine.dialect.name, connection.id or 0)  # pages come back ready for the driver
     with preparer(ctx.settings.sync_prep_helper == "on", by_type, target) as prep:  # it starts while the EHR writes
 
@@ -231,12 +237,12 @@ def _bulk_initial(ctx: WorkerContext, access: EhrAccess, connection: Connection,
 
         status_url, manifest = export_manifest(ctx, access, [member for member, _, _ in held], group, waiting)
         with quiet_gc():
-            _store_export(ctx, access, manifest, held, by_type, prep, progress, members_only)
+            _store_export(ctx, access, manifest, held, by_type, prep, progress, members_only, patients_only)
     access.bulk.delete(status_url)
     _finish_export(ctx, connection, manifest, held, members)
 
 
-def _export_members(access: EhrAccess, connection: Connection, *, level_group: bool) -> list[str]:
+def _export_roster(access: EhrAccess, connection: Connection, *, level_group: bool) -> GroupRoster:
     """The export Group's members: whom a Group-level export is for, or whom a system-level one is kept to. A
     system-level export cannot be kept to a Group that lists nobody or names members by no Patient reference
     (it would keep nobody, or silently miss them): that is an error for IT, before the EHR does any work."""
@@ -245,7 +251,7 @@ def _export_members(access: EhrAccess, connection: Connection, *, level_group: b
         raise PermanentEhrError(f"export Group/{connection.export_group} {roster.unreadable}: a system-level export "
                                 "cannot be kept to it (list the members by Patient reference, or remove the "
                                 "connection's export Group)")
-    return list(roster.patients)
+    return roster
 
 
 def _renew_all(ctx: WorkerContext, held: Held) -> None:
@@ -266,20 +272,24 @@ EXPORT_PAGE_LINES = 500
 
 def _store_export(ctx: WorkerContext, access: EhrAccess, manifest: dict[str, Any],
                   held: Held, by_type: dict[str, tuple[SyncStream, StreamRun]],
-                  prep: Preparer, progress: Progress | None, members_only: frozenset[str] | None = None) -> None:
+                  prep: Preparer, progress: Progress | None, members_only: frozenset[str] | None = None,
+                  patients_only: frozenset[str] | None = None) -> None:
     """Each output file of a held type, read line by line into pages: the preparer parses, checks and maps a
     page while this thread stores the one before it into its stream. When the preparer is behind (its pages
     cost more than storing them), this thread prepares the page in hand itself rather than wait: it would
     idle otherwise. An export's pages are independent (no cursor moves until it is all in), so their order
     does not matter. They go in as new rows until a type's page meets stored ones (an export read again after
     a cut): that type is upserted from then on. `members_only`: the patient-compartment types' pages keep only
-    these patients' rows (a system-level export for a Group's connection)."""
+    these patients' rows (a system-level export for a Group's connection); `patients_only`: the Patient pages
+    keep only these patients' own records (a Group-level export, whose compartments take in linked records)."""
     pending: deque[tuple[SyncStream, StreamRun]] = deque()
     upserting: set[str] = set()  # types a page of which met rows already stored (a resumed load): no more tries
 
     def store(member: SyncStream, run: StreamRun, page: PreparedPage) -> None:
         if members_only is not None and member.resource_type in GROUP_EXPORTED:
             keep_members(member.resource_type, page, members_only)
+        elif patients_only is not None and member.resource_type == "Patient":
+            keep_members("Patient", page, patients_only)
         result = commit_prepared(ctx, member.id or 0, page, client=access.client_name,
                                  expect_new=member.resource_type not in upserting)
         if result.met_stored:
