@@ -223,9 +223,10 @@ def _bulk_initial(ctx: WorkerContext, access: EhrAccess, connection: Connection,
     roster = _export_roster(access, connection, level_group=group is not None) if scoped else None
     members = list(roster.patients) if roster is not None else None
     # A system-level export holds every patient's records: a Group's connection keeps its members' only. A
-    # Group-level one holds the members' compartments, which take in a Patient whose `link` names a member (a
-    # `seealso` record of another person): its Patient pages keep the members' own, where the roster says who
-    # every member is (else the EHR's own reading of its Group is all there is).
+    # Group-level one holds the members' compartments, which take in any Patient whose `link` names a member (a
+    # `seealso` record of another person, a record the member was merged into): its Patient pages keep the
+    # members' own and those merged into them, where the roster says who every member is (else the EHR's own
+    # reading of its Group is all there is). Records members were merged into are read by the Patient pass.
     members_only = frozenset(members) if members is not None and not group else None
     patients_only = frozenset(roster.patients) if group and roster is not None and not roster.unreadable else None
     target = Target(ctx.db.engine.dialect.name, connection.id or 0)  # pages come back ready for the driver
@@ -281,7 +282,8 @@ def _store_export(ctx: WorkerContext, access: EhrAccess, manifest: dict[str, Any
     does not matter. They go in as new rows until a type's page meets stored ones (an export read again after
     a cut): that type is upserted from then on. `members_only`: the patient-compartment types' pages keep only
     these patients' rows (a system-level export for a Group's connection); `patients_only`: the Patient pages
-    keep only these patients' own records (a Group-level export, whose compartments take in linked records)."""
+    keep only these patients' own records and those merged into them (a Group-level export, whose
+    compartments take in linked records)."""
     pending: deque[tuple[SyncStream, StreamRun]] = deque()
     upserting: set[str] = set()  # types a page of which met rows already stored (a resumed load): no more tries
 

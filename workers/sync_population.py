@@ -103,10 +103,12 @@ def population_held(session: Session, connection_id: int, resource_type: str, pa
 
 
 def row_patients(resource_type: str, row: Row) -> list[str]:
-    """The patients a mapped row is kept for: a Patient by its own id, a booking by every patient it names
-    (a group session is a member's even where its first patient is not), the others by their patient."""
+    """The patients a mapped row is kept for: a Patient by its own id and the record it was merged into (an old
+    record merged into a member's is the member's: their overview shows visits under either), a booking by
+    every patient it names (a group session is a member's even where its first patient is not), the others by
+    their patient."""
     if resource_type == "Patient":
-        return [row["fhir_id"]] if row.get("fhir_id") else []
+        return [p for p in (row.get("fhir_id"), row.get("replaced_by")) if p]
     if resource_type != "Appointment":
         return [row["patient_id"]] if row.get("patient_id") else []
     return [p for p in (row.get("patient_id"), *row.get("other_patients", ()), *row.get("declined_patients", ())) if p]
@@ -115,7 +117,10 @@ def row_patients(resource_type: str, row: Row) -> list[str]:
 def encoded_patients(resource_type: str, columns: tuple[str, ...]) -> Callable[[tuple[Any, ...]], list[str]]:
     """`row_patients` of rows encoded for the database driver (prm.snapshot_rows): a shared booking's other
     patients are JSON text there, read only for the few rows marked shared."""
-    at = columns.index("fhir_id" if resource_type == "Patient" else "patient_id")
+    if resource_type == "Patient":
+        at_id, at_survivor = columns.index("fhir_id"), columns.index("replaced_by")
+        return lambda row: [p for p in (row[at_id], row[at_survivor]) if p]
+    at = columns.index("patient_id")
     if resource_type != "Appointment":
         return lambda row: [row[at]] if row[at] else []
     at_shared, at_lists = columns.index("shared"), (columns.index("other_patients"), columns.index("declined_patients"))

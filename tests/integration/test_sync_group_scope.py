@@ -121,6 +121,24 @@ def test_a_visit_refiled_under_a_non_member_leaves_a_copy_read_patient_by_patien
         in_step_with_the_group(fresh, members)
 
 
+def test_a_group_export_keeps_a_record_merged_into_a_member_and_not_another_persons_linked_one(
+        tmp_path: Path) -> None:
+    """The data set merges pat-000025 into pat-000026, and links pat-000027 and pat-000028 as `seealso`. With
+    pat-000026 and pat-000027 members: the old record merged into a member's is kept (the member's overview
+    shows visits under either), the other person's linked record is not, and no later run erases anybody."""
+    with sync_env(tmp_path, profile="group-export-only", patients=70) as fresh:
+        members = [p for p in sorted(i for i, _ in fresh.server("Patient"))[:27] if p != "pat-000025"]
+        fresh.put(group_of("dental-patients", members))
+        fresh.set_export_group("dental-patients")
+        check_connection(fresh.ctx, fresh.connection_id)
+        fresh.run_all(SYNCED)
+        held = {i for i, _ in fresh.snapshot("Patient")}
+        assert {"pat-000025", "pat-000026", "pat-000027"} <= held and "pat-000028" not in held
+        again = fresh.run_all(SYNCED)
+        assert not any("removed" in note for note in again["Patient"].notes), again["Patient"].notes
+        assert {i for i, _ in fresh.snapshot("Patient")} == held
+
+
 def test_a_group_named_later_keeps_to_it_without_first_reading_the_others_whole(tmp_path: Path) -> None:
     """A connection that held everyone, then given its clinic's Group: the non-members go at the Patient run,
     and no stream reads their whole records first (a request each; hours for a hospital's worth)."""

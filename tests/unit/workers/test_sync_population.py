@@ -104,14 +104,23 @@ def test_a_refused_resource_names_its_patient_by_any_literal_reference() -> None
         "p-9", "p-8"], "every patient a group session names, once"
 
 
-def test_a_system_exports_patient_page_keeps_the_members_by_their_own_id() -> None:
+def test_an_exports_patient_page_keeps_the_members_by_their_own_id_and_those_merged_into_them() -> None:
+    """And the records merged into a member's: the data set merges pat-000025 into pat-000026 (replaced-by),
+    so with pat-000026 a member pat-000025 stays too (the member's overview shows visits under either);
+    pat-000028, whose `seealso` names member pat-000027, is another person and goes."""
     with (DATA / "Patient.ndjson").open() as lines:
-        lines_read = [(n, line.encode()) for n, line in enumerate(lines, 1)][:5]
-    page = prepare_lines("Patient", lines_read, Target("sqlite", 1))
-    keep_members("Patient", page, frozenset({"pat-000001", "pat-000004"}))
-    assert page.encoded is not None
-    at = page.encoded.columns.index("fhir_id")
-    assert sorted(row[at] for row in page.encoded.rows) == ["pat-000001", "pat-000004"]
+        lines_read = [(n, line.encode()) for n, line in enumerate(lines, 1)][:30]
+    members = frozenset({"pat-000001", "pat-000004", "pat-000026", "pat-000027"})
+    kept = ["pat-000001", "pat-000004", "pat-000025", "pat-000026", "pat-000027"]
+    for dialect in ("sqlite", "postgresql"):
+        page = prepare_lines("Patient", lines_read, Target(dialect, 1))
+        keep_members("Patient", page, members)
+        assert page.encoded is not None
+        at = page.encoded.columns.index("fhir_id")
+        assert sorted(row[at] for row in page.encoded.rows) == kept, dialect
+    mapped = prepare_lines("Patient", lines_read)
+    keep_members("Patient", mapped, members)
+    assert sorted(row["fhir_id"] for row in mapped.rows) == kept
 
 
 def test_a_group_session_is_kept_for_any_member_booked_on_it_mapped_or_encoded(database: Database,
