@@ -107,8 +107,8 @@ def _store(ctx: WorkerContext, session: Session, stream: SyncStream, prepared: P
     stream.deleted_synced += result.deleted
     session.add(stream)
     if result.stored or result.deleted or result.quarantined or result.left:
-        details = [f"quarantined {result.quarantined}"] * bool(result.quarantined) + [
-            f"left the Group's population {result.left}"] * bool(result.left)
+        details = [f"{what} {n}" for what, n in (("quarantined", result.quarantined),
+                                                  ("left the Group's population", result.left)) if n]
         audit.record(session, ctx.settings.clock, audit.Actor("system", client, connection_id=stream.connection_id),
                      "sync.page", entity=stream.resource_type, count=result.stored + result.deleted + result.left,
                      outcome="success" if not result.quarantined else "partial",

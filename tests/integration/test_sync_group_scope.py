@@ -13,6 +13,7 @@ import requests
 from sqlmodel import select
 
 from prm.errors import PermanentEhrError
+from prm.models import AuditRecord
 from prm.snapshot_models import Booking, SyncStream
 from tests.integration.sync_env import SyncEnv, group_of, sync_env
 from workers.connection_check import check_connection
@@ -95,6 +96,10 @@ def test_without_any_export_searches_keep_to_the_group_and_read_each_member_once
         fresh.put({**visit, "subject": {"reference": "Patient/pat-000070"}})  # refiled under a non-member
         fresh.run_all(SYNCED)
         assert visit["id"] not in {i for i, _ in fresh.snapshot("Encounter")}
+        with fresh.ctx.db.session() as db:
+            details = [r.detail for r in db.exec(select(AuditRecord).where(
+                AuditRecord.action == "sync.page", AuditRecord.entity == "Encounter"))]
+        assert "left the Group's population 1" in details, "audited with the page that took it out"
         in_step_with_the_group(fresh, members)
 
 
