@@ -48,6 +48,21 @@ def ref_id(reference: dict[str, Any] | None, resource_type: str) -> str | None:
     return None
 
 
+def patients_named(resource_type: str, resource: dict[str, Any]) -> list[str]:
+    """The patients a resource of the Patient compartment names, each once, in order, read defensively (a
+    refused resource may be malformed): a Patient its own id, an Appointment every patient among its
+    participants (declined or not), a RelatedPerson its `patient`, a Task its `for`, the others their
+    `subject`; none where it names none readably."""
+    if resource_type == "Patient":
+        return [resource["id"]] if isinstance(resource.get("id"), str) else []
+    if resource_type == "Appointment":
+        holders = [p.get("actor") for p in resource.get("participant") or [] if isinstance(p, dict)]
+    else:
+        holders = [resource.get({"RelatedPerson": "patient", "Task": "for"}.get(resource_type, "subject"))]
+    patients = [ref_id(h, "Patient") for h in holders if isinstance(h, dict) and isinstance(h.get("reference"), str)]
+    return list(dict.fromkeys(p for p in patients if p))
+
+
 def ref_ids(references: list[dict[str, Any]], resource_type: str) -> list[str]:
     return [i for i in (ref_id(r, resource_type) for r in references) if i]
 

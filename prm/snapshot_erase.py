@@ -45,7 +45,7 @@ PATIENT_KEYED = {"Patient": "fhir_id", "RelatedPerson": "patient_id", "Encounter
 # The streams that store a patient's rows or note them read whole (patient by patient, our Tasks and
 # Communications are searched per patient too): each is leased while patients are erased.
 _HOLD_PATIENTS = (*PATIENT_KEYED, "Task", "Communication")
-# Which patients a quarantined resource (raw, possibly malformed) names: the workers know FHIR's shapes.
+# Which patients a quarantined resource (raw, possibly malformed) names: fhir_mappings knows FHIR's shapes.
 ClaimedPatients = Callable[[str, dict[str, Any]], list[str]]
 
 

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from connector.fhir_reader import Page
-from fhir_mappings.common import ref_id
+from fhir_mappings.common import patients_named
 from fhir_mappings.written import IDENTIFIER_SYSTEM, WRITTEN_TYPES
 from prm import streams
 from prm.errors import PermanentEhrError, TransientEhrError
@@ -209,7 +209,6 @@ def _answer(reader: Searcher, resource_type: str, listed: list[str], expected: s
     """The list's answer as far as it is read: the ids found, and whether a record names none of the listed
     patients (reading stops there). Read to its end, or ANSWER_PAGES pages once the expected records are all in
     it; a page that adds nothing new ends it (a link that loops); None past ANSWER_PAGE_LIMIT pages."""
-    names = _patients_named(resource_type)
     asked = set(listed)
     keep()
     page = reader.search(resource_type, [naming(resource_type, listed), *type_params(resource_type)])
@@ -217,7 +216,7 @@ def _answer(reader: Searcher, resource_type: str, listed: list[str], expected: s
     for pages_read in range(1, ANSWER_PAGE_LIMIT + 1):
         new = {str(r.get("id")) for r in page.resources} - found
         found |= new
-        if any(not names(r) & asked for r in page.resources):
+        if any(asked.isdisjoint(patients_named(resource_type, r)) for r in page.resources):
             return found, True
         if not page.next_url or not new or (pages_read >= ANSWER_PAGES and expected <= found):
             return found, False
@@ -225,12 +224,3 @@ def _answer(reader: Searcher, resource_type: str, listed: list[str], expected: s
             keep()
             page = reader.follow(page.next_url)
     return None
-
-
-def _patients_named(resource_type: str) -> Callable[[dict[str, Any]], set[str]]:
-    """The patients a record of the type names where its `patient` search parameter looks."""
-    if resource_type == "Appointment":
-        return lambda r: {p for part in r.get("participant") or [] if isinstance(part, dict)
-                          if (p := ref_id(part.get("actor"), "Patient"))}
-    field = {"RelatedPerson": "patient", "Task": "for"}.get(resource_type, "subject")
-    return lambda r: {p} if isinstance(r.get(field), dict) and (p := ref_id(r[field], "Patient")) else set()

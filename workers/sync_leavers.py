@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 
+from fhir_mappings.common import patients_named
 from prm import audit, snapshots
 from prm.errors import ValidationError
 from prm.models import Connection
@@ -31,7 +32,7 @@ from prm.snapshot_erase import erase_patients
 from workers.ehr_access import EhrAccess
 from workers.runtime import WorkerContext
 from workers.stream_leases import LeaseLost, StreamLease
-from workers.sync_population import claimed_patients, group_roster, population_of
+from workers.sync_population import group_roster, population_of
 from workers.sync_run import StreamRun
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def drop_leavers(ctx: WorkerContext, access: EhrAccess, connection: Connection, 
         with ctx.db.session() as session:
             if not lease.take_in(session):
                 raise LeaseLost(lease.name)
-            erased = erase_patients(session, ctx.settings.clock, actor, connection_id, leavers, claimed_patients,
+            erased = erase_patients(session, ctx.settings.clock, actor, connection_id, leavers, patients_named,
                                     keeping=population, caller_stream_id=stream_id)
     except ValidationError as busy:  # nothing erased: the next Patient run tries again
         run.notes.append(f"{who} stay until a later run: {busy}")

@@ -21,7 +21,7 @@ from typing import Any
 from sqlmodel import Session
 
 from connector.fhir_reader import GroupRoster
-from fhir_mappings.common import ref_id
+from fhir_mappings.common import patients_named
 from prm import snapshots
 from prm.models import Connection
 from workers.ehr_access import EhrAccess
@@ -46,7 +46,7 @@ def keep_to_population(session: Session, connection_id: int, resource_type: str,
                if not keeps(row) and row.get("fhir_id") in stored and _not_older(row, stored[row["fhir_id"]])]
     page.left += snapshots.remove(session, connection_id, resource_type, leaving)
     page.rows = [row for row in page.rows if keeps(row)]  # the cursor still moves past the rest
-    claims = [(payload, error, claimed_patients(resource_type, payload)) for payload, error in page.bad]
+    claims = [(payload, error, patients_named(resource_type, payload)) for payload, error in page.bad]
     if claims:
         held = population_held(session, connection_id, resource_type, {p for _, _, c in claims for p in c})
         page.bad = [(payload, error) for payload, error, claimed in claims
@@ -67,21 +67,7 @@ def keep_members(resource_type: str, page: PreparedPage, members: frozenset[str]
                                                    if not members.isdisjoint(names(row))])
     page.rows = [row for row in page.rows if not members.isdisjoint(row_patients(resource_type, row))]
     page.bad = [(payload, error) for payload, error in page.bad
-                if not (claimed := claimed_patients(resource_type, payload)) or not members.isdisjoint(claimed)]
-
-
-def claimed_patients(resource_type: str, resource: Row) -> list[str]:
-    """The patients a raw (possibly malformed) resource names readably, each once: a Patient its own id, an
-    Appointment every patient among its participants (declined or not: its statuses are not to be trusted),
-    the others their patient; none where it names none readably."""
-    if resource_type == "Patient":
-        return [resource["id"]] if isinstance(resource.get("id"), str) else []
-    if resource_type == "Appointment":
-        holders = [p.get("actor") for p in resource.get("participant") or [] if isinstance(p, dict)]
-    else:
-        holders = [resource.get("patient" if resource_type == "RelatedPerson" else "subject")]
-    patients = [ref_id(h, "Patient") for h in holders if isinstance(h, dict) and isinstance(h.get("reference"), str)]
-    return list(dict.fromkeys(p for p in patients if p))
+                if not (claimed := patients_named(resource_type, payload)) or not members.isdisjoint(claimed)]
 
 
 def population_keeps(session: Session, connection_id: int, resource_type: str,

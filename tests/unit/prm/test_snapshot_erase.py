@@ -12,6 +12,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from fhir_mappings.appointment import booking_from_appointment
+from fhir_mappings.common import patients_named
 from fhir_mappings.encounter import visit_from_encounter
 from fhir_mappings.patient import patient_record_from_patient
 from prm import audit, connections, leases, snapshots, streams
@@ -23,7 +24,6 @@ from prm.models import AuditRecord
 from prm.snapshot_erase import erase_patients, erase_snapshot
 from prm.snapshot_models import QuarantinedResource, StreamPatient, SyncStream
 from prm.snapshot_rows import TABLES
-from workers.sync_population import claimed_patients
 
 DATA = Path(__file__).resolve().parents[3] / "ehr_sandbox" / "data" / "sandbox"
 T0 = datetime(2026, 11, 20, 12, tzinfo=UTC)
@@ -164,7 +164,7 @@ def test_erasing_a_patient_takes_their_records_and_only_theirs(database: Databas
     with database.session() as session:
         before = counts(session, cid)
         assert leases.acquire(session, streams.lease_name(patient_stream), "the-worker", settings.clock(), 120)
-        erased = erase_patients(session, settings.clock, IT, cid, ["pat-000002", "pat-000002"], claimed_patients,
+        erased = erase_patients(session, settings.clock, IT, cid, ["pat-000002", "pat-000002"], patients_named,
                                 keeping=STAYING, caller_stream_id=patient_stream.id)
     assert (erased.rows["Patient"], erased.rows["Encounter"], erased.quarantined) == (1, their_visits, 1)
     with database.session() as session:
@@ -179,7 +179,7 @@ def test_erasing_a_patient_takes_their_records_and_only_theirs(database: Databas
         assert (record.count, record.detail) == (erased.total, f"1 patient(s): {erased.words()}")
         assert not leases.acquire(session, streams.lease_name(patient_stream), "another", settings.clock(), 60), \
             "the caller's own lease is the caller's to release"
-        again = erase_patients(session, settings.clock, IT, cid, ["pat-000002"], claimed_patients,
+        again = erase_patients(session, settings.clock, IT, cid, ["pat-000002"], patients_named,
                                keeping=STAYING, caller_stream_id=patient_stream.id)
     assert again.total == 0, "erasing twice erases nothing"
 
@@ -204,7 +204,7 @@ def test_a_group_session_stays_while_a_patient_booked_on_it_stays(database: Data
         snapshots.upsert_page(session, cid, "Appointment", [booking_from_appointment(a) for a in appointments])
         for refused in (group("bad-g1", "pat-000002", "pat-000003"), group("bad-g3", "pat-000002", "pat-000099")):
             streams.quarantine(session, settings.clock, cid, "Appointment", {**refused, "status": "x"}, "status")
-        erased = erase_patients(session, settings.clock, IT, cid, ["pat-000002"], claimed_patients,
+        erased = erase_patients(session, settings.clock, IT, cid, ["pat-000002"], patients_named,
                                 keeping=STAYING | {"pat-000050"}, caller_stream_id=patient_stream.id)
     assert (erased.rows["Appointment"], erased.quarantined) == (2, 2), "own and g3; bad-g3 and bad-0 (a visit)"
     with database.session() as session:
@@ -214,12 +214,12 @@ def test_a_group_session_stays_while_a_patient_booked_on_it_stays(database: Data
             "named first on a group session kept for another: not a leaver again next run"
         snapshots.upsert_page(session, cid, "Appointment",
                               [booking_from_appointment(group("appt-g5", "pat-000098", "pat-000099"))])
-        orphans = erase_patients(session, settings.clock, IT, cid, [], claimed_patients, keeping=STAYING)
+        orphans = erase_patients(session, settings.clock, IT, cid, [], patients_named, keeping=STAYING)
     assert orphans.rows["Appointment"] == 2, "g4 (pat-000050 no longer kept) and g5: nobody's"
     with database.session() as session:
         assert snapshots.live_ids(session, cid, "Appointment") == {"appt-g1", "appt-g2"}
-        nothing = erase_patients(session, settings.clock, IT, cid, [], claimed_patients, keeping=STAYING)
-        last = erase_patients(session, settings.clock, IT, cid, ["pat-000003"], claimed_patients, keeping=set())
+        nothing = erase_patients(session, settings.clock, IT, cid, [], patients_named, keeping=STAYING)
+        last = erase_patients(session, settings.clock, IT, cid, ["pat-000003"], patients_named, keeping=set())
     assert (nothing.total, last.rows["Appointment"]) == (0, 2)
     with database.session() as session:
         assert snapshots.live_ids(session, cid, "Appointment") == set()
@@ -236,7 +236,7 @@ def test_a_worker_syncing_a_patients_type_postpones_their_erasure(database: Data
         assert leases.acquire(session, streams.lease_name(syncing), "worker-2", settings.clock(), 120)
     with pytest.raises(ValidationError, match=f"a worker is syncing grouped's {busy} now"), \
             database.session() as session:
-        erase_patients(session, settings.clock, IT, cid, ["pat-000002"], claimed_patients, keeping=STAYING)
+        erase_patients(session, settings.clock, IT, cid, ["pat-000002"], patients_named, keeping=STAYING)
     with database.session() as session:
         assert counts(session, cid) == before
         assert not session.exec(select(AuditRecord).where(AuditRecord.action == "sync.erase_patients")).all()

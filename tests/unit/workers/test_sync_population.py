@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from fhir_mappings.common import patients_named
 from fhir_mappings.patient import patient_record_from_patient
 from prm import connections, snapshots
 from prm.config import Settings
@@ -13,7 +14,7 @@ from prm.crypto import SecretBox
 from prm.db import Database
 from prm.snapshot_models import PatientRecordCreate
 from workers.page_prep import PreparedPage, Target, prepare_lines
-from workers.sync_population import claimed_patients, keep_members, keep_to_population, population_keeps
+from workers.sync_population import keep_members, keep_to_population, population_keeps
 
 DATA = Path(__file__).resolve().parents[3] / "ehr_sandbox" / "data" / "sandbox"
 
@@ -68,8 +69,8 @@ def test_a_refused_resource_is_kept_for_it_only_where_its_patient_is_held_or_can
     assert [row["fhir_id"] for row in page.rows] == ["e1"]
     assert [payload["id"] for payload, _ in page.bad] == ["b1", "b3"]
     appointment = {"participant": [{"actor": {"reference": "Practitioner/p"}}, {"actor": {"reference": "Patient/q"}}]}
-    assert (claimed_patients("Appointment", appointment), claimed_patients("RelatedPerson", {"patient": 7}),
-            claimed_patients("Patient", {"id": "p1"})) == (["q"], [], ["p1"])
+    assert (patients_named("Appointment", appointment), patients_named("RelatedPerson", {"patient": 7}),
+            patients_named("Patient", {"id": "p1"})) == (["q"], [], ["p1"])
 
 
 def test_a_system_exports_page_keeps_the_group_members_rows_encoded_for_either_database() -> None:
@@ -96,9 +97,9 @@ def test_a_system_exports_page_keeps_the_group_members_rows_encoded_for_either_d
 def test_a_refused_resource_names_its_patient_by_any_literal_reference() -> None:
     for reference in ("Patient/pat-000002", "https://ehr.example/fhir/Patient/pat-000002",
                       "Patient/pat-000002/_history/3"):
-        assert claimed_patients("Encounter", {"subject": {"reference": reference}}) == ["pat-000002"], reference
-    assert claimed_patients("Encounter", {"subject": {"reference": 7}}) == []
-    assert claimed_patients("Appointment", {"participant": [
+        assert patients_named("Encounter", {"subject": {"reference": reference}}) == ["pat-000002"], reference
+    assert patients_named("Encounter", {"subject": {"reference": 7}}) == []
+    assert patients_named("Appointment", {"participant": [
         {"actor": {"reference": "Practitioner/x"}}, {"actor": {"reference": "Patient/p-9"}},
         {"actor": {"reference": "Patient/p-8"}, "status": "declined"}, {"actor": {"reference": "Patient/p-9"}}]}) == [
         "p-9", "p-8"], "every patient a group session names, once"
