@@ -19,7 +19,7 @@ from ehr_sandbox.ehr_app import EhrServer
 from ehr_sandbox.stack import SandboxStack
 from prm.connections import DEFAULT_USER_SCOPES
 from tests.support.ports import free_port
-from tests.support.processes import BIN, Process, prm_process, wait_http_ok
+from tests.support.processes import BIN, Process, prm_process, run_in_terminal, wait_http_ok
 from tests.support.settings import METRICS_TOKEN, env_for
 
 IT_ADMIN_USER = "Practitioner/prac-rdc-05"  # mapped to it_admin in the app's sandbox connection
@@ -38,6 +38,10 @@ class LiveApp:
         """Run the `prm` CLI against this app's database."""
         return subprocess.run([str(BIN / "prm"), *args], env={**self.process.env}, cwd=self.workdir,
                               capture_output=True, text=True, input=stdin, timeout=60, check=False)
+
+    def prm_in_terminal(self, *args: str) -> tuple[int, str]:
+        """Run the `prm` CLI against this app's database as a person at a terminal does."""
+        return run_in_terminal([str(BIN / "prm"), *args], env={**self.process.env}, cwd=self.workdir)
 
 
 @pytest.fixture(scope="session")

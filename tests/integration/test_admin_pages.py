@@ -505,14 +505,23 @@ def test_sync_health_is_shown_after_prm_sync_run(live_app: LiveApp, sandbox: San
         assert leases.acquire(session, lease, "another-worker", datetime.now(UTC), 3600)
     finished = threading.Timer(2.0, lambda: _release(database, lease))
     finished.start()
-    ran = live_app.prm("sync", "run", "--connection", "sandbox", "--type", "Organization", "--type", "Location")
+    code, shown = live_app.prm_in_terminal("sync", "run", "--connection", "sandbox", "--type", "Organization",
+                                           "--type", "Location")
     finished.join()
     database.dispose()
-    assert ran.returncode == 0, ran.stderr + ran.stdout  # it waited for the worker, then synced Location itself
+    assert code == 0, shown  # it waited for the worker, then synced Location itself
     status = live_app.prm("sync", "status", "--connection", "sandbox", "--json")
     by_type = {row["type"]: row for row in json.loads(status.stdout) if "phase" in row}
     assert by_type["Organization"]["resources"] >= 4 and by_type["Organization"]["phase"] == "incremental"
     assert by_type["Organization"]["held"] == 4, "the data set's four"
+    frames = [re.sub(r"\x1b\[\?25[lh]", "", frame).strip() for frame in shown.split("\r")]
+    frames = [frame for frame in frames if frame]  # the bar redrawn in place, then the closing line
+    assert frames[0].startswith("sync sandbox") and frames[0].endswith("0/2"), frames
+    assert any(re.search(r"1/2  (Organization|Location): \d+ stored, 0 deleted$", frame) for frame in frames), frames
+    locations = by_type["Location"]["held"]
+    assert re.fullmatch(rf"sync sandbox Organization 4, Location {locations}  \[#+\]  2/2  Location: "
+                        rf"{locations} stored, 0 deleted", frames[-2]), frames  # counts as they came, then 2 of 2
+    assert frames[-1] == "sync of sandbox finished"
     page = signed_in(live_app, accounts["it_admin"]).get("/admin/connections/sandbox")
     assert page.status_code == 200 and 'id="sync-streams"' in page.text
     assert re.search(r'<tr data-type="Location">.*?<td class="phase">incremental\b', page.text, re.S)

@@ -18,8 +18,8 @@ from fhir_mappings.written import IDENTIFIER_SYSTEM
 from prm import audit, snapshots, streams
 from prm.errors import PermanentEhrError
 from prm.models import AuditRecord, Job
-from prm.snapshot_models import Booking, StreamPatient, SyncStream
-from tests.integration.sync_env import SyncEnv, group_of, small_dataset, sync_database, sync_env
+from prm.snapshot_models import Booking, StreamPatient, SyncStream, WrittenResource
+from tests.integration.sync_env import BACKEND_CLIENT, SyncEnv, group_of, small_dataset, sync_database, sync_env
 from tests.support.processes import run_prm
 from tests.support.settings import env_for
 from workers import sync_engine, sync_history
@@ -66,6 +66,8 @@ def test_first_sync_by_search_brings_every_resource(env: SyncEnv, first_load: di
     assert all(s.phase == "incremental" and s.last_success_at for s in stream_rows)
     assert sum(p.count or 0 for p in pages) == sum(r.stored for r in runs.values())
     assert len(pages) < 30, "system access is audited per page, not per resource"
+    assert {(p.actor_kind, p.actor, p.connection_id) for p in pages} == {("system", BACKEND_CLIENT, env.connection_id)}
+    assert {p.entity for p in pages} == set(SYNCED), "each page names its stream"
 
 
 @pytest.mark.usefixtures("first_load")
@@ -279,6 +281,42 @@ def test_tasks_are_checked_by_history_each_run_and_the_ehrs_own_tasks_move_the_m
         assert ours.caught_up and ours.stored == 1
         assert fresh.snapshot("Task") == {("prm-care-ticket-history",
                                            env.read("Task", "prm-care-ticket-history")["meta"]["versionId"])}
+
+
+def test_communications_fhir_prm_wrote_are_synced_with_their_status_and_the_ehrs_own_are_not(
+        env: SyncEnv, tmp_path: Path) -> None:
+    """A reminder fhir-prm wrote comes back with the EHR's status (the write-back keeps its item in step by
+    it); the EHR's own letters are not the PRM's to hold. A status changed at the EHR, then a deletion, follow."""
+    subject = {"reference": f"Patient/{sorted(i for i, _ in env.server('Patient'))[0]}"}
+    ours = {"resourceType": "Communication", "id": "prm-reminder-synced", "status": "in-progress", "subject": subject,
+            "identifier": [{"system": IDENTIFIER_SYSTEM, "value": "reminder/synced"}],
+            "payload": [{"contentString": "Your appointment is tomorrow at 09:30."}]}
+    theirs = {"resourceType": "Communication", "id": "ehr-discharge-letter", "status": "completed",
+              "subject": subject, "identifier": [{"system": "urn:ehr:letters", "value": "l1"}]}
+    with sync_database(env.stack, tmp_path) as fresh:
+
+        def run_communication() -> StreamRun:
+            return fresh.run_all(("Communication",))["Communication"]
+
+        def held() -> set[tuple[str, str | None, str | None]]:
+            with fresh.ctx.db.session() as session:
+                rows = session.exec(select(WrittenResource).where(
+                    WrittenResource.resource_type == "Communication", col(WrittenResource.deleted).is_(False)))
+                return {(r.fhir_id, r.version_id, r.status) for r in rows}
+
+        env.put(ours)
+        env.put(theirs)
+        first = run_communication()
+        assert first.caught_up and first.stored == 1
+        assert held() == {("prm-reminder-synced", env.read("Communication", ours["id"])["meta"]["versionId"],
+                           "in-progress")}
+        env.put({**ours, "status": "completed"})
+        assert run_communication().stored == 1
+        assert held() == {("prm-reminder-synced", env.read("Communication", ours["id"])["meta"]["versionId"],
+                           "completed")}
+        env.delete("Communication", ours["id"])
+        assert run_communication().deleted == 1
+        assert held() == set() and fresh.snapshot("Communication") == set()
 
 
 def test_first_load_by_bulk_export_when_the_check_says_so(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pty
+import select
 import shutil
 import signal
 import subprocess
@@ -90,6 +92,35 @@ def run_prm(*args: str, env: dict[str, str], cwd: Path, stdin: str | None = None
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PRM_")}
     return subprocess.run([str(BIN / "prm"), *args], env={**clean, **env}, cwd=cwd, capture_output=True, text=True,
                           input=stdin, timeout=60, check=False)
+
+
+def run_in_terminal(argv: list[str], env: dict[str, str], cwd: Path, timeout_s: float = 60.0) -> tuple[int, str]:
+    """Run `argv` to its end with a pseudo-terminal for its output, as a person at a shell runs it (a progress
+    bar draws only on a terminal); its exit code and everything it wrote, carriage returns and all."""
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, env=env, cwd=cwd,
+                            start_new_session=True)
+    os.close(terminal)
+    written = bytearray()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise TimeoutError(f"{argv} still running after {timeout_s} s:\n{written.decode(errors='replace')}")
+            ready, _, _ = select.select([controller], [], [], 0.5)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: every end of the terminal in the child is closed
+                break
+            if not chunk:
+                break
+            written += chunk
+    finally:
+        os.close(controller)
+    return proc.wait(timeout=10), written.decode(errors="replace")
 
 
 def prm_process(name: str, args: list[str], log_dir: Path, env: dict[str, str], cwd: Path) -> Process:
