@@ -47,6 +47,7 @@ def staff_role_from_practitioner_role(resource: dict[str, Any]) -> StaffRoleCrea
         organization_id=ref_id(resource.get("organization"), "Organization"),
         location_ids=ref_ids(resource.get("location", []), "Location"),
         codes=codes(resource.get("code")), specialty_codes=codes(resource.get("specialty")),
+        timezone=timezone_of(resource),
     )
 
 

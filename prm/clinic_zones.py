@@ -52,9 +52,17 @@ def _only_clinic_zone(connection: Connection) -> ZoneInfo | None:
 
 def zone_for(session: Session, connection: Connection, *, location_ids: Iterable[str] = (),
              organization_ids: Iterable[str] = ()) -> tzinfo:
+    """The zone of the first place that names one (`_declared_zone`); failing all, the zone every configured
+    clinic shares; failing that, UTC."""
+    return (_declared_zone(session, connection, location_ids, organization_ids) or _only_clinic_zone(connection)
+            or UTC)
+
+
+def _declared_zone(session: Session, connection: Connection, location_ids: Iterable[str],
+                   organization_ids: Iterable[str]) -> ZoneInfo | None:
     """The zone of the first place that names one: each Location and the Locations it is part of; then each
     Organization (the Locations' managing ones first), its extension, its clinic setting, then what it is
-    part of; failing all, the zone every configured clinic shares; failing that, UTC."""
+    part of."""
     organizations: list[str] = []
     for location_id in location_ids:
         for site in _chain(session, Site, connection, location_id):
@@ -69,32 +77,28 @@ def zone_for(session: Session, connection: Connection, *, location_ids: Iterable
                 return zone
         if not chain and (zone := _clinic_zone(connection, organization_id)):  # configured; the EHR has no record
             return zone
-    return _only_clinic_zone(connection) or UTC
+    return None
 
 
 def for_care_ticket(session: Session, ticket: CareTicket) -> tzinfo:
     """The zone a ticket's dates are read in: where its visit took place (the visit's Locations, then its service
-    provider), else where its owner works (an Organization, or a PractitionerRole's Locations and Organization),
-    else the connection's clinics."""
+    provider), else where its owner works (an Organization; a PractitionerRole: the zone it declares, then its
+    Locations and Organization), else the zone the connection's clinics share, else UTC."""
     connection = session.get(Connection, ticket.connection_id)
     if connection is None:
         return UTC
-    locations: list[str] = []
-    organizations: list[str] = []
-    if ticket.encounter_id:
-        visit = _live(session, Visit, connection, ticket.encounter_id)
-        if visit is not None:
-            locations += visit.location_ids
-            organizations += [visit.service_provider] if visit.service_provider else []
+    visit = _live(session, Visit, connection, ticket.encounter_id) if ticket.encounter_id else None
+    if visit is not None and (zone := _declared_zone(session, connection, visit.location_ids,
+                                                     [visit.service_provider] if visit.service_provider else [])):
+        return zone
     kind, _, owner_id = (ticket.owner or "").partition("/")
+    zone = None
     if kind == "Organization" and owner_id:
-        organizations.append(owner_id)
-    elif kind == "PractitionerRole" and owner_id:
-        role = _live(session, StaffRole, connection, owner_id)
-        if role is not None:
-            locations += role.location_ids
-            organizations += [role.organization_id] if role.organization_id else []
-    return zone_for(session, connection, location_ids=locations, organization_ids=organizations)
+        zone = _declared_zone(session, connection, [], [owner_id])
+    elif kind == "PractitionerRole" and owner_id and (role := _live(session, StaffRole, connection, owner_id)):
+        zone = _zone(role.timezone) or _declared_zone(session, connection, role.location_ids,
+                                                       [role.organization_id] if role.organization_id else [])
+    return zone or _only_clinic_zone(connection) or UTC
 
 
 def _chain(session: Session, model: type[Place], connection: Connection, fhir_id: str) -> Iterator[Place]:

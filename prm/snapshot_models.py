@@ -232,6 +232,7 @@ class StaffRoleBase(SnapshotBase):
     location_ids: list[str] = _json_list()
     codes: list[str] = _json_list()
     specialty_codes: list[str] = _json_list()
+    timezone: str | None = Field(default=None, max_length=64)  # the `timezone` extension, where the role declares one
 
 
 class StaffRole(StaffRoleBase, table=True):

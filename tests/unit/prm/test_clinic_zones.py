@@ -128,3 +128,25 @@ def test_a_care_ticket_is_dated_where_its_visit_was_else_where_its_owner_works(d
         assert for_care_ticket(session, ticket(owner="Organization/org-sanjeevani-opd")) == ZoneInfo("Asia/Kolkata")
         assert for_care_ticket(session, ticket(encounter_id="enc-gone", owner="Patient/pat-000010")) == \
             ZoneInfo("America/New_York")
+
+
+def test_a_role_that_declares_its_zone_dates_the_tickets_it_owns_before_where_it_works(
+        database: Database, settings: Settings) -> None:
+    """A PractitionerRole's own `timezone` extension (issue 5) is the EHR's word on that role: a ticket it owns,
+    with no visit to date it by, reads its dates there, not where the role's Location is; a zone that is no IANA
+    zone is passed over for where the role works."""
+    connection = stored(database, settings)
+    role = directory("PractitionerRole")["prole-rdc-02"]  # works at a Europe/London Location
+    declared = {"url": "http://hl7.org/fhir/StructureDefinition/timezone", "valueCode": "Europe/Lisbon"}
+    rows = [staff_role_from_practitioner_role({**role, "extension": [declared]}),
+            staff_role_from_practitioner_role({**role, "id": "prole-bad-zone",
+                                               "extension": [{**declared, "valueCode": "Europe/Atlantis"}]})]
+    assert rows[0].timezone == "Europe/Lisbon"
+    with database.session() as session:
+        snapshots.upsert_page(session, connection.id or 0, "PractitionerRole", rows)
+    with database.session() as session:
+        owned = {owner: for_care_ticket(session, CareTicket(
+            connection_id=connection.id or 0, patient_id="pat-000010", reason="callback-request",
+            description="Call back", owner=f"PractitionerRole/{owner}", encounter_id="enc-not-synced"))
+            for owner in ("prole-rdc-02", "prole-bad-zone")}
+    assert owned == {"prole-rdc-02": ZoneInfo("Europe/Lisbon"), "prole-bad-zone": ZoneInfo("Europe/London")}

@@ -21,6 +21,7 @@ from prm.snapshot_models import (
     Booking,
     PatientRecord,
     QuarantinedResource,
+    StaffRole,
     SyncStream,
     Visit,
     tombstone_values,
@@ -101,6 +102,17 @@ def two_connections(database: Database, settings: Settings) -> tuple[int, int]:
     return first, second
 
 
+def add_streams(database: Database, loaded: int, loading: int, *streams: tuple[str, str]) -> None:
+    """Stream rows as a revision before the one tested stores them: (type, phase), an incremental one on the
+    `loaded` connection, one still in its first load on the `loading` one."""
+    with database.engine.begin() as conn:
+        for resource_type, phase in streams:
+            conn.execute(text("INSERT INTO sync_stream (connection_id, resource_type, enabled, strategy, phase, "
+                              "interval_s, cursor_ids, pages, resources_synced, deleted_synced, quarantined) "
+                              "VALUES (:c, :t, true, 'auto', :p, 300, '[]', 0, 0, 0, 0)"),
+                         {"c": loaded if phase == "incremental" else loading, "t": resource_type, "p": phase})
+
+
 def test_0013_asks_loaded_visit_and_booking_streams_to_read_everything_again(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Visits and bookings synced before 0013 have no `type_text`: their streams past a first load are asked to
     read everything again; streams of other types, or still loading (which read everything anyway), are not."""
@@ -108,13 +120,8 @@ def test_0013_asks_loaded_visit_and_booking_streams_to_read_everything_again(db_
     database = Database(settings.database_url)
     upgrade(database, "0012")
     loaded, loading = two_connections(database, settings)
-    with database.engine.begin() as conn:
-        for resource_type, phase in (("Encounter", "incremental"), ("Appointment", "incremental"),
-                                     ("Patient", "incremental"), ("Encounter", "initial")):
-            conn.execute(text("INSERT INTO sync_stream (connection_id, resource_type, enabled, strategy, phase, "
-                              "interval_s, cursor_ids, pages, resources_synced, deleted_synced, quarantined) "
-                              "VALUES (:c, :t, true, 'auto', :p, 300, '[]', 0, 0, 0, 0)"),
-                         {"c": loaded if phase == "incremental" else loading, "t": resource_type, "p": phase})
+    add_streams(database, loaded, loading, ("Encounter", "incremental"), ("Appointment", "incremental"),
+                ("Patient", "incremental"), ("Encounter", "initial"))
     upgrade(database, "0013")
     with database.engine.connect() as conn:  # as the table stands at 0013 (0017 asks Appointment streams again)
         asked = {(t, p): (a, s, serving) for t, p, a, s, serving in conn.execute(text(
@@ -189,13 +196,9 @@ def test_0017_keeps_stored_bookings_as_one_patients_and_asks_loaded_booking_stre
             "service_type_codes, appointment_type_codes, location_ids, practitioners, related_people) VALUES "
             "(:c, 'appt-1', '1', false, 'pat-1', 'booked', '2026-11-27 09:00:00+00', '[]', '[]', '[]', '[]', '[]')"),
             {"c": cid})
-        for resource_type, phase in (("Appointment", "incremental"), ("Encounter", "incremental"),
-                                     ("Appointment", "initial")):
-            conn.execute(text("INSERT INTO sync_stream (connection_id, resource_type, enabled, strategy, phase, "
-                              "interval_s, cursor_ids, pages, resources_synced, deleted_synced, quarantined) "
-                              "VALUES (:c, :t, true, 'auto', :p, 300, '[]', 0, 0, 0, 0)"),
-                         {"c": cid if phase == "incremental" else loading, "t": resource_type, "p": phase})
-    upgrade(database)
+    add_streams(database, cid, loading, ("Appointment", "incremental"), ("Encounter", "incremental"),
+                ("Appointment", "initial"))
+    upgrade(database, "0017")
     with database.session() as session:
         booking = session.exec(select(Booking)).one()
         asked = {(s.resource_type, s.phase): s.reload_asked for s in session.exec(select(SyncStream))}
@@ -204,6 +207,32 @@ def test_0017_keeps_stored_bookings_as_one_patients_and_asks_loaded_booking_stre
         "pat-1", [], [], False)
     assert asked == {("Appointment", "incremental"): 1, ("Encounter", "incremental"): 0,
                      ("Appointment", "initial"): 0}
+
+
+def test_0018_keeps_stored_roles_without_a_zone_and_asks_loaded_role_streams_to_read_again(
+        db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A PractitionerRole stored before 0018 has no zone of its own (none was read): it keeps where it works,
+    and PractitionerRole streams past a first load read everything again, so a declared zone comes in; other
+    streams and a stream still loading are not asked."""
+    settings = make_settings(db_url, tmp_path)
+    database = Database(settings.database_url)
+    upgrade(database, "0017")
+    cid, loading = two_connections(database, settings)
+    with database.engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO staff_role (connection_id, fhir_id, version_id, deleted, active, organization_id, "
+            "location_ids, codes, specialty_codes) VALUES (:c, 'prole-1', '1', false, true, 'org-1', "
+            "'[\"loc-1\"]', '[]', '[]')"), {"c": cid})
+    add_streams(database, cid, loading, ("PractitionerRole", "incremental"), ("Location", "incremental"),
+                ("PractitionerRole", "initial"))
+    upgrade(database)
+    with database.session() as session:
+        role = session.exec(select(StaffRole)).one()
+        asked = {(s.resource_type, s.phase): s.reload_asked for s in session.exec(select(SyncStream))}
+    database.dispose()
+    assert (role.fhir_id, role.location_ids, role.timezone) == ("prole-1", ["loc-1"], None)
+    assert asked == {("PractitionerRole", "incremental"): 1, ("Location", "incremental"): 0,
+                     ("PractitionerRole", "initial"): 0}
 
 
 def test_the_migrations_build_what_the_models_declare(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]

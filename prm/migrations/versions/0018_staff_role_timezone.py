@@ -1,0 +1,36 @@
+"""the time zone a PractitionerRole declares
+
+Revision ID: 0018
+Revises: 0017
+Create Date: 2026-11-25
+
+Issue 5 reads the clinic time zone from the `timezone` extension of Organization, Location and
+PractitionerRole; roles kept only where they work. A care ticket owned by a role, with no visit, now reads its
+dates in the zone the role declares, before its Locations' and Organization's.
+
+Roles synced before this revision hold no zone; PractitionerRole streams past their first load are asked to
+read everything again (as 0013 and 0017 did), so each declared zone comes in at the next run.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = '0018'
+down_revision: str | None = '0017'
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('staff_role', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('timezone', sa.String(length=64), nullable=True))
+    op.execute("UPDATE sync_stream SET reload_asked = reload_asked + 1 "
+               "WHERE resource_type = 'PractitionerRole' AND phase = 'incremental'")
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('staff_role', schema=None) as batch_op:
+        batch_op.drop_column('timezone')
