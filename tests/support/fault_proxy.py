@@ -68,6 +68,7 @@ class FaultProxy:
         self.target_port = parts.port or 80
         self.port = port or free_port()
         self.hits: list[tuple[str, str, int]] = []  # (method, path without query, status; 0 = dropped)
+        self.arrivals: list[tuple[float, str, str]] = []  # (time.monotonic(), method, path and query) as each came
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -93,10 +94,11 @@ class FaultProxy:
         return fault
 
     def clear(self) -> None:
-        """Forget faults and hits."""
+        """Forget faults, hits and arrivals."""
         with self._lock:
             self._faults.clear()
             self.hits.clear()
+            self.arrivals.clear()
 
     def take(self, method: str, target: str) -> Fault | None:
         with self._lock:
@@ -105,6 +107,10 @@ class FaultProxy:
                     fault.times -= 1
                     return fault
         return None
+
+    def arrived(self, method: str, target: str) -> None:
+        with self._lock:
+            self.arrivals.append((time.monotonic(), method, target))
 
     def record(self, method: str, target: str, status: int) -> None:
         with self._lock:
@@ -161,6 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
         method = self.command
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
+        proxy.arrived(method, self.path)
         fault = proxy.take(method, self.path)
         try:
             if fault is not None and fault.before is not None:
