@@ -28,7 +28,8 @@ from connector.errors import transport_error
 from prm.errors import ConfigError, EhrError, PermanentEhrError, TransientEhrError
 
 ASSERTION_LIFETIME_S = 240  # SMART: exp no more than five minutes in the future
-EXPIRY_MARGIN_S = 60.0  # a cached token is replaced this long before it expires
+EXPIRY_MARGIN_S = 60.0  # a cached token is replaced this long before it expires (a quarter of its life at most)
+DEFAULT_LIFETIME_S = 300  # a token answer without expires_in is taken to live this long
 ALGS = ("RS384", "ES384")
 
 
@@ -53,7 +54,11 @@ class BackendToken:
     expires_in: int | None = None
 
     def fresh(self, now: float, margin_s: float = EXPIRY_MARGIN_S) -> bool:
-        return now < self.expires_at - margin_s
+        """Whether to use it still: until `margin_s` before it expires, or a quarter of its life where that is
+        shorter. Why: a token that lives less than the margin (an EHR's 60 s tokens) was never fresh, so every
+        request fetched a new one; the quarter still leaves a request time to arrive before it expires."""
+        lifetime = self.expires_in if self.expires_in is not None else DEFAULT_LIFETIME_S
+        return now < self.expires_at - min(margin_s, lifetime / 4)
 
 
 class BackendAuthError(PermanentEhrError):
@@ -147,7 +152,7 @@ def fetch_token(creds: BackendCredentials, scope: str, timeout: float) -> Backen
     # SMART: scope is REQUIRED in the response; an EHR that omits it granted what was asked (RFC 6749 §5.1)
     granted = str(token.get("scope") or scope)
     return BackendToken(access_token=str(access), scope=granted, expires_in=expires_in,
-                        expires_at=time.time() + (expires_in if expires_in is not None else 300))
+                        expires_at=time.time() + (expires_in if expires_in is not None else DEFAULT_LIFETIME_S))
 
 
 class BackendTokens:

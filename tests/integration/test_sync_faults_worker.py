@@ -27,7 +27,7 @@ import pytest
 import requests
 
 from ehr_sandbox.config import SandboxConfig
-from prm import streams
+from prm import connections, streams
 from tests.integration.sync_env import SyncEnv, small_dataset, sync_database
 from tests.support.fault_proxy import Fault, FaultProxy, FaultyEhr
 from tests.support.ports import free_port
@@ -125,13 +125,13 @@ def faulty() -> Iterator[FaultyEhr]:
 
 
 @contextmanager
-def worker_and_beat(env: SyncEnv, tmp_path: Path) -> Iterator[None]:
+def worker_and_beat(env: SyncEnv, tmp_path: Path, http_timeout_s: float = HTTP_TIMEOUT_S) -> Iterator[None]:
     """`prm beat` and one `prm worker` on a private Redis, stopped before the database goes; their logs printed."""
     redis = RedisServer(free_port(), tmp_path / "logs").start()
     settings = env.ctx.settings
     process_env = env_for(settings.database_url, tmp_path / "instance", PRM_REDIS_URL=redis.url,
                           PRM_NOW=settings.now or "", PRM_SWEEP_INTERVAL_S="0.5", PRM_JOB_LEASE_S="30",
-                          PRM_SYNC_PAGE_SIZE=str(PAGE), PRM_HTTP_TIMEOUT_S=str(HTTP_TIMEOUT_S),
+                          PRM_SYNC_PAGE_SIZE=str(PAGE), PRM_HTTP_TIMEOUT_S=str(http_timeout_s),
                           PRM_HEALTH_CHECK_INTERVAL_S="3600")
     processes: list[Process] = []
     try:
@@ -194,3 +194,32 @@ def test_a_real_worker_syncs_through_every_fault_and_ends_in_step(path: str, fau
                 assert env.snapshot(resource_type) == server, resource_type
     finally:
         proxy.clear()
+
+
+def test_tokens_that_expire_mid_sync_are_renewed_and_one_that_expires_on_its_way_costs_one_reauthentication(
+        tmp_path: Path) -> None:
+    """The EHR's access tokens live 5 s (sandbox profile `short-token`) and its Encounter searches are slow, so
+    the first load outlasts several tokens. The worker renews each before it expires, not for every request;
+    one search held at the proxy past its token's life is refused by the EHR (401), which costs one new token
+    and the same search again. Nothing is flagged for IT, and the snapshot equals the server."""
+    with FaultyEhr(SandboxConfig(port=0, fhir_internal_port=0, profile="short-token"),
+                   dataset=small_dataset(80)) as ehr:
+        proxy = ehr.proxy
+        with sync_database(ehr.stack, tmp_path, sync_page_size=PAGE) as env:
+            late = proxy.add_fault(LATER_WINDOW.format("Encounter"), delay_s=6.0)  # its token expires on the way
+            proxy.add_fault(r"^/fhir/Encounter\?", times=10**6, delay_s=0.3)
+            with worker_and_beat(env, tmp_path, http_timeout_s=15.0):
+                wait_until(lambda: first_loads_done(env), 150, interval_s=0.5, what="every stream's first load")
+            assert late.times == 0
+            refused = proxy.count("GET", r"^/fhir/Encounter$", 401)
+            tokens = proxy.count("POST", r"^/oauth/token$")
+            reads = proxy.count("GET", r"^/fhir/")
+            assert refused >= 1, "the held search reached the EHR with an expired token"
+            assert 3 <= tokens <= reads / 4, (tokens, reads)  # renewed as they expire, not for each request
+            with env.ctx.db.session() as session:
+                rows = streams.of_connection(session, env.connection_id)
+                connection = connections.get(session, env.connection_id)
+            assert {s.resource_type: s.last_error for s in rows if s.last_error} == {}
+            assert connection is not None and connection.needs_it is None
+            for resource_type in TYPES:
+                assert env.snapshot(resource_type) == env.server(resource_type), resource_type

@@ -14,6 +14,7 @@ from joserfc.jwk import ECKey, KeySet, RSAKey
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
+from connector import backend
 from connector.backend import BackendAuthError, BackendCredentials, BackendTokens, client_assertion, fetch_token
 from prm.errors import ConfigError
 
@@ -119,11 +120,21 @@ def test_tokens_are_cached_per_scope_and_fetched_once_under_contention(endpoint:
     assert tokens.get(creds, "system/Patient.rs", 5).access_token == "token-3"
 
 
-def test_a_token_near_expiry_is_replaced(endpoint: TokenEndpoint, key: RSAKey) -> None:
-    endpoint.expires_in = 30  # less than the one-minute margin: never fresh enough to reuse
+@pytest.mark.parametrize(("lifetime_s", "reused_until_s"), [(30, 22.5), (3600, 3540.0)])
+def test_a_token_is_reused_until_near_its_expiry_then_replaced(endpoint: TokenEndpoint, key: RSAKey,
+                                                               monkeypatch: pytest.MonkeyPatch, lifetime_s: int,
+                                                               reused_until_s: float) -> None:
+    """Replaced a minute before it expires, or a quarter of its life before where that is sooner: a 30 s token
+    (shorter than the minute) is used for 22.5 s, not fetched again for every request."""
+    endpoint.expires_in = lifetime_s
+    now = [1000.0]
+    monkeypatch.setattr(backend.time, "time", lambda: now[0])
     creds = credentials(key, "RS384", endpoint.url)
     tokens = BackendTokens()
     assert tokens.get(creds, "system/Patient.rs", 5).access_token == "token-1"
+    now[0] = 1000.0 + reused_until_s - 0.1
+    assert tokens.get(creds, "system/Patient.rs", 5).access_token == "token-1"
+    now[0] = 1000.0 + reused_until_s + 0.1
     assert tokens.get(creds, "system/Patient.rs", 5).access_token == "token-2"
 
 
