@@ -3,8 +3,9 @@
 
 During the first load the proxy answers 429 with Retry-After, 500, 503, a body cut mid-transfer (Content-Length
 promises more), a complete answer whose JSON is cut short, a body that never comes (timeout), a dropped connection
-and invalid resources; on the bulk path also a 503 on the kick-off, a 429 on the status, an NDJSON file cut
-mid-transfer and a garbled NDJSON line.
+and invalid resources, and on the search path the EHR changes and deletes Encounters between two windows; on the
+bulk path also a 503 on the kick-off, a 429 on the status, an NDJSON file cut mid-transfer and a garbled NDJSON
+line.
 
 Nobody drives the sync but the worker: the test only waits until every stream has finished its first load, then
 checks that each fault was served, that the snapshot's (type, id, versionId) equals the server's exactly (less the
@@ -64,6 +65,27 @@ def cut_json(env: SyncEnv) -> str:
     return text[:len(text) // 2]
 
 
+def change_while_paging(env: SyncEnv) -> Callable[[], None]:
+    """What the EHR does between two windows of a first load: it updates the Encounter the load read first
+    (behind the cursor: its new version is ahead of it now), updates one it has not reached, and deletes the
+    newest (ahead of the cursor, never read)."""
+    def ids(order: str, count: int) -> list[str]:
+        bundle = requests.get(f"{env.stack.fhir_internal_url}/Encounter?_sort={order}&_count={count}&_elements=id",
+                              timeout=30).json()
+        return [e["resource"]["id"] for e in bundle["entry"]]
+
+    def change() -> None:
+        behind, *_, ahead = ids("_lastUpdated", 300)
+        newest = ids("-_lastUpdated", 1)[0]
+        for resource_id in (behind, ahead):
+            resource = env.read("Encounter", resource_id)
+            resource["status"] = "cancelled" if resource["status"] != "cancelled" else "finished"
+            env.put(resource)
+        env.delete("Encounter", newest)
+
+    return change
+
+
 def search_faults(env: SyncEnv, proxy: FaultProxy) -> Injected:
     """First load by paged searches: every fault on a window the worker asks for."""
     done = Injected()
@@ -80,6 +102,8 @@ def search_faults(env: SyncEnv, proxy: FaultProxy) -> Injected:
                                                           before=stamp)
     done.faults["invalid resource"] = proxy.add_fault(FIRST_PATIENT_WINDOW, body=json.dumps(broken), before=stamp)
     done.faults["500 twice"] = proxy.add_fault(LATER_WINDOW.format("Encounter"), status=500, times=2)
+    done.faults["changed and deleted while paging"] = proxy.add_fault(LATER_WINDOW.format("Encounter"),
+                                                                      before=change_while_paging(env))
     done.faults["503"] = proxy.add_fault(LATER_WINDOW.format("Appointment"), status=503)
     done.faults["cut mid-transfer"] = proxy.add_fault(LATER_WINDOW.format("Appointment"), truncate_body_at=700)
     done.faults["truncated JSON"] = proxy.add_fault(r"^/fhir/RelatedPerson\?", body=cut_json(env))
