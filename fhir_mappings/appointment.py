@@ -20,7 +20,7 @@ def booking_from_appointment(resource: dict[str, Any]) -> BookingCreate:
         **meta(resource),
         patient_id=next(iter(booked or declined), None),
         other_patients=booked[1:],
-        declined_patients=declined if booked else declined[1:],
+        declined_patients=declined,  # with nobody booked, its patient_id too: it is on no one's sidebar
         shared=len(booked) + len(declined) > 1,
         status=resource["status"],
         start_at=start_at, start_offset_min=start_offset, end_at=end_at, end_offset_min=end_offset,

@@ -209,6 +209,15 @@ def json_list_has_any(session: Session, column: Any, values: Sequence[str]) -> A
     return exists(select(literal(1)).select_from(items).where(items.c.value.in_(list(values))))
 
 
+def json_list_has(session: Session, column: Any, value: Any) -> Any:
+    """A condition: the JSON list of strings in `column` holds `value`, an expression of the same row (PostgreSQL's
+    jsonb `?`; SQLite's json_each)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return cast(column, JSONB).has_key(value)
+    items = func.json_each(column).table_valued("value")
+    return exists(select(literal(1)).select_from(items).where(items.c.value == value))
+
+
 def in_chunks(ids: Sequence[str]) -> Iterator[list[str]]:
     """`ids` a statement's worth at a time, so a list of any length stays under the limits on bound parameters
     (a mass deletion at the EHR hands the sync tens of thousands at once)."""

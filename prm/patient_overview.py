@@ -16,19 +16,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import TypeVar
 
+from sqlalchemy import not_
 from sqlmodel import Session, col, func, select
 
 from prm import clinic_zones
-from prm.db import json_list_has_any
+from prm.db import json_list_has, json_list_has_any
 from prm.models import Connection
 from prm.patients import PatientHeader
-from prm.snapshot_models import Booking, PatientRecord, QuarantinedResource, Site, SyncStream, Visit
+from prm.same_person import live_record, same_person
+from prm.snapshot_models import Booking, QuarantinedResource, Site, SyncStream, Visit
 
 CAME = ("arrived", "triaged", "in-progress", "onleave", "finished")  # Encounter.status: the patient was there
 AHEAD = ("proposed", "pending", "booked", "waitlist")  # Appointment.status: still to happen
 MISSED = "noshow"
 MISSED_WINDOW = timedelta(days=365)
-MAX_MERGE_HOPS = 5  # replaced-by links followed from the launched record: more is a loop or a data error
 OVERVIEW_TYPES = ("Patient", "Encounter", "Appointment")  # the streams the overview is as fresh as
 Dated = TypeVar("Dated", Visit, Booking)
 
@@ -39,10 +40,11 @@ class Occasion:
     words it."""
 
     fhir_id: str
-    at: datetime  # aware, in the clinic's zone
+    at: datetime  # aware, in the clinic's zone; with `day_only`, that day's midnight there
     place: str | None
     status: str
     what: str | None = None
+    day_only: bool = False  # the EHR gave a date without a time: no time to show, no zone to move it by
 
 
 @dataclass(frozen=True)
@@ -60,10 +62,10 @@ class PatientOverview:
 def overview(session: Session, connection: Connection, patient_id: str, now: datetime) -> PatientOverview | None:
     """The patient's overview, or None where the snapshot has no live record of them (not synced yet, or
     deleted in the EHR: the caller reads live and shows what the EHR says)."""
-    record = _record(session, connection, patient_id)
+    record = live_record(session, connection.id or 0, patient_id)
     if record is None:
         return None
-    ids = _same_person(session, connection, record)
+    ids = same_person(session, connection.id or 0, record.fhir_id)
     year_ago = now - MISSED_WINDOW
     last_visit = _first(session, Visit, connection, ids, col(Visit.status).in_(CAME), col(Visit.start_at) <= now,
                         newest=True)
@@ -82,35 +84,12 @@ def overview(session: Session, connection: Connection, patient_id: str, now: dat
     )
 
 
-def _record(session: Session, connection: Connection, fhir_id: str) -> PatientRecord | None:
-    return session.exec(select(PatientRecord).where(
-        col(PatientRecord.connection_id) == connection.id, col(PatientRecord.fhir_id) == fhir_id,
-        col(PatientRecord.deleted).is_(False))).first()
-
-
 def _newer_refused(session: Session, connection: Connection, fhir_id: str) -> bool:
     """A version of the record is quarantined and not since mended: the sync kept the last good one."""
     table = QuarantinedResource
     return session.exec(select(table.id).where(
         col(table.connection_id) == connection.id, col(table.resource_type) == "Patient",
         col(table.fhir_id) == fhir_id, col(table.resolved_at).is_(None))).first() is not None
-
-
-def _same_person(session: Session, connection: Connection, record: PatientRecord) -> list[str]:
-    """The launched record, those it was merged into, and those merged into it: one person's visits may sit
-    under any of them, depending on how far the EHR moved them when it merged."""
-    ids = [record.fhir_id]
-    current = record
-    while current.replaced_by and current.replaced_by not in ids and len(ids) <= MAX_MERGE_HOPS:
-        ids.append(current.replaced_by)
-        survivor = _record(session, connection, current.replaced_by)
-        if survivor is None:
-            break
-        current = survivor
-    merged_in = session.exec(select(PatientRecord.fhir_id).where(
-        col(PatientRecord.connection_id) == connection.id, col(PatientRecord.replaced_by).in_(ids),
-        col(PatientRecord.deleted).is_(False)))
-    return list(dict.fromkeys([*ids, *merged_in]))
 
 
 def _of_person(session: Session, model: type[Dated], connection: Connection, patient_ids: Iterable[str],
@@ -120,6 +99,9 @@ def _of_person(session: Session, model: type[Dated], connection: Connection, pat
     the shared rows' own index: two indexed queries, where one with an OR between them could scan the lot."""
     ids = list(patient_ids)
     live: list[object] = [col(model.connection_id) == connection.id, col(model.deleted).is_(False)]
+    if not shared and model is Booking:  # one its patient declined (nobody is booked on it) is no one's booking
+        return [*live, col(model.patient_id).in_(ids), not_(json_list_has(session, Booking.declined_patients,
+                                                                          Booking.patient_id))]
     if not shared:
         return [*live, col(model.patient_id).in_(ids)]
     return [*live, col(Booking.shared).is_(True), col(Booking.patient_id).not_in(ids),
@@ -169,10 +151,15 @@ def _occasion(session: Session, connection: Connection, row: Visit | Booking | N
         return None
     providers = [row.service_provider] if isinstance(row, Visit) and row.service_provider else []
     zone: tzinfo = clinic_zones.zone_for(session, connection, location_ids=row.location_ids, organization_ids=providers)
-    if zone is UTC and row.start_offset_min is not None:  # no zone known: the EHR's own offset is the best guess
+    place = _place(session, connection, row)
+    if row.start_offset_min is None:  # a date alone (an R4 dateTime with a time has a zone): the day as the EHR gave it
+        day = row.start_at.astimezone(UTC).date()
+        return Occasion(fhir_id=row.fhir_id, at=datetime(day.year, day.month, day.day, tzinfo=zone), place=place,
+                        status=row.status, what=row.type_text, day_only=True)
+    if zone is UTC:  # no zone known: the EHR's own offset is the best guess
         zone = timezone(timedelta(minutes=row.start_offset_min))
-    return Occasion(fhir_id=row.fhir_id, at=row.start_at.astimezone(zone), place=_place(session, connection, row),
-                    status=row.status, what=row.type_text)
+    return Occasion(fhir_id=row.fhir_id, at=row.start_at.astimezone(zone), place=place, status=row.status,
+                    what=row.type_text)
 
 
 def _place(session: Session, connection: Connection, row: Visit | Booking) -> str | None:

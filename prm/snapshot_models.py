@@ -124,6 +124,7 @@ class BookingBase(SnapshotBase):
     # The others booked on it (a group session, a couple's or a family's appointment): their sidebars show it too.
     other_patients: list[str] = _json_list()
     declined_patients: list[str] = _json_list()  # named on it, their place declined: it is still in their record
+    # (where nobody is booked on it, `patient_id` is one of them: it shows on nobody's sidebar)
     shared: bool = False  # it names more than one patient: the few rows whose lists are looked into
     status: str = Field(max_length=30)
     start_at: datetime | None = _dt()
@@ -155,8 +156,8 @@ class Booking(BookingBase, table=True):
 
     @property
     def patients(self) -> list[str]:
-        """Every patient it names, booked or not: whose records it belongs to."""
-        return [p for p in (self.patient_id, *self.other_patients, *self.declined_patients) if p]
+        """Every patient it names, booked or not, each once: whose records it belongs to."""
+        return list(dict.fromkeys(p for p in (self.patient_id, *self.other_patients, *self.declined_patients) if p))
 
 
 class BookingCreate(BookingBase):

@@ -14,13 +14,14 @@ from flask import Blueprint, Response, g, jsonify, request
 from pydantic import ValidationError as PydanticError
 from sqlmodel import Session
 
-from prm import care_tickets, connections, outreach
+from prm import care_tickets, clinic_zones, connections, outreach
 from prm.audit import record as audit_record
 from prm.clock import parse_instant
 from prm.errors import ConfigError, PrmError, ValidationError
 from prm.followup_models import CareTicket, CareTicketCreate, OutreachMessage, OutreachMessageCreate
 from prm.models import Connection, Launch
 from prm.permissions import Action
+from prm.same_person import same_person
 from smart_app import csrf
 from smart_app.context import prm
 from smart_app.guard import requires
@@ -62,13 +63,17 @@ def _instant(value: str | None, what: str) -> Any:
         raise ValidationError(f"{what}: {exc}") from exc
 
 
-def ticket_json(ticket: CareTicket) -> dict[str, Any]:
+def ticket_json(session: Session, ticket: CareTicket) -> dict[str, Any]:
+    """The ticket for the sidebar: `due_day` is the due date in the clinic's zone, as the EHR's Task says it
+    (`prm.clinic_zones`); the UTC instant's own date is a day out for a clinic far from Greenwich."""
+    due_day = ticket.due_at.astimezone(clinic_zones.for_care_ticket(session, ticket)).date() if ticket.due_at else None
     return {"id": ticket.id, "key": ticket.business_key, "reason": ticket.reason, "description": ticket.description,
             "priority": ticket.priority, "status": ticket.status, "owner": ticket.owner,
-            "due_at": ticket.due_at.isoformat() if ticket.due_at else None}
+            "due_at": ticket.due_at.isoformat() if ticket.due_at else None,
+            "due_day": due_day.isoformat() if due_day else None}
 
 
-def message_json(message: OutreachMessage) -> dict[str, Any]:
+def message_json(_session: Session, message: OutreachMessage) -> dict[str, Any]:
     return {"id": message.id, "key": message.business_key, "channel": message.channel, "purpose": message.purpose,
             "status": message.status, "recipient": message.recipient,
             "sent_at": message.sent_at.isoformat() if message.sent_at else None}
@@ -84,7 +89,7 @@ def _launch() -> Launch:
 Produce = Callable[[Session, Connection, Launch, dict[str, Any]], tuple[Any, bool]]
 
 
-def _produce(handle: str, fields: set[str], produce: Produce, present: Callable[[Any], dict[str, Any]]
+def _produce(handle: str, fields: set[str], produce: Produce, present: Callable[[Session, Any], dict[str, Any]]
              ) -> tuple[Response, int]:
     """Check the call, let the domain produce the item (and its outbox row and audit) in one commit, wake the
     drain after it; 201 when made now, 200 when the same key made it before."""
@@ -96,12 +101,13 @@ def _produce(handle: str, fields: set[str], produce: Produce, present: Callable[
             if connection is None:
                 return _problem(404, "not_found", "this launch's connection is gone")
             item, created = produce(session, connection, launch, body)
+            shown = present(session, item)
             wake(ctx.worker, session, connection.id or 0)
     except (ValidationError, PydanticError) as exc:
         return _problem(400, "invalid", str(exc))
     except PrmError as exc:
         return _problem(409, "refused", str(exc))
-    return jsonify(present(item) | {"created": created}), 201 if created else 200
+    return jsonify(shown | {"created": created}), 201 if created else 200
 
 
 @bp.post("/care-tickets")
@@ -144,9 +150,12 @@ def follow_ups(handle: str) -> tuple[Response, int]:
     except ValidationError as exc:
         return _problem(400, "invalid", str(exc))
     patient_id = launch.patient_id or ""
-    with ctx.db.session() as session:
-        tickets = care_tickets.for_patient(session, launch.connection_id, patient_id)
-        messages = outreach.for_patient(session, launch.connection_id, patient_id, limit=20)
+    with ctx.db.session() as session:  # under any of the person's records: an EHR merge moves not all of it
+        person = same_person(session, launch.connection_id, patient_id)
+        tickets = care_tickets.for_patient(session, launch.connection_id, person)
+        messages = outreach.for_patient(session, launch.connection_id, person, limit=20)
         audit_record(session, ctx.settings.clock, g.actor, "follow_ups.view", patient_id=patient_id,
                      count=len(tickets) + len(messages))
-    return jsonify(tickets=[ticket_json(t) for t in tickets], messages=[message_json(m) for m in messages]), 200
+        shown = jsonify(tickets=[ticket_json(session, t) for t in tickets],
+                        messages=[message_json(session, m) for m in messages])
+    return shown, 200

@@ -18,10 +18,11 @@ class Freshness:
 
 
 def when_text(occasion: Occasion) -> str:
-    """`Thu 12 Nov 2026, 10:30` in the clinic's time, with the status when it is not the usual one (a visit
-    finished, a booking booked): `(noshow)`. The sidebar puts what it was for and where on lines of their own
-    beneath (`Occasion.what`, `Occasion.place`): one long line wrapped in a narrow sidebar read badly."""
-    text = occasion.at.strftime("%a %d %b %Y, %H:%M")
+    """`Thu 12 Nov 2026, 10:30` in the clinic's time (`Thu 12 Nov 2026` where the EHR gave a date alone), with
+    the status when it is not the usual one (a visit finished, a booking booked): `(noshow)`. The sidebar puts
+    what it was for and where on lines of their own beneath (`Occasion.what`, `Occasion.place`): one long line
+    wrapped in a narrow sidebar read badly."""
+    text = occasion.at.strftime("%a %d %b %Y" if occasion.day_only else "%a %d %b %Y, %H:%M")
     if occasion.status not in ("finished", "booked"):
         text += f" ({occasion.status})"
     return text

@@ -97,7 +97,8 @@ def row_patients(resource_type: str, row: Row) -> list[str]:
         return [p for p in (row.get("fhir_id"), row.get("replaced_by")) if p]
     if resource_type != "Appointment":
         return [row["patient_id"]] if row.get("patient_id") else []
-    return [p for p in (row.get("patient_id"), *row.get("other_patients", ()), *row.get("declined_patients", ())) if p]
+    return list(dict.fromkeys(p for p in (row.get("patient_id"), *row.get("other_patients", ()),
+                                         *row.get("declined_patients", ())) if p))
 
 
 def encoded_patients(resource_type: str, columns: tuple[str, ...]) -> Callable[[tuple[Any, ...]], list[str]]:
@@ -113,7 +114,7 @@ def encoded_patients(resource_type: str, columns: tuple[str, ...]) -> Callable[[
 
     def named(row: tuple[Any, ...]) -> list[str]:
         others = [p for i in at_lists for p in json.loads(row[i])] if row[at_shared] else []
-        return [patient for patient in (row[at], *others) if patient]
+        return list(dict.fromkeys(patient for patient in (row[at], *others) if patient))
     return named
 
 

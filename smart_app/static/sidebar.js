@@ -22,7 +22,7 @@
       item.className = "ticket";
       item.dataset.status = ticket.status;
       item.textContent = `${ticket.priority === "urgent" ? "URGENT · " : ""}${ticket.description} ` +
-        `(due ${ticket.due_at.slice(0, 10)}, ${ticket.status.replace("_", " ")})`;
+        `(due ${ticket.due_day}, ${ticket.status.replace("_", " ")})`;
       list.append(item);
     }
   }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -122,5 +123,6 @@ def test_a_care_ticket_opened_from_the_sidebar_iframe(page: Page, live_app: Live
     item = frame.locator("#ticket-list li.ticket")
     item.wait_for(timeout=20_000)
     assert item.inner_text().startswith("URGENT · Phone to book the overdue six-month recall")
+    assert re.search(r"\(due \d{4}-\d{2}-\d{2}, open\)$", item.inner_text()), "the clinic's due day (API due_day)"
     assert "Task" in frame.locator("#ticket-message").inner_text()
     assert page.context.cookies(live_app.url) == []

@@ -1,4 +1,4 @@
-"""the time zone a PractitionerRole declares
+"""the time zone a PractitionerRole declares; bookings nobody is booked on
 
 Revision ID: 0018
 Revises: 0017
@@ -8,8 +8,13 @@ Issue 5 reads the clinic time zone from the `timezone` extension of Organization
 PractitionerRole; roles kept only where they work. A care ticket owned by a role, with no visit, now reads its
 dates in the zone the role declares, before its Locations' and Organization's.
 
-Roles synced before this revision hold no zone; PractitionerRole streams past their first load are asked to
-read everything again (as 0013 and 0017 did), so each declared zone comes in at the next run.
+An Appointment every patient of which declined kept its first patient as `patient_id` and not among
+`declined_patients`, so it showed as that patient's next booking (or a missed one). Such a booking now lists
+every patient it names as declined, its `patient_id` too, and is on nobody's sidebar.
+
+Roles synced before this revision hold no zone, and such bookings the old lists: PractitionerRole and
+Appointment streams past their first load are asked to read everything again (as 0013 and 0017 did), so both
+come right at the next run.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ def upgrade() -> None:
     with op.batch_alter_table('staff_role', schema=None) as batch_op:
         batch_op.add_column(sa.Column('timezone', sa.String(length=64), nullable=True))
     op.execute("UPDATE sync_stream SET reload_asked = reload_asked + 1 "
-               "WHERE resource_type = 'PractitionerRole' AND phase = 'incremental'")
+               "WHERE resource_type IN ('PractitionerRole', 'Appointment') AND phase = 'incremental'")
 
 
 def downgrade() -> None:

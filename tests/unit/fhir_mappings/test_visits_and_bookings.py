@@ -13,6 +13,7 @@ from fhir_mappings.appointment import booking_from_appointment
 from fhir_mappings.encounter import visit_from_encounter
 from fhir_mappings.patient import patient_record_from_patient
 from prm.errors import ValidationError
+from prm.snapshot_models import Booking
 
 DATA = Path(__file__).resolve().parents[3] / "ehr_sandbox" / "data" / "sandbox"
 MANIFEST = json.loads((DATA / "manifest.json").read_text())
@@ -163,8 +164,11 @@ def test_a_shared_appointment_keeps_every_patient_it_names_and_who_declined() ->
                  "participant": [{**p, "status": "declined"} for p in group["participant"]]}
     booking = booking_from_appointment(cancelled)
     assert (booking.patient_id, booking.other_patients, booking.declined_patients, booking.shared) == (
-        theirs, [], ["pat-000002", "pat-000003", "pat-000004", "pat-000005"], True), "still in each one's record"
+        theirs, [], [theirs, "pat-000002", "pat-000003", "pat-000004", "pat-000005"], True), \
+        "still in each one's record; with nobody booked, its patient_id is among those who declined"
+    assert Booking(**booking.model_dump()).patients == [
+        theirs, "pat-000002", "pat-000003", "pat-000004", "pat-000005"], "each once"
     alone = {**appointment, "participant": [{**p, "status": "declined"} for p in appointment["participant"]]}
     booking = booking_from_appointment(alone)
     assert (booking.patient_id, booking.other_patients, booking.declined_patients, booking.shared) == (
-        theirs, [], [], False)
+        theirs, [], [theirs], False)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlmodel import select
 
-from prm import care_tickets, connections, jobs, outbox, outreach
+from prm import care_tickets, connections, jobs, outbox, outreach, snapshots
 from prm.audit import Actor
 from prm.config import Settings
 from prm.crypto import SecretBox
@@ -16,6 +16,9 @@ from prm.db import Database
 from prm.errors import ValidationError
 from prm.followup_models import CareTicketCreate, OutreachMessageCreate
 from prm.models import AuditRecord, Connection, Job, OutboxRow
+from prm.same_person import same_person
+from prm.snapshot_models import PatientRecordCreate
+from smart_app.api_views import ticket_json
 
 CLINICIAN = Actor(kind="user", name="Practitioner/prac-rdc-01", role="clinician", connection_id=None)
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
@@ -220,3 +223,52 @@ def test_waking_the_drain_moves_a_later_job_forward(database: Database, settings
         session.add(job)
     with database.session() as session:  # a drain is running: it, or the sweeper after it, finds the new rows
         assert jobs.wake(session, jobs.WRITEBACK_DRAIN, 7, NOW) is None
+
+
+def test_a_persons_tickets_and_messages_are_found_under_each_of_their_records(database: Database,
+                                                                                settings: Settings) -> None:
+    """Tickets and messages fhir-prm made under a duplicate record stay there when the EHR merges it (p3 into
+    p2, later p2 into p1): opened on any of the three, the sidebar lists the person's all; another's none."""
+    connection = add_connection(database, settings)
+    links = {"pat-old": "pat-dup", "pat-dup": "pat-000037", "pat-000037": None, "pat-000038": None}
+    with database.session() as session:
+        snapshots.upsert_page(session, connection.id or 0, "Patient", [
+            PatientRecordCreate(fhir_id=fhir_id, version_id="1", replaced_by=survivor)
+            for fhir_id, survivor in links.items()])
+        for fhir_id in links:
+            care_tickets.open_ticket(session, settings.clock, connection,
+                                     ticket_spec(patient_id=fhir_id, business_key=f"t/{fhir_id}"), CLINICIAN)
+            outreach.record_message(session, settings.clock, connection, OutreachMessageCreate(
+                patient_id=fhir_id, channel="phone", purpose="follow-up", text="Called", business_key=f"m/{fhir_id}"),
+                CLINICIAN)
+    with database.session() as session:
+        for opened_on in ("pat-old", "pat-dup", "pat-000037"):
+            person = same_person(session, connection.id or 0, opened_on)
+            assert sorted(person) == ["pat-000037", "pat-dup", "pat-old"] and person[0] == opened_on
+            tickets = care_tickets.for_patient(session, connection.id or 0, person)
+            messages = outreach.for_patient(session, connection.id or 0, person)
+            assert sorted(t.business_key or "" for t in tickets) == ["t/pat-000037", "t/pat-dup", "t/pat-old"]
+            assert sorted(m.business_key or "" for m in messages) == ["m/pat-000037", "m/pat-dup", "m/pat-old"]
+        other = same_person(session, connection.id or 0, "pat-000038")
+        assert other == ["pat-000038"]
+        assert [t.business_key for t in care_tickets.for_patient(session, connection.id or 0, other)] == [
+            "t/pat-000038"]
+        assert same_person(session, connection.id or 0, "pat-unsynced") == ["pat-unsynced"]
+
+
+def test_the_sidebar_says_a_tickets_due_day_in_the_clinics_zone(database: Database, settings: Settings) -> None:
+    """A ticket due at 03:00 UTC on the 26th is due on the 25th in New York (22:00), on the 26th in London: the
+    day the EHR's Task says, not the UTC instant's date."""
+    due = datetime(2026, 11, 26, 3, tzinfo=UTC)
+    shown = {}
+    for zone in ("America/New_York", "Europe/London"):
+        spec = connections.ConnectionSpec(
+            name=zone.split("/")[1].lower(), iss=f"https://{zone.split('/')[1].lower()}.example/fhir", client_id="c",
+            clinics=({"organization": "Organization/org-1", "name": "Clinic", "timezone": zone},))
+        with database.session() as session:
+            connection = connections.upsert(session, settings.clock, SecretBox(settings.encryption_keys), spec)
+            ticket, _ = care_tickets.open_ticket(session, settings.clock, connection, ticket_spec(due_at=due),
+                                                 CLINICIAN)
+            shown[zone] = ticket_json(session, ticket)
+    assert {zone: (json["due_day"], json["due_at"]) for zone, json in shown.items()} == {
+        "America/New_York": ("2026-11-25", due.isoformat()), "Europe/London": ("2026-11-26", due.isoformat())}

@@ -209,11 +209,11 @@ def test_0017_keeps_stored_bookings_as_one_patients_and_asks_loaded_booking_stre
                      ("Appointment", "initial"): 0}
 
 
-def test_0018_keeps_stored_roles_without_a_zone_and_asks_loaded_role_streams_to_read_again(
+def test_0018_keeps_stored_roles_without_a_zone_and_asks_loaded_role_and_booking_streams_to_read_again(
         db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A PractitionerRole stored before 0018 has no zone of its own (none was read): it keeps where it works,
-    and PractitionerRole streams past a first load read everything again, so a declared zone comes in; other
-    streams and a stream still loading are not asked."""
+    and PractitionerRole and Appointment streams past a first load read everything again, so a declared zone
+    and a booking's declined patients come in; other streams and a stream still loading are not asked."""
     settings = make_settings(db_url, tmp_path)
     database = Database(settings.database_url)
     upgrade(database, "0017")
@@ -224,7 +224,7 @@ def test_0018_keeps_stored_roles_without_a_zone_and_asks_loaded_role_streams_to_
             "location_ids, codes, specialty_codes) VALUES (:c, 'prole-1', '1', false, true, 'org-1', "
             "'[\"loc-1\"]', '[]', '[]')"), {"c": cid})
     add_streams(database, cid, loading, ("PractitionerRole", "incremental"), ("Location", "incremental"),
-                ("PractitionerRole", "initial"))
+                ("PractitionerRole", "initial"), ("Appointment", "incremental"))
     upgrade(database)
     with database.session() as session:
         role = session.exec(select(StaffRole)).one()
@@ -232,7 +232,7 @@ def test_0018_keeps_stored_roles_without_a_zone_and_asks_loaded_role_streams_to_
     database.dispose()
     assert (role.fhir_id, role.location_ids, role.timezone) == ("prole-1", ["loc-1"], None)
     assert asked == {("PractitionerRole", "incremental"): 1, ("Location", "incremental"): 0,
-                     ("PractitionerRole", "initial"): 0}
+                     ("PractitionerRole", "initial"): 0, ("Appointment", "incremental"): 1}
 
 
 def test_the_migrations_build_what_the_models_declare(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]

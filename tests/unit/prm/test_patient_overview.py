@@ -24,6 +24,7 @@ from prm.db import Database, json_list_has_any
 from prm.models import Connection
 from prm.patient_overview import overview
 from prm.snapshot_models import Booking
+from smart_app.overview_present import when_text
 
 DATA = Path(__file__).resolve().parents[3] / "ehr_sandbox" / "data" / "sandbox"
 NOW = datetime.fromisoformat("2026-11-20T12:00:00+00:00")  # the data set's "now"
@@ -246,3 +247,71 @@ def test_asking_whether_a_shared_booking_names_nobody_finds_none(database: Datab
         every = session.exec(select(func.count()).select_from(Booking).where(
             col(Booking.connection_id) == connection.id)).one()
     assert (none, every) == (0, len(of_patient("Appointment")))
+
+
+def test_a_booking_nobody_is_booked_on_is_no_ones(database: Database, settings: Settings) -> None:
+    """Her appointment tomorrow morning, whose one place she declined (the EHR left it booked), is not her next
+    booking; a group session both its patients declined, marked noshow, is a missed booking for neither."""
+    appointments = of_patient("Appointment")
+    template = copy.deepcopy(appointments[-1])
+    own = [p for p in template["participant"] if not p["actor"]["reference"].startswith("Patient/")]
+
+    def declined(fhir_id: str, status: str, day: str, *patients: str) -> dict[str, Any]:
+        return {**template, "id": fhir_id, "status": status, "start": f"{day}T08:00:00-05:00",
+                "end": f"{day}T08:30:00-05:00", "participant": [
+                    *({"actor": {"reference": f"Patient/{p}"}, "status": "declined"} for p in patients), *own]}
+
+    connection = stored(database, settings, of_patient("Encounter"), appointments,
+                        [*of_patient("Patient"), {**of_patient("Patient")[0], "id": "pat-000275"}])
+    with database.session() as session:
+        before = overview(session, connection, PATIENT, NOW)
+        snapshots.upsert_page(session, connection.id or 0, "Appointment", [booking_from_appointment(a) for a in (
+            declined("appt-declined-alone", "booked", "2026-11-21", PATIENT),
+            declined("appt-declined-group", "noshow", "2026-10-05", "pat-000275", PATIENT))])
+    with database.session() as session:
+        after = overview(session, connection, PATIENT, NOW)
+        theirs = overview(session, connection, "pat-000275", NOW)
+    assert before is not None and after is not None and theirs is not None
+    assert after.next_booking == before.next_booking and after.next_booking is not None
+    assert after.next_booking.fhir_id != "appt-declined-alone"
+    assert after.missed_past_year == before.missed_past_year and theirs.missed_past_year == 0
+
+
+def test_a_record_merged_twice_over_shows_on_the_survivors_sidebar(database: Database, settings: Settings) -> None:
+    """pat-old was merged into pat-dup, then pat-dup into hers: the missed booking filed under pat-old counts on
+    her sidebar, and each of the three records shows the same picture."""
+    patient = of_patient("Patient")[0]
+    dup = {**patient, "id": "pat-dup", "link": [{"other": {"reference": f"Patient/{PATIENT}"}, "type": "replaced-by"}]}
+    old = {**patient, "id": "pat-old", "link": [{"other": {"reference": "Patient/pat-dup"}, "type": "replaced-by"}]}
+    missed = copy.deepcopy(of_patient("Appointment")[-1])
+    missed.update(id="appt-old-missed", status="noshow", start="2026-10-01T09:00:00-04:00",
+                  end="2026-10-01T09:30:00-04:00")
+    for participant in missed["participant"]:
+        if participant["actor"]["reference"] == f"Patient/{PATIENT}":
+            participant["actor"]["reference"] = "Patient/pat-old"
+    alone = stored(database, settings, of_patient("Encounter"), of_patient("Appointment"), of_patient("Patient"))
+    with database.session() as session:
+        before = overview(session, alone, PATIENT, NOW)
+        snapshots.upsert_page(session, alone.id or 0, "Patient", [patient_record_from_patient(p) for p in (dup, old)])
+        snapshots.upsert_page(session, alone.id or 0, "Appointment", [booking_from_appointment(missed)])
+    with database.session() as session:
+        seen = {fhir_id: overview(session, alone, fhir_id, NOW) for fhir_id in (PATIENT, "pat-dup", "pat-old")}
+    assert before is not None and all(s is not None for s in seen.values())
+    assert {fhir_id: s.missed_past_year for fhir_id, s in seen.items() if s} == {
+        fhir_id: before.missed_past_year + 1 for fhir_id in seen}
+    assert len({(s.last_visit, s.next_booking) for s in seen.values() if s}) == 1
+
+
+def test_a_visit_the_ehr_dated_without_a_time_is_shown_on_its_day(database: Database, settings: Settings) -> None:
+    """An EHR that sends `period.start` as a date: shown on that day, with no time, not moved to the evening
+    before by New York's offset from UTC."""
+    encounters = of_patient("Encounter")
+    dated = {**copy.deepcopy(encounters[-1]), "id": "enc-date-only", "status": "finished",
+             "period": {"start": "2026-11-19"}}
+    connection = stored(database, settings, [*encounters, dated], of_patient("Appointment"), of_patient("Patient"))
+    with database.session() as session:
+        seen = overview(session, connection, PATIENT, NOW)
+    assert seen is not None and seen.last_visit is not None and seen.last_visit.fhir_id == "enc-date-only"
+    assert seen.last_visit.day_only and seen.last_visit.at == datetime(2026, 11, 19,
+                                                                       tzinfo=ZoneInfo("America/New_York"))
+    assert when_text(seen.last_visit) == "Thu 19 Nov 2026"
