@@ -330,7 +330,11 @@ class Drain:
                 if row is None:
                     return
                 follow_remote_status(session, self.settings.clock, row, current)
-                fresh = render(session, row, rendered.resource_type)
+                try:
+                    fresh = render(session, row, rendered.resource_type)
+                except ValidationError as exc:  # the EHR withdrew it meanwhile: nothing to lay our fields over
+                    attempt.error = PermanentEhrError(f"cannot be written: {exc}")
+                    return
             merged = merge(current, fresh.resource)
             attempt.rendered = Rendered(rendered.row_id, rendered.resource_type, merged, fresh.revision,
                                         rendered.identifier_value)

@@ -27,6 +27,7 @@ MAPPERS: dict[tuple[str, str], Callable[[Session, Any], dict[str, Any]]] = {
     ("outreach_message", "Communication"): lambda _session, message: outreach_message_to_communication(message),
 }
 ITEMS: dict[str, type[SQLModel]] = {"care_ticket": CareTicket, "outreach_message": OutreachMessage}
+WITHDRAWN = "entered-in-error"  # a Task the EHR withdrew: never updated again (it would come back to life)
 # Fields the EHR may add or change that we never render, so a merge must keep them.
 EHR_OWNED = ("meta", "id", "text", "note", "output", "input", "partOf", "executionPeriod", "extension")
 
@@ -94,7 +95,11 @@ def render(session: Session, row: OutboxRow, resource_type: str, items: dict[str
     mapper = MAPPERS.get((kind, resource_type))
     if mapper is None:
         raise ValidationError(f"{kind} cannot be written as {resource_type}")
-    resource = mapper(session, item_of(session, row, items))
+    item = item_of(session, row, items)
+    if isinstance(item, CareTicket) and item.ehr_status == WITHDRAWN and row.written_type == resource_type == "Task":
+        raise ValidationError("the EHR withdrew this ticket's Task (entered-in-error); fhir-prm does not write it "
+                              "again over the EHR's word: discard this write, or open a new ticket")
+    resource = mapper(session, item)
     if row.fhir_id and row.written_type == resource_type:
         resource["id"] = row.fhir_id
     return Rendered(row_id=row.id or 0, resource_type=resource_type, resource=resource, revision=row.revision,

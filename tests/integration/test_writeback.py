@@ -112,6 +112,35 @@ def test_the_ehr_completing_a_task_closes_the_ticket_and_edits_are_merged(tmp_pa
         assert on_server(env, "Task") == {"care-ticket/test-0": 1, "care-ticket/test-1": 1}
 
 
+def test_a_task_the_ehr_withdrew_is_never_written_again(tmp_path: Path) -> None:
+    """In the EHR a clerk marks two of our Tasks entered-in-error. Staff then edit both tickets in fhir-prm: one
+    the sync saw withdrawn before the edit, one it had not (the update meets a 412 and reads the withdrawn copy).
+    Neither write lays our status over the EHR's word: each row is dead with the reason, for IT, the Tasks stay
+    entered-in-error, and the tickets stay open in fhir-prm."""
+    with sync_env(tmp_path, patients=80) as env:
+        checked(env)
+        seen, unseen = open_tickets(env, 2)
+        drain(env)
+        rows = {r.source: r for r in outbox_rows(env)}
+        tasks = {ticket.id: rows[f"care_ticket:{ticket.id}"].fhir_id or "" for ticket in (seen, unseen)}
+        env.put(env.read("Task", tasks[seen.id]) | {"status": "entered-in-error"})
+        env.run_all(("Task",))  # the sync brings the first back withdrawn
+        env.put(env.read("Task", tasks[unseen.id]) | {"status": "entered-in-error"})
+        with env.ctx.db.session() as session:
+            for ticket in (seen, unseen):
+                care_tickets.set_status(session, env.ctx.settings.clock, care_tickets.get(session, ticket.id or 0),
+                                        "in_progress", CLINICIAN)
+        run = drain(env)
+        assert run.written == 0 and run.dead == 2, run
+        for row in outbox_rows(env):
+            assert row.status == "dead" and "withdrew this ticket's Task" in (row.last_error or ""), row
+        assert {env.read("Task", task_id)["status"] for task_id in tasks.values()} == {"entered-in-error"}
+        with env.ctx.db.session() as session:
+            assert {(care_tickets.get(session, t.id or 0).status, care_tickets.get(session, t.id or 0).ehr_status)
+                    for t in (seen, unseen)} == {("in_progress", "entered-in-error")}
+        assert drain(env).claimed == 0, "not tried again"
+
+
 def test_a_fallback_communication_dates_the_due_day_where_the_visit_was(tmp_path: Path) -> None:
     """A ticket on a Pune visit due at 20:00 UTC is due the next day in Pune (01:30 IST): the Communication
     that stands in for its Task says that day, with the zone read from the synced Location's extension."""
