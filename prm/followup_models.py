@@ -54,7 +54,7 @@ class CareTicket(CareTicketBase, table=True):
     connection_id: int = Field(foreign_key="connection.id")
     business_key: str = Field(max_length=200)
     status: str = Field(default="open", max_length=20)  # one of TICKET_STATUSES
-    ehr_status: str | None = Field(default=None, max_length=30)  # the Task.status last seen in the EHR
+    ehr_status: str | None = Field(default=None, max_length=30)  # its Task's (or fallback Communication's) EHR status
     due_at: datetime | None = _dt(nullable=False)
     created_by: str = Field(max_length=300)
     created_at: datetime | None = _dt(nullable=False)

@@ -29,6 +29,7 @@ from prm.followup_models import CareTicket
 from prm.models import Connection, OutboxRow
 from workers.runtime import WorkerContext
 from workers.writeback_render import (
+    WITHDRAWN,
     Rendered,
     fallback_chain,
     follow_remote_status,
@@ -36,6 +37,7 @@ from workers.writeback_render import (
     preload_items,
     refused_by_profile,
     render,
+    withdrawn,
 )
 
 log = logging.getLogger(__name__)
@@ -225,6 +227,9 @@ class Drain:
     def _adopt(self, attempt: Attempt, copies: list[dict[str, Any]]) -> None:
         """The EHR has it already (one copy, or several to reconcile): turn the create into an update."""
         keep = self._reconcile(attempt, copies) if len(copies) > 1 else copies[0]
+        if keep.get("status") == WITHDRAWN:  # staff withdrew it while our answer was lost: not revived
+            attempt.error = PermanentEhrError(f"cannot be written: {withdrawn(keep)}")
+            return
         attempt.rendered.resource["id"] = keep["id"]
         attempt.version_id = version_of(keep)
         attempt.notes.append(f"found {keep['resourceType']}/{keep['id']} by identifier")
@@ -330,11 +335,10 @@ class Drain:
                 if row is None:
                     return
                 follow_remote_status(session, self.settings.clock, row, current)
-                try:
-                    fresh = render(session, row, rendered.resource_type)
-                except ValidationError as exc:  # the EHR withdrew it meanwhile: nothing to lay our fields over
-                    attempt.error = PermanentEhrError(f"cannot be written: {exc}")
+                if current.get("status") == WITHDRAWN:  # the EHR withdrew it meanwhile: nothing to lay ours over
+                    attempt.error = PermanentEhrError(f"cannot be written: {withdrawn(current)}")
                     return
+                fresh = render(session, row, rendered.resource_type)
             merged = merge(current, fresh.resource)
             attempt.rendered = Rendered(rendered.row_id, rendered.resource_type, merged, fresh.revision,
                                         rendered.identifier_value)

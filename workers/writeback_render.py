@@ -96,9 +96,8 @@ def render(session: Session, row: OutboxRow, resource_type: str, items: dict[str
     if mapper is None:
         raise ValidationError(f"{kind} cannot be written as {resource_type}")
     item = item_of(session, row, items)
-    if isinstance(item, CareTicket) and item.ehr_status == WITHDRAWN and row.written_type == resource_type == "Task":
-        raise ValidationError("the EHR withdrew this ticket's Task (entered-in-error); fhir-prm does not write it "
-                              "again over the EHR's word: discard this write, or open a new ticket")
+    if isinstance(item, CareTicket) and item.ehr_status == WITHDRAWN and row.written_type == resource_type:
+        raise ValidationError(withdrawn({"resourceType": resource_type, "id": row.fhir_id}))
     resource = mapper(session, item)
     if row.fhir_id and row.written_type == resource_type:
         resource["id"] = row.fhir_id
@@ -106,13 +105,23 @@ def render(session: Session, row: OutboxRow, resource_type: str, items: dict[str
                     identifier_value=row.identifier_value)
 
 
+def withdrawn(resource: dict[str, Any]) -> str:
+    """Why a write is refused for good: the EHR marked our copy entered-in-error (DESIGN.md: the EHR's word on
+    its own record wins), and laying our fields over it would bring it back."""
+    return (f"the EHR withdrew this item's {resource.get('resourceType')}/{resource.get('id')} (entered-in-error); "
+            "fhir-prm does not write it again over the EHR's word: discard this write, or open a new item")
+
+
 def follow_remote_status(session: Session, clock: Clock, row: OutboxRow, current: dict[str, Any]) -> None:
-    """Before merging: if the EHR moved a ticket's Task on (completed, cancelled) since we last saw it, follow."""
+    """Before merging: if the EHR moved a ticket's Task on (completed, cancelled) since we last saw it, follow;
+    a ticket's fallback Communication's status is noted (it says nothing of the work's state, but withdrawn)."""
     item = item_of(session, row)
+    status = str(current.get("status"))
     if isinstance(item, CareTicket) and current.get("resourceType") == "Task":
-        status = str(current.get("status"))
         if status != item.ehr_status:
             care_tickets.follow_ehr(session, clock, item, care_ticket_status_from_task(current), status)
+    elif isinstance(item, CareTicket) and status != item.ehr_status:
+        care_tickets.follow_ehr(session, clock, item, None, status)
 
 
 def merge(current: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:

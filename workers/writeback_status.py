@@ -54,6 +54,8 @@ def follow_written(session: Session, clock: Clock, connection_id: int, resources
         status = str(resource.get("status"))
         if isinstance(item, CareTicket) and row.written_type == "Task":
             moved += care_tickets.follow_ehr(session, clock, item, care_ticket_status_from_task(resource), status)
+        elif isinstance(item, CareTicket) and status != item.ehr_status:  # a fallback Communication: noted only
+            care_tickets.follow_ehr(session, clock, item, None, status)
         elif isinstance(item, OutreachMessage) and status != (item.ledger[-1:] or [{}])[0].get("ehr_status"):
             item.ledger = [*item.ledger, {"at": clock().isoformat(), "status": item.status, "ehr_status": status,
                                           "reason": f"the EHR's Communication is now {status}", "by": "ehr-sync"}]

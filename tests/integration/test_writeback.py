@@ -133,12 +133,37 @@ def test_a_task_the_ehr_withdrew_is_never_written_again(tmp_path: Path) -> None:
         run = drain(env)
         assert run.written == 0 and run.dead == 2, run
         for row in outbox_rows(env):
-            assert row.status == "dead" and "withdrew this ticket's Task" in (row.last_error or ""), row
+            assert row.status == "dead" and f"withdrew this item's Task/{row.fhir_id}" in (row.last_error or ""), row
         assert {env.read("Task", task_id)["status"] for task_id in tasks.values()} == {"entered-in-error"}
         with env.ctx.db.session() as session:
             assert {(care_tickets.get(session, t.id or 0).status, care_tickets.get(session, t.id or 0).ehr_status)
                     for t in (seen, unseen)} == {("in_progress", "entered-in-error")}
         assert drain(env).claimed == 0, "not tried again"
+
+
+def test_a_fallback_communication_the_ehr_withdrew_is_never_written_again(tmp_path: Path) -> None:
+    """Where the EHR refuses Tasks a ticket is written as a Communication; staff mark two of them entered-in-error
+    (one the sync then brings back, one it has not yet). Edits of both tickets write neither again."""
+    with sync_env(tmp_path, profile="task-writes-refused", patients=80) as env:
+        checked(env)
+        seen, unseen = open_tickets(env, 2)
+        drain(env)
+        rows = {r.source: r for r in outbox_rows(env)}
+        sent = {ticket.id: rows[f"care_ticket:{ticket.id}"].fhir_id or "" for ticket in (seen, unseen)}
+        assert {r.written_type for r in rows.values()} == {"Communication"}
+        env.put(env.read("Communication", sent[seen.id]) | {"status": "entered-in-error"})
+        env.run_all(("Communication",))
+        env.put(env.read("Communication", sent[unseen.id]) | {"status": "entered-in-error"})
+        with env.ctx.db.session() as session:
+            for ticket in (seen, unseen):
+                care_tickets.set_status(session, env.ctx.settings.clock, care_tickets.get(session, ticket.id or 0),
+                                        "done", CLINICIAN)
+        run = drain(env)
+        assert run.written == 0 and run.dead == 2, run
+        for row in outbox_rows(env):
+            assert row.status == "dead" and f"withdrew this item's Communication/{row.fhir_id}" in (
+                row.last_error or ""), row
+        assert {env.read("Communication", c)["status"] for c in sent.values()} == {"entered-in-error"}
 
 
 def test_a_fallback_communication_dates_the_due_day_where_the_visit_was(tmp_path: Path) -> None:

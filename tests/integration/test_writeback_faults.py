@@ -392,6 +392,25 @@ def test_a_lost_answer_is_looked_up_by_identifier_not_written_again(bundle: str,
         assert_exactly_once(env, items)
 
 
+def test_a_lost_create_the_ehr_withdrew_meanwhile_is_not_brought_back(faulty: FaultyEhr, tmp_path: Path) -> None:
+    """The EHR commits a ticket's Task, the answer is lost, and before the drain looks it up staff mark it
+    entered-in-error. Found by identifier, it is not adopted and updated (that would revive it): the write is
+    dead with the reason, and the Task stays withdrawn."""
+    with faulty_env(faulty, tmp_path, writeback_bundle="none") as (env, proxy):
+        items = create_items(env, 1, 0)
+        proxy.add_late_fault(TASKS, drop=True)
+        assert drain(env).failed == 1
+        [(task_id, _)] = server_copies(env, "Task", set(items.all()))[items.keys["Task"][0]]
+        env.put(env.read("Task", task_id) | {"status": "entered-in-error"})
+        advance_clock(env, 31)
+        second = drain(env)
+        assert (second.written, second.dead) == (0, 1), second
+        [row] = outbox_rows(env)
+        assert row.status == "dead" and f"withdrew this item's Task/{task_id}" in (row.last_error or "")
+        assert env.read("Task", task_id)["status"] == "entered-in-error"
+        assert on_server_of(env, items) == Counter(dict.fromkeys(items.all(), 1)), "no copy made either"
+
+
 # ---------------- 3. the worker dies between the EHR's commit and ours ----------------
 
 
