@@ -156,8 +156,9 @@ def fetch_token(creds: BackendCredentials, scope: str, timeout: float) -> Backen
 
 
 class BackendTokens:
-    """Tokens cached per (token endpoint, client, scope) until a minute before expiry; thread-safe, one
-    fetch at a time per key. After a 401, `invalidate` and ask again once: the EHR may have revoked it."""
+    """Tokens cached per (token endpoint, client, scope) until a minute before expiry (a quarter of a short
+    token's life: `BackendToken.fresh`); thread-safe, one fetch at a time per key. After a 401, `invalidate`
+    and ask again once: the EHR may have revoked it."""
 
     def __init__(self, margin_s: float = EXPIRY_MARGIN_S) -> None:
         self._margin = margin_s

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlmodel import Session, col, select
@@ -144,11 +143,11 @@ def get(session: Session, ticket_id: int) -> CareTicket:
     return ticket
 
 
-def for_patient(session: Session, connection_id: int, patient_ids: Sequence[str], *,
+def for_patient(session: Session, connection_id: int, patient_ids: list[str], *,
                 open_only: bool = True) -> list[CareTicket]:
     """The tickets under any of one person's records (`prm.same_person`), soonest due first."""
     query = select(CareTicket).where(CareTicket.connection_id == connection_id,
-                                     col(CareTicket.patient_id).in_(list(patient_ids)))
+                                     col(CareTicket.patient_id).in_(patient_ids))
     if open_only:
         query = query.where(col(CareTicket.status).in_(("open", "in_progress")))
     return list(session.exec(query.order_by(col(CareTicket.due_at))))

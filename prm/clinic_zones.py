@@ -1,5 +1,6 @@
 """The clinic's time zone, for local dates at the edges (DESIGN.md, Time): from the synced Location's or
-Organization's `timezone` extension, up their `partOf` chains, else the connection's clinic setting.
+Organization's `timezone` extension, up their `partOf` chains, else the connection's clinic setting; a ticket
+owned by a PractitionerRole, with no visit to place it, by the role's own extension first.
 
 The EHR's own word comes first (the issue: "the connection's clinic setting is the fallback"). A value that is
 no IANA zone is passed over, as if absent, and logged once per value: a bad extension never breaks a write.

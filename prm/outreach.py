@@ -7,7 +7,6 @@ Channel adapters and planned sends arrive with the outreach issues; this module 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 
 from sqlmodel import Session, col, select
@@ -85,11 +84,11 @@ def get(session: Session, message_id: int) -> OutreachMessage:
     return message
 
 
-def for_patient(session: Session, connection_id: int, patient_ids: Sequence[str],
+def for_patient(session: Session, connection_id: int, patient_ids: list[str],
                 limit: int = 50) -> list[OutreachMessage]:
     """The messages to any of one person's records (`prm.same_person`), newest first."""
     query = (select(OutreachMessage)
              .where(OutreachMessage.connection_id == connection_id,
-                    col(OutreachMessage.patient_id).in_(list(patient_ids)))
+                    col(OutreachMessage.patient_id).in_(patient_ids))
              .order_by(col(OutreachMessage.created_at).desc()).limit(limit))
     return list(session.exec(query))

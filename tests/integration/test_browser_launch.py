@@ -123,6 +123,11 @@ def test_a_care_ticket_opened_from_the_sidebar_iframe(page: Page, live_app: Live
     item = frame.locator("#ticket-list li.ticket")
     item.wait_for(timeout=20_000)
     assert item.inner_text().startswith("URGENT · Phone to book the overdue six-month recall")
-    assert re.search(r"\(due \d{4}-\d{2}-\d{2}, open\)$", item.inner_text()), "the clinic's due day (API due_day)"
+    sidebar = next(f for f in page.frames if "/app/" in f.url)
+    listed = sidebar.evaluate("fetch(document.getElementById('follow-ups').dataset.api, {credentials: 'omit'})"
+                              ".then(r => r.json())")
+    [ticket] = listed["tickets"]
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", ticket["due_day"])
+    assert item.inner_text().endswith(f"(due {ticket['due_day']}, open)"), "the clinic's due day, as the API says"
     assert "Task" in frame.locator("#ticket-message").inner_text()
     assert page.context.cookies(live_app.url) == []

@@ -103,6 +103,8 @@ def test_two_workers_share_the_sync_and_a_killed_holders_stream_goes_on_from_its
                     killed.update(worker=holder, at=time.monotonic(), pages=stream.pages)
 
             ehr.proxy.add_fault(ENCOUNTER_SEARCH, times=10**6, delay_s=SEARCH_HELD_S, before=kill_the_holder_mid_page)
+            ehr.proxy.add_fault(r"^/fhir/\w+\?", times=10**6, delay_s=0.1)  # every stream's lease held long enough
+            # for the watch below to see who holds it
             for process in (prm_process("beat", ["beat"], tmp_path / "logs", process_env, tmp_path),
                             *workers.values()):
                 processes.append(process.start())
@@ -119,6 +121,7 @@ def test_two_workers_share_the_sync_and_a_killed_holders_stream_goes_on_from_its
             survivor = next(name for name in WORKERS if name != dead)
             assert held_by == set(WORKERS), "both workers took streams before the kill"
             assert not workers[dead].alive() and workers[survivor].alive()
+            time.sleep(0.5)  # a COMMIT the dead worker sent just before the kill has landed; its lease has 4.5 s left
             stale = cluster.lease()  # the dead holder's: it renews no more
             committed = cluster.encounters()
             assert stale is not None and stale.expires_at is not None and committed.cursor is not None
