@@ -14,7 +14,9 @@ every patient it names as declined, its `patient_id` too, and is on nobody's sid
 
 Roles synced before this revision hold no zone, and such bookings the old lists: PractitionerRole and
 Appointment streams past their first load are asked to read everything again (as 0013 and 0017 did), so both
-come right at the next run.
+come right at the next run. So is such a stream part-way through its first load that has stored rows already:
+its load goes on from its cursor and would not read them again (0013 and 0017 left those out); it reads
+everything once its first load ends.
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ def upgrade() -> None:
     with op.batch_alter_table('staff_role', schema=None) as batch_op:
         batch_op.add_column(sa.Column('timezone', sa.String(length=64), nullable=True))
     op.execute("UPDATE sync_stream SET reload_asked = reload_asked + 1 "
-               "WHERE resource_type IN ('PractitionerRole', 'Appointment') AND phase = 'incremental'")
+               "WHERE resource_type IN ('PractitionerRole', 'Appointment') "
+               "AND (phase = 'incremental' OR resources_synced > 0)")
 
 
 def downgrade() -> None:

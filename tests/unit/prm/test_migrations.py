@@ -102,15 +102,17 @@ def two_connections(database: Database, settings: Settings) -> tuple[int, int]:
     return first, second
 
 
-def add_streams(database: Database, loaded: int, loading: int, *streams: tuple[str, str]) -> None:
-    """Stream rows as a revision before the one tested stores them: (type, phase), an incremental one on the
-    `loaded` connection, one still in its first load on the `loading` one."""
+def add_streams(database: Database, loaded: int, loading: int, *streams: tuple[str, str] | tuple[str, str, int]
+                ) -> None:
+    """Stream rows as a revision before the one tested stores them: (type, phase[, resources synced]), an
+    incremental one on the `loaded` connection, one still in its first load on the `loading` one."""
     with database.engine.begin() as conn:
-        for resource_type, phase in streams:
+        for resource_type, phase, *synced in streams:
             conn.execute(text("INSERT INTO sync_stream (connection_id, resource_type, enabled, strategy, phase, "
                               "interval_s, cursor_ids, pages, resources_synced, deleted_synced, quarantined) "
-                              "VALUES (:c, :t, true, 'auto', :p, 300, '[]', 0, 0, 0, 0)"),
-                         {"c": loaded if phase == "incremental" else loading, "t": resource_type, "p": phase})
+                              "VALUES (:c, :t, true, 'auto', :p, 300, '[]', 0, :n, 0, 0)"),
+                         {"c": loaded if phase == "incremental" else loading, "t": resource_type, "p": phase,
+                          "n": synced[0] if synced else 0})
 
 
 def test_0013_asks_loaded_visit_and_booking_streams_to_read_everything_again(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -213,7 +215,8 @@ def test_0018_keeps_stored_roles_without_a_zone_and_asks_loaded_role_and_booking
         db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A PractitionerRole stored before 0018 has no zone of its own (none was read): it keeps where it works,
     and PractitionerRole and Appointment streams past a first load read everything again, so a declared zone
-    and a booking's declined patients come in; other streams and a stream still loading are not asked."""
+    and a booking's declined patients come in; so does one part-way through its first load that has stored
+    rows (it would not read them again); other streams and a load that has stored nothing yet are not asked."""
     settings = make_settings(db_url, tmp_path)
     database = Database(settings.database_url)
     upgrade(database, "0017")
@@ -224,7 +227,7 @@ def test_0018_keeps_stored_roles_without_a_zone_and_asks_loaded_role_and_booking
             "location_ids, codes, specialty_codes) VALUES (:c, 'prole-1', '1', false, true, 'org-1', "
             "'[\"loc-1\"]', '[]', '[]')"), {"c": cid})
     add_streams(database, cid, loading, ("PractitionerRole", "incremental"), ("Location", "incremental"),
-                ("PractitionerRole", "initial"), ("Appointment", "incremental"))
+                ("PractitionerRole", "initial"), ("Appointment", "incremental"), ("Appointment", "initial", 500))
     upgrade(database)
     with database.session() as session:
         role = session.exec(select(StaffRole)).one()
@@ -232,7 +235,8 @@ def test_0018_keeps_stored_roles_without_a_zone_and_asks_loaded_role_and_booking
     database.dispose()
     assert (role.fhir_id, role.location_ids, role.timezone) == ("prole-1", ["loc-1"], None)
     assert asked == {("PractitionerRole", "incremental"): 1, ("Location", "incremental"): 0,
-                     ("PractitionerRole", "initial"): 0, ("Appointment", "incremental"): 1}
+                     ("PractitionerRole", "initial"): 0, ("Appointment", "incremental"): 1,
+                     ("Appointment", "initial"): 1}
 
 
 def test_the_migrations_build_what_the_models_declare(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
