@@ -17,7 +17,7 @@ from prm import audit, outbox
 from prm.audit import Actor
 from prm.clock import Clock
 from prm.db import insert_once
-from prm.errors import NotFoundError, ValidationError
+from prm.errors import ConflictError, NotFoundError, ValidationError
 from prm.fhir_names import is_id, is_reference
 from prm.followup_models import TICKET_PRIORITIES, TICKET_REASONS, TICKET_STATUSES, CareTicket, CareTicketCreate
 from prm.models import Connection
@@ -90,6 +90,8 @@ def open_ticket(session: Session, clock: Clock, connection: Connection, spec: Ca
         "due_at": due_at, "created_by": actor.name[:300], "created_at": now, "updated_at": now,
     }
     ticket, created = insert_once(session, CareTicket, values, ["connection_id", "business_key"])
+    if not created and ticket.patient_id != patient_id:  # a replayed key must not hand over another's ticket
+        raise ConflictError(f"business key {key!r} is taken by another care ticket: use another key")
     if created:
         outbox.queue(session, clock, connection_id=ticket.connection_id, resource_type=TASK,
                      identifier_value=key, source=source_of(ticket))

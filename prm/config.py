@@ -36,6 +36,7 @@ class Settings:
     embedded_threads: int = 4
     admin_idle_minutes: float = 30.0
     admin_absolute_hours: float = 12.0
+    launch_max_hours: float = 12.0  # a sidebar's launch ends this long after it began, whatever its tokens say
     sync_page_size: int = 1000  # a search's `_count`, and the most resources one stored page holds
     sync_prep_helper: str = "on"  # on: a bulk first load parses and checks pages in a helper process | off
     writeback_batch_size: int = 50  # outbox rows per claim, and entries per batch/transaction Bundle
@@ -175,6 +176,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         embedded_threads=int(_number(env, "PRM_EMBEDDED_THREADS", 4, 1)),
         admin_idle_minutes=_number(env, "PRM_ADMIN_IDLE_MINUTES", 30.0, 1.0),
         admin_absolute_hours=_admin_absolute_hours(env),
+        launch_max_hours=_number(env, "PRM_LAUNCH_MAX_HOURS", 12.0, 0.01),
         sync_page_size=int(_number(env, "PRM_SYNC_PAGE_SIZE", 1000, 10)),
         sync_prep_helper=_choice(env, "PRM_SYNC_PREP_HELPER", "on", ("on", "off")),
         writeback_batch_size=int(_number(env, "PRM_WRITEBACK_BATCH_SIZE", 50, 1)),

@@ -39,6 +39,11 @@ class ValidationError(PrmError):
     """Input arriving at an edge is not acceptable; the message says why."""
 
 
+class ConflictError(PrmError):
+    """The request names something that already exists as something else (a business key another patient's item
+    carries): refused, and nothing of the other is told."""
+
+
 class PermissionDenied(PrmError):
     """The acting role lacks the requested action."""
 

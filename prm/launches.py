@@ -69,6 +69,7 @@ def take_pending(session: Session, clock: Clock, state: str | None) -> Launch:
         raise LaunchError("unknown_state", "This sign-in answer was already used.")
     if row.created_at is None or clock() - row.created_at > PENDING_TTL:
         fail(session, row, "expired_state")
+        session.commit()  # the refusal is the answer: kept, not rolled back with the error
         raise LaunchError("expired_state", "The sign-in took too long and has expired.")
     row.state = None
     return row

@@ -16,7 +16,7 @@ from prm.audit import Actor
 from prm.care_tickets import check_business_key, check_fhir_id, check_reference, clinic_organization
 from prm.clock import Clock
 from prm.db import insert_once
-from prm.errors import NotFoundError, ValidationError
+from prm.errors import ConflictError, NotFoundError, ValidationError
 from prm.followup_models import OUTREACH_CHANNELS, OUTREACH_PURPOSES, OutreachMessage, OutreachMessageCreate
 from prm.models import Connection
 
@@ -65,6 +65,8 @@ def record_message(session: Session, clock: Clock, connection: Connection, spec:
         "ledger": [_ledger_entry(now, spec.status, spec.status_reason, actor.name)],
     }
     message, created = insert_once(session, OutreachMessage, values, ["connection_id", "business_key"])
+    if not created and message.patient_id != patient_id:  # a replayed key must not hand over another's message
+        raise ConflictError(f"business key {key!r} is taken by another outreach message: use another key")
     if created:
         outbox.queue(session, clock, connection_id=message.connection_id, resource_type=COMMUNICATION,
                      identifier_value=key, source=source_of(message))

@@ -9,18 +9,19 @@ the endpoint the form posts to, so no admin form can forget it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from functools import wraps
 from typing import Any, TypeVar
 
 from flask import abort, g, jsonify, redirect, render_template, request, url_for
 
-from prm import admin_sessions, audit, launches
+from prm import admin_sessions, audit, connections, launches
 from prm.admin_sessions import AdminPrincipal, SessionPolicy
 from prm.audit import Actor
-from prm.errors import ValidationError
+from prm.errors import LaunchError, ValidationError
 from prm.models import Launch
 from prm.permissions import Action, allows
-from smart_app import csrf
+from smart_app import csrf, launch_tokens
 from smart_app.context import prm
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -38,6 +39,42 @@ def relaunch_page() -> tuple[str, int]:
                            advice="Open fhir-prm again from the patient's chart.", reason="session_expired"), 401
 
 
+def _run_out(launch: Launch) -> bool:
+    """Whether an active launch has run out, and is ended now: its connection was switched off, it began more
+    than PRM_LAUNCH_MAX_HOURS ago, or the EHR's token has expired and the EHR will not renew it.
+
+    Why here: the sidebar and its API serve fhir-prm's own copy without calling the EHR, so nothing else would
+    notice that the EHR's grant is over: a handle would work for ever. An expired token is renewed on the spot
+    (single-flight, `launch_tokens`), so the EHR says whether the user may still see this patient; LaunchError
+    when the EHR cannot be reached to say."""
+    ctx = prm()
+    now = ctx.settings.clock()
+    with ctx.db.session() as session:
+        connection = connections.get(session, launch.connection_id)
+    began = launch.completed_at or launch.created_at
+    if connection is None or not connection.enabled:
+        reason = "connection_disabled"
+    elif began is not None and now - began >= timedelta(hours=ctx.settings.launch_max_hours):
+        reason = "max_age"
+    elif launch.expires_at is not None and launch.expires_at <= now:
+        try:
+            launch_tokens.access_token(ctx, launch)
+            return False
+        except LaunchError as exc:
+            if exc.reason not in ("session_expired", "refresh_refused"):
+                raise  # the EHR could not be asked (unreachable): not the end of the launch
+            reason = "token_expired"
+    else:
+        return False
+    with ctx.db.session() as session:
+        row = session.get(Launch, launch.id)
+        if row is not None and row.status == "active":
+            launches.end(session, ctx.settings.clock, row, reason)
+            audit.record(session, ctx.settings.clock, actor_for(launch), "launch.end", patient_id=launch.patient_id,
+                         detail=reason)
+    return True
+
+
 def requires(action: Action, *, api: bool = False) -> Callable[[F], F]:
     """Load the active launch named by the URL's `handle` and demand `action` of its role.
 
@@ -53,7 +90,14 @@ def requires(action: Action, *, api: bool = False) -> Callable[[F], F]:
                 launch = launches.by_handle(session, handle)
                 if launch is None:
                     abort(404)
-            if launch.status != "active":  # ended, refused a refresh, or never completed
+            try:
+                over = launch.status != "active" or _run_out(launch)  # ended, refused a refresh, never completed...
+            except LaunchError:  # the EHR could not be asked to renew the token: not the end of the launch
+                if api:
+                    return jsonify(error="ehr_unreachable", message="The EHR cannot be reached; try again."), 503
+                return render_template("problem.html", title="The EHR cannot be reached",
+                                       advice="Try again in a moment.", reason="ehr_unreachable"), 503
+            if over:
                 if api:
                     return jsonify(error="session_ended", message="Open fhir-prm again from the chart."), 401
                 return relaunch_page()

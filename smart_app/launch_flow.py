@@ -118,9 +118,16 @@ def _speaks_v1_only(config: SmartConfiguration) -> bool:
 
 
 def complete_launch(ctx: AppContext, state: str | None, code: str | None, error: str | None) -> Launch:
-    """Consume the pending launch named by `state`, exchange the code, and activate the launch."""
-    with ctx.db.session() as session:
-        row = launches.take_pending(session, ctx.settings.clock, state)
+    """Consume the pending launch named by `state`, exchange the code, and activate the launch. A refused
+    answer (no state, an unknown, used or expired one: a replay or a forgery) is audited too."""
+    try:
+        with ctx.db.session() as session:
+            row = launches.take_pending(session, ctx.settings.clock, state)
+    except LaunchError as exc:
+        with ctx.db.session() as session:
+            audit.record(session, ctx.settings.clock, _SYSTEM, "launch.complete", outcome="failure",
+                         detail=exc.reason)
+        raise
     try:
         return _finish(ctx, row, code, error)
     except LaunchError as exc:

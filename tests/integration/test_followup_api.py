@@ -40,6 +40,10 @@ def test_a_clinician_opens_a_ticket_and_records_a_message(sandbox: SandboxStack,
     again = requests.post(f"{base}/care-tickets", json=body, headers={"X-CSRF-Token": token}, timeout=20)
     assert again.status_code == 200 and again.json()["id"] == ticket["id"] and not again.json()["created"]
 
+    other = launch(sandbox, "pat-000038")  # the same key in another patient's launch: refused, nothing told
+    replayed = requests.post(f"{live_app.url}/api/{other.handle}/care-tickets", json=body, timeout=20,
+                             headers={"X-CSRF-Token": api_token(other.response.text)})
+    assert replayed.status_code == 409 and body["description"] not in replayed.text, replayed.text
     [(patient, key)] = rows(live_app, "SELECT patient_id, business_key FROM care_ticket WHERE id = ?", ticket["id"])
     assert (patient, key) == (PATIENT, "sidebar/test-api-1")  # the patient in context, never one from the body
     [(status, kind)] = rows(live_app, "SELECT status, resource_type FROM outbox_row WHERE identifier_value = ?", key)

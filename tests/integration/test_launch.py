@@ -91,10 +91,14 @@ def test_a_callback_is_used_once(live_app: LiveApp, sandbox: SandboxStack) -> No
 
 
 def test_missing_or_forged_state_is_refused(live_app: LiveApp) -> None:
+    """Refused, and audited: a forged or replayed answer is what an attack looks like."""
+    seen = len(audit_rows(live_app))
     missing = requests.get(f"{live_app.url}/launch/callback?code=abc", timeout=10)
     assert missing.status_code == 400 and 'data-reason="missing_state"' in missing.text
     forged = requests.get(f"{live_app.url}/launch/callback?code=abc&state=forged", timeout=10)
     assert forged.status_code == 400 and 'data-reason="unknown_state"' in forged.text
+    refused = [(r.action, r.outcome, r.detail) for r in audit_rows(live_app)[seen:] if r.action == "launch.complete"]
+    assert refused == [("launch.complete", "failure", "missing_state"), ("launch.complete", "failure", "unknown_state")]
 
 
 def test_user_denial_ends_on_a_friendly_page(live_app: LiveApp, sandbox: SandboxStack) -> None:

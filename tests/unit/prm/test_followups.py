@@ -13,7 +13,7 @@ from prm.audit import Actor
 from prm.config import Settings
 from prm.crypto import SecretBox
 from prm.db import Database
-from prm.errors import ValidationError
+from prm.errors import ConflictError, ValidationError
 from prm.followup_models import CareTicketCreate, OutreachMessageCreate
 from prm.models import AuditRecord, Connection, Job, OutboxRow
 from prm.same_person import same_person
@@ -272,3 +272,27 @@ def test_the_sidebar_says_a_tickets_due_day_in_the_clinics_zone(database: Databa
             shown[zone] = ticket_json(session, ticket)
     assert {zone: (json["due_day"], json["due_at"]) for zone, json in shown.items()} == {
         "America/New_York": ("2026-11-25", due.isoformat()), "Europe/London": ("2026-11-26", due.isoformat())}
+
+
+def test_a_business_key_another_patients_item_carries_is_refused(database: Database, settings: Settings) -> None:
+    """A key replayed in another patient's launch must not hand over the first patient's ticket or message: it
+    is refused (409 at the API), and nothing is opened; the same patient's repeat still returns the first."""
+    connection = add_connection(database, settings)
+    with database.session() as session:
+        first, _ = care_tickets.open_ticket(session, settings.clock, connection,
+                                            ticket_spec(business_key="sidebar/k1"), CLINICIAN)
+        outreach.record_message(session, settings.clock, connection, OutreachMessageCreate(
+            patient_id="pat-000037", channel="phone", purpose="follow-up", text="Called", business_key="m/k1"),
+            CLINICIAN)
+    with pytest.raises(ConflictError, match="taken by another care ticket"), database.session() as session:
+        care_tickets.open_ticket(session, settings.clock, connection,
+                                 ticket_spec(patient_id="pat-000038", business_key="sidebar/k1"), CLINICIAN)
+    with pytest.raises(ConflictError, match="taken by another outreach message"), database.session() as session:
+        outreach.record_message(session, settings.clock, connection, OutreachMessageCreate(
+            patient_id="pat-000038", channel="phone", purpose="follow-up", text="Called", business_key="m/k1"),
+            CLINICIAN)
+    with database.session() as session:
+        again, created = care_tickets.open_ticket(session, settings.clock, connection,
+                                                  ticket_spec(business_key="sidebar/k1"), CLINICIAN)
+        assert (again.id, created) == (first.id, False)
+        assert len(care_tickets.for_patient(session, connection.id or 0, ["pat-000038"])) == 0

@@ -16,7 +16,7 @@ from prm.crypto import SecretBox
 from prm.db import Database, enqueue_after_commit
 from prm.errors import LaunchError, ValidationError
 from prm.migrate import pending_revisions, upgrade
-from prm.models import AuditRecord, Connection, Job, Lease
+from prm.models import AuditRecord, Connection, Job, Launch, Lease
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 
@@ -123,6 +123,26 @@ def test_launch_state_is_single_use(database: Database, settings: Settings) -> N
     with pytest.raises(LaunchError) as missing, database.session() as session:
         launches.take_pending(session, settings.clock, None)
     assert missing.value.reason == "missing_state"
+
+
+def test_an_expired_launch_state_fails_the_launch_for_good(database: Database, settings: Settings) -> None:
+    """Refused as expired, the pending launch is failed and its state spent in the database (the refusal is not
+    rolled back with the error): the same answer later is unknown, not expired again."""
+    connection = add_connection(database, settings)
+    box = SecretBox(settings.encryption_keys)
+    with database.session() as session:
+        pending = launches.begin(session, settings.clock, box, connection, "ehr", "https://a", "https://t")
+    later = settings.clock() + launches.PENDING_TTL + timedelta(seconds=1)
+    with pytest.raises(LaunchError) as expired, database.session() as session:
+        launches.take_pending(session, lambda: later, pending.state)
+    assert expired.value.reason == "expired_state"
+    with database.session() as session:
+        row = session.get(Launch, pending.launch.id)
+        assert row is not None
+        assert (row.status, row.failure_reason, row.state) == ("failed", "expired_state", None)
+    with pytest.raises(LaunchError) as again, database.session() as session:
+        launches.take_pending(session, lambda: later, pending.state)
+    assert again.value.reason == "unknown_state"
 
 
 def test_completed_launch_keeps_tokens_encrypted(database: Database, settings: Settings) -> None:

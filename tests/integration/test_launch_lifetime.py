@@ -1,0 +1,106 @@
+"""A sidebar launch lasts as long as the EHR's grant and the connection, and no longer.
+
+The sidebar and its API serve fhir-prm's own copy without calling the EHR, so the launch itself must end: a
+token that expired is renewed on the next request (the EHR says whether the user may still see the patient),
+one that cannot be renewed ends the launch, as do PRM_LAUNCH_MAX_HOURS (12) and a connection IT switched off.
+Each end is audited with its reason; the page says to open fhir-prm again, the API answers 401.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import requests
+from sqlmodel import col, select
+
+from ehr_sandbox.stack import SandboxStack
+from prm import connections
+from prm.audit import Actor
+from prm.db import Database
+from prm.models import AuditRecord, Launch
+from tests.integration.conftest import LiveApp
+from tests.integration.launch_helpers import launch
+
+
+def stored(app: LiveApp, handle: str, **changes: Any) -> Launch:
+    """The launch row, after setting `changes` on it (a value a callable gets the row's own)."""
+    database = Database(app.database_url)
+    try:
+        with database.session() as session:
+            row = session.exec(select(Launch).where(Launch.handle == handle)).one()
+            for name, value in changes.items():
+                setattr(row, name, value(row) if callable(value) else value)
+            session.add(row)
+            session.commit()
+            session.refresh(row)
+            session.expunge(row)
+            return row
+    finally:
+        database.dispose()
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def ends_of(app: LiveApp, launch_id: int | None) -> list[str | None]:
+    database = Database(app.database_url)
+    try:
+        with database.session() as session:
+            return [r.detail for r in session.exec(select(AuditRecord).where(
+                AuditRecord.action == "launch.end", col(AuditRecord.launch_id) == launch_id))]
+    finally:
+        database.dispose()
+
+
+def test_an_expired_token_is_renewed_at_the_next_request_and_the_sidebar_goes_on(live_app: LiveApp,
+                                                                                  sandbox: SandboxStack) -> None:
+    done = launch(sandbox, "pat-000012")
+    before = stored(live_app, done.handle, expires_at=lambda row: row.completed_at - timedelta(seconds=1))
+    page = requests.get(f"{live_app.url}/app/{done.handle}/", timeout=20)
+    assert page.status_code == 200, page.text[:300]
+    after = stored(live_app, done.handle)
+    assert after.status == "active" and after.expires_at is not None and before.expires_at is not None
+    assert after.expires_at > before.expires_at and after.access_token_enc != before.access_token_enc
+
+
+def test_an_expired_token_the_ehr_cannot_renew_ends_the_launch(live_app: LiveApp, sandbox: SandboxStack) -> None:
+    done = launch(sandbox, "pat-000013")
+    row = stored(live_app, done.handle, refresh_token_enc=None,
+                 expires_at=lambda row: row.completed_at - timedelta(seconds=1))
+    api = requests.get(f"{live_app.url}/api/{done.handle}/follow-ups", timeout=20)
+    assert api.status_code == 401 and api.json()["error"] == "session_ended"
+    page = requests.get(f"{live_app.url}/app/{done.handle}/", timeout=20)
+    assert page.status_code == 401 and 'data-reason="session_expired"' in page.text
+    ended = stored(live_app, done.handle)
+    assert (ended.status, ended.failure_reason, ended.access_token_enc) == ("ended", "token_expired", None)
+    assert ends_of(live_app, row.id) == ["token_expired"], "ended once, audited with its reason"
+
+
+def test_a_launch_ends_after_the_longest_shift(live_app: LiveApp, sandbox: SandboxStack) -> None:
+    done = launch(sandbox, "pat-000014")
+    row = stored(live_app, done.handle, completed_at=lambda row: row.completed_at - timedelta(hours=12, minutes=1))
+    page = requests.get(f"{live_app.url}/app/{done.handle}/", timeout=20)
+    assert page.status_code == 401
+    assert stored(live_app, done.handle).failure_reason == "max_age" and ends_of(live_app, row.id) == ["max_age"]
+
+
+def test_switching_the_connection_off_ends_its_launches(live_app: LiveApp, sandbox: SandboxStack) -> None:
+    done = launch(sandbox, "pat-000015")
+    assert requests.get(f"{live_app.url}/api/{done.handle}/follow-ups", timeout=20).status_code == 200
+    database = Database(live_app.database_url)
+    it = Actor(kind="admin", name="it-test", role="it_admin", connection_id=None)
+    try:
+        with database.session() as session:
+            connections.set_enabled(session, now, it, "sandbox", False)
+        refused = requests.post(f"{live_app.url}/api/{done.handle}/care-tickets", timeout=20,
+                                json={"reason": "complaint", "description": "x"}, headers={"X-CSRF-Token": "any"})
+        assert refused.status_code == 401 and refused.json()["error"] == "session_ended"
+    finally:
+        with database.session() as session:
+            connections.set_enabled(session, now, it, "sandbox", True)
+        database.dispose()
+    assert stored(live_app, done.handle).failure_reason == "connection_disabled"
+    assert requests.get(f"{live_app.url}/api/{done.handle}/follow-ups", timeout=20).status_code == 401, \
+        "switched on again, an ended launch stays ended"
