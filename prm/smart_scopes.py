@@ -88,3 +88,9 @@ def allows(granted: str, rtype: str, perm: str, context: str = "system") -> bool
     """Does the grant allow `perm` (one of c r u d s) on `rtype`?"""
     probe = ClinicalScope(context, rtype, frozenset(perm), v1=False)
     return any(perm in s.covers(probe) for s in (parse(w) for w in granted.split()) if s is not None)
+
+
+def user_allows(granted: str, rtype: str, perm: str) -> bool:
+    """Does a user-facing launch's grant allow `perm` on `rtype`, for the patient in context (`patient/`) or
+    anything the user may see (`user/`)?"""
+    return allows(granted, rtype, perm, "patient") or allows(granted, rtype, perm, "user")

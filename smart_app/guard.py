@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from flask import abort, g, jsonify, redirect, render_template, request, url_for
 
-from prm import admin_sessions, audit, connections, launches
+from prm import admin_sessions, audit, connections, launches, smart_scopes
 from prm.admin_sessions import AdminPrincipal, SessionPolicy
 from prm.audit import Actor
 from prm.errors import LaunchError, ValidationError
@@ -26,6 +26,30 @@ from smart_app.context import prm
 
 F = TypeVar("F", bound=Callable[..., Any])
 ADMIN_COOKIE = "prm_admin"
+# What each action needs the EHR to have granted the launch, besides the role: the user's own rights at the EHR
+# bound what fhir-prm shows them and writes for them (its backend client writes with system scopes of its own).
+GRANT_NEEDED: dict[Action, tuple[tuple[str, str], ...]] = {
+    Action.VIEW_PATIENT: (("Patient", "r"),),
+    Action.OPEN_CARE_TICKET: (("Patient", "r"), ("Task", "c")),
+    Action.RECORD_OUTREACH: (("Patient", "r"), ("Communication", "c")),
+}
+
+
+def granted_scope(launch: Launch) -> str:
+    """The scopes the EHR granted this launch (its token response's `scope`; where the EHR left it out, OAuth
+    says it granted what was asked: the connection's scopes)."""
+    if launch.scope is not None:
+        return launch.scope
+    with prm().db.session() as session:
+        connection = connections.get(session, launch.connection_id)
+    return connection.scopes if connection is not None else ""
+
+
+def ungranted(launch: Launch, action: Action) -> list[str]:
+    """The scopes `action` needs that the EHR did not grant this launch, as `patient/Type.p`."""
+    granted = granted_scope(launch)
+    return [f"patient/{rtype}.{perm}" for rtype, perm in GRANT_NEEDED.get(action, ())
+            if not smart_scopes.user_allows(granted, rtype, perm)]
 
 
 def actor_for(launch: Launch) -> Actor:
@@ -101,17 +125,23 @@ def requires(action: Action, *, api: bool = False) -> Callable[[F], F]:
                 if api:
                     return jsonify(error="session_ended", message="Open fhir-prm again from the chart."), 401
                 return relaunch_page()
-            with ctx.db.session() as session:
-                if not allows(launch.role or "", action):
+            missing = [] if not allows(launch.role or "", action) else ungranted(launch, action)
+            denied = not allows(launch.role or "", action) or bool(missing)
+            if denied:
+                with ctx.db.session() as session:
                     audit.record(session, ctx.settings.clock, actor_for(launch), action.value,
-                                 patient_id=launch.patient_id, outcome="denied", detail="role lacks action")
-                    denied = True
-                else:
-                    denied = False
+                                 patient_id=launch.patient_id, outcome="denied",
+                                 detail=f"not granted by the EHR: {' '.join(missing)}" if missing else
+                                 "role lacks action")
             g.launch = launch
             g.actor = actor_for(launch)
+            if missing and api:
+                return jsonify(error="forbidden", message=f"the EHR did not grant {' '.join(missing)}"), 403
             if denied and api:
                 return jsonify(error="forbidden", message=f"role {launch.role!r} may not {action.value!r}"), 403
+            if missing:
+                return render_template("denied.html", action=action.value, role=launch.role, handle=handle,
+                                       missing=missing), 403
             if denied:
                 return render_template("denied.html", action=action.value, role=launch.role, handle=handle), 403
             return view(*args, **kwargs)

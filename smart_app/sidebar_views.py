@@ -9,7 +9,7 @@ from flask import Blueprint, g, render_template, request
 
 from connector.ehr_client import EhrClient
 from fhir_mappings.patient import patient_header_from_fhir
-from prm import audit, connections, launches, patient_overview
+from prm import audit, connections, launches, patient_overview, smart_scopes
 from prm.errors import EhrError, LaunchError, ValidationError
 from prm.models import Launch
 from prm.patients import PatientHeader
@@ -17,7 +17,7 @@ from prm.permissions import Action
 from smart_app import csrf, overview_present
 from smart_app.api_views import api_token
 from smart_app.context import prm
-from smart_app.guard import relaunch_page, requires
+from smart_app.guard import granted_scope, relaunch_page, requires, ungranted
 from smart_app.launch_tokens import call_with_token
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,9 @@ def home(handle: str) -> str | tuple[str, int]:
                            freshness=overview_present.freshness(seen.as_of, now) if seen else None,
                            when_text=overview_present.when_text, counts_text=overview_present.counts_text,
                            banner=bool(launch.context.get("need_patient_banner")),
+                           sees_visits=smart_scopes.user_allows(granted_scope(launch), "Encounter", "r"),
+                           sees_bookings=smart_scopes.user_allows(granted_scope(launch), "Appointment", "r"),
+                           opens_tickets=not ungranted(launch, Action.OPEN_CARE_TICKET),
                            end_token=csrf.issue(ctx.settings.secret_key, handle, END_SESSION),
                            api_token=api_token(handle))
 

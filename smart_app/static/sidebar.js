@@ -33,7 +33,7 @@
     else { list.textContent = "Care tickets are unavailable right now."; }
   }
 
-  form.addEventListener("submit", async (event) => {
+  if (form) form.addEventListener("submit", async (event) => {  // no form where the EHR granted no Task writes
     event.preventDefault();
     const body = {
       reason: form.elements.reason.value,

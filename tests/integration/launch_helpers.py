@@ -57,3 +57,10 @@ def stop_before_callback(sandbox: Ehr, patient_id: str) -> str:
     back = requests.get(to_ehr.headers["Location"], allow_redirects=False, timeout=20)
     assert back.status_code in (302, 303), back.text[:300]
     return back.headers["Location"]
+
+
+def api_token(page: str) -> str:
+    """The CSRF token the sidebar page hands its scripts for the JSON API."""
+    match = re.search(r'data-token="([^"]+)"', page)
+    assert match, "the sidebar hands its scripts an API token"
+    return match.group(1)

@@ -11,15 +11,9 @@ import requests
 
 from ehr_sandbox.stack import SandboxStack
 from tests.integration.conftest import IT_ADMIN_USER, LiveApp
-from tests.integration.launch_helpers import launch
+from tests.integration.launch_helpers import api_token, launch
 
 PATIENT = "pat-000037"
-
-
-def api_token(page: str) -> str:
-    match = re.search(r'data-token="([^"]+)"', page)
-    assert match, "the sidebar hands its scripts an API token"
-    return match.group(1)
 
 
 def rows(app: LiveApp, query: str, *args: object) -> list[tuple[object, ...]]:

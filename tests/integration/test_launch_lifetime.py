@@ -1,4 +1,5 @@
-"""A sidebar launch lasts as long as the EHR's grant and the connection, and no longer.
+"""A sidebar launch lasts as long as the EHR's grant and the connection, and no longer, and shows and does only
+what the EHR granted it.
 
 The sidebar and its API serve fhir-prm's own copy without calling the EHR, so the launch itself must end: a
 token that expired is renewed on the next request (the EHR says whether the user may still see the patient),
@@ -19,8 +20,8 @@ from prm import connections
 from prm.audit import Actor
 from prm.db import Database
 from prm.models import AuditRecord, Launch
-from tests.integration.conftest import LiveApp
-from tests.integration.launch_helpers import launch
+from tests.integration.conftest import LiveApp, sync_sandbox
+from tests.integration.launch_helpers import api_token, launch
 
 
 def stored(app: LiveApp, handle: str, **changes: Any) -> Launch:
@@ -104,3 +105,31 @@ def test_switching_the_connection_off_ends_its_launches(live_app: LiveApp, sandb
     assert stored(live_app, done.handle).failure_reason == "connection_disabled"
     assert requests.get(f"{live_app.url}/api/{done.handle}/follow-ups", timeout=20).status_code == 401, \
         "switched on again, an ended launch stays ended"
+
+
+def test_what_the_ehr_did_not_grant_is_neither_shown_nor_done(live_app: LiveApp, sandbox: SandboxStack) -> None:
+    """The EHR granted this user the patient's record but not their visits, bookings or Tasks (the user's own
+    rights at the EHR): the sidebar says so where those would be, offers no ticket form, and a ticket asked of
+    the API anyway is refused (403) and audited, though fhir-prm's own backend client could have written it."""
+    sync_sandbox(live_app, sandbox, "Location", "Patient", "Encounter", "Appointment")
+    done = launch(sandbox, "pat-000276")
+    full = requests.get(f"{live_app.url}/app/{done.handle}/", timeout=20).text
+    assert 'id="ticket-form"' in full and "not granted by the EHR" not in full
+    row = stored(live_app, done.handle, scope="launch openid fhirUser online_access patient/Patient.rs")
+    page = requests.get(f"{live_app.url}/app/{done.handle}/", timeout=20)
+    assert page.status_code == 200 and "Jessica Green" in page.text
+    for field in ("last-visit", "next-booking", "past-year"):
+        assert f'id="{field}" class="muted not-granted">not granted by the EHR' in page.text, field
+    assert 'id="ticket-form"' not in page.text and 'id="ticket-not-granted"' in page.text
+    token = api_token(page.text)
+    refused = requests.post(f"{live_app.url}/api/{done.handle}/care-tickets", headers={"X-CSRF-Token": token},
+                            json={"reason": "complaint", "description": "x"}, timeout=20)
+    assert refused.status_code == 403 and "patient/Task.c" in refused.json()["message"]
+    database = Database(live_app.database_url)
+    try:
+        with database.session() as session:
+            denied = session.exec(select(AuditRecord).where(col(AuditRecord.launch_id) == row.id,
+                                                            AuditRecord.outcome == "denied")).all()
+    finally:
+        database.dispose()
+    assert [(a.action, a.detail) for a in denied] == [("care_ticket.open", "not granted by the EHR: patient/Task.c")]

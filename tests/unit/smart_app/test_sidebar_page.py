@@ -34,7 +34,8 @@ def page(database: Database, settings: Settings, overview: PatientOverview | Non
                 "sidebar.html", handle="h", patient=overview.header if overview else HEADER, problem=None,
                 overview=overview, freshness=overview_present.freshness(overview.as_of, NOW) if overview else None,
                 when_text=overview_present.when_text, counts_text=overview_present.counts_text,
-                banner=False, end_token="t", api_token="a")
+                banner=False, end_token="t", api_token="a", sees_visits=True, sees_bookings=True,
+                opens_tickets=True)
     finally:
         prm(app).worker.db.dispose()
 
