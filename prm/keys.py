@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 from prm.clock import Clock
 from prm.crypto import SecretBox
 from prm.errors import ConfigError, ValidationError
-from prm.models import SigningKey
+from prm.models import Connection, SigningKey
 
 ACTIVE, PREVIOUS, RETIRED = "active", "previous", "retired"
 RSA_BITS = 2048
@@ -74,6 +74,16 @@ def ensure_active(session: Session, clock: Clock, box: SecretBox, connection_id:
     if current is not None and current.alg == alg:
         return current
     return rotate(session, clock, box, connection_id, alg)
+
+
+def ensure_for(session: Session, clock: Clock, box: SecretBox, connection: Connection) -> SigningKey | None:
+    """The connection's active key where it signs client assertions (`private_key_jwt`, for launches or the
+    backend client), made or rotated to its algorithm; None where nothing signs. Why one place: a connection
+    saved from the admin form had none, so its sync could not get a token, and a changed algorithm kept the
+    old key signing."""
+    if "private_key_jwt" not in (connection.client_auth, connection.backend_auth) or connection.id is None:
+        return None
+    return ensure_active(session, clock, box, connection.id, connection.signing_alg)
 
 
 def retire_previous(session: Session, clock: Clock, connection_id: int) -> list[str]:

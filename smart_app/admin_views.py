@@ -14,7 +14,7 @@ from typing import Any
 from flask import Blueprint, g, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from prm import admin_sessions, audit, connections, ehr_subscriptions, outbox, snapshots, streams
+from prm import admin_sessions, audit, connections, ehr_subscriptions, keys, outbox, snapshots, streams
 from prm.errors import NotFoundError, SignInRefused, ValidationError
 from prm.models import Connection
 from prm.permissions import Action, allows
@@ -187,6 +187,7 @@ def connection_create() -> Response | tuple[str, int]:
     try:
         with ctx.db.session() as session:  # a ValidationError rolls everything back: nothing is saved
             row = connections.create(session, ctx.settings.clock, ctx.box, admin_forms.spec_from_form(request.form))
+            keys.ensure_for(session, ctx.settings.clock, ctx.box, row)
             audit.record(session, ctx.settings.clock, g.actor, "connection.add", connection_id=row.id,
                          entity=f"Connection/{row.name}")
     except ValidationError as exc:
@@ -212,6 +213,7 @@ def connection_update(name: str) -> Response | tuple[str, int]:
             before = admin_forms.snapshot(row)
             spec = admin_forms.spec_from_form(request.form, name=name, enabled=row.enabled)
             row = connections.upsert(session, ctx.settings.clock, ctx.box, spec)
+            keys.ensure_for(session, ctx.settings.clock, ctx.box, row)
             fields = admin_forms.changed(before, admin_forms.snapshot(row))
             audit.record(session, ctx.settings.clock, g.actor, "connection.update", connection_id=row.id,
                          entity=f"Connection/{name}", detail=f"changed: {', '.join(fields) or 'nothing'}")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from typing import Any, NoReturn
 
 import click
 from dotenv import load_dotenv
+from sqlmodel import select
 
 from prm import accounts, audit, connections, streams
 from prm import keys as signing_keys
@@ -16,7 +18,9 @@ from prm.crypto import SecretBox, new_key
 from prm.db import Database
 from prm.errors import PrmError, ValidationError
 from prm.migrate import upgrade
+from prm.models import Connection
 from prm.reseal import reseal_all
+from smart_app import admin_forms
 from smart_app.cli_sync import sync as sync_commands
 from smart_app.cli_writeback import outbox_group, outreach_group, ticket
 
@@ -191,10 +195,23 @@ def connection_add(name: str, iss: str, client_id: str, client_auth: str, client
     )
     box = SecretBox(settings.encryption_keys)
     with _db().session() as session:
+        existing = session.exec(select(Connection).where(Connection.name == name)).first()
+        before = admin_forms.snapshot(existing) if existing is not None else None
+        if existing is not None and not existing.enabled and not disabled:  # re-running a script re-enables nothing
+            spec = replace(spec, enabled=False)
         row = connections.upsert(session, settings.clock, box, spec)
-        click.echo(f"connection {row.name} saved (id {row.id})")
-        if "private_key_jwt" in (row.client_auth, row.backend_auth) and row.id is not None:
-            key = signing_keys.ensure_active(session, settings.clock, box, row.id, row.signing_alg)
+        key = signing_keys.ensure_for(session, settings.clock, box, row)
+        actor = audit.command_line_actor(row.id)
+        if before is None:
+            audit.record(session, settings.clock, actor, "connection.add", connection_id=row.id,
+                         entity=f"Connection/{row.name}")
+        else:
+            fields = admin_forms.changed(before, admin_forms.snapshot(row))
+            audit.record(session, settings.clock, actor, "connection.update", connection_id=row.id,
+                         entity=f"Connection/{row.name}", detail=f"changed: {', '.join(fields) or 'nothing'}")
+        click.echo(f"connection {row.name} saved (id {row.id})"
+                   + ("; it stays disabled (prm connection enable switches it on)" if not row.enabled else ""))
+        if key is not None:
             click.echo(f"signing key {key.kid} ({key.alg}) published at {settings.public_url}/.well-known/jwks.json")
 
 

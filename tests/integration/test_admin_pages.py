@@ -24,7 +24,7 @@ from fhir_mappings.patient import patient_record_from_patient
 from prm import audit, connections, leases, snapshots, streams
 from prm.crypto import SecretBox
 from prm.db import Database
-from prm.models import AuditRecord, Connection, Job
+from prm.models import AuditRecord, Connection, Job, SigningKey
 from prm.snapshot_models import PatientRecord, SyncStream
 from smart_app import csrf
 from tests.integration.conftest import LiveApp, give_backend_access, sync_sandbox
@@ -191,6 +191,25 @@ def test_add_a_connection_through_the_form(live_app: LiveApp, accounts: dict[str
     assert "https://ehr.example.org" in detail.text and "not checked" in detail.text
     [record] = rows(live_app, AuditRecord, AuditRecord.action == "connection.add", AuditRecord.connection_id == row.id)
     assert record.actor == accounts["it_admin"] and record.actor_kind == "admin" and record.role == "it_admin"
+
+
+def test_a_connection_whose_backend_signs_gets_its_key_from_the_form(live_app: LiveApp,
+                                                                     accounts: dict[str, str]) -> None:
+    """private_key_jwt for the backend client: the form makes the signing key (as `prm connection add` does), or
+    the sync could never get a token; a changed algorithm rotates it."""
+    admin = signed_in(live_app, accounts["it_admin"])
+    values = form("keyed", "https://keyed.example/fhir", backend_client_id="prm-backend",
+                  backend_auth="private_key_jwt", backend_scopes="system/Patient.rs")
+    assert add(admin, values).status_code == 303
+    row = connection(live_app, "keyed")
+    assert row is not None
+    [first] = rows(live_app, SigningKey, SigningKey.connection_id == row.id, SigningKey.status == "active")
+    assert first.alg == "RS384"
+    edited = admin.post("/admin/connections/keyed/edit", {**values, "signing_alg": "ES384",
+                                                           "csrf_token": admin.csrf("/admin/connections/keyed/edit")})
+    assert edited.status_code == 303, edited.text[-800:]
+    [active] = rows(live_app, SigningKey, SigningKey.connection_id == row.id, SigningKey.status == "active")
+    assert active.alg == "ES384" and active.kid != first.kid
 
 
 def test_bad_input_shows_the_error_keeps_the_input_and_saves_nothing(live_app: LiveApp,

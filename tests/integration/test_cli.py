@@ -15,7 +15,7 @@ from ehr_sandbox.cli import DATASET_NOW
 from prm import jobs, streams
 from prm.clock import clock_from_setting
 from prm.db import Database
-from prm.models import Connection
+from prm.models import AuditRecord, Connection
 from tests.support.ports import free_port
 from tests.support.postgres import fresh_database
 from tests.support.processes import BIN, Process, wait_until
@@ -65,6 +65,18 @@ def test_connections_on_postgresql(tmp_path: Path) -> None:
         assert bad.returncode == 2 and "iss must be" in bad.stderr
         greedy = prm(*args, "--max-in-flight", "50", env=env, cwd=tmp_path)
         assert greedy.returncode == 2 and "requests in flight must be a whole number from 1 to 32" in greedy.stderr
+        assert prm("connection", "disable", "hudson", env=env, cwd=tmp_path).returncode == 0
+        rerun = prm(*args, env=env, cwd=tmp_path)  # a provisioning script run again: it re-enables nothing
+        assert rerun.returncode == 0 and "it stays disabled" in rerun.stdout, rerun.stdout + rerun.stderr
+        assert json.loads(prm("connection", "show", "hudson", env=env, cwd=tmp_path).stdout)["enabled"] is False
+        database = Database(url)
+        with database.session() as session:
+            changes = [(a.action, a.actor_kind, a.detail) for a in session.exec(
+                select(AuditRecord).where(AuditRecord.entity == "Connection/hudson").order_by(AuditRecord.id))]
+        database.dispose()
+        assert [a for a, _, _ in changes] == ["connection.add", "connection.update", "connection.disable",
+                                              "connection.update"] and {k for _, k, _ in changes} == {"admin"}
+        assert changes[1][2] is not None and "default_role" in changes[1][2], "what the second run changed"
         missing = prm("connection", "show", "nope", env=env, cwd=tmp_path)
         assert missing.returncode == 2 and "no connection named 'nope'" in missing.stderr
         admin = prm("admin", "add", "it.lead", env=env, cwd=tmp_path, stdin="correct horse battery\n")
