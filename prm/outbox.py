@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import and_, bindparam, func, or_, update
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from prm import jobs
 from prm.clock import Clock
@@ -218,14 +219,33 @@ def discard(session: Session, clock: Clock, row_id: int) -> OutboxRow:
     return row
 
 
-def needing_attention(session: Session, limit: int = 200) -> list[OutboxRow]:
+def needing_attention(session: Session, limit: int = 200, connection_id: int | None = None,
+                      status: str | None = None) -> list[OutboxRow]:
     """What IT should look at: dead rows, rows kept in fhir-prm, rows written as a fallback, duplicates found."""
     query = (select(OutboxRow)
              .where(or_(col(OutboxRow.status).in_(("dead", "kept")), col(OutboxRow.degraded_reason).is_not(None),
                         func.json_array_length(col(OutboxRow.duplicates)) > 0))
-             .where(col(OutboxRow.status) != "discarded")
-             .order_by(col(OutboxRow.updated_at).desc()).limit(limit))
-    return list(session.exec(query))
+             .where(col(OutboxRow.status) != "discarded"))
+    return _newest(session, query, limit, connection_id, status)
+
+
+def listed(session: Session, limit: int = 500, connection_id: int | None = None,
+           status: str | None = None) -> list[OutboxRow]:
+    """The newest rows, of one connection and one status where named (filtered before the limit, so a busy
+    connection's rows never hide a quiet one's)."""
+    return _newest(session, select(OutboxRow), limit, connection_id, status)
+
+
+def _newest(session: Session, query: SelectOfScalar[OutboxRow], limit: int, connection_id: int | None,
+            status: str | None) -> list[OutboxRow]:
+    if status is not None and status not in (*OPEN_STATUSES, *SETTLED_STATUSES):
+        raise ValidationError(f"status must be one of {', '.join((*OPEN_STATUSES, *SETTLED_STATUSES))}, "
+                              f"got {status!r}")
+    if connection_id is not None:
+        query = query.where(col(OutboxRow.connection_id) == connection_id)
+    if status is not None:
+        query = query.where(col(OutboxRow.status) == status)
+    return list(session.exec(query.order_by(col(OutboxRow.updated_at).desc(), col(OutboxRow.id).desc()).limit(limit)))
 
 
 def counts_by_connection(session: Session) -> list[tuple[int, str, int]]:

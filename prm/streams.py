@@ -153,7 +153,7 @@ def _change_each(session: Session, clock: Clock, actor: audit.Actor, connection_
     """IT's setting on the named streams: each whose `field` differs takes `value` and is audited as `action`
     in the same transaction; returns those changed (an unchanged stream is neither written nor audited)."""
     changed = []
-    for stream in _named(session, connection_id, resource_types):
+    for stream in named(session, connection_id, resource_types):
         # IT's pause of a stream the sync paused for a refusal is a change too: IT's now, which no check resumes
         if getattr(stream, field) != value or (field == "enabled" and stream.pause_note):
             setattr(stream, field, value)
@@ -172,7 +172,7 @@ def ask_reload(session: Session, clock: Clock, actor: audit.Actor, connection_id
     restore or a repair at the EHR, an upgrade when the snapshot keeps a field it did not before. Counted up in
     the database, not set, so an ask made while a reload is under way gets a pass of its own; audited per
     stream in the same transaction. A stream still in its first load reads everything anyway: not asked."""
-    asked = [s for s in _named(session, connection_id, resource_types) if s.phase != "initial"]
+    asked = [s for s in named(session, connection_id, resource_types) if s.phase != "initial"]
     if asked:
         session.execute(update(SyncStream).where(col(SyncStream.id).in_([s.id for s in asked]))
                         .values(reload_asked=SyncStream.reload_asked + 1))
@@ -213,7 +213,7 @@ def finish_reload(stream: SyncStream) -> None:
         stream.reload_serving = None
 
 
-def _named(session: Session, connection_id: int, resource_types: Collection[str] | None) -> list[SyncStream]:
+def named(session: Session, connection_id: int, resource_types: Collection[str] | None) -> list[SyncStream]:
     """The connection's streams of these types (all when none are named); an unknown type is refused."""
     unknown = sorted(set(resource_types or ()) - set(SYNC_TYPES))
     if unknown:

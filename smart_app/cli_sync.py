@@ -6,15 +6,18 @@ import json
 import re
 import threading
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from prm import connections, ehr_subscriptions, outbox, snapshots, streams
 from prm.config import load_settings
-from prm.errors import PrmError
+from prm.errors import PrmError, ValidationError
 from prm.snapshot_models import EhrSubscription, SyncStream
 from smart_app import admin_present, sync_verdict
+
+if TYPE_CHECKING:
+    from workers.sync_run import StreamRun
 
 
 @click.group(help="Background sync from the EHRs.")
@@ -279,13 +282,14 @@ def sync_erase(name: str, confirmed: bool) -> None:
 def sync_run(name: str, types: tuple[str, ...]) -> None:
     from workers import runtime
     from workers.sync_connection import sync_connection
-    from workers.sync_run import StreamRun
 
     ctx = runtime.build(load_settings())
     ctx.db.ping()
     with ctx.db.session() as session:
         connection = connections.by_name(session, name)
-        count = len([s for s in streams.ensure(session, connection.id or 0) if not types or s.resource_type in types])
+        if not connection.enabled:
+            raise ValidationError(f"connection {name} is disabled: nothing to sync (prm connection enable {name})")
+        count = len(streams.named(session, connection.id or 0, types or None))  # an unknown type is refused
     lock = threading.Lock()  # streams run side by side; the bar is drawn by one at a time
     with click.progressbar(length=count, label=f"sync {name}", show_pos=True, item_show_func=lambda s: s) as bar:
         done: dict[str, int] = {}
@@ -298,11 +302,19 @@ def sync_run(name: str, types: tuple[str, ...]) -> None:
 
         def finished(run: StreamRun) -> None:
             with lock:
-                bar.update(1, f"{run.resource_type}: {run.stored} stored, {run.deleted} deleted"
+                bar.update(1, f"{run.resource_type}: paused, not run" if _not_run(run) else
+                              f"{run.resource_type}: {run.stored} stored, {run.deleted} deleted"
                               f"{', busy (another worker still has it)' if run.busy else ''}")
 
         runs = sync_connection(ctx, connection.id or 0, types=types or None, progress=progress, finished=finished)
-    failed = any(run.busy for run in runs.values())
-    click.echo(f"sync of {name} finished")
-    if failed:
+    left = sorted(t for t, run in runs.items() if run.busy or _not_run(run))
+    click.echo(f"sync of {name} finished" if not left else
+               f"sync of {name} finished without {', '.join(left)} (paused: prm sync resume; busy: run it again)")
+    if left:
         raise SystemExit(1)
+
+
+def _not_run(run: StreamRun) -> bool:
+    from workers.sync_run import DISABLED
+
+    return DISABLED in run.notes

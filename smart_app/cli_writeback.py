@@ -175,16 +175,9 @@ def outbox_group() -> None:
 def outbox_list(name: str | None, attention: bool, status: str | None) -> None:
     ctx = _context()
     with ctx.db.session() as session:
-        if attention:
-            rows = outbox.needing_attention(session)
-        else:
-            query = select(OutboxRow).order_by(col(OutboxRow.updated_at).desc()).limit(500)
-            if status:
-                query = query.where(OutboxRow.status == status)
-            rows = list(session.exec(query))
-        if name:
-            wanted = connections.by_name(session, name).id
-            rows = [r for r in rows if r.connection_id == wanted]
+        wanted = connections.by_name(session, name).id if name else None
+        rows = (outbox.needing_attention(session, connection_id=wanted, status=status) if attention
+                else outbox.listed(session, connection_id=wanted, status=status))
     click.echo(json.dumps([outbox_json(r) for r in rows], indent=2, default=str))
 
 

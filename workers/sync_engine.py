@@ -36,7 +36,7 @@ from workers.sync_leavers import drop_leavers
 from workers.sync_pages import commit_prepared
 from workers.sync_patients import patient_windows, read_newcomers
 from workers.sync_population import keep_members
-from workers.sync_run import OVERLAP, Progress, StreamRun, count_page, server_instant
+from workers.sync_run import DISABLED, OVERLAP, Progress, StreamRun, count_page, server_instant
 from workers.sync_strategy import GROUP_EXPORTED, group_population, kept_to_group, strategy_of
 from workers.sync_windows import RELOADED, read_windows, reread_all
 
@@ -64,7 +64,7 @@ def run_stream(ctx: WorkerContext, stream_id: int, *, time_budget_s: float = 120
         taken = enabled and lease.take_in(session)
     run = StreamRun(stream.resource_type)
     if connection is None or not enabled:
-        run.notes.append("connection or stream disabled")
+        run.notes.append(DISABLED)
         return run
     if not taken:
         run.busy = True

@@ -14,6 +14,7 @@ Progress = Callable[[str, int], None]
 # stamp after we read (long transactions, clocks of several nodes) is read again next time, never lost.
 OVERLAP = timedelta(minutes=5)
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)  # before any lastUpdated: where a first load's windows start
+DISABLED = "connection or stream disabled"  # the note of a run that did not run: paused, or switched off
 
 
 @dataclass

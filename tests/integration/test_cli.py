@@ -65,7 +65,15 @@ def test_connections_on_postgresql(tmp_path: Path) -> None:
         assert bad.returncode == 2 and "iss must be" in bad.stderr
         greedy = prm(*args, "--max-in-flight", "50", env=env, cwd=tmp_path)
         assert greedy.returncode == 2 and "requests in flight must be a whole number from 1 to 32" in greedy.stderr
+        typo = prm("sync", "run", "--connection", "hudson", "--type", "Patinet", env=env, cwd=tmp_path)
+        assert typo.returncode == 2 and "not a synced type: Patinet" in typo.stderr, typo.stderr
+        paused_now = prm("sync", "pause", "--connection", "hudson", "--type", "Patient", env=env, cwd=tmp_path)
+        assert paused_now.returncode == 0
+        paused = prm("sync", "run", "--connection", "hudson", "--type", "Patient", env=env, cwd=tmp_path)
+        assert paused.returncode == 1 and "finished without Patient (paused" in paused.stdout, paused.stdout
         assert prm("connection", "disable", "hudson", env=env, cwd=tmp_path).returncode == 0
+        off = prm("sync", "run", "--connection", "hudson", env=env, cwd=tmp_path)
+        assert off.returncode == 2 and "connection hudson is disabled" in off.stderr, off.stderr
         rerun = prm(*args, env=env, cwd=tmp_path)  # a provisioning script run again: it re-enables nothing
         assert rerun.returncode == 0 and "it stays disabled" in rerun.stdout, rerun.stdout + rerun.stderr
         assert json.loads(prm("connection", "show", "hudson", env=env, cwd=tmp_path).stdout)["enabled"] is False

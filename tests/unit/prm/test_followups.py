@@ -296,3 +296,28 @@ def test_a_business_key_another_patients_item_carries_is_refused(database: Datab
                                                   ticket_spec(business_key="sidebar/k1"), CLINICIAN)
         assert (again.id, created) == (first.id, False)
         assert len(care_tickets.for_patient(session, connection.id or 0, ["pat-000038"])) == 0
+
+
+def test_listing_a_quiet_connections_rows_is_not_cut_by_a_busy_ones(database: Database, settings: Settings) -> None:
+    """`prm outbox list --connection` filters in the database before the limit: a busy connection's newer rows
+    never hide the quiet one's dead row; a status that is no outbox status is refused, not an empty list."""
+    quiet = add_connection(database, settings)
+    with database.session() as session:
+        busy = connections.upsert(session, settings.clock, SecretBox(settings.encryption_keys),
+                                  connections.ConnectionSpec(name="busy", iss="https://busy.example/fhir",
+                                                             client_id="c"))
+        for n, (connection_id, status) in enumerate([(quiet.id, "dead"), *[(busy.id, "dead")] * 3,
+                                                     (busy.id, "done")]):
+            at = NOW + timedelta(minutes=n)
+            session.add(OutboxRow(connection_id=connection_id or 0, resource_type="Task",
+                                  identifier_system=outbox.IDENTIFIER_SYSTEM, identifier_value=f"k{n}",
+                                  source=f"care_ticket:{n}", status=status, due_at=at, created_at=at, updated_at=at))
+    with database.session() as session:
+        assert [r.identifier_value for r in outbox.listed(session, limit=2, connection_id=quiet.id)] == ["k0"]
+        assert [r.identifier_value for r in outbox.needing_attention(session, limit=2, connection_id=quiet.id)] == [
+            "k0"]
+        assert [r.identifier_value for r in outbox.listed(session, limit=2, status="dead")] == ["k3", "k2"]
+        assert [r.identifier_value for r in outbox.needing_attention(session, connection_id=busy.id,
+                                                                     status="done")] == []
+        with pytest.raises(ValidationError, match="status must be one of"):
+            outbox.listed(session, status="failed")
