@@ -101,8 +101,9 @@ def client_assertion(creds: BackendCredentials, now: int | None = None, jti: str
     return jwt.encode(header, claims, key, algorithms=[creds.alg])
 
 
-class _SmartPrivateKeyJWT(PrivateKeyJWT):
-    """Authlib's client auth hook, signing with our short-lived SMART assertion."""
+class SmartPrivateKeyJWT(PrivateKeyJWT):
+    """Authlib's client auth hook, signing with our short-lived SMART assertion (backend clients, and launches
+    whose client authenticates with `private_key_jwt`)."""
 
     def __init__(self, creds: BackendCredentials) -> None:
         super().__init__(creds.token_endpoint)
@@ -116,7 +117,7 @@ def _session(creds: BackendCredentials) -> OAuth2Session:
     if creds.auth == "private_key_jwt":
         _load_key(creds)  # fail on a bad key before any request
         client = OAuth2Session(client_id=creds.client_id, token_endpoint_auth_method="private_key_jwt")  # noqa: S106
-        client.register_client_auth_method(_SmartPrivateKeyJWT(creds))
+        client.register_client_auth_method(SmartPrivateKeyJWT(creds))
         return client
     if creds.auth == "client_secret":
         if not creds.client_secret:

@@ -18,13 +18,22 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from connector.backend import BackendCredentials, SmartPrivateKeyJWT
 from connector.errors import outcome_text, transport_error
 from prm.errors import LaunchError
 
 ID_TOKEN_ALGS = ["RS256", "RS384", "ES256", "ES384"]
 
 
-def _client(client_id: str, client_secret: str | None, redirect_uri: str, scope: str | None = None) -> OAuth2Session:
+def _client(client_id: str, client_secret: str | None, redirect_uri: str, scope: str | None = None,
+            signer: BackendCredentials | None = None) -> OAuth2Session:
+    """Authlib's session for one launch: `signer` (the connection's key) makes it a confidential asymmetric
+    client (`private_key_jwt`, SMART's preferred), a secret a symmetric one, neither a public one."""
+    if signer is not None:
+        client = OAuth2Session(client_id=client_id, redirect_uri=redirect_uri, scope=scope,
+                               code_challenge_method="S256", token_endpoint_auth_method="private_key_jwt")  # noqa: S106
+        client.register_client_auth_method(SmartPrivateKeyJWT(signer))
+        return client
     auth_method = "client_secret_basic" if client_secret else "none"
     return OAuth2Session(
         client_id=client_id, client_secret=client_secret, redirect_uri=redirect_uri, scope=scope,
@@ -60,18 +69,19 @@ def _token_call(call: Callable[[], Any], token_endpoint: str, refused: str, what
 
 
 def exchange_code(*, token_endpoint: str, client_id: str, client_secret: str | None, redirect_uri: str,
-                  code: str, code_verifier: str, timeout: float) -> dict[str, Any]:
+                  code: str, code_verifier: str, timeout: float,
+                  signer: BackendCredentials | None = None) -> dict[str, Any]:
     """Swap the authorization code for tokens; LaunchError('token_exchange_failed') on any refusal."""
-    with _client(client_id, client_secret, redirect_uri) as client:
+    with _client(client_id, client_secret, redirect_uri, signer=signer) as client:
         return _token_call(lambda: client.fetch_token(token_endpoint, grant_type="authorization_code", code=code,
                                                       code_verifier=code_verifier, timeout=timeout),
                            token_endpoint, "token_exchange_failed", "the code")
 
 
 def refresh(*, token_endpoint: str, client_id: str, client_secret: str | None, refresh_token: str,
-            timeout: float) -> dict[str, Any]:
+            timeout: float, signer: BackendCredentials | None = None) -> dict[str, Any]:
     """Use the refresh token (SMART App Launch 2.2 §2.1.9); LaunchError('refresh_refused') when the EHR says no."""
-    with _client(client_id, client_secret, redirect_uri="") as client:
+    with _client(client_id, client_secret, redirect_uri="", signer=signer) as client:
         return _token_call(lambda: client.refresh_token(token_endpoint, refresh_token=refresh_token,
                                                         timeout=timeout),
                            token_endpoint, "refresh_refused", "the refresh token")

@@ -21,6 +21,7 @@ from prm.errors import EhrError, LaunchError, NotFoundError
 from prm.models import Connection, Launch
 from prm.permissions import role_for_user
 from smart_app.context import AppContext
+from workers.backend_auth import launch_signer
 
 log = logging.getLogger(__name__)
 _SYSTEM = Actor(kind="system", name="launch")
@@ -148,12 +149,15 @@ def _finish(ctx: AppContext, row: Launch, code: str | None, error: str | None) -
         raise LaunchError("missing_code", "The EHR answered without an authorization code.")
     with ctx.db.session() as session:
         connection = connections.get(session, row.connection_id)
+        signer = (launch_signer(session, ctx.box, connection, row.token_endpoint)
+                  if connection is not None and row.token_endpoint else None)
     if connection is None or not connection.enabled or row.token_endpoint is None:
         raise LaunchError("unknown_iss", "The connection for this launch is gone or disabled.")
     token = oauth.exchange_code(
         token_endpoint=row.token_endpoint, client_id=connection.client_id,
         client_secret=ctx.box.open(connection.client_secret_enc), redirect_uri=ctx.settings.redirect_uri,
         code=code, code_verifier=launches.verifier_of(ctx.box, row), timeout=ctx.settings.http_timeout_s,
+        signer=signer,
     )
     fhir_user = None
     if token.get("id_token"):

@@ -18,6 +18,7 @@ from prm.audit import Actor
 from prm.errors import AuthExpiredError, LaunchError
 from prm.models import Launch
 from smart_app.context import AppContext
+from workers.backend_auth import launch_signer
 
 T = TypeVar("T")
 HOLD_S = 15.0  # how long a refresher may hold the slot
@@ -37,12 +38,14 @@ def _refresh(ctx: AppContext, row: Launch) -> str:
     refresh_token = ctx.box.open(row.refresh_token_enc)
     with ctx.db.session() as session:
         connection = connections.get(session, row.connection_id)
+        signer = (launch_signer(session, ctx.box, connection, row.token_endpoint)
+                  if connection is not None and row.token_endpoint else None)
     if connection is None or row.token_endpoint is None:
         raise LaunchError("session_expired", "The connection of this launch is gone.")
     try:
         token = oauth.refresh(token_endpoint=row.token_endpoint, client_id=connection.client_id,
                               client_secret=ctx.box.open(connection.client_secret_enc),
-                              refresh_token=refresh_token or "", timeout=ctx.settings.http_timeout_s)
+                              refresh_token=refresh_token or "", timeout=ctx.settings.http_timeout_s, signer=signer)
     except LaunchError as exc:
         with ctx.db.session() as session:
             fresh = session.get(Launch, row.id)

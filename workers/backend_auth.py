@@ -23,3 +23,14 @@ def backend_credentials(session: Session, box: SecretBox, row: Connection,
             private_key_pem=keys.private_pem(box, key) if key else None)
     return BackendCredentials(client_id=row.backend_client_id, token_endpoint=token_endpoint, auth=row.backend_auth,
                               client_secret=box.open(row.backend_client_secret_enc))
+
+
+def launch_signer(session: Session, box: SecretBox, row: Connection, token_endpoint: str) -> BackendCredentials | None:
+    """The key a user launch's client signs its token requests with, where it authenticates with
+    `private_key_jwt` (the same key the backend client uses, published at /.well-known/jwks.json)."""
+    if row.client_auth != "private_key_jwt" or row.id is None:
+        return None
+    key = keys.active_key(session, row.id)
+    return BackendCredentials(client_id=row.client_id, token_endpoint=token_endpoint, auth="private_key_jwt",
+                              alg=key.alg if key else row.signing_alg, kid=key.kid if key else None,
+                              private_key_pem=keys.private_pem(box, key) if key else None)

@@ -17,6 +17,8 @@ import pytest
 import requests
 from sqlmodel import select
 
+from ehr_sandbox.config import SandboxClient
+from prm.connections import DEFAULT_USER_SCOPES
 from prm.crypto import SecretBox
 from prm.db import Database
 from prm.models import AuditRecord, Launch
@@ -200,3 +202,39 @@ def test_tokens_are_stored_encrypted(live_app: LiveApp, ehr_front: Callable[...,
     assert issued and row.access_token_enc and all(token not in row.access_token_enc for token in issued)
     raw = (live_app.workdir / "prm.db").read_bytes() + (live_app.workdir / "prm.db-wal").read_bytes()
     assert all(token.encode() not in raw for token in issued)
+
+
+def test_a_confidential_asymmetric_client_signs_its_code_exchange_and_its_refresh(
+        live_app: LiveApp, ehr_front: Callable[..., EhrFront]) -> None:
+    """An EHR that registered fhir-prm's launch client as `private_key_jwt` (SMART's confidential asymmetric
+    client) takes no unsigned token request: the code exchange and the refresh carry a client assertion signed
+    with the connection's key, which the app publishes at /.well-known/jwks.json."""
+    ehr = ehr_front("default")
+    redo = live_app.prm("connection", "add", "--name", ehr.connection, "--iss", ehr.iss, "--client-id",
+                        "fhir-prm-pkjwt", "--client-auth", "private_key_jwt",
+                        "--frame-origin", ehr.server.config.ehr_url)
+    assert redo.returncode == 0 and "signing key" in redo.stdout, redo.stderr
+    ehr.server.register_client(SandboxClient(
+        client_id="fhir-prm-pkjwt", redirect_uris=[f"{live_app.url}/launch/callback"], auth_method="private_key_jwt",
+        jwks_url=f"{live_app.url}/.well-known/jwks.json", scopes=DEFAULT_USER_SCOPES + " launch/patient"))
+    try:
+        started = launch(ehr, "pat-000018")
+        assert started.response.status_code == 200, started.response.text[:400]
+        db = Database(live_app.database_url)
+        try:
+            with db.session() as session:
+                row = session.exec(select(Launch).where(Launch.handle == started.handle)).one()
+                assert row.refresh_token_enc is not None
+                row.expires_at = row.completed_at  # expired: the next request refreshes, signed
+                session.add(row)
+                session.commit()
+        finally:
+            db.dispose()
+        before = launch_row(live_app, started.handle).access_token_enc
+        assert sidebar(live_app, started.handle).status_code == 200
+        after = launch_row(live_app, started.handle)
+        assert after.status == "active" and after.access_token_enc != before
+    finally:
+        restored = live_app.prm("connection", "add", "--name", ehr.connection, "--iss", ehr.iss, "--client-id",
+                                CLIENT_ID, "--frame-origin", ehr.server.config.ehr_url)
+        assert restored.returncode == 0, restored.stderr
