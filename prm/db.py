@@ -141,10 +141,8 @@ class Database:
             with self.engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
         except SQLAlchemyError as exc:
-            original = getattr(exc, "orig", None)
-            reason = str(original) if original is not None else str(exc)
             raise StorageError(f"database unreachable ({self.engine.url.render_as_string()}): "
-                               f"{reason.strip().splitlines()[0]}") from exc
+                               f"{error_line(exc)}") from exc
 
     @contextmanager
     def session(self, *, refetchable: bool = False) -> Iterator[Session]:
@@ -193,6 +191,13 @@ def _insert_ignoring(session: Session, table: Any, conflict: list[str] | None) -
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
     return sqlite_insert(table).on_conflict_do_nothing(index_elements=conflict)
+
+
+def error_line(exc: SQLAlchemyError) -> str:
+    """The database's own first line about what went wrong (no SQL, no parameters: those may hold PHI)."""
+    original = getattr(exc, "orig", None)
+    reason = (str(original) if original is not None else str(exc)).strip()
+    return reason.splitlines()[0] if reason else type(exc).__name__
 
 
 IDS_PER_STATEMENT = 500  # values in one `IN (...)`: far below PostgreSQL's limit (65,535) and SQLite's (by build)

@@ -337,9 +337,9 @@ def open_quarantined_ids(session: Session, connection_id: int, resource_type: st
 
 def open_quarantine_counts(session: Session, connection_id: int | None = None) -> dict[tuple[int, str], int]:
     """(connection id, resource type) -> resources quarantined and not resolved, for the admin pages (one
-    connection's, or every one's)."""
+    connection's, or every one's). A resource counts once, however many of its versions were refused."""
     table = QuarantinedResource
-    query = (select(table.connection_id, table.resource_type, func.count())
+    query = (select(table.connection_id, table.resource_type, func.count(func.distinct(table.fhir_id)))
              .where(col(table.resolved_at).is_(None)).group_by(col(table.connection_id), col(table.resource_type)))
     if connection_id is not None:
         query = query.where(col(table.connection_id) == connection_id)

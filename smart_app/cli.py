@@ -9,13 +9,14 @@ from typing import Any, NoReturn
 
 import click
 from dotenv import load_dotenv
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import select
 
 from prm import accounts, audit, connections, streams
 from prm import keys as signing_keys
 from prm.config import Settings, load_settings
 from prm.crypto import SecretBox, new_key
-from prm.db import Database
+from prm.db import Database, error_line
 from prm.errors import PrmError, ValidationError
 from prm.migrate import upgrade
 from prm.models import Connection
@@ -383,6 +384,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except PrmError as exc:
         click.echo(f"prm: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(2)
+    except SQLAlchemyError as exc:  # unreachable, or a schema behind the code: one line, not a traceback
+        click.echo(f"prm: database: {error_line(exc)} (is it reachable, and its schema current? prm db upgrade)",
+                   err=True)
         sys.exit(2)
 
 

@@ -9,9 +9,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from prm import connections, ehr_subscriptions, outbox, snapshots, streams
 from prm.config import load_settings
+from prm.db import error_line
 from prm.errors import PrmError, ValidationError
 from prm.snapshot_models import EhrSubscription, SyncStream
 from smart_app import admin_present, sync_verdict
@@ -104,9 +106,22 @@ def sync_status(name: str | None, as_json: bool) -> None:
                    f"{under_way}{row['error'] or ''}")
 
 
-@sync.command("check", help="One line for Nagios, Icinga or Zabbix: OK, WARNING or CRITICAL (exit 0, 1, 2; 3 when "
-                            "it cannot tell) for lags past the limits, failing checks and streams, quarantined "
-                            "resources and dead write-backs.")
+class _PluginCommand(click.Command):
+    """A monitoring plugin's command: a mistake in how it is called is UNKNOWN (exit 3) to Nagios, not a usage
+    error's exit 2, which Nagios reads as CRITICAL."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            click.echo(f"UNKNOWN: {exc.format_message()}")
+            raise SystemExit(sync_verdict.UNKNOWN) from exc
+
+
+@sync.command("check", cls=_PluginCommand,
+              help="One line for Nagios, Icinga or Zabbix: OK, WARNING or CRITICAL (exit 0, 1, 2; 3 when it "
+                   "cannot tell) for lags past the limits, failing checks and streams, quarantined resources "
+                   "and dead write-backs.")
 @click.option("--connection", "name", default=None, help="Only this connection.")
 @click.option("--warn-lag", "warn_lag", type=click.IntRange(min=1), default=30, show_default=True,
               help="Minutes a stream's lag may pass its interval before it is a warning.")
@@ -128,6 +143,9 @@ def sync_check(name: str | None, warn_lag: int, crit_lag: int, warn_wait: int, c
     except PrmError as exc:  # the check's own failure is UNKNOWN to the monitoring, not a sync that is down
         click.echo(f"UNKNOWN: {type(exc).__name__}: {exc}")
         raise SystemExit(sync_verdict.UNKNOWN) from exc
+    except SQLAlchemyError as exc:  # a schema behind the code (prm db upgrade), a database gone mid-check
+        click.echo(f"UNKNOWN: database: {error_line(exc)} (is its schema current? prm db upgrade)")
+        raise SystemExit(sync_verdict.UNKNOWN) from exc
     click.echo(verdict.line)
     raise SystemExit(verdict.level)
 
@@ -143,9 +161,11 @@ def _check(name: str | None, limits: sync_verdict.Limits) -> sync_verdict.Verdic
         grouped = streams.by_connection(session)
         quarantined = streams.open_quarantine_counts(session)
         dead = sync_verdict.dead_writes_by_connection(outbox.counts_by_connection(session))
+        running = {(row.id, s.resource_type) for row in chosen for s in grouped.get(row.id or 0, []) if s.enabled}
         states = [sync_verdict.ConnectionState(
             connection=row, streams=grouped.get(row.id or 0, []), dead_writes=dead.get(row.id or 0, 0),
-            quarantined=sum(n for (c, _), n in quarantined.items() if c == row.id)) for row in chosen]
+            quarantined=sum(n for (c, t), n in quarantined.items() if c == row.id and (c, t) in running))
+            for row in chosen]  # a paused stream's quarantine is not judged, as its lag and errors are not
         now = ctx.settings.clock()
         return sync_verdict.verdict(states, now, limits, jobs.waiting(session, now))
 

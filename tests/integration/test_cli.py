@@ -16,6 +16,7 @@ from prm import jobs, streams
 from prm.clock import clock_from_setting
 from prm.db import Database
 from prm.models import AuditRecord, Connection
+from prm.snapshot_models import QuarantinedResource
 from tests.support.ports import free_port
 from tests.support.postgres import fresh_database
 from tests.support.processes import BIN, Process, wait_until
@@ -161,6 +162,26 @@ def test_sync_check_answers_as_a_monitoring_plugin(tmp_path: Path) -> None:
         return done.returncode, done.stdout.strip()
 
     caught_up("*", timedelta(minutes=2))
+    database = Database(url)
+    with database.session() as session:  # two refused versions of one Patient, and a refused Location
+        connection_id = session.exec(select(Connection.id)).one() or 0
+        for resource_type, version in (("Patient", "1"), ("Patient", "2"), ("Location", "1")):
+            session.add(QuarantinedResource(connection_id=connection_id, resource_type=resource_type,
+                                            fhir_id=f"{resource_type.lower()}-bad", version_id=version,
+                                            error="birthDate: does not match", received_at=now))
+        session.commit()
+    database.dispose()
+    assert prm("sync", "pause", "--connection", "north", "--type", "Location", env=env, cwd=tmp_path).returncode == 0
+    code, line = check()  # the Patient counts once; the paused Location stream is not judged
+    assert code == 1 and line.endswith("quarantined=1 dead_writes=0"), line
+    database = Database(url)
+    with database.session() as session:
+        for row in session.exec(select(QuarantinedResource)):
+            row.resolved_at = now
+            session.add(row)
+        session.commit()
+    database.dispose()
+    assert prm("sync", "resume", "--connection", "north", "--type", "Location", env=env, cwd=tmp_path).returncode == 0
     assert check() == (0, "OK: 1 connection(s), 9 streams, worst lag 2 min | worst_lag=120s "
                           "failing_streams=0 quarantined=0 dead_writes=0")
     caught_up("Encounter", timedelta(minutes=45), error="HTTP 404 from the EHR: no Patient Jane Example")
@@ -176,9 +197,18 @@ def test_sync_check_answers_as_a_monitoring_plugin(tmp_path: Path) -> None:
         jobs.plan(session, "sync.stream", 1, now - timedelta(minutes=45))
     database.dispose()
     code, line = check()
-    assert code == 2 and "1 sync.stream job(s) waiting for a worker, the oldest 45 min" in line, line
+    assert code == 2 and "sync.stream job(s) waiting for a worker, the oldest 45 min" in line, line  # (resume woke one)
     code, line = check("--connection", "nowhere")
     assert code == 3 and line.startswith("UNKNOWN: ")
     assert check("--warn-lag", "180", "--crit-lag", "60") == (3, "UNKNOWN: --warn-lag (180) must not exceed "
                                                                    "--crit-lag (60)")
     assert check("--warn-wait", "60")[1] == "UNKNOWN: --warn-wait (60) must not exceed --crit-wait (30)"
+    for mistake in (("--warn-lag", "0"), ("--warn-lagg", "5")):  # a usage error is UNKNOWN, not CRITICAL's 2
+        code, line = check(*mistake)
+        assert code == 3 and line.startswith("UNKNOWN: "), (mistake, line)
+    behind = env_for(f"sqlite:///{tmp_path / 'behind.db'}", tmp_path / "instance")  # code upgraded, schema not
+    done = prm("sync", "check", env=behind, cwd=tmp_path)
+    assert done.returncode == 3 and done.stdout.startswith("UNKNOWN: database: ") and "prm db upgrade" in done.stdout
+    assert "Traceback" not in done.stderr, done.stderr
+    paused = prm("sync", "pause", "--connection", "north", env=behind, cwd=tmp_path)  # any command: one line
+    assert paused.returncode == 2 and "prm db upgrade" in paused.stderr and "Traceback" not in paused.stderr
