@@ -20,7 +20,7 @@ from joserfc.jwk import KeySet
 
 from connector.backend import BackendCredentials, SmartPrivateKeyJWT
 from connector.errors import outcome_text, transport_error
-from prm.errors import LaunchError
+from prm.errors import ConfigError, LaunchError
 
 ID_TOKEN_ALGS = ["RS256", "RS384", "ES256", "ES384"]
 
@@ -63,6 +63,8 @@ def _token_call(call: Callable[[], Any], token_endpoint: str, refused: str, what
         raise LaunchError("ehr_unreachable", str(transport_error(exc, token_endpoint))) from exc
     except AuthlibBaseError as exc:
         raise LaunchError(refused, f"the EHR refused {what}: {exc.error}") from exc
+    except ConfigError as exc:  # our own client assertion could not be signed (a bad or missing key)
+        raise LaunchError("client_key_unusable", f"fhir-prm could not sign its token request: {exc}") from exc
     if not token.get("access_token"):
         raise LaunchError(refused, "the EHR's token response has no access_token")
     return dict(token)

@@ -14,7 +14,7 @@ from flask import Blueprint, Response, g, jsonify, request
 from pydantic import ValidationError as PydanticError
 from sqlmodel import Session
 
-from prm import care_tickets, clinic_zones, connections, outreach
+from prm import care_tickets, clinic_zones, connections, outreach, smart_scopes
 from prm.audit import record as audit_record
 from prm.clock import parse_instant
 from prm.errors import ConfigError, PrmError, ValidationError
@@ -24,7 +24,7 @@ from prm.permissions import Action
 from prm.same_person import same_person
 from smart_app import csrf
 from smart_app.context import prm
-from smart_app.guard import requires
+from smart_app.guard import granted_scope, requires
 from workers.writeback import wake
 
 bp = Blueprint("api", __name__, url_prefix="/api/<handle>")
@@ -150,12 +150,15 @@ def follow_ups(handle: str) -> tuple[Response, int]:
     except ValidationError as exc:
         return _problem(400, "invalid", str(exc))
     patient_id = launch.patient_id or ""
+    granted = granted_scope(launch)  # each list only where the EHR granted reading its type (null: not granted)
+    sees_tickets = smart_scopes.user_allows(granted, "Task", "r")
+    sees_messages = smart_scopes.user_allows(granted, "Communication", "r")
     with ctx.db.session() as session:  # under any of the person's records: an EHR merge moves not all of it
         person = same_person(session, launch.connection_id, patient_id)
-        tickets = care_tickets.for_patient(session, launch.connection_id, person)
-        messages = outreach.for_patient(session, launch.connection_id, person, limit=20)
+        tickets = care_tickets.for_patient(session, launch.connection_id, person) if sees_tickets else []
+        messages = outreach.for_patient(session, launch.connection_id, person, limit=20) if sees_messages else []
         audit_record(session, ctx.settings.clock, g.actor, "follow_ups.view", patient_id=patient_id,
                      count=len(tickets) + len(messages))
-        shown = jsonify(tickets=[ticket_json(session, t) for t in tickets],
-                        messages=[message_json(session, m) for m in messages])
+        shown = jsonify(tickets=[ticket_json(session, t) for t in tickets] if sees_tickets else None,
+                        messages=[message_json(session, m) for m in messages] if sees_messages else None)
     return shown, 200

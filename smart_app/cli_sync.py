@@ -309,7 +309,10 @@ def sync_run(name: str, types: tuple[str, ...]) -> None:
         connection = connections.by_name(session, name)
         if not connection.enabled:
             raise ValidationError(f"connection {name} is disabled: nothing to sync (prm connection enable {name})")
-        count = len(streams.named(session, connection.id or 0, types or None))  # an unknown type is refused
+        chosen = streams.named(session, connection.id or 0, types or None)  # an unknown type is refused
+        count = len(chosen)
+        # Paused by the sync itself (the EHR does not offer the type; its check resumes it): no failure of this run
+        not_offered = {s.resource_type: s.pause_note for s in chosen if not s.enabled and s.pause_note}
     lock = threading.Lock()  # streams run side by side; the bar is drawn by one at a time
     with click.progressbar(length=count, label=f"sync {name}", show_pos=True, item_show_func=lambda s: s) as bar:
         done: dict[str, int] = {}
@@ -322,12 +325,14 @@ def sync_run(name: str, types: tuple[str, ...]) -> None:
 
         def finished(run: StreamRun) -> None:
             with lock:
-                bar.update(1, f"{run.resource_type}: paused, not run" if _not_run(run) else
+                bar.update(1, f"{run.resource_type}: not run ({not_offered[run.resource_type]})"
+                              if _not_run(run) and run.resource_type in not_offered else
+                              f"{run.resource_type}: paused, not run" if _not_run(run) else
                               f"{run.resource_type}: {run.stored} stored, {run.deleted} deleted"
                               f"{', busy (another worker still has it)' if run.busy else ''}")
 
         runs = sync_connection(ctx, connection.id or 0, types=types or None, progress=progress, finished=finished)
-    left = sorted(t for t, run in runs.items() if run.busy or _not_run(run))
+    left = sorted(t for t, run in runs.items() if run.busy or (_not_run(run) and t not in not_offered))
     click.echo(f"sync of {name} finished" if not left else
                f"sync of {name} finished without {', '.join(left)} (paused: prm sync resume; busy: run it again)")
     if left:

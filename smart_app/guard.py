@@ -63,14 +63,15 @@ def relaunch_page() -> tuple[str, int]:
                            advice="Open fhir-prm again from the patient's chart.", reason="session_expired"), 401
 
 
-def _run_out(launch: Launch) -> bool:
+def _run_out(launch: Launch, renew: bool = True) -> bool:
     """Whether an active launch has run out, and is ended now: its connection was switched off, it began more
     than PRM_LAUNCH_MAX_HOURS ago, or the EHR's token has expired and the EHR will not renew it.
 
     Why here: the sidebar and its API serve fhir-prm's own copy without calling the EHR, so nothing else would
     notice that the EHR's grant is over: a handle would work for ever. An expired token is renewed on the spot
     (single-flight, `launch_tokens`), so the EHR says whether the user may still see this patient; LaunchError
-    when the EHR cannot be reached to say."""
+    when the EHR cannot be reached to say, or is slow to. Without `renew` (ending one's own session) the token
+    is not looked at: ending must not need the EHR."""
     ctx = prm()
     now = ctx.settings.clock()
     with ctx.db.session() as session:
@@ -80,7 +81,7 @@ def _run_out(launch: Launch) -> bool:
         reason = "connection_disabled"
     elif began is not None and now - began >= timedelta(hours=ctx.settings.launch_max_hours):
         reason = "max_age"
-    elif launch.expires_at is not None and launch.expires_at <= now:
+    elif renew and launch.expires_at is not None and launch.expires_at <= now:
         try:
             launch_tokens.access_token(ctx, launch)
             return False
@@ -91,9 +92,7 @@ def _run_out(launch: Launch) -> bool:
     else:
         return False
     with ctx.db.session() as session:
-        row = session.get(Launch, launch.id)
-        if row is not None and row.status == "active":
-            launches.end(session, ctx.settings.clock, row, reason)
+        if launches.end_active(session, ctx.settings.clock, launch.id or 0, reason):
             audit.record(session, ctx.settings.clock, actor_for(launch), "launch.end", patient_id=launch.patient_id,
                          detail=reason)
     return True
@@ -115,12 +114,14 @@ def requires(action: Action, *, api: bool = False) -> Callable[[F], F]:
                 if launch is None:
                     abort(404)
             try:
-                over = launch.status != "active" or _run_out(launch)  # ended, refused a refresh, never completed...
-            except LaunchError:  # the EHR could not be asked to renew the token: not the end of the launch
+                over = launch.status != "active" or _run_out(launch, renew=action is not Action.END_OWN_SESSION)
+            except LaunchError as exc:  # the token could not be renewed just now: not the end of the launch
                 if api:
-                    return jsonify(error="ehr_unreachable", message="The EHR cannot be reached; try again."), 503
-                return render_template("problem.html", title="The EHR cannot be reached",
-                                       advice="Try again in a moment.", reason="ehr_unreachable"), 503
+                    return jsonify(error=exc.reason, message="Your session with the EHR cannot be renewed right now; "
+                                                             "try again."), 503
+                return render_template("problem.html", title="Your session with the EHR cannot be renewed right now",
+                                       advice="Try again in a moment. If it persists, tell your IT team.",
+                                       reason=exc.reason), 503
             if over:
                 if api:
                     return jsonify(error="session_ended", message="Open fhir-prm again from the chart."), 401

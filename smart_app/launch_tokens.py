@@ -38,11 +38,11 @@ def _refresh(ctx: AppContext, row: Launch) -> str:
     refresh_token = ctx.box.open(row.refresh_token_enc)
     with ctx.db.session() as session:
         connection = connections.get(session, row.connection_id)
-        signer = (launch_signer(session, ctx.box, connection, row.token_endpoint)
-                  if connection is not None and row.token_endpoint else None)
     if connection is None or row.token_endpoint is None:
         raise LaunchError("session_expired", "The connection of this launch is gone.")
     try:
+        with ctx.db.session() as session:
+            signer = launch_signer(session, ctx.box, connection, row.token_endpoint)
         token = oauth.refresh(token_endpoint=row.token_endpoint, client_id=connection.client_id,
                               client_secret=ctx.box.open(connection.client_secret_enc),
                               refresh_token=refresh_token or "", timeout=ctx.settings.http_timeout_s, signer=signer)
@@ -60,7 +60,7 @@ def _refresh(ctx: AppContext, row: Launch) -> str:
         raise
     with ctx.db.session() as session:
         fresh = session.get(Launch, row.id)
-        if fresh is None:
+        if fresh is None or fresh.status != "active":  # ended meanwhile (/end, the guard): its tokens stay wiped
             raise LaunchError("session_expired", "This launch has ended.")
         launches.store_refreshed(session, ctx.settings.clock, ctx.box, fresh, token)
     return str(token["access_token"])
@@ -84,8 +84,8 @@ def _refreshed_token(ctx: AppContext, launch_id: int, rejected: str | None) -> s
                     launches.release_refresh(session, launch_id)
                 return newer
             return _refresh(ctx, row)
-        if time.monotonic() > deadline:
-            raise LaunchError("session_expired", "The EHR took too long to renew the session.")
+        if time.monotonic() > deadline:  # the EHR is slow, or a refresher died holding the slot: not an end
+            raise LaunchError("refresh_busy", "The EHR took too long to renew the session.")
         time.sleep(0.1)
 
 

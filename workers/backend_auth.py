@@ -7,6 +7,7 @@ from sqlmodel import Session
 from connector.backend import BackendCredentials
 from prm import keys
 from prm.crypto import SecretBox
+from prm.errors import LaunchError
 from prm.models import Connection
 
 
@@ -31,6 +32,8 @@ def launch_signer(session: Session, box: SecretBox, row: Connection, token_endpo
     if row.client_auth != "private_key_jwt" or row.id is None:
         return None
     key = keys.active_key(session, row.id)
+    if key is None:
+        raise LaunchError("client_key_missing", f"connection {row.name!r} signs its launches (private_key_jwt) but "
+                                                f"has no signing key: prm connection rotate-key {row.name}")
     return BackendCredentials(client_id=row.client_id, token_endpoint=token_endpoint, auth="private_key_jwt",
-                              alg=key.alg if key else row.signing_alg, kid=key.kid if key else None,
-                              private_key_pem=keys.private_pem(box, key) if key else None)
+                              alg=key.alg, kid=key.kid, private_key_pem=keys.private_pem(box, key))

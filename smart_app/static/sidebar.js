@@ -11,11 +11,12 @@
 
   function show(tickets) {
     list.replaceChildren();
-    if (tickets.length === 0) {
+    if (tickets === null || tickets.length === 0) {  // null: the EHR granted this user no reading of Tasks
       const empty = document.createElement("li");
-      empty.className = "muted";
-      empty.textContent = "No open care tickets.";
+      empty.className = tickets === null ? "muted not-granted" : "muted";
+      empty.textContent = tickets === null ? "Care tickets: not granted by the EHR." : "No open care tickets.";
       list.append(empty);
+      return;
     }
     for (const ticket of tickets) {
       const item = document.createElement("li");

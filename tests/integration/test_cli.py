@@ -16,7 +16,7 @@ from prm import jobs, streams
 from prm.clock import clock_from_setting
 from prm.db import Database
 from prm.models import AuditRecord, Connection
-from prm.snapshot_models import QuarantinedResource
+from prm.snapshot_models import QuarantinedResource, SyncStream
 from tests.support.ports import free_port
 from tests.support.postgres import fresh_database
 from tests.support.processes import BIN, Process, wait_until
@@ -72,6 +72,15 @@ def test_connections_on_postgresql(tmp_path: Path) -> None:
         assert paused_now.returncode == 0
         paused = prm("sync", "run", "--connection", "hudson", "--type", "Patient", env=env, cwd=tmp_path)
         assert paused.returncode == 1 and "finished without Patient (paused" in paused.stdout, paused.stdout
+        database = Database(url)
+        with database.session() as session:  # paused by the sync itself: the EHR does not offer the type
+            [related] = [s for s in session.exec(select(SyncStream)) if s.resource_type == "RelatedPerson"]
+            related.enabled, related.pause_note = False, "the EHR does not offer RelatedPerson"
+            session.add(related)
+            session.commit()
+        database.dispose()
+        not_offered = prm("sync", "run", "--connection", "hudson", "--type", "RelatedPerson", env=env, cwd=tmp_path)
+        assert not_offered.returncode == 0 and "sync of hudson finished\n" in not_offered.stdout, not_offered.stdout
         assert prm("connection", "disable", "hudson", env=env, cwd=tmp_path).returncode == 0
         off = prm("sync", "run", "--connection", "hudson", env=env, cwd=tmp_path)
         assert off.returncode == 2 and "connection hudson is disabled" in off.stderr, off.stderr

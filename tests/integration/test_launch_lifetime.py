@@ -9,6 +9,7 @@ Each end is audited with its reason; the page says to open fhir-prm again, the A
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -133,3 +134,24 @@ def test_what_the_ehr_did_not_grant_is_neither_shown_nor_done(live_app: LiveApp,
     finally:
         database.dispose()
     assert [(a.action, a.detail) for a in denied] == [("care_ticket.open", "not granted by the EHR: patient/Task.c")]
+    listed = requests.get(f"{live_app.url}/api/{done.handle}/follow-ups", timeout=20).json()
+    assert listed == {"tickets": None, "messages": None}, "Tasks and Communications not granted: not listed"
+
+
+def test_ending_ones_own_session_needs_no_renewal_and_a_slow_renewal_ends_nothing(live_app: LiveApp,
+                                                                                  sandbox: SandboxStack) -> None:
+    """A renewal another request holds for longer than a request may wait (a refresher that died, a slow EHR)
+    answers 503 and ends nothing; and ending one's own session never asks the EHR for a token first."""
+    done = launch(sandbox, "pat-000019")
+    end_token = re.search(r'name="csrf_token" value="([^"]+)"', done.response.text)
+    assert end_token is not None
+    stored(live_app, done.handle, expires_at=lambda row: row.completed_at - timedelta(seconds=1),
+           refreshing_until=lambda row: row.completed_at + timedelta(days=1))
+    busy = requests.get(f"{live_app.url}/api/{done.handle}/follow-ups", timeout=40)
+    assert busy.status_code == 503 and busy.json()["error"] == "refresh_busy"
+    assert stored(live_app, done.handle).status == "active", "a slow renewal is not the end of the launch"
+    stored(live_app, done.handle, refresh_token_enc=None)  # renewing would now end it as token_expired
+    ended = requests.post(f"{live_app.url}/app/{done.handle}/end", data={"csrf_token": end_token.group(1)},
+                          timeout=20)
+    assert ended.status_code == 200 and "Session ended" in ended.text
+    assert stored(live_app, done.handle).failure_reason == "ended_by_user"
