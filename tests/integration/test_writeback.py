@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 from fhir_mappings.task import care_ticket_to_task
@@ -112,20 +113,23 @@ def test_the_ehr_completing_a_task_closes_the_ticket_and_edits_are_merged(tmp_pa
         assert on_server(env, "Task") == {"care-ticket/test-0": 1, "care-ticket/test-1": 1}
 
 
-def test_a_task_the_ehr_withdrew_is_never_written_again(tmp_path: Path) -> None:
-    """In the EHR a clerk marks two of our Tasks entered-in-error. Staff then edit both tickets in fhir-prm: one
-    the sync saw withdrawn before the edit, one it had not (the update meets a 412 and reads the withdrawn copy).
-    Neither write lays our status over the EHR's word: each row is dead with the reason, for IT, the Tasks stay
-    entered-in-error, and the tickets stay open in fhir-prm."""
-    with sync_env(tmp_path, patients=80) as env:
+@pytest.mark.parametrize(("profile", "written"), [("default", "Task"), ("task-writes-refused", "Communication")])
+def test_what_the_ehr_withdrew_is_never_written_again(profile: str, written: str, tmp_path: Path) -> None:
+    """In the EHR a clerk marks two of our resources entered-in-error: Tasks, or the Communications tickets fall
+    back to where the EHR refuses Tasks. Staff then edit both tickets in fhir-prm: one the sync saw withdrawn
+    before the edit, one it had not (the update meets a 412 and reads the withdrawn copy). Neither write lays our
+    status over the EHR's word: each row is dead with the reason, for IT, the resources stay entered-in-error,
+    and the tickets stay in fhir-prm."""
+    with sync_env(tmp_path, profile=profile, patients=80) as env:
         checked(env)
         seen, unseen = open_tickets(env, 2)
         drain(env)
         rows = {r.source: r for r in outbox_rows(env)}
-        tasks = {ticket.id: rows[f"care_ticket:{ticket.id}"].fhir_id or "" for ticket in (seen, unseen)}
-        env.put(env.read("Task", tasks[seen.id]) | {"status": "entered-in-error"})
-        env.run_all(("Task",))  # the sync brings the first back withdrawn
-        env.put(env.read("Task", tasks[unseen.id]) | {"status": "entered-in-error"})
+        assert {r.written_type for r in rows.values()} == {written}
+        sent = {ticket.id: rows[f"care_ticket:{ticket.id}"].fhir_id or "" for ticket in (seen, unseen)}
+        env.put(env.read(written, sent[seen.id]) | {"status": "entered-in-error"})
+        env.run_all((written,))  # the sync brings the first back withdrawn
+        env.put(env.read(written, sent[unseen.id]) | {"status": "entered-in-error"})
         with env.ctx.db.session() as session:
             for ticket in (seen, unseen):
                 care_tickets.set_status(session, env.ctx.settings.clock, care_tickets.get(session, ticket.id or 0),
@@ -133,37 +137,12 @@ def test_a_task_the_ehr_withdrew_is_never_written_again(tmp_path: Path) -> None:
         run = drain(env)
         assert run.written == 0 and run.dead == 2, run
         for row in outbox_rows(env):
-            assert row.status == "dead" and f"withdrew this item's Task/{row.fhir_id}" in (row.last_error or ""), row
-        assert {env.read("Task", task_id)["status"] for task_id in tasks.values()} == {"entered-in-error"}
+            assert row.status == "dead" and f"withdrew this item's {written}/{row.fhir_id}" in (row.last_error or "")
+        assert {env.read(written, fhir_id)["status"] for fhir_id in sent.values()} == {"entered-in-error"}
         with env.ctx.db.session() as session:
             assert {(care_tickets.get(session, t.id or 0).status, care_tickets.get(session, t.id or 0).ehr_status)
                     for t in (seen, unseen)} == {("in_progress", "entered-in-error")}
         assert drain(env).claimed == 0, "not tried again"
-
-
-def test_a_fallback_communication_the_ehr_withdrew_is_never_written_again(tmp_path: Path) -> None:
-    """Where the EHR refuses Tasks a ticket is written as a Communication; staff mark two of them entered-in-error
-    (one the sync then brings back, one it has not yet). Edits of both tickets write neither again."""
-    with sync_env(tmp_path, profile="task-writes-refused", patients=80) as env:
-        checked(env)
-        seen, unseen = open_tickets(env, 2)
-        drain(env)
-        rows = {r.source: r for r in outbox_rows(env)}
-        sent = {ticket.id: rows[f"care_ticket:{ticket.id}"].fhir_id or "" for ticket in (seen, unseen)}
-        assert {r.written_type for r in rows.values()} == {"Communication"}
-        env.put(env.read("Communication", sent[seen.id]) | {"status": "entered-in-error"})
-        env.run_all(("Communication",))
-        env.put(env.read("Communication", sent[unseen.id]) | {"status": "entered-in-error"})
-        with env.ctx.db.session() as session:
-            for ticket in (seen, unseen):
-                care_tickets.set_status(session, env.ctx.settings.clock, care_tickets.get(session, ticket.id or 0),
-                                        "done", CLINICIAN)
-        run = drain(env)
-        assert run.written == 0 and run.dead == 2, run
-        for row in outbox_rows(env):
-            assert row.status == "dead" and f"withdrew this item's Communication/{row.fhir_id}" in (
-                row.last_error or ""), row
-        assert {env.read("Communication", c)["status"] for c in sent.values()} == {"entered-in-error"}
 
 
 def test_a_fallback_communication_dates_the_due_day_where_the_visit_was(tmp_path: Path) -> None:
