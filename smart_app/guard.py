@@ -126,8 +126,9 @@ def requires(action: Action, *, api: bool = False) -> Callable[[F], F]:
                 if api:
                     return jsonify(error="session_ended", message="Open fhir-prm again from the chart."), 401
                 return relaunch_page()
-            missing = [] if not allows(launch.role or "", action) else ungranted(launch, action)
-            denied = not allows(launch.role or "", action) or bool(missing)
+            role_may = allows(launch.role or "", action)
+            missing = ungranted(launch, action) if role_may else []  # the role first; then what the EHR granted
+            denied = not role_may or bool(missing)
             if denied:
                 with ctx.db.session() as session:
                     audit.record(session, ctx.settings.clock, actor_for(launch), action.value,

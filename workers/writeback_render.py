@@ -27,7 +27,7 @@ MAPPERS: dict[tuple[str, str], Callable[[Session, Any], dict[str, Any]]] = {
     ("outreach_message", "Communication"): lambda _session, message: outreach_message_to_communication(message),
 }
 ITEMS: dict[str, type[SQLModel]] = {"care_ticket": CareTicket, "outreach_message": OutreachMessage}
-WITHDRAWN = "entered-in-error"  # a Task the EHR withdrew: never updated again (it would come back to life)
+WITHDRAWN = "entered-in-error"  # a resource of ours the EHR withdrew: never updated again (it would come back)
 # Fields the EHR may add or change that we never render, so a merge must keep them.
 EHR_OWNED = ("meta", "id", "text", "note", "output", "input", "partOf", "executionPeriod", "extension")
 
@@ -106,7 +106,7 @@ def render(session: Session, row: OutboxRow, resource_type: str, items: dict[str
 
 
 def withdrawn(resource: dict[str, Any]) -> str:
-    """Why a write is refused for good: the EHR marked our copy entered-in-error (DESIGN.md: the EHR's word on
+    """Why a write is refused for good: the EHR marked our copy entered-in-error (the EHR's word on
     its own record wins), and laying our fields over it would bring it back."""
     return (f"the EHR withdrew this item's {resource.get('resourceType')}/{resource.get('id')} (entered-in-error); "
             "fhir-prm does not write it again over the EHR's word: discard this write, or open a new item")
