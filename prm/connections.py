@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlmodel import Session, select
@@ -100,13 +100,31 @@ def _origin(value: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+def _clean_host(url: SplitResult) -> bool:
+    """A host and a valid port, and nothing a URL should not carry here: credentials (they would be shown in
+    `connection list` and every log line naming the EHR) or white space."""
+    try:
+        url.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        return False
+    return bool(url.hostname) and url.username is None and url.password is None and not any(
+        c.isspace() for c in url.netloc + url.path)
+
+
+def _without_userinfo(value: str) -> str:
+    """The URL as given, with any user:password@ left out (an error message must not echo a secret)."""
+    parts = urlsplit(value.strip())
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl() if "@" in parts.netloc else value
+
+
 def validate(spec: ConnectionSpec) -> ConnectionSpec:
     """Return a normalised spec or raise ValidationError saying what is wrong."""
     if not _NAME.match(spec.name):
         raise ValidationError("name must be lower-case letters, digits, '.', '_' or '-' (max 100)")
     iss = urlsplit(spec.iss.strip())
-    if iss.scheme not in ("http", "https") or not iss.netloc or iss.query or iss.fragment:
-        raise ValidationError(f"iss must be an absolute http(s) FHIR base URL, got {spec.iss!r}")
+    if iss.scheme not in ("http", "https") or not iss.netloc or iss.query or iss.fragment or not _clean_host(iss):
+        raise ValidationError(f"iss must be an absolute http(s) FHIR base URL (a host, a port up to 65535, no "
+                              f"spaces, no user or password), got {_without_userinfo(spec.iss)!r}")
     if iss.scheme == "http" and iss.hostname not in LOOPBACK_HOSTS:
         # SMART App Launch: secrets, codes and tokens go only to authenticated servers over TLS.
         raise ValidationError(f"iss must use https (plain http only on this machine), got {spec.iss!r}")
