@@ -151,23 +151,13 @@ def release_refresh(session: Session, launch_id: int) -> None:
 
 
 def end_active(session: Session, clock: Clock, launch_id: int, reason: str) -> bool:
-    """End the launch if it is still active, in one conditional statement (two requests that both find it run
-    out end it once); True when this call ended it."""
+    """End the launch if it is still active: its tokens are wiped and the handle stops working. One conditional
+    statement, so two requests that both find it over (or /end racing the guard) end it once; True when this
+    call ended it."""
     ended = session.execute(update(Launch).where(col(Launch.id) == launch_id, col(Launch.status) == "active").values(
         status="ended", access_token_enc=None, refresh_token_enc=None, refreshing_until=None, failure_reason=reason,
         ended_at=clock()))
     return bool(ended.rowcount)  # type: ignore[attr-defined]
-
-
-def end(session: Session, clock: Clock, row: Launch, reason: str) -> None:
-    """End an active launch: tokens are wiped, the handle stops working."""
-    row.status = "ended"
-    row.access_token_enc = None
-    row.refresh_token_enc = None
-    row.refreshing_until = None
-    row.failure_reason = reason
-    row.ended_at = clock()
-    session.add(row)
 
 
 def fail(session: Session, row: Launch, reason: str) -> None:

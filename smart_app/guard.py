@@ -45,9 +45,8 @@ def granted_scope(launch: Launch) -> str:
     return connection.scopes if connection is not None else ""
 
 
-def ungranted(launch: Launch, action: Action) -> list[str]:
-    """The scopes `action` needs that the EHR did not grant this launch, as `patient/Type.p`."""
-    granted = granted_scope(launch)
+def ungranted(granted: str, action: Action) -> list[str]:
+    """The scopes `action` needs that the grant (`granted_scope`) lacks, as `patient/Type.p`."""
     return [f"patient/{rtype}.{perm}" for rtype, perm in GRANT_NEEDED.get(action, ())
             if not smart_scopes.user_allows(granted, rtype, perm)]
 
@@ -127,7 +126,8 @@ def requires(action: Action, *, api: bool = False) -> Callable[[F], F]:
                     return jsonify(error="session_ended", message="Open fhir-prm again from the chart."), 401
                 return relaunch_page()
             role_may = allows(launch.role or "", action)
-            missing = ungranted(launch, action) if role_may else []  # the role first; then what the EHR granted
+            # the role first; then what the EHR granted
+            missing = ungranted(granted_scope(launch), action) if role_may else []
             denied = not role_may or bool(missing)
             if denied:
                 with ctx.db.session() as session:

@@ -48,15 +48,13 @@ def _refresh(ctx: AppContext, row: Launch) -> str:
                               refresh_token=refresh_token or "", timeout=ctx.settings.http_timeout_s, signer=signer)
     except LaunchError as exc:
         with ctx.db.session() as session:
-            fresh = session.get(Launch, row.id)
-            if fresh is not None:
-                if exc.reason == "refresh_refused":
-                    launches.end(session, ctx.settings.clock, fresh, "refresh_refused")
-                    audit.record(session, ctx.settings.clock, Actor("user", row.fhir_user or "unknown", row.role,
-                                 row.connection_id, row.id), "launch.refresh", patient_id=row.patient_id,
-                                 outcome="failure", detail="refresh_refused")
-                else:
-                    launches.release_refresh(session, row.id or 0)
+            if exc.reason == "refresh_refused":
+                launches.end_active(session, ctx.settings.clock, row.id or 0, "refresh_refused")
+                audit.record(session, ctx.settings.clock, Actor("user", row.fhir_user or "unknown", row.role,
+                             row.connection_id, row.id), "launch.refresh", patient_id=row.patient_id,
+                             outcome="failure", detail="refresh_refused")
+            else:
+                launches.release_refresh(session, row.id or 0)
         raise
     with ctx.db.session() as session:
         fresh = session.get(Launch, row.id)

@@ -59,13 +59,14 @@ def home(handle: str) -> str | tuple[str, int]:
                      entity=f"Patient/{patient_id}", outcome=outcome, detail=detail)
     if header is None and problem is None:
         return relaunch_page()
+    granted = granted_scope(launch)
     return render_template("sidebar.html", handle=handle, patient=header, problem=problem, overview=seen,
                            freshness=overview_present.freshness(seen.as_of, now) if seen else None,
                            when_text=overview_present.when_text, counts_text=overview_present.counts_text,
                            banner=bool(launch.context.get("need_patient_banner")),
-                           sees_visits=smart_scopes.user_allows(granted_scope(launch), "Encounter", "r"),
-                           sees_bookings=smart_scopes.user_allows(granted_scope(launch), "Appointment", "r"),
-                           opens_tickets=not ungranted(launch, Action.OPEN_CARE_TICKET),
+                           sees_visits=smart_scopes.user_allows(granted, "Encounter", "r"),
+                           sees_bookings=smart_scopes.user_allows(granted, "Appointment", "r"),
+                           opens_tickets=not ungranted(granted, Action.OPEN_CARE_TICKET),
                            end_token=csrf.issue(ctx.settings.secret_key, handle, END_SESSION),
                            api_token=api_token(handle))
 
@@ -82,8 +83,7 @@ def end_session(handle: str) -> tuple[str, int]:
                                reason="csrf"), 400
     with ctx.db.session() as session:
         row = launches.by_handle(session, handle)
-        if row is not None and row.status == "active":
-            launches.end(session, ctx.settings.clock, row, "ended_by_user")
+        if row is not None and launches.end_active(session, ctx.settings.clock, row.id or 0, "ended_by_user"):
             audit.record(session, ctx.settings.clock, g.actor, "launch.end", patient_id=row.patient_id)
     return render_template("problem.html", title="Session ended",
                            advice="fhir-prm has forgotten this session. Open it again from the chart.",
